@@ -1,0 +1,1 @@
+"""Chameleons: fine-tune a language model to speak like a film character."""

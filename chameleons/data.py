@@ -1,0 +1,185 @@
+"""Read a Chameleons file and turn every data item into a training sample.
+
+A record is one character in one film; `user_hash` names the character and may repeat across
+records. A context turn is the character's own (role `assistant`) when its source is `user`
+(any case) or the profile name; everyone else is role `user`.
+"""
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError, where
+
+SKIP_EMPTY_CONTINUATION = "empty_continuation"
+SKIP_ENDS_WITH_CHARACTER = "context_ends_with_character_turn"
+
+
+@dataclass(frozen=True)
+class Sample:
+    sample_id: str  # position in the file: r<record>.c<collection>.i<item>
+    uid: str  # content hash: stable when the file is reordered
+    record_index: int
+    user_hash: str
+    profile: dict
+    personality: dict
+    context: tuple  # ((role, content), ...), oldest first
+    target: str
+
+    def group_key(self, group_by: str = "user_hash") -> str:
+        return self.user_hash if group_by == "user_hash" else f"{self.user_hash}#r{self.record_index}"
+
+
+@dataclass
+class Corpus:
+    path: str
+    samples: list
+    records: int = 0
+    data_items: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def summary(self) -> dict:
+        return {
+            "file": self.path,
+            "records": self.records,
+            "characters": len({s.user_hash for s in self.samples}),
+            "characters_by_record": len({s.group_key("record") for s in self.samples}),
+            "data_items": self.data_items,
+            "samples": len(self.samples),
+            "skipped": dict(sorted(self.skipped.items())),
+        }
+
+
+def read_records(path) -> list:
+    """A JSON list, or JSON Lines (one record per line) for big files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: data file not found")
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        return records
+    if not stripped.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        raise UserError(f"{path}: top level must be a list of records (or JSON Lines), found {type(value).__name__}")
+    records = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: line {lineno}: not valid JSON Lines ({exc.msg}, column {exc.colno})") from None
+    return records
+
+
+def _dict_or_empty(value, path, index, name):
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{where(path, index, name)}: must be an object, found {type(value).__name__}")
+    return value
+
+
+def _list(value, path, index, name):
+    if not isinstance(value, list):
+        found = "nothing" if value is None else type(value).__name__
+        raise UserError(f"{where(path, index, name)}: must be a list, found {found}")
+    return value
+
+
+def is_character_turn(source: str, name: str) -> bool:
+    source = source.strip()
+    return source.lower() == "user" or (bool(name) and source == name.strip())
+
+
+def _content_uid(user_hash, context, target) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    h.update(user_hash.encode())
+    for role, content in context:
+        h.update(b"\x00" + role.encode() + b"\x01" + content.encode())
+    h.update(b"\x02" + target.encode())
+    return h.hexdigest()
+
+
+def extract_samples(records, path="<data>") -> Corpus:
+    """One sample per usable data item; unusable items are counted by reason, bad ones raise."""
+    if not isinstance(records, list):
+        raise UserError(f"{path}: top level must be a list of records, found {type(records).__name__}")
+    corpus = Corpus(path=str(path), samples=[], records=len(records))
+    for r, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise UserError(f"{where(path, r)}: must be an object, found {type(record).__name__}")
+        user_hash = record.get("user_hash")
+        if not isinstance(user_hash, str) or not user_hash.strip():
+            raise UserError(f"{where(path, r, 'user_hash')}: missing or not a non-empty string")
+        user = _dict_or_empty(record.get("user"), path, r, "user")
+        profile = _dict_or_empty(user.get("profile"), path, r, "user.profile")
+        personality = _dict_or_empty(user.get("personality"), path, r, "user.personality")
+        name = profile.get("name") if isinstance(profile.get("name"), str) else ""
+        if "task" not in record:
+            raise UserError(f"{where(path, r, 'task')}: missing")
+        task = _dict_or_empty(record["task"], path, r, "task")
+        collections = _list(task.get("task_behavior_collections"), path, r, "task.task_behavior_collections")
+        for c, collection in enumerate(collections):
+            cpath = f"task.task_behavior_collections[{c}]"
+            collection = _dict_or_empty(collection, path, r, cpath)
+            for i, item in enumerate(_list(collection.get("data"), path, r, f"{cpath}.data")):
+                ipath = f"{cpath}.data[{i}]"
+                item = _dict_or_empty(item, path, r, ipath)
+                corpus.data_items += 1
+                if "continuation" not in item:
+                    raise UserError(f"{where(path, r, ipath + '.continuation')}: missing")
+                continuation = item["continuation"]
+                if continuation is None:
+                    continuation = ""
+                if not isinstance(continuation, str):
+                    raise UserError(f"{where(path, r, ipath + '.continuation')}: must be a string, found {type(continuation).__name__}")
+                turns = []
+                for t, turn in enumerate(_list(item.get("context", []), path, r, f"{ipath}.context")):
+                    tpath = f"{ipath}.context[{t}]"
+                    turn = _dict_or_empty(turn, path, r, tpath)
+                    source, content = turn.get("source", ""), turn.get("content", "")
+                    if source is None:
+                        source = ""
+                    if content is None:
+                        content = ""
+                    if not isinstance(source, str):
+                        raise UserError(f"{where(path, r, tpath + '.source')}: must be a string, found {type(source).__name__}")
+                    if not isinstance(content, str):
+                        raise UserError(f"{where(path, r, tpath + '.content')}: must be a string, found {type(content).__name__}")
+                    content = content.strip()
+                    if content:
+                        turns.append(("assistant" if is_character_turn(source, name) else "user", content))
+                target = continuation.strip()
+                if not target:
+                    corpus.skipped[SKIP_EMPTY_CONTINUATION] += 1
+                    continue
+                if turns and turns[-1][0] == "assistant":
+                    corpus.skipped[SKIP_ENDS_WITH_CHARACTER] += 1
+                    continue
+                context = tuple(turns)
+                corpus.samples.append(Sample(
+                    sample_id=f"r{r}.c{c}.i{i}",
+                    uid=_content_uid(user_hash, context, target),
+                    record_index=r,
+                    user_hash=user_hash,
+                    profile=profile,
+                    personality=personality,
+                    context=context,
+                    target=target,
+                ))
+    return corpus
+
+
+def load_corpus(path) -> Corpus:
+    return extract_samples(read_records(path), path)

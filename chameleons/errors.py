@@ -1,0 +1,33 @@
+"""One clear line for bad input, exit code 2, no traceback."""
+
+import sys
+from contextlib import contextmanager
+
+EXIT_BAD_INPUT = 2
+
+
+class UserError(Exception):
+    """Something the user can fix: a bad file, flag or config key."""
+
+
+def where(path, record=None, field=None) -> str:
+    """`file`, `file: record 3`, `file: record 3, field task.x`: the prefix every data error uses."""
+    parts = [str(path)]
+    loc = []
+    if record is not None:
+        loc.append(f"record {record}")
+    if field is not None:
+        loc.append(f"field {field}")
+    if loc:
+        parts.append(", ".join(loc))
+    return ": ".join(parts)
+
+
+@contextmanager
+def user_errors_exit():
+    """Turn a UserError into `error: ...` on stderr and exit code 2."""
+    try:
+        yield
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_BAD_INPUT) from None
