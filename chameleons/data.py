@@ -111,8 +111,12 @@ def _content_uid(user_hash, context, target) -> str:
     return h.hexdigest()
 
 
-def extract_samples(records, path="<data>") -> Corpus:
-    """One sample per usable data item; unusable items are counted by reason, bad ones raise."""
+def extract_samples(records, path="<data>", for_prediction: bool = False) -> Corpus:
+    """One sample per usable data item; unusable items are counted by reason, bad ones raise.
+
+    `for_prediction` keeps every item (a test file may have no continuations) and does not
+    require a `continuation` key.
+    """
     if not isinstance(records, list):
         raise UserError(f"{path}: top level must be a list of records, found {type(records).__name__}")
     corpus = Corpus(path=str(path), samples=[], records=len(records))
@@ -137,9 +141,9 @@ def extract_samples(records, path="<data>") -> Corpus:
                 ipath = f"{cpath}.data[{i}]"
                 item = _dict_or_empty(item, path, r, ipath)
                 corpus.data_items += 1
-                if "continuation" not in item:
+                if "continuation" not in item and not for_prediction:
                     raise UserError(f"{where(path, r, ipath + '.continuation')}: missing")
-                continuation = item["continuation"]
+                continuation = item.get("continuation", "")
                 if continuation is None:
                     continuation = ""
                 if not isinstance(continuation, str):
@@ -161,7 +165,9 @@ def extract_samples(records, path="<data>") -> Corpus:
                     if content:
                         turns.append(("assistant" if is_character_turn(source, name) else "user", content))
                 target = continuation.strip()
-                if not target:
+                if for_prediction:
+                    pass
+                elif not target:
                     corpus.skipped[SKIP_EMPTY_CONTINUATION] += 1
                     continue
                 if turns and turns[-1][0] == "assistant":
@@ -181,5 +187,5 @@ def extract_samples(records, path="<data>") -> Corpus:
     return corpus
 
 
-def load_corpus(path) -> Corpus:
-    return extract_samples(read_records(path), path)
+def load_corpus(path, for_prediction: bool = False) -> Corpus:
+    return extract_samples(read_records(path), path, for_prediction)

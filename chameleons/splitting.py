@@ -65,6 +65,9 @@ class Split:
             chosen.extend(ranked(group, self.pool[group], self.sample_seed, epoch)[: self.sizes[group]])
         return sorted(chosen, key=_file_order)
 
+    def pool_samples(self) -> list:
+        return [s for group in sorted(self.pool) for s in self.pool[group]]
+
     @property
     def train(self) -> list:
         return self.epoch_train(0)

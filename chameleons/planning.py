@@ -1,0 +1,127 @@
+"""What a run will do, before any model is loaded: the dry run's plan.json and its printout."""
+
+import math
+
+from .sampling import sampled_counts
+
+GUIDE_SIZES = (1, 2, 5, 10, None)
+
+
+def steps_per_epoch(n_train: int, batch_size: int, world_size: int, grad_accum: int) -> int:
+    """As HF Trainer counts them: batches per rank, then optimizer steps (a partial last one counts)."""
+    if n_train == 0:
+        return 0
+    batches_per_rank = math.ceil(n_train / (batch_size * world_size))
+    return math.ceil(batches_per_rank / grad_accum)
+
+
+def _percentile(sorted_values, q):
+    if not sorted_values:
+        return 0
+    k = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+def token_stats(lengths, prompt_lens, truncated) -> dict:
+    kept = [(n, p) for n, p in zip(lengths, prompt_lens) if n > 0]
+    values = sorted(n for n, _ in kept)
+    total = sum(values)
+    supervised = sum(n - p for n, p in kept)
+    return {
+        "encoded": len(lengths),
+        "kept": len(kept),
+        "dropped_target_too_long": len(lengths) - len(kept),
+        "truncated": sum(1 for t, n in zip(truncated, lengths) if t and n > 0),
+        "length_min": values[0] if values else 0,
+        "length_median": _percentile(values, 0.5),
+        "length_p95": _percentile(values, 0.95),
+        "length_max": values[-1] if values else 0,
+        "tokens_total": total,
+        "supervised_tokens": supervised,
+        "supervised_share": round(supervised / total, 4) if total else 0.0,
+    }
+
+
+def encoded_token_stats(encoded) -> dict:
+    """Over the rows this run uses (epoch 0's training set and validation), dropped ones included."""
+    ds = encoded.dataset
+    lengths, prompt_lens, truncated = ds["length"], ds["prompt_len"], ds["truncated"]
+    used = set(s.sample_id for s in encoded.split.val) | set(s.sample_id for s in encoded.split.train)
+    rows = [i for i, sid in enumerate(ds["sample_id"]) if sid in used]
+    return token_stats([lengths[i] for i in rows], [prompt_lens[i] for i in rows], [truncated[i] for i in rows])
+
+
+def make_plan(corpus, split, encoded, training: dict, args, world_size: int) -> dict:
+    tokens = encoded_token_stats(encoded)
+    n_train, n_val = len(encoded.train_rows(0)), len(encoded.val_rows)
+    bs, ga = training["batch_size"], training["gradient_accumulation_steps"]
+    per_epoch = steps_per_epoch(n_train, bs, world_size, ga)
+    by_hash = sampled_counts(corpus.samples, "user_hash", GUIDE_SIZES)
+    by_record = sampled_counts(corpus.samples, "record", GUIDE_SIZES)
+    table = []
+    source = by_hash if args.sample_group_by == "user_hash" else by_record
+    for n in GUIDE_SIZES:
+        key = "all" if n is None else n
+        sampled = source[key]
+        train = sampled - round(args.val_ratio * sampled)
+        steps = steps_per_epoch(train, bs, world_size, ga)
+        table.append({
+            "max_samples_per_user": key,
+            "samples": sampled,
+            "samples_if_grouped_by_record": by_record[key],
+            "train_samples": train,
+            "steps_per_epoch": steps,
+            "hours_per_epoch": round(steps * args.sec_per_step / 3600, 2),
+            "hours_max_epochs": round(steps * args.sec_per_step * args.max_epochs / 3600, 1),
+        })
+    return {
+        "data": corpus.summary(),
+        "sampling": {
+            "max_samples_per_user": args.max_samples_per_user,
+            "sample_seed": args.sample_seed,
+            "group_by": args.sample_group_by,
+            "resample_each_epoch": bool(getattr(args, "resample_each_epoch", False)),
+        },
+        "split": {**split.stats, "val_ratio": args.val_ratio, "train_encoded": n_train, "validation_encoded": n_val},
+        "tokens": tokens,
+        "schedule": {
+            "world_size": world_size,
+            "batch_size": bs,
+            "gradient_accumulation_steps": ga,
+            "samples_per_optimizer_step": bs * world_size * ga,
+            "steps_per_epoch": per_epoch,
+            "max_epochs": args.max_epochs,
+            "max_steps": per_epoch * args.max_epochs,
+            "sec_per_step": args.sec_per_step,
+            "hours_per_epoch": round(per_epoch * args.sec_per_step / 3600, 2),
+        },
+        "guide_table": table,
+    }
+
+
+def format_plan(plan: dict) -> str:
+    d, sp, t, sc = plan["data"], plan["split"], plan["tokens"], plan["schedule"]
+    skipped = ", ".join(f"{k} {v:,}" for k, v in d["skipped"].items()) or "none"
+    lines = [
+        f"data       {d['file']}: {d['records']:,} records, {d['data_items']:,} data items, "
+        f"{d['samples']:,} samples, {d['characters']:,} characters ({d['characters_by_record']:,} by record)",
+        f"skipped    {skipped}",
+        f"sampling   max_samples_per_user={plan['sampling']['max_samples_per_user']} "
+        f"seed={plan['sampling']['sample_seed']} group_by={plan['sampling']['group_by']}: {sp['sampled']:,} sampled",
+        f"split      train {sp['train']:,} / validation {sp['validation']:,} (val_ratio {sp['val_ratio']}, "
+        f"val_seed {sp['val_seed']}); {sp['validation_characters_without_train']} validation characters have no "
+        f"training sample; {sp['excluded_for_leakage']} samples kept out of training because they quote a validation line",
+        f"tokens     length min {t['length_min']} / median {t['length_median']} / p95 {t['length_p95']} / max "
+        f"{t['length_max']}; truncated {t['truncated']:,}, dropped {t['dropped_target_too_long']:,}; "
+        f"supervised share {t['supervised_share']:.1%}",
+        f"schedule   world size {sc['world_size']} x batch {sc['batch_size']} x accumulation "
+        f"{sc['gradient_accumulation_steps']} = {sc['samples_per_optimizer_step']} samples/step; "
+        f"{sc['steps_per_epoch']:,} steps/epoch, {sc['hours_per_epoch']} h/epoch at {sc['sec_per_step']} s/step",
+        "",
+        f"{'N':>5} {'samples':>9} {'by record':>10} {'train':>9} {'steps/epoch':>12} {'h/epoch':>9} {'h x ' + str(sc['max_epochs']) + ' ep':>10}",
+    ]
+    for row in plan["guide_table"]:
+        lines.append(f"{str(row['max_samples_per_user']):>5} {row['samples']:>9,} {row['samples_if_grouped_by_record']:>10,} "
+                     f"{row['train_samples']:>9,} {row['steps_per_epoch']:>12,} {row['hours_per_epoch']:>9} "
+                     f"{row['hours_max_epochs']:>10}")
+    return "\n".join(lines)

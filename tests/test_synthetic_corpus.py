@@ -1,0 +1,115 @@
+"""Tests for tools/make_synthetic_corpus.py, the stand-in for the non-redistributable corpus."""
+
+import importlib.util
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "tools" / "make_synthetic_corpus.py"
+_spec = importlib.util.spec_from_file_location("make_synthetic_corpus", _PATH)
+msc = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(msc)
+
+
+def _items(records):
+    for r in records:
+        for coll in r["task"]["task_behavior_collections"]:
+            for item in coll["data"]:
+                yield r, item
+
+
+def _usable(record, item):
+    """The format's rule: non-empty continuation, context not ending on the character's own turn."""
+    name = record["user"]["profile"]["name"].strip()
+    last = item["context"][-1]["source"].strip() if item["context"] else ""
+    own = last.lower() == "user" or last == name
+    return bool(item["continuation"]) and not own
+
+
+@pytest.fixture(scope="module")
+def small():
+    return msc.make_corpus(0, *msc._counts(0.02))
+
+
+def test_small_scale_counts(small):
+    """Scaled counts are exact, so loaders can assert them."""
+    n_records, n_hashes, n_items = msc._counts(0.02)
+    assert (n_records, n_hashes, n_items) == (156, 122, 1449)
+    assert len(small) == n_records
+    assert sum(1 for _ in _items(small)) == n_items
+    assert len({r["user_hash"] for r in small}) == n_hashes
+
+
+def test_small_scale_shape(small):
+    """Every record matches the documented schema, so the real loader can read it."""
+    for r in small:
+        assert re.fullmatch(r"[0-9a-f]{32}", r["user_hash"])
+        prof = r["user"]["profile"]
+        assert prof["name"] and prof["gender"] in ("male", "female")
+        assert isinstance(r["user"]["personality"]["structured"], dict)
+        assert isinstance(r["user"]["personality"]["unstructured"], str)
+        assert isinstance(r["task"]["description"], str)
+        for item in r["task"]["task_behavior_collections"][0]["data"]:
+            assert 1 <= len(item["context"]) <= msc.MAX_CONTEXT
+            assert all(set(t) == {"source", "content"} and t["content"] for t in item["context"])
+            assert isinstance(item["continuation"], str)
+        assert 1 <= len({t["source"] for _, it in _items([r]) for t in it["context"]}) <= 4
+
+
+def test_small_scale_has_variety(small):
+    """The optional profile/personality fields and the 'user' source all occur."""
+    profiles = [r["user"]["profile"] for r in small]
+    assert any("age" in p for p in profiles) and any("age" not in p for p in profiles)
+    assert any(r["user"]["personality"]["structured"].get("big_five") for r in small)
+    sources = {t["source"] for _, it in _items(small) for t in it["context"]}
+    assert "user" in {s.lower() for s in sources}
+    assert Counter(r["user_hash"] for r in small).most_common(1)[0][1] > 1
+
+
+def test_small_scale_unusable_fraction(small):
+    """About 0.7% of items are unusable, in both ways the format allows."""
+    pairs = list(_items(small))
+    bad = [(r, it) for r, it in pairs if not _usable(r, it)]
+    assert len(bad) == round(len(pairs) * msc.UNUSABLE_FRACTION)
+    assert any(it["continuation"] == "" for _, it in bad)
+    assert any(it["continuation"] for _, it in bad)
+
+
+def test_deterministic_and_seed_dependent():
+    """Same seed gives byte-identical output; another seed does not."""
+    counts = msc._counts(0.02)
+    a = json.dumps(msc.make_corpus(3, *counts))
+    assert a == json.dumps(msc.make_corpus(3, *counts))
+    assert a != json.dumps(msc.make_corpus(4, *counts))
+
+
+def test_full_scale_counts():
+    """Full size matches the real corpus: 7,797 records, 72,471 items, 71,964 usable."""
+    records = msc.make_corpus()
+    assert len(records) == 7797
+    pairs = list(_items(records))
+    assert len(pairs) == 72471
+    assert sum(_usable(r, it) for r, it in pairs) == 71964
+    per_hash = Counter(r["user_hash"] for r in records)
+    assert abs(len(per_hash) - 6117) <= 0.03 * 6117
+    assert max(per_hash.values()) <= msc.MAX_RECORDS_PER_HASH
+    items_per_char = Counter(r["user_hash"] for r, _ in pairs)
+    sizes = sorted(items_per_char.values())
+    assert sizes[len(sizes) // 2] < 12 and sizes[-1] >= 200
+    words = [len(it["continuation"].split()) for _, it in pairs[:20000] if it["continuation"]]
+    words.sort()
+    assert 8 <= words[len(words) // 2] <= 13 and words[-1] >= 60
+
+
+def test_cli_writes_json_and_jsonl(tmp_path):
+    """Both output formats load back to the same records; no temp file is left behind."""
+    out_json, out_jsonl = tmp_path / "c.json", tmp_path / "c.jsonl"
+    assert msc.main(["--out", str(out_json), "--scale", "0.005", "--seed", "1"]) == 0
+    assert msc.main(["--out", str(out_jsonl), "--scale", "0.005", "--seed", "1", "--jsonl"]) == 0
+    as_list = json.loads(out_json.read_text(encoding="utf-8"))
+    as_lines = [json.loads(x) for x in out_jsonl.read_text(encoding="utf-8").splitlines()]
+    assert as_list == as_lines == msc.make_corpus(1, *msc._counts(0.005))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.jsonl"]

@@ -1,0 +1,49 @@
+#!/usr/bin/env python
+"""Fine-tune a causal LM to speak like a film character (Chameleons).
+
+The recipe, top to bottom: parse flags, read the config, load the dialogue file, sample per
+character, split off validation, build prompts and tokenize, then (unless --dry_run) build the
+model, train with HF Trainer (DeepSpeed when asked) and save the best model.
+
+    torchrun --nproc_per_node=8 train_distributed_Chameleons.py --config config_Chameleons_30B.json \
+        --deepspeed ds_config_zero3_optimized.json --ablation_config context_only \
+        --output_dir outputs/run --max_samples_per_user 2 --sample_seed 42
+"""
+
+import sys
+
+from chameleons import cli, data, encoding, outputs, planning, prompts, splitting
+from chameleons.config import load_config
+from chameleons.errors import user_errors_exit
+
+
+def main(argv=None) -> int:
+    args = cli.parse_train_args(argv)
+    config = load_config(args.config)
+    ablation = config.ablation(args.ablation_config)
+    outputs.check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir,
+                             resume=args.resume_from_checkpoint, dry_run=args.dry_run)
+
+    corpus = data.load_corpus(args.data_file or config.resolve_path(config.data["train_file"]))
+    split = splitting.split_train_val(corpus.samples, args.max_samples_per_user, args.sample_seed,
+                                      args.val_ratio, args.val_seed, args.sample_group_by)
+    tokenizer = encoding.load_tokenizer(config.model["tokenizer"])
+    builder = prompts.PromptBuilder(ablation, args.prompt_style, prompts.HistoryIndex(split.pool_samples()),
+                                    config.training["max_context_turns"], args.template_filename)
+    cache_dir = config.resolve_path(config.data["cache_dir"])
+
+    if args.dry_run:
+        encoded = encoding.encode_split(split, builder, tokenizer, config.training, cache_dir, args.resample_each_epoch)
+        plan = planning.make_plan(corpus, split, encoded, config.training, args, args.nproc_per_node)
+        print(planning.format_plan(plan), flush=True)
+        outputs.write_json(outputs.run_path(args.output_dir, "plan.json"), plan)
+        return 0
+
+    from chameleons import training
+
+    return training.run(args, config, corpus, split, builder, tokenizer, cache_dir)
+
+
+if __name__ == "__main__":
+    with user_errors_exit():
+        sys.exit(main())
