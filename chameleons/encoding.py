@@ -177,12 +177,30 @@ class EncodedSplit:
         self.split = split
         self.resample = resample
         lengths = dataset["length"]
-        self.row_of = {sid: i for i, (sid, n) in enumerate(zip(dataset["sample_id"], lengths)) if n > 0}
+        self.dataset_ids = dataset["sample_id"]
+        self.lengths = lengths
+        self.row_of = {sid: i for i, (sid, n) in enumerate(zip(self.dataset_ids, lengths)) if n > 0}
         self.val_rows = [self.row_of[s.sample_id] for s in split.val if s.sample_id in self.row_of]
 
     def train_rows(self, epoch: int = 0) -> list:
-        samples = self.split.epoch_train(epoch if self.resample else 0)
-        return [self.row_of[s.sample_id] for s in samples if s.sample_id in self.row_of]
+        """Rows of one epoch. A later epoch draws, per character, as many encodable samples as
+        epoch 0 kept, so every epoch has the same length (steps and schedules stay fixed)."""
+        base = [self.row_of[s.sample_id] for s in self.split.train if s.sample_id in self.row_of]
+        if epoch == 0 or not self.resample:
+            return base
+        from collections import Counter
+
+        from .sampling import ranked
+
+        group_by = self.split.group_by
+        sample_of = {s.sample_id: s for s in self.split.pool_samples()}
+        want = Counter(sample_of[self.dataset_ids[r]].group_key(group_by) for r in base)
+        rows = []
+        for group in sorted(self.split.pool):
+            picked = [s for s in ranked(group, self.split.pool[group], self.split.sample_seed, epoch)
+                      if s.sample_id in self.row_of][: want.get(group, 0)]
+            rows.extend(self.row_of[s.sample_id] for s in picked)
+        return sorted(rows)
 
 
 def samples_to_encode(split, resample: bool) -> list:

@@ -1,0 +1,493 @@
+"""Model, HF Trainer and the run around them: the training half of the recipe.
+
+Order matters under ZeRO-3: TrainingArguments (which carry the DeepSpeed config) exist before
+the model is created, so `from_pretrained` builds it already partitioned.
+"""
+
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+
+import torch
+
+from . import checkpoints, outputs, planning
+from .batching import make_collator, trainer_args_for_batching
+from .encoding import encode_split
+from .errors import UserError
+from .loss import causal_lm_loss
+from .runlog import PLOT_NAME, DetailedLogCallback, RunLog, Throughput, decode_with_span, plot_losses
+from .stopping import StopCallback, StopRequest
+
+MANIFEST_NAME = "split_manifest.json"
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class EpochRows(torch.utils.data.Dataset):
+    """Training rows of the current epoch; the length is the same every epoch."""
+
+    def __init__(self, encoded):
+        self.encoded = encoded
+        self.epoch = None
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int):
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.rows = self.encoded.train_rows(epoch)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        row = self.rows[i]
+        item = self.encoded.dataset[row]
+        return {"input_ids": item["input_ids"], "prompt_len": item["prompt_len"], "length": item["length"], "row": row}
+
+
+def with_row_index(collate):
+    """Keeps each batch's dataset rows, so the run can record exactly what it trained on."""
+
+    def collate_rows(rows):
+        index = torch.tensor([r["row"] for r in rows])
+        batch = collate([{k: v for k, v in r.items() if k != "row"} for r in rows])
+        batch["row_index"] = index
+        return batch
+
+    return collate_rows
+
+
+class EpochCallback:
+    """Tells the dataset which epoch is starting (also after a resume in mid-epoch)."""
+
+    def __new__(cls, dataset):
+        from transformers import TrainerCallback
+
+        class _Epoch(TrainerCallback):
+            def on_epoch_begin(self, args, state, control, **kwargs):
+                dataset.set_epoch(int(math.floor(state.epoch + 1e-9)))
+
+        return _Epoch()
+
+
+def device_settings(disable_flash_attn: bool, attn_config: str):
+    """bf16 + flash-attention 2 on a GPU when available, fp32 + SDPA on CPU."""
+    notices = []
+    on_gpu = torch.cuda.is_available()
+    bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    attn = attn_config
+    if attn == "auto":
+        attn = "sdpa"
+        if on_gpu and not disable_flash_attn:
+            try:
+                import flash_attn  # noqa: F401
+
+                attn = "flash_attention_2"
+            except ImportError:
+                notices.append("flash-attention 2 is not installed: using SDPA attention")
+    elif attn == "flash_attention_2" and (disable_flash_attn or not on_gpu):
+        attn = "sdpa"
+        notices.append("flash-attention 2 needs a GPU and is not disabled: using SDPA attention")
+    return {"on_gpu": on_gpu, "bf16": bf16, "attn_implementation": attn, "notices": notices}
+
+
+def wandb_settings(project: str, run_name, output_dir):
+    """Rank 0 logs to wandb; with no key or no network it goes offline, saying so once."""
+    if not project or project.lower() == "none":
+        return [], None
+    os.environ["WANDB_PROJECT"] = project
+    if run_name:
+        os.environ["WANDB_NAME"] = run_name
+    os.environ.setdefault("WANDB_DIR", str(output_dir))
+    notice = None
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or os.path.exists(os.path.expanduser("~/.netrc"))
+    if os.environ.get("WANDB_MODE") not in ("offline", "disabled") and not has_key:
+        os.environ["WANDB_MODE"] = "offline"
+        notice = f"wandb: no API key found, logging offline to {os.environ['WANDB_DIR']}/wandb (sync later with `wandb sync`)"
+    return ["wandb"], notice
+
+
+def training_arguments(args, config, device, report_to):
+    from transformers import TrainingArguments
+
+    t = config.training
+    seed = t["seed"] if args.seed is None else args.seed
+    kwargs = dict(
+        output_dir=args.output_dir,
+        per_device_train_batch_size=t["batch_size"],
+        per_device_eval_batch_size=t["eval_batch_size"],
+        gradient_accumulation_steps=t["gradient_accumulation_steps"],
+        learning_rate=t["learning_rate"],
+        weight_decay=t["weight_decay"],
+        warmup_steps=t["warmup_steps"],
+        lr_scheduler_type=t["lr_scheduler_type"],
+        max_grad_norm=t["max_grad_norm"],
+        num_train_epochs=args.max_epochs,
+        max_steps=args.max_steps,
+        eval_strategy="steps",
+        save_strategy="steps",
+        eval_steps=1,  # set once the number of steps per epoch is known
+        save_steps=1,
+        logging_steps=t["logging_steps"],
+        save_total_limit=t["save_total_limit"],
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        bf16=device["bf16"],
+        use_cpu=not device["on_gpu"],
+        deepspeed=args.deepspeed,
+        activation_checkpointing=config.model["gradient_checkpointing"],
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        report_to=report_to,
+        run_name=args.wandb_run_name,
+        seed=seed,
+        data_seed=seed,
+        logging_nan_inf_filter=False,
+        remove_unused_columns=False,
+        disable_tqdm=not _is_main(),
+        dataloader_num_workers=t["dataloader_num_workers"],
+        ddp_find_unused_parameters=True,  # experts a batch did not route to get no gradient
+        **trainer_args_for_batching(t["batching"]),
+    )
+    try:
+        return TrainingArguments(**kwargs)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(f"training arguments: {str(exc).splitlines()[0]}") from None
+
+
+def build_model(config, device, deepspeed_zero3: bool):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    m = config.model
+    dtype = torch.bfloat16 if device["bf16"] else torch.float32
+    extra = {}
+    if m["experts_implementation"] != "auto":
+        extra["experts_implementation"] = m["experts_implementation"]
+    if deepspeed_zero3 and not device["on_gpu"]:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
+    if m["random_init"]:
+        spec = dict(m["random_init"])
+        model_config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+        _router_settings(model_config, m["router_aux_loss_coef"])
+        model = AutoModelForCausalLM.from_config(model_config, dtype=dtype,
+                                                 attn_implementation=device["attn_implementation"], **extra)
+    else:
+        try:
+            model_config = AutoConfig.from_pretrained(m["name_or_path"], trust_remote_code=m["trust_remote_code"])
+        except OSError as exc:
+            raise UserError(f"model {m['name_or_path']!r} could not be loaded: {str(exc).splitlines()[0]}") from None
+        _router_settings(model_config, m["router_aux_loss_coef"])
+        model = AutoModelForCausalLM.from_pretrained(m["name_or_path"], config=model_config, dtype=dtype,
+                                                     attn_implementation=device["attn_implementation"],
+                                                     trust_remote_code=m["trust_remote_code"], **extra)
+    if deepspeed_zero3:
+        register_moe_leaves(model)
+    model.config.use_cache = False
+    return model
+
+
+def _router_settings(model_config, coef):
+    if hasattr(model_config, "router_aux_loss_coef"):
+        model_config.router_aux_loss_coef = coef
+        model_config.output_router_logits = coef > 0
+
+
+def register_moe_leaves(model):
+    """ZeRO-3 must gather a sparse MoE block as one unit, or ranks that route to different
+    experts wait on each other forever."""
+    from deepspeed.utils import set_z3_leaf_modules
+
+    classes = sorted({type(m) for m in model.modules() if type(m).__name__.endswith("SparseMoeBlock")},
+                     key=lambda c: c.__name__)
+    if classes:
+        set_z3_leaf_modules(model, classes)
+    return classes
+
+
+def apply_lora(model, lora: dict):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                                            target_modules=lora["target_modules"], task_type="CAUSAL_LM"))
+
+
+def make_trainer_class():
+    from transformers import Trainer
+
+    class ChameleonsTrainer(Trainer):
+        """HF Trainer with the loss as the true mean token loss and an exact evaluation."""
+
+        def __init__(self, *a, throughput, stop, collate, router_aux_loss_coef, trace, **kw):
+            super().__init__(*a, **kw)
+            self.model_accepts_loss_kwargs = True
+            self.throughput = throughput
+            self.stop = stop
+            self.collate_eval = collate
+            self.router_aux_loss_coef = router_aux_loss_coef
+            self.trace = trace
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            rows = inputs.pop("row_index", None)
+            inputs.pop("length", None)
+            if rows is not None and model.training and self.trace is not None:
+                self.trace.append(rows.tolist())
+            loss, n_tokens = causal_lm_loss(model, inputs, num_items_in_batch,
+                                            self.router_aux_loss_coef if model.training else 0.0)
+            if model.training:
+                real = int(inputs["labels"].numel() if "attention_mask" not in inputs else inputs["attention_mask"].sum())
+                self.throughput.add(real, int(inputs["input_ids"].numel()))
+                if not torch.isfinite(loss.detach()).all():
+                    self.stop.nonfinite = True
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None and model.training:
+                loss = loss * self.accelerator.num_processes
+            return (loss, None) if return_outputs else loss
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            """Mean token loss over the whole validation set (summed, then divided once), the same
+            number of forward passes on every rank so ZeRO-3's collectives line up."""
+            model = self.model_wrapped if self.is_deepspeed_enabled else self.model
+            model.eval()
+            world, rank = self.args.world_size, self.args.process_index
+            bs = self.args.per_device_eval_batch_size
+            rows = self.eval_dataset  # validation row numbers of the encoded dataset
+            batches = [rows[i:i + bs] for i in range(0, len(rows), bs)]
+            mine = batches[rank::world]
+            n_rounds = math.ceil(len(batches) / world)
+            total = torch.zeros(2, dtype=torch.float64, device=self.args.device)
+            with torch.no_grad():
+                for k in range(n_rounds):
+                    rows = mine[k] if k < len(mine) else batches[0]
+                    batch = self.collate_eval([self.eval_item(r) for r in rows])
+                    batch = self._prepare_inputs(batch)
+                    loss_sum, n = causal_lm_loss(model, batch, num_items_in_batch=1, router_aux_loss_coef=0.0)
+                    if k < len(mine):
+                        total += torch.stack([loss_sum.double().detach(), torch.tensor(float(n), dtype=torch.float64,
+                                                                                       device=total.device)])
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(total)
+            loss = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
+            metrics = {f"{metric_key_prefix}_loss": loss, f"{metric_key_prefix}_tokens": int(total[1].item())}
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            model.train()
+            return metrics
+
+        def eval_item(self, row):
+            item = self.train_dataset.encoded.dataset[row]
+            return {"input_ids": item["input_ids"], "prompt_len": item["prompt_len"], "length": item["length"]}
+
+        def _load_best_model(self):
+            """Outside DeepSpeed the stock loader is non-strict and skips MoE experts saved
+            per expert (the model holds them fused): reload through from_pretrained, strictly."""
+            if self.is_deepspeed_enabled or hasattr(self.model, "peft_config"):
+                return super()._load_best_model()
+            best = type(self.model).from_pretrained(self.state.best_model_checkpoint, dtype=self.model.dtype)
+            self.model.load_state_dict(best.state_dict(), strict=True)
+
+        def _save_checkpoint(self, model, trial):
+            super()._save_checkpoint(model, trial)
+            folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.barrier()
+            if self.args.should_save:
+                checkpoints.mark_complete(folder)
+
+    return ChameleonsTrainer
+
+
+def run(args, config, corpus, split, builder, tokenizer, cache_dir) -> int:
+    """Train, evaluate, save; returns the process exit code."""
+    from transformers import EarlyStoppingCallback, set_seed
+
+    resume = checkpoints.resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    device = device_settings(args.disable_flash_attn, config.model["attn_implementation"])
+    report_to, wandb_notice = wandb_settings(args.wandb_project, args.wandb_run_name, args.output_dir)
+    targs = training_arguments(args, config, device, report_to)
+    world = targs.world_size
+    main = targs.process_index == 0
+    runlog = RunLog(args.output_dir, enabled=main)
+    stop = StopRequest()
+    stop.install()
+
+    with targs.main_process_first(local=False, desc="tokenizing"):
+        encoded = encode_split(split, builder, tokenizer, config.training, cache_dir, args.resample_each_epoch,
+                               progress=main)
+    plan = planning.make_plan(corpus, split, encoded, config.training, args, world)
+    steps_per_epoch = plan["schedule"]["steps_per_epoch"]
+    if steps_per_epoch == 0 or not encoded.val_rows:
+        raise UserError(f"{corpus.path}: not enough samples to train ({len(encoded.train_rows(0))} training, "
+                        f"{len(encoded.val_rows)} validation)")
+    evals = args.evals_per_epoch or config.training["evals_per_epoch"]
+    targs.eval_steps = targs.save_steps = max(1, steps_per_epoch // evals)
+
+    runlog.line(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    runlog.line(f"versions: {versions()} | world size {world} | device {'cuda' if device['on_gpu'] else 'cpu'} | "
+                f"dtype {'bf16' if device['bf16'] else 'fp32'} | attention {device['attn_implementation']} | "
+                f"deepspeed {args.deepspeed or 'off'} | batching {config.training['batching']}")
+    for notice in device["notices"] + ([wandb_notice] if wandb_notice else []):
+        runlog.line(f"notice: {notice}")
+        if main:
+            print(notice, file=sys.stderr, flush=True)
+    runlog.block("config", json.dumps(config.raw, indent=2))
+    runlog.block("plan", planning.format_plan(plan))
+    if main:
+        write_manifest(args, encoded)
+        for n, row in enumerate(encoded.train_rows(0)[:3], 1):
+            item = encoded.dataset[row]
+            runlog.block(f"training sample {n} ({item['sample_id']}), supervised span between <<< and >>>",
+                         decode_with_span(tokenizer, item["input_ids"], item["prompt_len"]))
+
+    set_seed(targs.seed)
+    model = build_model(config, device, deepspeed_zero3=_zero_stage(args.deepspeed) == 3)
+    if config.lora:
+        model = apply_lora(model, config.lora)
+    train_rows = EpochRows(encoded)
+    collate = make_collator(config.training["batching"], tokenizer.pad_token_id)
+    throughput = Throughput()
+    trace = []
+    early = EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold) \
+        if args.early_stopping_patience > 0 else None
+    callbacks = [EpochCallback(train_rows), StopCallback(stop)] + ([early] if early else [])
+    callbacks.append(DetailedLogCallback(runlog, throughput, world, early))
+    trainer = make_trainer_class()(
+        model=model, args=targs, train_dataset=train_rows, data_collator=with_row_index(collate),
+        processing_class=tokenizer, callbacks=callbacks, throughput=throughput, stop=stop,
+        eval_dataset=encoded.val_rows, collate=collate, router_aux_loss_coef=config.model["router_aux_loss_coef"],
+        trace=trace)
+
+    runlog.line(f"resuming from {resume}" if resume else "starting fresh")
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+    write_trace(args.output_dir, targs.process_index, trace)
+
+    if stop.exit_code:
+        step = trainer.state.global_step
+        if stop.nonfinite and stop.signal is None:
+            message = (f"non-finite training loss at step {step}: stopped, checkpoint-{step} saved for inspection; "
+                       f"lower the learning rate or resume from an earlier checkpoint")
+        else:
+            message = (f"stopped at step {step}, resume with: {shlex.join(resume_command())} "
+                       f"--resume_from_checkpoint auto")
+        runlog.line(message)
+        runlog.metrics("stopped", step=step, exit_code=stop.exit_code)
+        if main:
+            print(message, file=sys.stderr, flush=True)
+        finish_distributed()
+        return stop.exit_code
+
+    final = trainer.evaluate(metric_key_prefix="final")
+    best = trainer.state.best_metric
+    runlog.line(f"best model restored from {trainer.state.best_model_checkpoint}: final eval_loss "
+                f"{final['final_loss']:.4f} (best recorded {best:.4f})")
+    trainer.save_model(args.output_dir)
+    if main:
+        tokenizer.save_pretrained(args.output_dir)
+        summary = {
+            "global_step": trainer.state.global_step,
+            "epochs": trainer.state.epoch,
+            "train_runtime_s": round(time.time() - started, 1),
+            "train_loss": result.training_loss,
+            "best_eval_loss": best,
+            "final_eval_loss": final["final_loss"],
+            "best_model_checkpoint": trainer.state.best_model_checkpoint,
+        }
+        runlog.metrics("summary", **summary)
+        plotted = plot_losses(runlog.metrics_path, runlog.dir / PLOT_NAME)
+        runlog.block("summary", json.dumps(summary, indent=2))
+        runlog.line(f"model and tokenizer: {args.output_dir}; log: {runlog.log_path}"
+                    + (f"; loss curve: {runlog.dir / PLOT_NAME}" if plotted else ""))
+        outputs.write_json(outputs.run_path(args.output_dir, outputs.FINISHED_MARKER), {
+            "args": vars(args), "config": config.raw, "versions": versions(), "world_size": world,
+            "device": {k: v for k, v in device.items() if k != "notices"}, "plan": plan, "summary": summary,
+        })
+    finish_distributed()
+    return 0
+
+
+def _zero_stage(path):
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f).get("zero_optimization", {}).get("stage")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"--deepspeed {path}: {exc}") from None
+
+
+def versions() -> str:
+    import accelerate
+    import datasets
+    import transformers
+
+    parts = [f"python {platform.python_version()}", f"torch {torch.__version__}",
+             f"transformers {transformers.__version__}", f"accelerate {accelerate.__version__}",
+             f"datasets {datasets.__version__}"]
+    try:
+        import deepspeed
+
+        parts.append(f"deepspeed {deepspeed.__version__}")
+    except ImportError:
+        pass
+    return ", ".join(parts)
+
+
+def resume_command():
+    argv = [a for a in sys.argv if a]
+    cleaned, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--resume_from_checkpoint":
+            skip = True
+            continue
+        if a.startswith("--resume_from_checkpoint="):
+            continue
+        cleaned.append(a)
+    return ["torchrun", f"--nproc_per_node={_world_size()}", *cleaned] if _world_size() > 1 else ["python", *cleaned]
+
+
+def write_manifest(args, encoded):
+    """Which samples are validation and which train, for every epoch this run may train."""
+    ids = encoded.dataset_ids
+    epochs = range(args.max_epochs) if args.resample_each_epoch else [0]
+    seen, per_epoch = set(), []
+    for e in epochs:
+        rows = encoded.train_rows(e)
+        new = [r for r in rows if r not in seen]
+        seen.update(rows)
+        per_epoch.append({"epoch": e, "train": [ids[r] for r in rows], "new_samples": len(new),
+                          "pool_coverage": round(len(seen) / max(1, sum(len(m) for m in encoded.split.pool.values())), 4)})
+    outputs.write_json(outputs.run_path(args.output_dir, MANIFEST_NAME), {
+        "validation": [ids[r] for r in encoded.val_rows],
+        "epochs": per_epoch,
+        "split": encoded.split.stats,
+    })
+
+
+def write_trace(output_dir, rank, trace):
+    """The dataset rows of every micro-batch this rank trained on, in order."""
+    path = outputs.run_path(output_dir, "training_logs", f"data_order_rank{rank}.jsonl")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for rows in trace:
+            f.write(json.dumps(rows) + "\n")
+
+
+def finish_distributed():
+    """Destroying the process group avoids an abort seen at interpreter exit under ZeRO-3."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -1,0 +1,161 @@
+#!/usr/bin/env python
+"""Generate continuations for a Chameleons file with one or more trained models (Chameleons).
+
+The recipe, top to bottom: parse flags, read the config, the input file and the models'
+tokenizer, build every prompt exactly as training built it, generate (resuming a killed run
+from its shards), extract the answers, and write the output, its summary and an examples log;
+with --evaluate, also score loss/perplexity on the targets and BLEU/ROUGE-L of the generations.
+
+    python predict_Chameleons.py --config config_Chameleons_30B.json --ablation_config context_only \
+        --model outputs/run --input_file test_leaderboard.json --output_file outputs/run/test_pred.json
+    torchrun --nproc_per_node=8 predict_Chameleons.py ...   # items split across ranks
+
+See docs/PREDICTION.md.
+"""
+
+import sys
+import time
+from dataclasses import asdict
+
+from chameleons import data, encoding, evaluation, prediction, prompts
+from chameleons.config import load_config
+from chameleons.errors import UserError, user_errors_exit
+from chameleons.outputs import write_json, write_text
+
+
+def main(argv=None) -> int:
+    started = time.time()
+    args = prediction.parse_predict_args(argv)
+    dist = prediction.Distributed.from_env()
+    config = load_config(args.config)
+    ablation = config.ablation(args.ablation_config)
+    paths = prediction.output_paths(args.output_file)
+    prediction.check_output(args.output_file, args.overwrite)
+    model_dirs = prediction.check_model_dirs(args.model)
+    if len(model_dirs) * args.candidates_per_member < args.num_samples:
+        raise UserError(f"--candidates_per_member {args.candidates_per_member} x {len(model_dirs)} models gives fewer "
+                        f"candidates than --num_samples {args.num_samples}")
+
+    # Load: the input, the shared tokenizer, the history pool of the training file.
+    records, jsonl = prediction.read_input(args.input_file)
+    corpus = data.extract_samples(records, args.input_file, for_prediction=True)
+    if args.evaluate and not any(s.target for s in corpus.samples):
+        raise UserError(f"--evaluate: {args.input_file} has no continuations to score against")
+    prediction.check_backend(args.backend, len(model_dirs), dist.world, args.evaluate)
+    tokenizer = prediction.shared_tokenizer(model_dirs, config.model["tokenizer"], warn=dist.warn)
+    history = prediction.history_index(ablation, config, args)
+    builder = prompts.PromptBuilder(ablation, args.prompt_style, history, config.training["max_context_turns"],
+                                    args.template_filename)
+    for line in prediction.training_run_warnings(model_dirs, args, ablation):  # all input is valid by now
+        dist.warn(line)
+    sampling = prediction.Sampling.from_args(args)
+    if sampling.greedy and args.num_samples > 1 and len(model_dirs) == 1:
+        dist.warn("--temperature 0 is greedy: the --num_samples continuations of an item will be identical")
+
+    # Build prompts: the training encoder, prompt only.
+    fmt = encoding.ChatFormat(tokenizer)
+    max_length = args.max_length or config.training["max_length"]
+    rows = prediction.build_prompts(corpus.samples, builder, tokenizer, fmt, max_length)
+
+    # Generate: every rank takes its share of the items not already in the shards.
+    dist.init()
+    if args.backend == "vllm":
+        models = []
+        generators = [prediction.VllmGenerator(model_dirs[0], tokenizer, fmt, sampling,
+                                               max_length + args.max_new_tokens)]
+    else:
+        models = prediction.load_models(model_dirs, dist.device())
+        n = args.candidates_per_member if len(models) > 1 else args.num_samples
+        generators = [prediction.HFGenerator(m, tokenizer, fmt, sampling, n) for m in models]
+    predictor = prediction.Predictor(generators, models, sampling, args.batch_size)
+    store = prediction.PartStore(args.output_file, dist.rank)
+    meta = prediction.run_meta(args, model_dirs, rows, max_length, sampling)
+    results, stats = prediction.generate_all(rows, predictor, store, dist, meta, args.overwrite, args.batch_size)
+
+    # Extract and write: answers were extracted per item; the output gets each item's own.
+    summary = None
+    if dist.is_main:
+        not_predicted = prediction.attach_continuations(records, results, args.num_samples)
+        prediction.write_records(paths["output"], records, jsonl)
+        write_text(paths["examples"], prediction.examples_log(rows, results, tokenizer, args.log_examples))
+        seconds = time.time() - started
+        summary = {
+            "input_file": str(args.input_file),
+            "output_file": str(paths["output"]),
+            "models": [str(d) for d in model_dirs],
+            "backend": args.backend,
+            "world_size": dist.world,
+            "ablation_config": args.ablation_config,
+            "prompt_style": args.prompt_style,
+            "max_length": max_length,
+            "sampling": asdict(sampling),
+            "counts": {
+                **{k: v for k, v in corpus.summary().items() if k in ("records", "data_items", "characters")},
+                "predicted": len(results),
+                "not_predicted": len(not_predicted),
+                "skipped_by_loader": corpus.summary()["skipped"],
+                "resumed": stats["resumed"],
+                "generated_now": stats["generated_now"],
+                "prompts_truncated": sum(1 for r in rows if r.truncated and r.ids),
+                "prompts_too_long": sum(1 for r in rows if not r.ids),
+                "shard_lines_unreadable": stats["shard_lines_unreadable"],
+                "shard_lines_stale": stats["shard_lines_stale"],
+            },
+            "not_predicted_items": not_predicted,
+            "extraction_problems": prediction.extraction_summary(results),
+            "time": {"total_s": round(seconds, 3), "generation_s": stats["generation_seconds"]},
+            "throughput": {
+                "generated_tokens": stats["generated_tokens"],
+                "items_per_s": round(stats["generated_now"] / stats["generation_seconds"], 3)
+                if stats["generation_seconds"] else None,
+                "tokens_per_s": round(stats["generated_tokens"] / stats["generation_seconds"], 1)
+                if stats["generation_seconds"] else None,
+            },
+            "examples_log": str(paths["examples"]),
+        }
+
+    # Evaluate: loss as training computes it (split across ranks), metrics of the first continuations.
+    if args.evaluate:
+        scored, dropped, unlabelled = evaluation.supervised_rows(corpus.samples, builder, tokenizer, fmt,
+                                                                 config.training["max_length"])
+        mine = list(range(dist.rank, len(scored), dist.world))
+        local = [evaluation.token_logprobs(m, [(scored[i].input_ids, scored[i].prompt_len) for i in mine],
+                                           args.batch_size) for m in models]
+        gathered = dist.gather((mine, local))
+        if dist.is_main:
+            member_rows = [[None] * len(scored) for _ in models]
+            for idx, per_member in gathered:
+                for m, lps in enumerate(per_member):
+                    for i, lp in zip(idx, lps):
+                        member_rows[m][i] = lp
+            labelled = [(results[s.sample_id]["continuations"][0], s.target) for s in corpus.samples
+                        if s.target and s.sample_id in results]
+            report = {
+                "input_file": str(args.input_file),
+                "max_length": config.training["max_length"],
+                "samples_scored": len(scored),
+                "dropped_target_too_long": len(dropped),
+                "unlabelled": unlabelled,
+                "scores": evaluation.loss_report(model_dirs, member_rows),
+                "generation": evaluation.reference_metrics([h for h, _ in labelled], [r for _, r in labelled]),
+            }
+            write_json(paths["eval"], report)
+            print(evaluation.format_report(report), flush=True)
+            summary["evaluation_file"] = str(paths["eval"])
+
+    if dist.is_main:
+        summary["time"]["total_s"] = round(time.time() - started, 3)
+        write_json(paths["summary"], summary)
+        store.remove()
+        c = summary["counts"]
+        print(f"wrote {paths['output']}: {c['predicted']} items x {args.num_samples} continuations "
+              f"({c['resumed']} resumed, {c['generated_now']} generated, {c['not_predicted']} not predicted); "
+              f"{summary['extraction_problems']['continuations_with_problems']} extraction problems; "
+              f"summary {paths['summary']}", flush=True)
+    dist.close()
+    return 0
+
+
+if __name__ == "__main__":
+    with user_errors_exit():
+        sys.exit(main())
