@@ -25,6 +25,7 @@ def main(argv=None) -> int:
                              resume=args.resume_from_checkpoint, dry_run=args.dry_run)
 
     corpus = data.load_corpus(args.data_file or config.resolve_path(config.data["train_file"]))
+    data.require_samples(corpus)
     split = splitting.split_train_val(corpus.samples, args.max_samples_per_user, args.sample_seed,
                                       args.val_ratio, args.val_seed, args.sample_group_by)
     tokenizer = encoding.load_tokenizer(config.model["tokenizer"])

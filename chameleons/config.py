@@ -114,6 +114,8 @@ def load_config(path) -> Config:
         raise UserError(f"{path}: config file not found")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {exc.start}); expected a JSON object") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     if not isinstance(raw, dict):
@@ -137,6 +139,9 @@ def load_config(path) -> Config:
     training = _section(path, "training", raw["training"], SCHEMA["training"])
     for key in ("batch_size", "gradient_accumulation_steps", "max_length", "logging_steps", "evals_per_epoch"):
         if training[key] < 1:
+            raise UserError(f"{path}: key training.{key} must be at least 1, found {training[key]}")
+    for key in ("max_context_turns", "eval_batch_size", "tokens_per_batch"):
+        if training[key] is not None and training[key] < 1:
             raise UserError(f"{path}: key training.{key} must be at least 1, found {training[key]}")
     if training["eval_batch_size"] is None:
         training["eval_batch_size"] = training["batch_size"]

@@ -22,6 +22,7 @@ class Sample:
     sample_id: str  # position in the file: r<record>.c<collection>.i<item>
     uid: str  # content hash: stable when the file is reordered
     record_index: int
+    record_key: str  # content hash of the record: grouping by record must not depend on file order
     user_hash: str
     profile: dict
     personality: dict
@@ -29,7 +30,7 @@ class Sample:
     target: str
 
     def group_key(self, group_by: str = "user_hash") -> str:
-        return self.user_hash if group_by == "user_hash" else f"{self.user_hash}#r{self.record_index}"
+        return self.user_hash if group_by == "user_hash" else f"{self.user_hash}#{self.record_key}"
 
 
 @dataclass
@@ -57,7 +58,10 @@ def read_records(path) -> list:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: data file not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {exc.start}); expected a JSON list or JSON Lines") from None
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
@@ -71,6 +75,12 @@ def read_records(path) -> list:
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
         raise UserError(f"{path}: top level must be a list of records (or JSON Lines), found {type(value).__name__}")
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    if isinstance(whole, dict) and "user_hash" not in whole and "task" not in whole:
+        raise UserError(f"{path}: top level must be a list of records (or JSON Lines), found an object")
     records = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -120,6 +130,7 @@ def extract_samples(records, path="<data>", for_prediction: bool = False) -> Cor
     if not isinstance(records, list):
         raise UserError(f"{path}: top level must be a list of records, found {type(records).__name__}")
     corpus = Corpus(path=str(path), samples=[], records=len(records))
+    seen_records = Counter()
     for r, record in enumerate(records):
         if not isinstance(record, dict):
             raise UserError(f"{where(path, r)}: must be an object, found {type(record).__name__}")
@@ -134,6 +145,7 @@ def extract_samples(records, path="<data>", for_prediction: bool = False) -> Cor
             raise UserError(f"{where(path, r, 'task')}: missing")
         task = _dict_or_empty(record["task"], path, r, "task")
         collections = _list(task.get("task_behavior_collections"), path, r, "task.task_behavior_collections")
+        pending = []
         for c, collection in enumerate(collections):
             cpath = f"task.task_behavior_collections[{c}]"
             collection = _dict_or_empty(collection, path, r, cpath)
@@ -174,18 +186,22 @@ def extract_samples(records, path="<data>", for_prediction: bool = False) -> Cor
                     corpus.skipped[SKIP_ENDS_WITH_CHARACTER] += 1
                     continue
                 context = tuple(turns)
-                corpus.samples.append(Sample(
-                    sample_id=f"r{r}.c{c}.i{i}",
-                    uid=_content_uid(user_hash, context, target),
-                    record_index=r,
-                    user_hash=user_hash,
-                    profile=profile,
-                    personality=personality,
-                    context=context,
-                    target=target,
-                ))
+                pending.append(dict(sample_id=f"r{r}.c{c}.i{i}", uid=_content_uid(user_hash, context, target),
+                                    record_index=r, user_hash=user_hash, profile=profile,
+                                    personality=personality, context=context, target=target))
+        content_key = hashlib.blake2b("".join(p["uid"] for p in pending).encode(), digest_size=6).hexdigest()
+        seen_records[content_key] += 1  # identical duplicate records stay separate groups
+        record_key = f"{content_key}.{seen_records[content_key]}"
+        corpus.samples.extend(Sample(record_key=record_key, **p) for p in pending)
     return corpus
 
 
 def load_corpus(path, for_prediction: bool = False) -> Corpus:
     return extract_samples(read_records(path), path, for_prediction)
+
+
+def require_samples(corpus: Corpus):
+    if len(corpus.samples) < 2:
+        skipped = ", ".join(f"{k} {v}" for k, v in sorted(corpus.skipped.items())) or "none"
+        raise UserError(f"{corpus.path}: {len(corpus.samples)} usable samples in {corpus.records} records "
+                        f"(skipped: {skipped}); at least 2 are needed to train and validate")

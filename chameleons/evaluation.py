@@ -80,9 +80,10 @@ def token_logprobs(model, sequences, batch_size: int = 8) -> list:
         keep, targets = supervised_positions(labels)
         counts = keep.sum(dim=1).tolist()
         if sum(counts):
+            extra = {"output_router_logits": False} if hasattr(model.config, "output_router_logits") else {}
             with torch.no_grad():
                 logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                               logits_to_keep=keep.to(device), use_cache=False).logits
+                               logits_to_keep=keep.to(device), use_cache=False, **extra).logits
             logits = logits.reshape(-1, logits.shape[-1]).float()
             if logits.shape[0] != targets.shape[0]:
                 raise RuntimeError(f"{type(model).__name__} does not support a boolean logits_to_keep")

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from .cli import OneLineParser, add_data_args
 from .data import load_corpus, read_records
-from .encoding import encode_samples, load_tokenizer, tokenizer_fingerprint
+from .encoding import encode_samples, load_tokenizer
 from .errors import UserError
 from .evaluation import ensemble_token_logprobs, mean_loglik, token_logprobs
 from .outputs import write_json, write_text
@@ -89,6 +89,10 @@ def predict_parser():
     p = OneLineParser(prog="predict_Chameleons.py",
                       description="Generate continuations for a Chameleons file with one or more trained models.")
     add_data_args(p)  # --config, --ablation_config, --prompt_style and the training flags the history pool needs
+    for action in p._actions:
+        if action.dest == "data_file":
+            action.help = ("the TRAINING file, for use_history prompts (default: the config's data.train_file); "
+                           "the sampling flags below must match the training run's")
     p.add_argument("--input_file", required=True, help="Chameleons file to predict, e.g. test_leaderboard.json")
     p.add_argument("--model", action="append", required=True, metavar="DIR",
                    help="trained model folder (the trainer's --output_dir); repeat for an ensemble")
@@ -305,18 +309,36 @@ def _has_tokenizer(d: Path) -> bool:
     return (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file()
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
+                    "special_tokens_map.json", "chat_template.jinja", "tokenizer.model")
+
+
+def _tokenizer_files_digest(d: Path) -> str:
+    h = hashlib.sha256()
+    for name in _TOKENIZER_FILES:
+        if (d / name).is_file():
+            h.update(name.encode() + b"\x00" + (d / name).read_bytes() + b"\x00")
+    return h.hexdigest()
+
+
 def shared_tokenizer(model_dirs, fallback: str, warn=None):
     """The members' tokenizer: the one saved beside each model (else the config's), and the same
-    for every member: prompts are token ids, and an ensemble adds up token probabilities."""
+    for every member: prompts are token ids, and an ensemble adds up token probabilities.
+    Byte-identical tokenizer files are not loaded twice."""
     first, first_fp, first_dir = None, None, None
+    loaded_digests = set()
     for d in model_dirs:
         if _has_tokenizer(d):
+            digest = _tokenizer_files_digest(d)
+            if first is not None and digest in loaded_digests:
+                continue
+            loaded_digests.add(digest)
             tok = load_tokenizer(str(d))
         else:
             if warn:
                 warn(f"--model {d}: no tokenizer saved beside the model; using the config's {fallback!r}")
             tok = load_tokenizer(fallback)
-        fp = tokenizer_fingerprint(tok)
+        fp = (tok.get_vocab(), str(tok.chat_template))
         if first is None:
             first, first_fp, first_dir = tok, fp, d
         elif fp != first_fp:
@@ -366,8 +388,20 @@ def load_models(model_dirs, device):
                 model = AutoPeftModelForCausalLM.from_pretrained(str(d), dtype=dtype).merge_and_unload()
         except (OSError, ValueError, TypeError) as exc:
             raise UserError(f"--model {d}: could not be loaded: {str(exc).splitlines()[0]}") from None
-        models.append(model.to(device).eval())
+        models.append(prepare_for_inference(model).to(device).eval())
     return models
+
+
+def prepare_for_inference(model):
+    """Undo the training-time settings a saved config may carry: no KV cache (gradient
+    checkpointing) would make generation quadratic, and router logits (MoE aux loss) are not
+    wanted when generating or scoring."""
+    if hasattr(model.config, "output_router_logits"):
+        model.config.output_router_logits = False
+    model.config.use_cache = True
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.use_cache = True
+    return model
 
 
 def check_backend(backend: str, n_models: int, world: int, evaluate: bool):
@@ -430,7 +464,7 @@ class HFGenerator:
         self.n = n
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stops[0]
         common = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=self.pad_id, eos_token_id=self.stops,
-                      repetition_penalty=sampling.repetition_penalty)
+                      repetition_penalty=sampling.repetition_penalty, use_cache=True)
         if sampling.greedy:  # one greedy line, repeated: greedy search cannot return distinct sequences
             self.draws = 1
             self.config = GenerationConfig(do_sample=False, num_return_sequences=1, **common)
@@ -590,20 +624,23 @@ class PartStore:
 
     def prepare(self, meta: dict, rows, num_samples: int, overwrite: bool) -> dict:
         """(Rank 0.) The results already done with these settings, by sample id."""
+        old = None
         if self.dir.exists():
             try:
                 old = json.loads(self.meta_path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):
                 old = None
-            if old != meta:
+            has_lines = any(p.stat().st_size for p in self.dir.glob("rank*.jsonl"))
+            if old != meta and (old is not None or has_lines):
                 if not overwrite:
                     differ = sorted(k for k in set(meta) | set(old or {}) if (old or {}).get(k) != meta.get(k))
                     raise UserError(f"{self.dir}: holds partial results made with other settings "
                                     f"({', '.join(differ) or 'unreadable meta.json'} differ); pass --overwrite to "
                                     f"discard them, or delete the folder")
                 shutil.rmtree(self.dir)
+                old = None
         self.dir.mkdir(parents=True, exist_ok=True)
-        if not self.meta_path.is_file():
+        if old != meta:
             write_json(self.meta_path, meta)
         uid_of = {r.sample_id: r.sample.uid for r in rows}
         done = {}
@@ -726,6 +763,9 @@ def generate_all(rows, predictor, store: PartStore, dist: Distributed, meta: dic
 
 # ---------------------------------------------------------------- outputs
 
+NOT_PREDICTED = "skipped_by_loader"
+
+
 def attach_continuations(records, results: dict, num_samples: int) -> dict:
     """Add `continuations` to every data item, from that item's own result only; items without
     one (the loader skipped them) get empty strings. Returns {item_id: reason} for those."""
@@ -736,7 +776,7 @@ def attach_continuations(records, results: dict, num_samples: int) -> dict:
         res = results.get(item_id)
         if res is None:
             item["continuations"] = [""] * num_samples
-            missing[item_id] = "not_predicted"
+            missing[item_id] = NOT_PREDICTED
         else:
             item["continuations"] = list(res["continuations"])
     return missing

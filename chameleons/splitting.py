@@ -2,8 +2,8 @@
 
 The validation set is drawn once, over the whole sampled set (not per character: with N = 2
 that would put half the data in validation). A character's training pool is every sample of
-it outside validation, minus any whose dialogue quotes a validation target of that character,
-so no validation line ever reaches a training prompt. Epoch 0 of the training set is the
+it outside validation, minus any whose prompt shows a validation target (whoever speaks it)
+or that trains on the same line, so no validation line ever reaches training. Epoch 0 of the training set is the
 sampled set minus validation; later epochs (with resampling) draw the same number per
 character afresh from the pool.
 """
@@ -18,35 +18,60 @@ def _val_rank(seed: int, uid: str) -> bytes:
     return hashlib.blake2b(f"val\x00{seed}\x00{uid}".encode(), digest_size=8).digest()
 
 
-def choose_validation(sampled, val_ratio: float, seed: int, group_by: str = "user_hash") -> list:
-    """About `val_ratio` of the sampled set; a character's last training sample is taken only
-    when the target count cannot be met otherwise."""
+class QuoteIndex:
+    """Which samples show a given line in their prompt (any speaker) or train on it as target.
+
+    A validation target must reach no training prompt, so choosing a validation sample also
+    removes every sample that quotes its line from training.
+    """
+
+    def __init__(self, samples):
+        self._by_line = {}
+        for s in samples:
+            for line in {content for _, content in s.context} | {s.target}:
+                self._by_line.setdefault(line, []).append(s)
+
+    def quoting(self, line: str) -> list:
+        return self._by_line.get(line, [])
+
+
+def choose_validation(sampled, val_ratio: float, seed: int, group_by: str = "user_hash", all_samples=None,
+                      quotes: QuoteIndex = None) -> list:
+    """About `val_ratio` of the sampled set. A candidate is passed over when taking it (its own
+    sample plus the samples that quote its line) would leave a character without training data;
+    such candidates are used only when the target count cannot be met otherwise."""
     if len(sampled) < 2:
         return []
+    all_samples = sampled if all_samples is None else all_samples
+    quotes = quotes or QuoteIndex(all_samples)
     n_val = min(len(sampled) - 1, max(1, round(val_ratio * len(sampled))))
     order = sorted(sampled, key=lambda s: (_val_rank(seed, s.uid), s.sample_id))
-    left = {g: len(m) for g, m in group_samples(sampled, group_by).items()}
-    chosen = []
-    chosen_ids = set()
+    pool_left = {g: len(m) for g, m in group_samples(all_samples, group_by).items()}
+    sampled_left = {g: len(m) for g, m in group_samples(sampled, group_by).items()}
+    removed, chosen_ids = set(), set()
     for s in order:
-        if len(chosen) == n_val:
+        if len(chosen_ids) == n_val:
             break
-        g = s.group_key(group_by)
-        if left[g] > 1:
-            left[g] -= 1
-            chosen.append(s)
+        if s.sample_id in removed:
+            continue
+        affected = {q.sample_id: q for q in quotes.quoting(s.target) if q.sample_id not in removed}
+        affected[s.sample_id] = s
+        cost = {}
+        for q in affected.values():
+            cost[q.group_key(group_by)] = cost.get(q.group_key(group_by), 0) + 1
+        g_own = s.group_key(group_by)
+        if sampled_left[g_own] > 1 and all(pool_left[g] - c >= 1 for g, c in cost.items()):
+            sampled_left[g_own] -= 1
+            for g, c in cost.items():
+                pool_left[g] -= c
+            removed.update(affected)
             chosen_ids.add(s.sample_id)
     for s in order:
-        if len(chosen) == n_val:
+        if len(chosen_ids) == n_val:
             break
         if s.sample_id not in chosen_ids:
-            chosen.append(s)
             chosen_ids.add(s.sample_id)
     return [s for s in sampled if s.sample_id in chosen_ids]
-
-
-def quotes_any(sample, lines: set) -> bool:
-    return any(role == "assistant" and content in lines for role, content in sample.context)
 
 
 @dataclass
@@ -83,12 +108,11 @@ def split_train_val(samples, max_per_user, sample_seed: int, val_ratio: float, v
     """`val_seed` (default: the sample seed) fixes the validation set, so runs with other sample
     seeds can share it and compare validation losses."""
     val_seed = sample_seed if val_seed is None else val_seed
+    quotes = QuoteIndex(samples)
     val_source = sample_per_character(samples, max_per_user, val_seed, group_by)
-    val = choose_validation(val_source, val_ratio, val_seed, group_by)
+    val = choose_validation(val_source, val_ratio, val_seed, group_by, samples, quotes)
     val_ids = {s.sample_id for s in val}
-    val_lines = {}
-    for s in val:
-        val_lines.setdefault(s.user_hash, set()).add(s.target)
+    leaking = {q.sample_id for v in val for q in quotes.quoting(v.target)} - val_ids
 
     sampled = sample_per_character(samples, max_per_user, sample_seed, group_by)
     sampled_per_group = {g: len(m) for g, m in group_samples(sampled, group_by).items()}
@@ -100,7 +124,7 @@ def split_train_val(samples, max_per_user, sample_seed: int, val_ratio: float, v
         for s in members:
             if s.sample_id in val_ids:
                 continue
-            if quotes_any(s, val_lines.get(s.user_hash, ())) or s.target in val_lines.get(s.user_hash, ()):
+            if s.sample_id in leaking:
                 leaked += 1
                 continue
             eligible.append(s)

