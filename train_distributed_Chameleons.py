@@ -12,12 +12,13 @@ model, train with HF Trainer (DeepSpeed when asked) and save the best model.
 
 import sys
 
-from chameleons import cli, data, encoding, outputs, planning, prompts, splitting
+from chameleons import cli, data, encoding, launch, outputs, planning, prompts, splitting
 from chameleons.config import load_config
 from chameleons.errors import user_errors_exit
 
 
 def main(argv=None) -> int:
+    launch.adopt_slurm_ranks()
     args = cli.parse_train_args(argv)
     config = load_config(args.config)
     ablation = config.ablation(args.ablation_config)

@@ -177,14 +177,13 @@ def extract_samples(records, path="<data>", for_prediction: bool = False) -> Cor
                     if content:
                         turns.append(("assistant" if is_character_turn(source, name) else "user", content))
                 target = continuation.strip()
-                if for_prediction:
-                    pass
-                elif not target:
-                    corpus.skipped[SKIP_EMPTY_CONTINUATION] += 1
-                    continue
-                if turns and turns[-1][0] == "assistant":
-                    corpus.skipped[SKIP_ENDS_WITH_CHARACTER] += 1
-                    continue
+                if not for_prediction:
+                    if not target:
+                        corpus.skipped[SKIP_EMPTY_CONTINUATION] += 1
+                        continue
+                    if turns and turns[-1][0] == "assistant":
+                        corpus.skipped[SKIP_ENDS_WITH_CHARACTER] += 1
+                        continue
                 context = tuple(turns)
                 pending.append(dict(sample_id=f"r{r}.c{c}.i{i}", uid=_content_uid(user_hash, context, target),
                                     record_index=r, user_hash=user_hash, profile=profile,

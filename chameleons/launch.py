@@ -1,0 +1,26 @@
+"""Ranks from the launcher: torchrun sets RANK/WORLD_SIZE itself; under plain `srun` (one task
+per GPU) they come from the SLURM variables."""
+
+import os
+
+
+def slurm_to_torch_env(environ) -> dict:
+    """The torch.distributed variables a SLURM task implies, or {} when torchrun (or nothing)
+    launched us. MASTER_ADDR must come from the batch script (the first node's host name)."""
+    if "RANK" in environ or "SLURM_PROCID" not in environ:
+        return {}
+    ntasks = int(environ.get("SLURM_NTASKS", "1"))
+    if ntasks < 2:
+        return {}
+    return {
+        "RANK": environ["SLURM_PROCID"],
+        "WORLD_SIZE": str(ntasks),
+        "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+        "LOCAL_WORLD_SIZE": environ.get("SLURM_NTASKS_PER_NODE", environ.get("SLURM_GPUS_ON_NODE", "1")).split("(")[0],
+        "MASTER_ADDR": environ.get("MASTER_ADDR", "127.0.0.1"),
+        "MASTER_PORT": environ.get("MASTER_PORT", "29500"),
+    }
+
+
+def adopt_slurm_ranks():
+    os.environ.update(slurm_to_torch_env(os.environ))
