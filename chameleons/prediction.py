@@ -34,7 +34,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .cli import OneLineParser, add_data_args
+from .cli import (OneLineParser, _non_negative_float, _non_negative_int, _positive_float, _positive_int,
+                  add_data_args)
 from .data import load_corpus, read_records
 from .encoding import encode_samples, load_tokenizer
 from .errors import UserError
@@ -49,34 +50,6 @@ TRAINING_CONFIG = "training_config.json"
 
 
 # ---------------------------------------------------------------- flags
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
-
-
-def _non_negative_float(text):
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
-
-
-def _positive_float(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
-    return value
-
 
 def _probability(text):
     value = float(text)

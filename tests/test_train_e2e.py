@@ -210,13 +210,20 @@ def test_sigterm_then_resume_matches_uninterrupted_run(run_a, workdir):
 
 def test_single_process_early_stops_when_it_should(workdir):
     """No DeepSpeed, one process: with a threshold no evaluation can beat, patience 2 stops
-    the run at the third evaluation, and the best model is what gets saved."""
+    the run at the third evaluation, and the best model is what gets saved. wandb, with no key,
+    logs offline into the run folder with one notice."""
     tmp, config = workdir
     out = tmp / "single"
-    proc = run([sys.executable, str(SCRIPT), "--config", str(config), "--output_dir", str(out),
-                "--max_samples_per_user", "3", "--max_epochs", "5", "--early_stopping_patience", "2",
-                "--early_stopping_threshold", "100"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["HOME"] = str(tmp)  # no ~/.netrc: wandb has no key and must fall back to offline
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--config", str(config), "--output_dir", str(out),
+                           "--max_samples_per_user", "3", "--max_epochs", "5", "--early_stopping_patience", "2",
+                           "--early_stopping_threshold", "100", "--wandb_project", "chameleons_ci",
+                           "--wandb_run_name", "early_stop"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("wandb: no API key found, logging offline") == 1
+    assert list((out / "wandb").glob("offline-run-*"))
     evals = [m for m in metrics(out) if m["event"] == "eval"]
     assert len(evals) == 3
     assert any(m["event"] == "early_stop" for m in metrics(out))
