@@ -1,0 +1,55 @@
+"""Stopping cleanly: signals and non-finite losses end the run at an optimizer step's end with a
+complete checkpoint and an exit code that says why."""
+
+import signal
+
+import torch
+from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM, TrainingArguments
+
+from chameleons.batching import make_collator
+from chameleons.checkpoints import is_complete, newest_complete, resolve_resume
+from chameleons.runlog import Throughput
+from chameleons.stopping import EXIT_NONFINITE, StopCallback, StopRequest
+from chameleons.training import make_trainer_class
+
+
+def test_signal_exit_codes_and_repeats_within_the_window():
+    req = StopRequest()
+    req._handle(signal.SIGTERM, None)
+    req._handle(signal.SIGINT, None)  # torchrun's forwarded copy: the same stop, not an abort
+    assert req.signal == signal.SIGTERM and req.exit_code == 143
+    other = StopRequest()
+    other._handle(signal.SIGINT, None)
+    assert other.exit_code == 130
+    assert StopRequest().exit_code == 0
+
+
+def test_nonfinite_loss_stops_after_the_step_with_a_complete_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = Qwen3MoeForCausalLM(Qwen3MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                               moe_intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                               num_key_value_heads=1, head_dim=16, num_experts=4, num_experts_per_tok=2))
+    with torch.no_grad():
+        model.model.embed_tokens.weight[7] = float("nan")
+    rows = [{"input_ids": [3, 4, 7, 8, 9, 10], "prompt_len": 2, "length": 6} for _ in range(8)]
+    stop = StopRequest()
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], max_steps=4,
+                             per_device_train_batch_size=2, save_strategy="no", logging_nan_inf_filter=False,
+                             remove_unused_columns=False)
+    trainer = make_trainer_class()(model=model, args=args, train_dataset=rows,
+                                   data_collator=make_collator("padded", 0), callbacks=[StopCallback(stop)],
+                                   throughput=Throughput(), stop=stop, collate=None, router_aux_loss_coef=0.0,
+                                   trace=None)
+    trainer.train()
+    assert stop.nonfinite and stop.exit_code == EXIT_NONFINITE
+    assert trainer.state.global_step == 1
+    assert is_complete(tmp_path / "checkpoint-1")
+    assert resolve_resume("auto", tmp_path) == str(tmp_path / "checkpoint-1")
+
+
+def test_auto_resume_ignores_half_written_checkpoints(tmp_path):
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "chameleons_complete").write_text("ok\n")
+    (tmp_path / "checkpoint-9").mkdir()  # a save that was cut off: no marker
+    assert newest_complete(tmp_path) == str(tmp_path / "checkpoint-4")
+    assert resolve_resume("auto", tmp_path / "empty") is None
