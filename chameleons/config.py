@@ -44,7 +44,7 @@ SCHEMA = {
         "save_total_limit": (int, 3),
         "evals_per_epoch": (int, 2),
         "seed": (int, 42),
-        "batching": (str, "padded"),
+        "batching": (str, "packed"),
         "tokens_per_batch": (int, None),
         "dataloader_num_workers": (int, 0),
     },

@@ -16,7 +16,7 @@ import torch
 from transformers import TrainerCallback
 
 from . import checkpoints, outputs, planning
-from .batching import make_collator, trainer_args_for_batching
+from .batching import check_packing_supported, make_collator, trainer_args_for_batching
 from .encoding import encode_split
 from .errors import UserError
 from .loss import causal_lm_loss
@@ -329,6 +329,8 @@ def run(args, config, corpus, split, builder, tokenizer, cache_dir) -> int:
 
     resume = checkpoints.resolve_resume(args.resume_from_checkpoint, args.output_dir)
     device = device_settings(args.disable_flash_attn, config.model["attn_implementation"])
+    if config.training["batching"] == "packed":
+        check_packing_supported(device["attn_implementation"])
     report_to, wandb_notice = wandb_settings(args.wandb_project, args.wandb_run_name, args.output_dir)
     targs = training_arguments(args, config, device, report_to)
     world = targs.world_size
