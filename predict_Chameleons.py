@@ -129,7 +129,7 @@ def main(argv=None) -> int:
                     for i, lp in zip(idx, lps):
                         member_rows[m][i] = lp
             labelled = [(results[s.sample_id]["continuations"][0], s.target) for s in corpus.samples
-                        if s.target and s.sample_id in results]
+                        if data.is_training_sample(s) and s.sample_id in results]
             report = {
                 "input_file": str(args.input_file),
                 "max_length": config.training["max_length"],

@@ -199,6 +199,11 @@ def load_corpus(path, for_prediction: bool = False) -> Corpus:
     return extract_samples(read_records(path), path, for_prediction)
 
 
+def is_training_sample(sample: Sample) -> bool:
+    """What training counts as a sample: a target, and a context not ending on the character."""
+    return bool(sample.target) and not (sample.context and sample.context[-1][0] == "assistant")
+
+
 def require_samples(corpus: Corpus):
     if len(corpus.samples) < 2:
         skipped = ", ".join(f"{k} {v}" for k, v in sorted(corpus.skipped.items())) or "none"

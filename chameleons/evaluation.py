@@ -16,6 +16,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
+from .data import is_training_sample
 from .encoding import IGNORE_INDEX, build_labels, encode_samples
 
 
@@ -38,9 +39,9 @@ class ScoredRow:
 
 
 def supervised_rows(samples, builder, tokenizer, fmt, max_length: int):
-    """Rows of the labelled samples, plus the ids of those dropped (target too long) and the
-    count of unlabelled ones (no continuation in the file)."""
-    labelled = [s for s in samples if s.target]
+    """Rows of the samples training would count (labelled, context not ending on the character),
+    plus the ids of those dropped (target too long) and the count of unlabelled ones."""
+    labelled = [s for s in samples if is_training_sample(s)]
     enc = encode_samples(labelled, builder, tokenizer, fmt, max_length, with_target=True)
     rows, dropped = [], []
     for s, ids, prompt_len in zip(labelled, enc["input_ids"], enc["prompt_len"]):
@@ -48,7 +49,7 @@ def supervised_rows(samples, builder, tokenizer, fmt, max_length: int):
             dropped.append(s.sample_id)
             continue
         rows.append(ScoredRow(s.sample_id, list(ids), build_labels(ids, prompt_len)))
-    return rows, dropped, len(samples) - len(labelled)
+    return rows, dropped, sum(1 for s in samples if not s.target)
 
 
 def token_logprobs(model, sequences, batch_size: int = 8) -> list:

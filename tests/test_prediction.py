@@ -71,8 +71,8 @@ def _train_records():
 
 
 def _input_records():
-    """A leaderboard-like file: labelled and unlabelled items, an empty context, an item the
-    loader skips (context ends on the character), two collections, extra fields everywhere."""
+    """A leaderboard-like file: labelled and unlabelled items, an empty context, an item training
+    would skip (context ends on the character; still predicted), two collections, extra fields."""
     long_turns = [("Partner" if t % 2 else "Ann Lee", f"turn {t}: " + "words and more words " * 6) for t in range(12)]
     return [
         _record("aaa", "Ann Lee", [[
@@ -87,7 +87,7 @@ def _input_records():
         ]], age=35, gender="M"),
         _record("ccc", "Cy", [
             [_item([("Partner", "Cy, say something.")], "Something.")],
-            [_item([("Partner", "Well?"), ("Cy", "Well what.")], "Nothing.")],  # skipped by the loader
+            [_item([("Partner", "Well?"), ("Cy", "Well what.")], "Nothing.")],  # not a training sample
         ], age=33),
     ]
 
@@ -302,9 +302,8 @@ def test_output_file_shape_summary_and_log(env, tmp_path, capsys):
     assert records == original  # nothing else touched
     summary = json.loads(Path(f"{out}.summary.json").read_text())
     assert summary["counts"]["data_items"] == 7
-    assert summary["counts"]["predicted"] == 6
-    assert summary["not_predicted_items"] == {"r2.c1.i0": "skipped_by_loader"}
-    assert summary["counts"]["skipped_by_loader"] == {"context_ends_with_character_turn": 1}
+    assert summary["counts"]["predicted"] == 7  # every item, also the one training would skip
+    assert summary["not_predicted_items"] == {}
     assert summary["sampling"]["num_samples"] == 2 and summary["sampling"]["max_new_tokens"] == 6
     assert summary["throughput"]["generated_tokens"] > 0 and summary["time"]["total_s"] > 0
     problems = summary["extraction_problems"]
@@ -343,9 +342,7 @@ def test_every_item_gets_its_own_answer(env, tmp_path, monkeypatch, qwen_tok):
     assert _main()(_argv(env, out, "--batch_size", "3", ablation="context_only")) == 0
     items = dict(_items(json.loads(out.read_text())))
     for sid, item in items.items():
-        if sid == "r2.c1.i0":
-            assert item["continuations"] == ["", ""]
-        elif sid == "r0.c0.i1":
+        if sid == "r0.c0.i1":
             assert item["continuations"] == ["", ""]
         elif sid == "r1.c0.i1":
             assert item["continuations"] == [f"{sid} runs away"] * 2
@@ -405,7 +402,7 @@ def test_resume_skips_done_items_and_keeps_their_results(env, tmp_path, monkeypa
     assert all(len(it["continuations"]) == 2 for it in items.values())
     summary = json.loads(Path(f"{out}.summary.json").read_text())
     assert summary["counts"]["resumed"] == 2
-    assert summary["counts"]["generated_now"] == 6 - 2
+    assert summary["counts"]["generated_now"] == 7 - 2
     assert summary["counts"]["shard_lines_unreadable"] == 1
     assert not Path(f"{out}.parts").exists()
 
@@ -632,6 +629,6 @@ def test_torchrun_two_ranks(env, tmp_path):
     items = dict(_items(json.loads(out.read_text())))
     assert len(items) == 7 and all(len(it["continuations"]) == 2 for it in items.values())
     summary = json.loads(Path(f"{out}.summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["counts"]["generated_now"] == 6
+    assert summary["world_size"] == 2 and summary["counts"]["generated_now"] == 7
     assert json.loads(Path(f"{out}.eval.json").read_text())["samples_scored"] == 5
     assert proc.stdout.count("wrote ") == 1  # rank 0 only
