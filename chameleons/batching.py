@@ -153,6 +153,42 @@ def trainer_args_for_batching(kind: str) -> dict:
     return args
 
 
+class LengthGroupedRowSampler(torch.utils.data.Sampler):
+    """transformers' length grouping (`get_length_grouped_indices`, as its LengthGroupedSampler),
+    over lengths read afresh at the start of every epoch.
+
+    For a training set that is not a `datasets.Dataset` with a `length` column (such as rows that
+    change each epoch with resampling), where the stock sampler would index every row once to
+    measure `input_ids` and then keep epoch 0's lengths. `lengths()` returns the current length
+    of every item of `dataset`, in order. The order depends only on `seed` and the epoch (set by
+    accelerate through `set_epoch`), so every rank draws the same one, as sharding requires.
+    `group_size` is HF Trainer's: `train_batch_size * gradient_accumulation_steps`.
+    """
+
+    def __init__(self, dataset, lengths, group_size: int, seed: int = 0):
+        self.dataset = dataset
+        self.lengths = lengths
+        self.group_size = group_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __iter__(self):
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        lengths = list(self.lengths())
+        if len(lengths) != len(self.dataset):
+            raise ValueError(f"lengths() gave {len(lengths)} lengths for {len(self.dataset)} items")
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(get_length_grouped_indices(lengths, self.group_size, generator=g))
+
+
 def count_padding(batch) -> tuple:
     """(real tokens, tokens computed) of a collated micro-batch."""
     computed = batch["input_ids"].numel()
