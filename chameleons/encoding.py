@@ -176,8 +176,8 @@ class EncodedSplit:
         self.dataset = dataset
         self.split = split
         self.resample = resample
-        lengths = dataset["length"]
-        self.dataset_ids = dataset["sample_id"]
+        lengths = dataset["length"][:]  # whole columns at once: element-wise access is slow
+        self.dataset_ids = dataset["sample_id"][:]
         self.lengths = lengths
         self.row_of = {sid: i for i, (sid, n) in enumerate(zip(self.dataset_ids, lengths)) if n > 0}
         self.val_rows = [self.row_of[s.sample_id] for s in split.val if s.sample_id in self.row_of]

@@ -99,6 +99,10 @@ def causal_lm_loss(model, batch, num_items_in_batch=None, router_aux_loss_coef: 
     of the step, so the coefficient means the same at any accumulation / world size (the plain
     HF forward instead adds `coef * aux` per micro-batch, i.e. `accumulation x coef`).
 
+    The aux term is added as `term - term.detach()`: it trains the router (same gradient) but
+    adds nothing to the returned value, so the logged loss is the mean token loss alone and
+    compares with `eval_loss`.
+
     `n_supervised_tokens` is a 0-dim tensor (no device sync).
     """
     labels = batch["labels"]
@@ -139,5 +143,6 @@ def causal_lm_loss(model, batch, num_items_in_batch=None, router_aux_loss_coef: 
             aux = aux.to(loss.device)
             if num_items_in_batch is not None:
                 aux = aux * (n_supervised.to(loss.device) / denominator)
-            loss = loss + router_aux_loss_coef * aux
+            term = router_aux_loss_coef * aux
+            loss = loss + (term - term.detach())
     return loss, n_supervised

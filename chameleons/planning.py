@@ -45,9 +45,9 @@ def token_stats(lengths, prompt_lens, truncated) -> dict:
 def encoded_token_stats(encoded) -> dict:
     """Over the rows this run uses (epoch 0's training set and validation), dropped ones included."""
     ds = encoded.dataset
-    lengths, prompt_lens, truncated = ds["length"], ds["prompt_len"], ds["truncated"]
+    lengths, prompt_lens, truncated = ds["length"][:], ds["prompt_len"][:], ds["truncated"][:]
     used = set(s.sample_id for s in encoded.split.val) | set(s.sample_id for s in encoded.split.train)
-    rows = [i for i, sid in enumerate(ds["sample_id"]) if sid in used]
+    rows = [i for i, sid in enumerate(encoded.dataset_ids) if sid in used]
     return token_stats([lengths[i] for i in rows], [prompt_lens[i] for i in rows], [truncated[i] for i in rows])
 
 

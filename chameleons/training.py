@@ -16,7 +16,7 @@ import torch
 from transformers import TrainerCallback
 
 from . import checkpoints, outputs, planning
-from .batching import check_packing_supported, make_collator, trainer_args_for_batching
+from .batching import LengthGroupedRowSampler, check_packing_supported, make_collator, trainer_args_for_batching
 from .encoding import encode_split
 from .errors import UserError
 from .loss import causal_lm_loss
@@ -244,8 +244,9 @@ def make_trainer_class():
     class ChameleonsTrainer(Trainer):
         """HF Trainer with the loss as the true mean token loss and an exact evaluation."""
 
-        def __init__(self, *a, throughput, stop, collate, router_aux_loss_coef, trace, **kw):
+        def __init__(self, *a, throughput, stop, collate, router_aux_loss_coef, trace, batching="padded", **kw):
             super().__init__(*a, **kw)
+            self.batching = batching
             self.model_accepts_loss_kwargs = True
             self.throughput = throughput
             self.stop = stop
@@ -268,6 +269,16 @@ def make_trainer_class():
             if self.args.average_tokens_across_devices and num_items_in_batch is not None and model.training:
                 loss = loss * self.accelerator.num_processes
             return (loss, None) if return_outputs else loss
+
+        def _get_train_sampler(self, train_dataset=None):
+            """Length grouping over the rows of the current epoch (they change with resampling)."""
+            ds = train_dataset if train_dataset is not None else self.train_dataset
+            if self.batching != "length_grouped":
+                return super()._get_train_sampler(train_dataset)
+            lengths = ds.encoded.lengths
+            return LengthGroupedRowSampler(ds, lambda: [lengths[r] for r in ds.rows],
+                                           self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                           seed=self.args.seed)
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             """Mean token loss over the whole validation set (summed, then divided once), the same
@@ -382,7 +393,7 @@ def run(args, config, corpus, split, builder, tokenizer, cache_dir) -> int:
     trainer = make_trainer_class()(
         model=model, args=targs, train_dataset=train_rows, data_collator=with_row_index(collate),
         processing_class=tokenizer, callbacks=callbacks, throughput=throughput, stop=stop,
-        eval_dataset=encoded.val_rows, collate=collate, router_aux_loss_coef=config.model["router_aux_loss_coef"],
+        eval_dataset=encoded.val_rows, collate=collate, batching=config.training["batching"], router_aux_loss_coef=config.model["router_aux_loss_coef"],
         trace=trace)
 
     runlog.line(f"resuming from {resume}" if resume else "starting fresh")

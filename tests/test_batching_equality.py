@@ -274,12 +274,22 @@ def test_router_aux_loss(kind, rows):
     aux = router_aux_loss(out.router_logits, model.config, b.get("attention_mask"))
     assert aux > 0
     torch.testing.assert_close(aux, out.aux_loss)  # the model's own (padding-masked) aux loss
-    torch.testing.assert_close(with_aux - plain, coef * aux, rtol=1e-4, atol=1e-7)
+    # the value stays the token loss alone (comparable with eval_loss) ...
+    torch.testing.assert_close(with_aux, plain)
+    # ... while the gradient is that of token loss + coef * aux
+    model.zero_grad(set_to_none=True)
+    out = model(input_ids=b["input_ids"], attention_mask=b.get("attention_mask"),
+                position_ids=b.get("position_ids"), use_cache=False, output_router_logits=True)
+    (coef * router_aux_loss(out.router_logits, model.config, b.get("attention_mask"))).backward()
     gate = "model.layers.0.mlp.gate.weight"
-    assert (aux_grads[gate] - plain_grads[gate]).abs().max() > 0
+    aux_only = dict(model.named_parameters())[gate].grad
+    assert aux_only.abs().max() > 0
+    torch.testing.assert_close(aux_grads[gate] - plain_grads[gate], aux_only, rtol=1e-3, atol=1e-7)
     # with num_items_in_batch (an accumulation step of 3x these tokens): aux weighted by the token share
-    scaled, _ = causal_lm_loss(model, b, num_items_in_batch=3 * n, router_aux_loss_coef=coef)
-    torch.testing.assert_close(scaled.detach(), plain / 3 + coef * aux / 3, rtol=1e-4, atol=1e-7)
+    scaled, _, scaled_grads = loss_and_grads(model, b, num_items_in_batch=3 * n, router_aux_loss_coef=coef)
+    _, _, plain_scaled_grads = loss_and_grads(model, b, num_items_in_batch=3 * n)
+    torch.testing.assert_close(scaled, plain / 3, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(scaled_grads[gate] - plain_scaled_grads[gate], aux_only / 3, rtol=1e-3, atol=1e-7)
 
 
 def test_peft_wrapped_model(rows):
