@@ -209,10 +209,14 @@ def test_sigterm_then_resume_matches_uninterrupted_run(run_a, workdir):
 
 
 def test_single_process_early_stops_when_it_should(workdir):
-    """No DeepSpeed, one process: with a threshold no evaluation can beat, patience 2 stops
+    """No DeepSpeed, one process, length-grouped batches: with a threshold no evaluation can beat, patience 2 stops
     the run at the third evaluation, and the best model is what gets saved. wandb, with no key,
     logs offline into the run folder with one notice."""
     tmp, config = workdir
+    grouped = json.loads(config.read_text())
+    grouped["training"]["batching"] = "length_grouped"  # the ZeRO-3 runs cover packed batches
+    config = tmp / "config_length_grouped.json"
+    config.write_text(json.dumps(grouped))
     out = tmp / "single"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["HOME"] = str(tmp)  # no ~/.netrc: wandb has no key and must fall back to offline
