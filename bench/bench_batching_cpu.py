@@ -38,6 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from chameleons import attention  # noqa: E402
 from chameleons.batching import count_padding, make_collator  # noqa: E402
 from chameleons.data import extract_samples  # noqa: E402
 from chameleons.encoding import ChatFormat, encode_samples, load_tokenizer  # noqa: E402
@@ -72,31 +73,6 @@ def realistic_rows(n_samples, max_length, ablation, max_context_turns, seed=0):
     rows = [{"input_ids": ids, "prompt_len": p, "length": len(ids)}
             for ids, p in zip(enc["input_ids"], enc["prompt_len"]) if ids]
     return rows, tokenizer.pad_token_id
-
-
-def register_block_sdpa():
-    """Diagnostic attention `sdpa_blocks` (not for training): a packed row's attention computed per
-    sample (sdpa with is_causal on each diagonal block), i.e. what flash-attention varlen does on
-    GPU, so the CPU figures can separate the padding saving from sdpa's full (sum of lengths)^2
-    attention over a packed row. Anything that is not a packed row goes to the stock sdpa."""
-    import torch.nn.functional as F
-    from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
-    def block_sdpa(module, query, key, value, attention_mask, scaling=None, position_ids=None, **kwargs):
-        if position_ids is None or position_ids.shape[0] != 1 or not bool((position_ids[0, 1:] == 0).any()):
-            return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
-                                          position_ids=position_ids, **kwargs)
-        bounds = (position_ids[0] == 0).nonzero().flatten().tolist() + [query.shape[2]]
-        key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
-        out = torch.cat([F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
-                                                        is_causal=True, scale=scaling)
-                         for a, b in zip(bounds[:-1], bounds[1:])], dim=2)
-        return out.transpose(1, 2).contiguous(), None
-
-    AttentionInterface.register("sdpa_blocks", block_sdpa)
-    ALL_MASK_ATTENTION_FUNCTIONS.register("sdpa_blocks", sdpa_mask)
 
 
 def tiny_moe(args):
@@ -169,8 +145,9 @@ def main(argv=None) -> int:
     p.add_argument("--vocab", type=int, default=1024,
                    help="token ids are folded into this many (id %% vocab) so that lm_head is ~10%% of the "
                         "model's FLOPs per token, as in Qwen3-30B-A3B; 151936 keeps the real ids")
-    p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "sdpa_blocks"],
-                   help="sdpa_blocks: diagnostic per-sample attention for packed rows (see register_block_sdpa)")
+    p.add_argument("--attn", default="sdpa_varlen", choices=["sdpa_varlen", "sdpa", "eager"],
+                   help="sdpa_varlen (what training uses with packed batches): per-sample SDPA on packed rows, "
+                        "stock SDPA on padded ones; sdpa: stock SDPA everywhere")
     p.add_argument("--experts_impl", default="grouped_mm", choices=["grouped_mm", "batched_mm", "eager"])
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: on a shared 2-core machine more threads oversubscribe)")
@@ -180,8 +157,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.attn == "sdpa_blocks":
-        register_block_sdpa()
+    if args.attn == "sdpa_varlen":
+        attention.register()
 
     t = time.perf_counter()
     rows, pad_id = realistic_rows(args.samples, args.max_length, args.ablation, args.max_context_turns, args.seed)

@@ -38,6 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from chameleons import attention  # noqa: E402
+
 from chameleons.batching import make_collator  # noqa: E402
 from chameleons.loss import causal_lm_loss  # noqa: E402
 
@@ -115,7 +117,7 @@ def ours_attention(device):
                 return "flash_attention_2"
         except ImportError:
             pass
-    return "sdpa"
+    return attention.NAME
 
 
 def grouped_mm_native(device) -> bool:
@@ -187,8 +189,8 @@ def main(argv=None) -> int:
     p.add_argument("--no_gradient_checkpointing", action="store_true")
     p.add_argument("--today_attn", default="eager")
     p.add_argument("--ours_attn", default=None,
-                   help="default: flash_attention_2 if importable, else sdpa; sdpa_blocks: per-sample sdpa "
-                        "(bench/bench_batching_cpu.py register_block_sdpa)")
+                   help="default: flash_attention_2 if importable, else sdpa_varlen (per-sample sdpa on "
+                        "packed rows, chameleons/attention.py)")
     p.add_argument("--ours_experts", default="grouped_mm")
     p.add_argument("--peak_tflops", type=float, default=None)
     p.add_argument("--gpus", type=int, default=8, help="GPUs of the projected run")
@@ -227,10 +229,8 @@ def main(argv=None) -> int:
     padded_tokens = sum(len(g) * max(len(r["input_ids"]) for r in g) for g in timed)
 
     ours_attn = args.ours_attn or ours_attention(device)
-    if "sdpa_blocks" in (ours_attn, args.today_attn):
-        from bench_batching_cpu import register_block_sdpa
-
-        register_block_sdpa()  # per-sample sdpa for packed rows, when flash-attention is not installed
+    if attention.NAME in (ours_attn, args.today_attn):
+        attention.register()  # per-sample sdpa for packed rows, when flash-attention is not installed
     setups = {
         "today": dict(attn=args.today_attn, experts="eager", kind="padded", step=today_step),
         "ours": dict(attn=ours_attn, experts=args.ours_experts, kind="packed", step=ours_step),

@@ -35,7 +35,7 @@ BATCHING_KINDS = ("packed", "length_grouped", "padded")
 # flash_attention_2/3/4: transformers derives cu_seqlens from the position ids when the batch is
 # one row (`modeling_flash_attention_utils._is_packed_sequence` / `prepare_fa_kwargs_from_position_ids`);
 # read in the source, not run here (no GPU).
-PACKING_ATTENTION = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3",
+PACKING_ATTENTION = ("eager", "sdpa", "sdpa_varlen", "flex_attention", "flash_attention_2", "flash_attention_3",
                      "flash_attention_4")
 
 

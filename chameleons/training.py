@@ -15,7 +15,7 @@ import time
 import torch
 from transformers import TrainerCallback
 
-from . import checkpoints, outputs, planning
+from . import attention, checkpoints, outputs, planning
 from .batching import LengthGroupedRowSampler, check_packing_supported, make_collator, trainer_args_for_batching
 from .encoding import encode_split
 from .errors import UserError
@@ -95,8 +95,9 @@ class EpochCallback(TrainerCallback):
         self.runlog.metrics("epoch", epoch=epoch, samples=len(rows), new_samples=new, pool_coverage=coverage)
 
 
-def device_settings(disable_flash_attn: bool, attn_config: str):
-    """bf16 + flash-attention 2 on a GPU when available, fp32 + SDPA on CPU."""
+def device_settings(disable_flash_attn: bool, attn_config: str, batching: str = "padded"):
+    """bf16 + flash-attention 2 on a GPU when available, fp32 + SDPA on CPU; packed rows without
+    flash-attention run SDPA per sample (`sdpa_varlen`)."""
     notices = []
     on_gpu = torch.cuda.is_available()
     bf16 = on_gpu and torch.cuda.is_bf16_supported()
@@ -113,6 +114,9 @@ def device_settings(disable_flash_attn: bool, attn_config: str):
     elif attn == "flash_attention_2" and (disable_flash_attn or not on_gpu):
         attn = "sdpa"
         notices.append("flash-attention 2 needs a GPU and is not disabled: using SDPA attention")
+    if attn == "sdpa" and batching == "packed":
+        attention.register()
+        attn = attention.NAME
     return {"on_gpu": on_gpu, "bf16": bf16, "attn_implementation": attn, "notices": notices}
 
 
@@ -339,7 +343,7 @@ def run(args, config, corpus, split, builder, tokenizer, cache_dir) -> int:
     from transformers import EarlyStoppingCallback, set_seed
 
     resume = checkpoints.resolve_resume(args.resume_from_checkpoint, args.output_dir)
-    device = device_settings(args.disable_flash_attn, config.model["attn_implementation"])
+    device = device_settings(args.disable_flash_attn, config.model["attn_implementation"], config.training["batching"])
     if config.training["batching"] == "packed":
         check_packing_supported(device["attn_implementation"])
     report_to, wandb_notice = wandb_settings(args.wandb_project, args.wandb_run_name, args.output_dir)

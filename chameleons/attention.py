@@ -1,0 +1,45 @@
+"""`sdpa_varlen`: SDPA run per sample on a packed row, as flash-attention's varlen kernel does.
+
+Stock SDPA on a packed row computes the full (sum of lengths)^2 masked attention, which eats the
+padding saving; here each sample attends only to itself, block by block on the diagonal. Rows
+that are not packed (padded batches, evaluation) go to stock SDPA unchanged.
+"""
+
+import torch
+import torch.nn.functional as F
+
+NAME = "sdpa_varlen"
+
+
+def _sample_bounds(position_ids):
+    """Start offsets of the samples of a packed row (positions restart at 0), or None."""
+    if position_ids is None or position_ids.dim() != 2 or position_ids.shape[0] != 1:
+        return None
+    starts = (position_ids[0] == 0).nonzero().flatten().tolist()
+    if len(starts) < 2 or starts[0] != 0:
+        return None
+    return starts + [position_ids.shape[1]]
+
+
+def sdpa_varlen_forward(module, query, key, value, attention_mask, scaling=None, position_ids=None, **kwargs):
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    bounds = _sample_bounds(position_ids)
+    if bounds is None or query.shape[2] != position_ids.shape[1]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                      position_ids=position_ids, **kwargs)
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    out = torch.cat([F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
+                                                    is_causal=True, scale=scaling)
+                     for a, b in zip(bounds[:-1], bounds[1:])], dim=2)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register():
+    """Make `attn_implementation="sdpa_varlen"` known to transformers (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(NAME, sdpa_varlen_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
