@@ -36,10 +36,28 @@ def is_finished_run(output_dir) -> bool:
     return run_path(output_dir, FINISHED_MARKER).is_file()
 
 
+RUN_FILES = (FINISHED_MARKER, "split_manifest.json", "training_logs")
+
+
 def check_output_dir(output_dir, overwrite: bool, resume, dry_run: bool):
-    """A finished run is never overwritten unless asked; a dry run only adds plan.json."""
+    """A run folder is never overwritten unless asked; a dry run only adds plan.json."""
     if dry_run or overwrite or resume:
         return
     if is_finished_run(output_dir):
         raise UserError(f"{output_dir}: holds a finished run ({FINISHED_MARKER}); pass --overwrite_output_dir "
                         f"to replace it, or choose another --output_dir")
+    if any(Path(output_dir).glob("checkpoint-*")):
+        raise UserError(f"{output_dir}: holds checkpoints of an unfinished run; pass --resume_from_checkpoint auto "
+                        f"to continue it, --overwrite_output_dir to start over, or choose another --output_dir")
+
+
+def clear_previous_run(output_dir):
+    """With --overwrite_output_dir (and no resume): the old run's checkpoints, logs and markers
+    go, so the new run's logs do not mix with them and `auto` never resumes the old run."""
+    import shutil
+
+    for path in list(Path(output_dir).glob("checkpoint-*")) + [Path(output_dir, name) for name in RUN_FILES]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()

@@ -343,6 +343,8 @@ def run(args, config, corpus, split, builder, tokenizer, cache_dir) -> int:
     from transformers import EarlyStoppingCallback, set_seed
 
     resume = checkpoints.resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    if args.overwrite_output_dir and resume is None and _is_main():
+        outputs.clear_previous_run(args.output_dir)
     device = device_settings(args.disable_flash_attn, config.model["attn_implementation"], config.training["batching"])
     if config.training["batching"] == "packed":
         check_packing_supported(device["attn_implementation"])

@@ -248,3 +248,12 @@ def test_finished_run_is_not_overwritten(run_a, workdir):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--overwrite_output_dir" in proc.stderr
     assert (run_a / "training_config.json").read_text() == before
+
+
+def test_unfinished_run_needs_resume_or_overwrite(tmp_path, workdir):
+    _, config = workdir
+    out = tmp_path / "unfinished"
+    (out / "checkpoint-3").mkdir(parents=True)
+    proc = run([sys.executable, str(SCRIPT), "--config", str(config), "--output_dir", str(out)])
+    assert proc.returncode == 2 and "--resume_from_checkpoint auto" in proc.stderr
+    assert (out / "checkpoint-3").is_dir()
