@@ -13,7 +13,7 @@ corpus through the real prompt builder, tokenizer and chat template):
          ("grouped_mm"), flash_attention_2 when importable (else sdpa), supervised-only logits
          (chameleons.loss.causal_lm_loss)
 
-It reports real (non-padding) tokens/s per GPU, the MoE-aware MFU (`moe_train_flops`), and, from
+It reports real (non-padding) tokens/s per GPU, the MoE-aware MFU (`chameleons.flops.train_flops`), and, from
 step times at two depths (t(L) = fixed + L * per_layer), the full 48-layer figures and the epoch
 time of the full corpus on 8 GPUs. The projection leaves out what one GPU cannot show: ZeRO-3's
 parameter all-gathers and gradient reduce-scatters, and the optimizer step.
@@ -39,12 +39,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from chameleons import attention  # noqa: E402
+from chameleons.flops import peak_flops  # noqa: E402
+from chameleons.flops import train_flops as moe_train_flops  # noqa: E402
 
 from chameleons.batching import make_collator  # noqa: E402
 from chameleons.loss import causal_lm_loss  # noqa: E402
 
 FULL_LAYERS = 48
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0}
 
 
 def model_config(layers: int, toy: bool):
@@ -60,52 +61,6 @@ def model_config(layers: int, toy: bool):
                           max_position_embeddings=40960, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
                           tie_word_embeddings=False, use_cache=False, output_router_logits=False,
                           decoder_sparse_step=1, mlp_only_layers=[], **dims)
-
-
-def active_params_per_token(cfg) -> dict:
-    """Matmul parameters one token passes through (MoE-aware: top-k experts only)."""
-    h, d = cfg.hidden_size, getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
-    attention = h * d * (2 * cfg.num_attention_heads + 2 * cfg.num_key_value_heads)  # q, o; k, v
-    router = h * cfg.num_experts
-    experts = 3 * cfg.num_experts_per_tok * h * cfg.moe_intermediate_size  # gate, up, down of k experts
-    per_layer = attention + router + experts
-    return {"per_layer": per_layer, "layers": cfg.num_hidden_layers * per_layer, "lm_head": h * cfg.vocab_size}
-
-
-def moe_train_flops(cfg, lengths, supervised) -> float:
-    """Useful training FLOPs (forward + backward) of samples with these real/supervised lengths.
-
-        FLOPs = sum over samples of  6 * N_act * n  +  6 * H * V * s  +  6 * L * n_q * d_h * n * (n + 1)
-
-        N_act = L * ( H * d_h * (2 * n_q + 2 * n_kv)    q, k, v, o projections
-                      + H * E                           router
-                      + 3 * k * H * I_moe )             gate/up/down of the k routed experts
-
-    n = real tokens of the sample, s = its supervised tokens, H hidden size, V vocabulary, L layers,
-    n_q / n_kv query / key-value heads of dim d_h, E experts, k experts per token, I_moe expert width.
-    6 = 2 FLOPs per multiply-add x 3 (forward, backward to activations, backward to weights).
-    Only the active (top-k) experts count, only real tokens count (padding is waste), the vocabulary
-    projection counts only where a loss is taken (supervised positions), and attention is causal
-    within a sample: QK^T and AV cost 2 * t * n_q * d_h multiply-adds for the token at position t, so
-    12 * n_q * d_h * sum_{t=1..n} t = 6 * n_q * d_h * n * (n + 1) per layer. Recomputation for gradient
-    checkpointing is not counted (model FLOPs, not hardware FLOPs). MFU = FLOPs / (seconds * peak).
-    """
-    p = active_params_per_token(cfg)
-    attn = 6 * cfg.num_hidden_layers * cfg.num_attention_heads * getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
-    return float(sum(6 * p["layers"] * n + 6 * p["lm_head"] * s + attn * n * (n + 1)
-                     for n, s in zip(lengths, supervised)))
-
-
-def peak_flops(device, override_tflops):
-    if override_tflops:
-        return override_tflops * 1e12, f"{override_tflops} TFLOPs (--peak_tflops)"
-    if device.type != "cuda":
-        return None, "n/a on CPU"
-    name = torch.cuda.get_device_name(device)
-    for key, tflops in PEAK_BF16_TFLOPS.items():
-        if key in name:
-            return tflops * 1e12, f"{tflops} TFLOPs dense bf16 ({name})"
-    return None, f"unknown peak for {name}: pass --peak_tflops"
 
 
 def ours_attention(device):

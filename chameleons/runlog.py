@@ -67,26 +67,29 @@ def decode_with_span(tokenizer, input_ids, prompt_len: int) -> str:
 
 
 class Throughput:
-    """Real (non-padding) and padded token counts since the last log, filled in by the trainer."""
+    """Real (non-padding) tokens, computed token slots and model FLOPs since the last log, filled
+    in by the trainer and summed over ranks when logged."""
 
     def __init__(self):
-        self.real = 0
-        self.slots = 0
+        self.real = self.slots = self.flops = 0
 
-    def add(self, real: int, slots: int):
+    def add(self, real: int, slots: int, flops: float = 0.0):
         self.real += real
         self.slots += slots
+        self.flops += flops
 
     def take(self, device):
-        counts = torch.tensor([self.real, self.slots], dtype=torch.float64, device=device)
+        counts = torch.tensor([self.real, self.slots, self.flops], dtype=torch.float64, device=device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(counts)
-        self.real = self.slots = 0
-        return counts[0].item(), counts[1].item()
+        self.real = self.slots = self.flops = 0
+        return tuple(c.item() for c in counts)
 
 
 class DetailedLogCallback(TrainerCallback):
-    def __init__(self, runlog: RunLog, throughput: Throughput, world_size: int, early_stopping=None):
+    def __init__(self, runlog: RunLog, throughput: Throughput, world_size: int, early_stopping=None,
+                 peak_flops=None):
+        self.peak_flops = peak_flops  # per device; None (CPU, unknown GPU): no MFU
         self.log = runlog
         self.throughput = throughput
         self.world_size = world_size
@@ -103,7 +106,7 @@ class DetailedLogCallback(TrainerCallback):
         logs = logs or {}
         if "loss" in logs:
             now = time.time()
-            real, slots = self.throughput.take(args.device)
+            real, slots, flops = self.throughput.take(args.device)
             span = max(now - self.last_time, 1e-9)
             self.last_time = now
             elapsed = now - self.start
@@ -112,14 +115,17 @@ class DetailedLogCallback(TrainerCallback):
             pad = 1 - real / slots if slots else 0.0
             tok_s = real / span
             grad = logs.get("grad_norm")
+            mfu = flops / (span * self.peak_flops * self.world_size) if self.peak_flops else None
             self.log.line(
                 f"step {state.global_step}/{state.max_steps} | epoch {state.epoch:.2f} | loss {logs['loss']:.4f} | "
                 f"lr {logs.get('learning_rate', 0):.3e} | grad_norm {grad if grad is None else f'{grad:.3f}'} | "
                 f"tokens/s {tok_s:,.0f} ({tok_s / self.world_size:,.0f}/gpu) | padding {pad:.1%} | "
+                + (f"MFU {mfu:.1%} | " if mfu is not None else "") +
                 f"elapsed {_clock(elapsed)} | eta {_clock(eta)}")
             self.log.metrics("train", step=state.global_step, epoch=state.epoch, loss=logs["loss"],
                              learning_rate=logs.get("learning_rate"), grad_norm=grad, tokens_per_s=tok_s,
-                             tokens_per_s_per_gpu=tok_s / self.world_size, padding_share=pad)
+                             tokens_per_s_per_gpu=tok_s / self.world_size, padding_share=pad,
+                             model_tflops_per_s=flops / span / 1e12, mfu=mfu)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         loss = (metrics or {}).get("eval_loss")

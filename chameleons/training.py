@@ -15,11 +15,11 @@ import time
 import torch
 from transformers import TrainerCallback
 
-from . import attention, checkpoints, outputs, planning
+from . import attention, checkpoints, flops, outputs, planning
 from .batching import LengthGroupedRowSampler, check_packing_supported, make_collator, trainer_args_for_batching
 from .encoding import encode_split
 from .errors import UserError
-from .loss import causal_lm_loss
+from .loss import causal_lm_loss, causal_lm_of
 from .runlog import PLOT_NAME, DetailedLogCallback, RunLog, Throughput, decode_with_span, plot_losses
 from .stopping import StopCallback, StopRequest
 
@@ -56,13 +56,15 @@ class EpochRows(torch.utils.data.Dataset):
         return {"input_ids": item["input_ids"], "prompt_len": item["prompt_len"], "length": item["length"], "row": row}
 
 
-def with_row_index(collate):
-    """Keeps each batch's dataset rows, so the run can record exactly what it trained on."""
+def with_row_meta(collate):
+    """Adds each batch's dataset rows and per-sample token counts as plain lists (no device
+    copies, no syncs): the run records what it trained on and counts tokens and FLOPs."""
 
     def collate_rows(rows):
-        index = torch.tensor([r["row"] for r in rows])
         batch = collate([{k: v for k, v in r.items() if k != "row"} for r in rows])
-        batch["row_index"] = index
+        batch["meta"] = {"rows": [r["row"] for r in rows],
+                         "lengths": [r["length"] for r in rows],
+                         "supervised": [r["length"] - r["prompt_len"] for r in rows]}
         return batch
 
     return collate_rows
@@ -251,6 +253,7 @@ def make_trainer_class():
         def __init__(self, *a, throughput, stop, collate, router_aux_loss_coef, trace, batching="padded", **kw):
             super().__init__(*a, **kw)
             self.batching = batching
+            self.model_config = causal_lm_of(self.model).config
             self.model_accepts_loss_kwargs = True
             self.throughput = throughput
             self.stop = stop
@@ -259,15 +262,16 @@ def make_trainer_class():
             self.trace = trace
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            rows = inputs.pop("row_index", None)
+            meta = inputs.pop("meta", None)
             inputs.pop("length", None)
-            if rows is not None and model.training and self.trace is not None:
-                self.trace.append(rows.tolist())
             loss, n_tokens = causal_lm_loss(model, inputs, num_items_in_batch,
                                             self.router_aux_loss_coef if model.training else 0.0)
+            if model.training and meta is not None:
+                if self.trace is not None:
+                    self.trace.append(meta["rows"])
+                self.throughput.add(sum(meta["lengths"]), int(inputs["input_ids"].numel()),
+                                    flops.train_flops(self.model_config, meta["lengths"], meta["supervised"]))
             if model.training:
-                real = int(inputs["labels"].numel() if "attention_mask" not in inputs else inputs["attention_mask"].sum())
-                self.throughput.add(real, int(inputs["input_ids"].numel()))
                 if not torch.isfinite(loss.detach()).all():
                     self.stop.nonfinite = True
             if self.args.average_tokens_across_devices and num_items_in_batch is not None and model.training:
@@ -395,9 +399,11 @@ def run(args, config, corpus, split, builder, tokenizer, cache_dir) -> int:
     early = EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold) \
         if args.early_stopping_patience > 0 else None
     callbacks = [EpochCallback(train_rows, runlog), StopCallback(stop)] + ([early] if early else [])
-    callbacks.append(DetailedLogCallback(runlog, throughput, world, early))
+    peak, peak_note = flops.peak_flops(targs.device)
+    runlog.line(f"MFU: model FLOPs of active parameters only (chameleons/flops.py) against {peak_note}")
+    callbacks.append(DetailedLogCallback(runlog, throughput, world, early, peak))
     trainer = make_trainer_class()(
-        model=model, args=targs, train_dataset=train_rows, data_collator=with_row_index(collate),
+        model=model, args=targs, train_dataset=train_rows, data_collator=with_row_meta(collate),
         processing_class=tokenizer, callbacks=callbacks, throughput=throughput, stop=stop,
         eval_dataset=encoded.val_rows, collate=collate, batching=config.training["batching"], router_aux_loss_coef=config.model["router_aux_loss_coef"],
         trace=trace)
