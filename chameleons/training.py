@@ -392,6 +392,7 @@ def run(args, config, corpus, split, builder, tokenizer, cache_dir) -> int:
     model = build_model(config, device, deepspeed_zero3=_zero_stage(args.deepspeed) == 3)
     if config.lora:
         model = apply_lora(model, config.lora)
+    runlog.line(describe_model(model))
     train_rows = EpochRows(encoded)
     collate = make_collator(config.training["batching"], tokenizer.pad_token_id)
     throughput = Throughput()
@@ -455,6 +456,17 @@ def run(args, config, corpus, split, builder, tokenizer, cache_dir) -> int:
         })
     finish_distributed()
     return 0
+
+
+def describe_model(model) -> str:
+    """Which implementations really run (transformers may fall back), and the size."""
+    lm = causal_lm_of(model)
+    total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
+    cfg = lm.config
+    return (f"model: {type(lm).__name__}, {total / 1e6:,.1f} M parameters ({trainable / 1e6:,.1f} M trainable), "
+            f"attention {getattr(cfg, '_attn_implementation', 'n/a')}, "
+            f"experts {getattr(cfg, '_experts_implementation', None) or 'n/a'}, dtype {lm.dtype}")
 
 
 def _zero_stage(path):
