@@ -185,7 +185,10 @@ class LengthGroupedRowSampler(torch.utils.data.Sampler):
         if len(lengths) != len(self.dataset):
             raise ValueError(f"lengths() gave {len(lengths)} lengths for {len(self.dataset)} items")
         g = torch.Generator()
-        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        # The dataset's epoch when it has one: after a mid-epoch resume accelerate wraps the
+        # sampler so that its set_epoch is never called, while the dataset always learns its epoch.
+        epoch = getattr(self.dataset, "epoch", None)
+        g.manual_seed(self.seed * 1_000_003 + int(self.epoch if epoch is None else epoch))
         return iter(get_length_grouped_indices(lengths, self.group_size, generator=g))
 
 

@@ -45,7 +45,6 @@ SCHEMA = {
         "evals_per_epoch": (int, 2),
         "seed": (int, 42),
         "batching": (str, "packed"),
-        "tokens_per_batch": (int, None),
         "dataloader_num_workers": (int, 0),
     },
     "lora": {
@@ -140,9 +139,12 @@ def load_config(path) -> Config:
     for key in ("batch_size", "gradient_accumulation_steps", "max_length", "logging_steps", "evals_per_epoch"):
         if training[key] < 1:
             raise UserError(f"{path}: key training.{key} must be at least 1, found {training[key]}")
-    for key in ("max_context_turns", "eval_batch_size", "tokens_per_batch"):
+    for key in ("max_context_turns", "eval_batch_size"):
         if training[key] is not None and training[key] < 1:
             raise UserError(f"{path}: key training.{key} must be at least 1, found {training[key]}")
+    if training["save_total_limit"] < 2:
+        raise UserError(f"{path}: key training.save_total_limit must be at least 2 (the best checkpoint and the "
+                        f"latest, to resume from), found {training['save_total_limit']}")
     if training["eval_batch_size"] is None:
         training["eval_batch_size"] = training["batch_size"]
     if training["batching"] not in BATCHING:

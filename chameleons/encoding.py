@@ -148,8 +148,14 @@ def encode_dataset(samples, builder, tokenizer, max_length: int, cache_dir, fing
     for part in fingerprint_parts:
         h.update(str(part).encode() + b"\x00")
     h.update(str(max_length).encode())
+    described = {}  # profile/personality objects are shared by a record's samples: hash each once
     for s in samples:
-        h.update(s.uid.encode())
+        h.update(f"{s.uid}\x00{s.sample_id}\x00".encode())
+        key_of = (id(s.profile), id(s.personality))
+        if key_of not in described:
+            described[key_of] = hashlib.blake2b(json.dumps([s.profile, s.personality], sort_keys=True,
+                                                           default=str).encode(), digest_size=8).digest()
+        h.update(described[key_of])
     key = h.hexdigest()[:24]
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from .errors import UserError
@@ -36,7 +37,10 @@ def is_finished_run(output_dir) -> bool:
     return run_path(output_dir, FINISHED_MARKER).is_file()
 
 
-RUN_FILES = (FINISHED_MARKER, "split_manifest.json", "training_logs")
+RUN_FILES = (FINISHED_MARKER, "split_manifest.json", "training_logs", "model.safetensors",
+             "model.safetensors.index.json", "adapter_model.safetensors", "adapter_config.json", "config.json",
+             "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+             "special_tokens_map.json", "vocab.json", "merges.txt", "training_args.bin")
 
 
 def check_output_dir(output_dir, overwrite: bool, resume, dry_run: bool):
@@ -56,8 +60,18 @@ def clear_previous_run(output_dir):
     go, so the new run's logs do not mix with them and `auto` never resumes the old run."""
     import shutil
 
-    for path in list(Path(output_dir).glob("checkpoint-*")) + [Path(output_dir, name) for name in RUN_FILES]:
+    old = list(Path(output_dir).glob("checkpoint-*")) + list(Path(output_dir).glob("model-*.safetensors"))
+    for path in old + [Path(output_dir, name) for name in RUN_FILES]:
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+
+
+def set_aside_previous_logs(output_dir):
+    """A fresh start (nothing to resume) keeps an earlier attempt's logs, renamed, instead of
+    appending to them."""
+    logs = Path(output_dir, "training_logs")
+    if logs.is_dir() and any(logs.iterdir()):
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(logs.stat().st_mtime))
+        logs.rename(logs.with_name(f"training_logs.before-{stamp}"))

@@ -100,6 +100,7 @@ class DetailedLogCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = self.last_time = time.time()
+        self.best = state.best_metric  # restored on resume
         self.log.line(f"training: {state.max_steps} optimizer steps at most, evaluation every {args.eval_steps} steps")
 
     def on_log(self, args, state, control, logs=None, **kwargs):

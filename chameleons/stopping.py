@@ -30,6 +30,16 @@ class StopRequest:
         elif now - self.first_at > REPEAT_WINDOW_S:
             os._exit(128 + signum)
 
+    def agree(self, device):
+        """Every rank takes the same exit path (the flags summed with MAX over ranks)."""
+        flags = torch.tensor([float(self.signal or 0), float(self.nonfinite)], device=device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        if self.signal is None and flags[0] > 0:
+            self.signal = int(flags[0].item())
+            self.first_at = time.monotonic()
+        self.nonfinite = self.nonfinite or bool(flags[1] > 0)
+
     @property
     def exit_code(self) -> int:
         if self.signal is not None:
@@ -45,14 +55,8 @@ class StopCallback(TrainerCallback):
         self.stopped_at = None
 
     def on_step_end(self, args, state, control, **kwargs):
-        flags = torch.tensor([float(self.request.signal or 0), float(self.request.nonfinite)], device=args.device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        if flags.any():
-            if self.request.signal is None and flags[0] > 0:
-                self.request.signal = int(flags[0].item())
-                self.request.first_at = time.monotonic()
-            self.request.nonfinite = self.request.nonfinite or bool(flags[1] > 0)
+        self.request.agree(args.device)
+        if self.request.signal or self.request.nonfinite:
             self.stopped_at = state.global_step
             control.should_save = True
             control.should_training_stop = True

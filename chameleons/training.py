@@ -325,19 +325,31 @@ def make_trainer_class():
 
         def _load_best_model(self):
             """Outside DeepSpeed the stock loader is non-strict and skips MoE experts saved
-            per expert (the model holds them fused): reload through from_pretrained, strictly."""
+            per expert (the model holds them fused): reload through from_pretrained, strictly.
+            A stopped run exits as it is: its checkpoint is saved, the best model is not needed."""
+            if self.stop is not None and (self.stop.signal or self.stop.nonfinite):
+                return
             if self.is_deepspeed_enabled or hasattr(self.model, "peft_config"):
                 return super()._load_best_model()
-            best = type(self.model).from_pretrained(self.state.best_model_checkpoint, dtype=self.model.dtype)
-            self.model.load_state_dict(best.state_dict(), strict=True)
+            self._load_strict(self.state.best_model_checkpoint)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            """Resuming has the same non-strict load as the best-model restore."""
+            if self.is_deepspeed_enabled or hasattr(self.model, "peft_config") or model is not None:
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            self._load_strict(resume_from_checkpoint)
+
+        def _load_strict(self, checkpoint):
+            saved = type(self.model).from_pretrained(checkpoint, dtype=self.model.dtype)
+            self.model.load_state_dict(saved.state_dict(), strict=True)
 
         def _save_checkpoint(self, model, trial):
             super()._save_checkpoint(model, trial)
             folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.barrier()
-            if self.args.should_save:
-                checkpoints.mark_complete(folder)
+            if self.args.should_save and not (self.stop is not None and self.stop.nonfinite):
+                checkpoints.mark_complete(folder)  # a non-finite one is kept for inspection only
 
     return ChameleonsTrainer
 
@@ -347,8 +359,11 @@ def run(args, config, corpus, split, builder, tokenizer, cache_dir) -> int:
     from transformers import EarlyStoppingCallback, set_seed
 
     resume = checkpoints.resolve_resume(args.resume_from_checkpoint, args.output_dir)
-    if args.overwrite_output_dir and resume is None and _is_main():
-        outputs.clear_previous_run(args.output_dir)
+    if resume is None and _is_main():
+        if args.overwrite_output_dir:
+            outputs.clear_previous_run(args.output_dir)
+        else:
+            outputs.set_aside_previous_logs(args.output_dir)
     device = device_settings(args.disable_flash_attn, config.model["attn_implementation"], config.training["batching"])
     if config.training["batching"] == "packed":
         check_packing_supported(device["attn_implementation"])
@@ -413,15 +428,16 @@ def run(args, config, corpus, split, builder, tokenizer, cache_dir) -> int:
     started = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     write_trace(args.output_dir, targs.process_index, trace)
+    stop.agree(targs.device)  # a signal during the last step's save reaches one rank only
 
     if stop.exit_code:
         step = trainer.state.global_step
         if stop.nonfinite and stop.signal is None:
-            message = (f"non-finite training loss at step {step}: stopped, checkpoint-{step} saved for inspection; "
-                       f"lower the learning rate or resume from an earlier checkpoint")
+            message = (f"non-finite training loss at step {step}: stopped; checkpoint-{step} is kept for inspection "
+                       f"and is not resumable; lower the learning rate, or resume from the last complete checkpoint "
+                       f"(--resume_from_checkpoint auto picks it)")
         else:
-            message = (f"stopped at step {step}, resume with: {shlex.join(resume_command())} "
-                       f"--resume_from_checkpoint auto")
+            message = f"stopped at step {step}, resume with: {resume_command()} --resume_from_checkpoint auto"
         runlog.line(message)
         runlog.metrics("stopped", step=step, exit_code=stop.exit_code)
         if main:
@@ -496,20 +512,23 @@ def versions() -> str:
     return ", ".join(parts)
 
 
-def resume_command():
-    argv = [a for a in sys.argv if a]
-    cleaned, skip = [], False
-    for a in argv:
+def resume_command() -> str:
+    """The command to continue this run: exact for one machine, the launcher left to the user
+    across nodes or under SLURM."""
+    argv, skip = [], False
+    for a in sys.argv:
         if skip:
             skip = False
-            continue
-        if a == "--resume_from_checkpoint":
+        elif a == "--resume_from_checkpoint":
             skip = True
-            continue
-        if a.startswith("--resume_from_checkpoint="):
-            continue
-        cleaned.append(a)
-    return ["torchrun", f"--nproc_per_node={_world_size()}", *cleaned] if _world_size() > 1 else ["python", *cleaned]
+        elif not a.startswith("--resume_from_checkpoint="):
+            argv.append(a)
+    world, local = _world_size(), int(os.environ.get("LOCAL_WORLD_SIZE", _world_size()))
+    if world == 1:
+        return shlex.join(["python", *argv])
+    if world == local and "SLURM_PROCID" not in os.environ:
+        return shlex.join(["torchrun", f"--nproc_per_node={world}", *argv])
+    return "the same launcher (torchrun/srun) with " + shlex.join(argv)
 
 
 def write_manifest(args, encoded):

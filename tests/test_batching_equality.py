@@ -315,3 +315,25 @@ def test_gradient_checkpointing_keeps_loss_router_logits_and_gradients(rows):
         ckpt_loss, _, ckpt_grads = loss_and_grads(model, b, router_aux_loss_coef=0.01)
         torch.testing.assert_close(ckpt_loss, loss)
         assert_grads_close(ckpt_grads, grads)
+
+
+def test_length_grouped_order_follows_the_dataset_epoch():
+    """After a mid-epoch resume accelerate never calls the sampler's set_epoch: the order must
+    come from the dataset's epoch, which the trainer always sets."""
+    from chameleons.batching import LengthGroupedRowSampler
+
+    class Rows:
+        epoch = 0
+
+        def __len__(self):
+            return 64
+
+    rows = Rows()
+    sampler = LengthGroupedRowSampler(rows, lambda: [10 + (i * 37) % 50 for i in range(64)], group_size=8, seed=3)
+    first = list(sampler)
+    rows.epoch = 1
+    second = list(sampler)
+    assert sorted(first) == sorted(second) == list(range(64))
+    assert first != second
+    rows.epoch = 0
+    assert list(sampler) == first

@@ -50,3 +50,13 @@ def test_stock_restore_misses_the_experts(tmp_path):
     trainer._load_best_model()
     stale = [k for k, v in model.state_dict().items() if not torch.equal(v, saved[k])]
     assert stale and all("experts" in k for k in stale), stale
+
+
+def test_resume_load_brings_back_every_weight(tmp_path):
+    """Resuming without DeepSpeed goes through the same strict reload."""
+    model, checkpoint, saved = _perturbed_after_save(tmp_path)
+    trainer = _trainer(make_trainer_class(), model, tmp_path, throughput=None, stop=None, collate=None,
+                       router_aux_loss_coef=0.0, trace=None)
+    trainer._load_from_checkpoint(str(checkpoint))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved[key]), key

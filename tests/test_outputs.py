@@ -1,7 +1,7 @@
 import pytest
 
 from chameleons.errors import UserError
-from chameleons.outputs import check_output_dir, clear_previous_run, write_json
+from chameleons.outputs import check_output_dir, clear_previous_run, set_aside_previous_logs, write_json
 
 
 def _old_run(tmp_path):
@@ -9,6 +9,7 @@ def _old_run(tmp_path):
     (tmp_path / "training_logs").mkdir()
     (tmp_path / "training_logs" / "metrics.jsonl").write_text("{}\n")
     write_json(tmp_path / "training_config.json", {"done": True})
+    (tmp_path / "model.safetensors").write_bytes(b"old weights")
     (tmp_path / "notes.txt").write_text("mine\n")
     return tmp_path
 
@@ -28,3 +29,11 @@ def test_overwrite_clears_only_the_old_run(tmp_path):
     run = _old_run(tmp_path)
     clear_previous_run(run)
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+
+
+def test_fresh_start_sets_old_logs_aside(tmp_path):
+    run = _old_run(tmp_path)
+    set_aside_previous_logs(run)
+    assert not (run / "training_logs").exists()
+    kept = list(run.glob("training_logs.before-*"))
+    assert len(kept) == 1 and (kept[0] / "metrics.jsonl").read_text() == "{}\n"

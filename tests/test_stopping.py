@@ -43,8 +43,9 @@ def test_nonfinite_loss_stops_after_the_step_with_a_complete_checkpoint(tmp_path
     trainer.train()
     assert stop.nonfinite and stop.exit_code == EXIT_NONFINITE
     assert trainer.state.global_step == 1
-    assert is_complete(tmp_path / "checkpoint-1")
-    assert resolve_resume("auto", tmp_path) == str(tmp_path / "checkpoint-1")
+    assert (tmp_path / "checkpoint-1" / "model.safetensors").is_file()  # kept for inspection ...
+    assert not is_complete(tmp_path / "checkpoint-1")  # ... but never resumed from
+    assert resolve_resume("auto", tmp_path) is None
 
 
 def test_auto_resume_ignores_half_written_checkpoints(tmp_path):
