@@ -20,7 +20,7 @@ from dataclasses import asdict
 from chameleons import data, encoding, evaluation, prediction, prompts
 from chameleons.config import load_config
 from chameleons.errors import UserError, user_errors_exit
-from chameleons.outputs import write_json, write_text
+from chameleons.outputs import write_json, write_records, write_text
 
 
 def main(argv=None) -> int:
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     summary = None
     if dist.is_main:
         not_predicted = prediction.attach_continuations(records, results, args.num_samples)
-        prediction.write_records(paths["output"], records, jsonl)
+        write_records(paths["output"], records, jsonl)
         write_text(paths["examples"], prediction.examples_log(rows, results, tokenizer, args.log_examples))
         seconds = time.time() - started
         summary = {

@@ -19,7 +19,6 @@ RSS growth, and with `--tracemalloc` the Python-heap peak of each stage: slower)
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile

@@ -26,7 +26,6 @@ parameter all-gathers and gradient reduce-scatters, and the optimizer step.
 import argparse
 import gc
 import json
-import os
 import random
 import sys
 import time

@@ -75,3 +75,13 @@ def set_aside_previous_logs(output_dir):
     if logs.is_dir() and any(logs.iterdir()):
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(logs.stat().st_mtime))
         logs.rename(logs.with_name(f"training_logs.before-{stamp}"))
+
+
+def write_records(path, records, jsonl: bool = False):
+    """Chameleons records as JSON Lines, or as a JSON list with one record per line (readable
+    diffs), atomically."""
+    if jsonl:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    else:
+        text = "[\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n]\n"
+    write_text(path, text)

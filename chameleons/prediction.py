@@ -40,7 +40,7 @@ from .data import load_corpus, read_records
 from .encoding import encode_samples, load_tokenizer
 from .errors import UserError
 from .evaluation import ensemble_token_logprobs, mean_loglik, token_logprobs
-from .outputs import write_json, write_text
+from .outputs import write_json
 from .prompts import HistoryIndex, extract_answer
 from .splitting import split_train_val
 
@@ -753,14 +753,6 @@ def attach_continuations(records, results: dict, num_samples: int) -> dict:
         else:
             item["continuations"] = list(res["continuations"])
     return missing
-
-
-def write_records(path, records, jsonl: bool):
-    if jsonl:
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    else:
-        text = "[\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n]\n"
-    write_text(path, text)
 
 
 def extraction_summary(results: dict) -> dict:

@@ -23,8 +23,12 @@ import json
 import os
 import random
 import sys
+from pathlib import Path
 from collections import Counter
 from collections.abc import Iterable, Mapping
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from chameleons.outputs import write_records  # noqa: E402
 
 MAX_CONTEXT = 12
 MISSING_PACKAGE = ("error: chitchat-dataset is not installed; run `pip install chitchat-dataset` "
@@ -211,22 +215,6 @@ def make_sample(conversations: Mapping[str, Mapping], seed: int = 0, n_character
     return records
 
 
-def write_json(records: list[dict], out: str) -> None:
-    """A JSON list with one record per line (diff-friendly), written atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = f"{out}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("[\n")
-            f.write(",\n".join(json.dumps(r, ensure_ascii=False) for r in records))
-            f.write("\n]\n")
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output JSON file")
@@ -248,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                               max_context=args.max_context)
     else:
         records = convert(conversations, max_context=args.max_context, seed=args.seed)
-    write_json(records, args.out)
+    write_records(args.out, records)
     n_items = sum(len(r["task"]["task_behavior_collections"][0]["data"]) for r in records)
     print(f"wrote {args.out}: {len(records)} records, {len({r['user_hash'] for r in records})} characters, "
           f"{n_items} items, {os.path.getsize(args.out)} bytes", file=sys.stderr)

@@ -14,9 +14,12 @@ from __future__ import annotations
 import argparse
 import ast
 import hashlib
-import json
 import os
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from chameleons.outputs import write_records  # noqa: E402
 
 SEP = " +++$+++ "
 ENCODING = "iso-8859-1"
@@ -101,20 +104,6 @@ def convert(dir_path: str, max_context: int = MAX_CONTEXT) -> list[dict]:
     return records
 
 
-def write_json(records: list[dict], out: str) -> None:
-    """Write atomically so a crashed run never leaves a truncated file behind."""
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = f"{out}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(records, f, ensure_ascii=False)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("corpus_dir", help="directory holding movie_lines.txt, movie_conversations.txt, "
@@ -127,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {name} not found in {args.corpus_dir}", file=sys.stderr)
             return 2
     records = convert(args.corpus_dir, args.max_context)
-    write_json(records, args.out)
+    write_records(args.out, records)
     n_items = sum(len(r["task"]["task_behavior_collections"][0]["data"]) for r in records)
     print(f"wrote {args.out}: {len(records)} records, {n_items} items", file=sys.stderr)
     return 0

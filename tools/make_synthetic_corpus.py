@@ -15,9 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from chameleons.outputs import write_records  # noqa: E402
 
 FULL_RECORDS = 7797
 FULL_HASHES = 6117
@@ -241,25 +244,6 @@ def make_corpus(seed: int = 0, n_records: int = FULL_RECORDS, n_hashes: int = FU
     return records
 
 
-def write_corpus(records: list[dict], out: str, jsonl: bool = False) -> None:
-    """Write atomically: a temp file in the target directory, then os.replace."""
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = f"{out}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            if jsonl:
-                for r in records:
-                    f.write(json.dumps(r, ensure_ascii=False))
-                    f.write("\n")
-            else:
-                json.dump(records, f, ensure_ascii=False)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output file")
@@ -271,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--scale must be positive")
     n_records, n_hashes, n_items = _counts(args.scale)
     records = make_corpus(args.seed, n_records, n_hashes, n_items)
-    write_corpus(records, args.out, args.jsonl)
+    write_records(args.out, records, args.jsonl)
     print(f"wrote {args.out}: {n_records} records, {len({r['user_hash'] for r in records})} characters, "
           f"{n_items} items", file=sys.stderr)
     return 0
