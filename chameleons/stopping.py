@@ -52,12 +52,10 @@ class StopCallback(TrainerCallback):
 
     def __init__(self, request: StopRequest):
         self.request = request
-        self.stopped_at = None
 
     def on_step_end(self, args, state, control, **kwargs):
         self.request.agree(args.device)
         if self.request.signal or self.request.nonfinite:
-            self.stopped_at = state.global_step
             control.should_save = True
             control.should_training_stop = True
         return control
