@@ -1,9 +1,11 @@
 """Which checkpoints are complete, and which one `--resume_from_checkpoint auto` means."""
 
+import json
 import re
 from pathlib import Path
 
 from .errors import UserError
+from .sources import check_model_folder
 
 COMPLETE_MARKER = "chameleons_complete"
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
@@ -28,14 +30,31 @@ def newest_complete(output_dir):
 
 
 def resolve_resume(value, output_dir):
-    """None (fresh), a complete checkpoint path, or a clear error."""
+    """None (fresh), a complete and readable checkpoint path, or a clear error."""
     if value is None:
         return None
     if value == "auto":
-        return newest_complete(output_dir)
+        found = newest_complete(output_dir)
+        if found is not None:
+            check_readable(found)
+        return found
     path = Path(value)
     if not path.is_dir():
         raise UserError(f"--resume_from_checkpoint: {value} is not a folder")
     if not is_complete(path):
         raise UserError(f"--resume_from_checkpoint: {value} is not a complete checkpoint ({COMPLETE_MARKER} missing)")
+    check_readable(path)
     return str(path)
+
+
+def check_readable(checkpoint):
+    """trainer_state.json and the weights parse, so a damaged checkpoint is one line before the
+    run touches anything, not a traceback after the model is built."""
+    state = Path(checkpoint, "trainer_state.json")
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{state}: missing; the checkpoint cannot be resumed") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{state}: damaged, not valid JSON ({exc}); resume from an older checkpoint") from None
+    check_model_folder(checkpoint)

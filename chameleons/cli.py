@@ -1,10 +1,11 @@
 """Command-line flags of the trainer; the names are the ones users' scripts already pass."""
 
 import argparse
+import math
 import os
 import sys
 
-from .errors import EXIT_BAD_INPUT
+from .errors import EXIT_BAD_INPUT, UserError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -37,7 +38,7 @@ def _ratio(text):
 
 def _non_negative_float(text):
     value = float(text)
-    if not value >= 0:
+    if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
     return value
 
@@ -57,7 +58,18 @@ def _positive_float(text):
 
 
 def _default_world_size():
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return env_int("WORLD_SIZE", 1)
+
+
+def env_int(name: str, default: int) -> int:
+    """A launcher's integer variable (WORLD_SIZE, RANK, SLURM_NTASKS...), or a clear error."""
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"environment variable {name}={text!r} is not an integer") from None
 
 
 def add_data_args(p):
@@ -83,7 +95,7 @@ def train_parser():
     p.add_argument("--overwrite_output_dir", action="store_true", help="allow writing over a finished run")
     p.add_argument("--max_epochs", type=_positive_int, default=3)
     p.add_argument("--max_steps", type=int, default=-1, help="stop after this many optimizer steps (for smoke tests)")
-    p.add_argument("--early_stopping_patience", type=int, default=3, help="evaluations without improvement; 0 disables")
+    p.add_argument("--early_stopping_patience", type=_non_negative_int, default=3, help="evaluations without improvement; 0 disables")
     p.add_argument("--early_stopping_threshold", type=_non_negative_float, default=0.001)
     p.add_argument("--evals_per_epoch", type=_positive_int, default=None, help="default: the config's (2)")
     p.add_argument("--resample_each_epoch", action="store_true",

@@ -7,6 +7,7 @@ records. A context turn is the character's own (role `assistant`) when its sourc
 
 import hashlib
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,15 @@ class Corpus:
         }
 
 
+def _loads(text, path, where_prefix=""):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: {where_prefix}not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except RecursionError:
+        raise UserError(f"{path}: {where_prefix}JSON nested too deeply to read") from None
+
+
 def read_records(path) -> list:
     """A JSON list, or JSON Lines (one record per line) for big files."""
     path = Path(path)
@@ -64,20 +74,13 @@ def read_records(path) -> list:
         raise UserError(f"{path}: not a UTF-8 text file (byte {exc.start}); expected a JSON list or JSON Lines") from None
     stripped = text.lstrip()
     if stripped.startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-        return records
+        return _loads(text, path)
     if not stripped.startswith("{"):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        value = _loads(text, path)
         raise UserError(f"{path}: top level must be a list of records (or JSON Lines), found {type(value).__name__}")
     try:
         whole = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         whole = None
     if isinstance(whole, dict) and "user_hash" not in whole and "task" not in whole:
         raise UserError(f"{path}: top level must be a list of records (or JSON Lines), found an object")
@@ -85,11 +88,29 @@ def read_records(path) -> list:
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: line {lineno}: not valid JSON Lines ({exc.msg}, column {exc.colno})") from None
+        records.append(_loads(line, path, f"line {lineno}: "))
     return records
+
+
+def check_values(value, path, index, field=None, depth=0):
+    """Python's JSON reader lets through what no tokenizer or file takes: NaN and Infinity, and
+    lone surrogate escapes such as "\\ud800"; nesting must stay within what Python can walk."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{where(path, index, field)}: {value} is not a valid JSON number")
+    if depth > 100:
+        raise UserError(f"{where(path, index, field)}: nested more than 100 levels deep")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise UserError(f"{where(path, index, field)}: invalid text (lone surrogate at character {exc.start})") from None
+    elif isinstance(value, dict):
+        for key, v in value.items():
+            check_values(key, path, index, field, depth + 1)
+            check_values(v, path, index, f"{field}.{key}" if field else str(key), depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_values(v, path, index, f"{field}[{i}]" if field else f"[{i}]", depth + 1)
 
 
 def _dict_or_empty(value, path, index, name):
@@ -134,13 +155,18 @@ def extract_samples(records, path="<data>", for_prediction: bool = False) -> Cor
     for r, record in enumerate(records):
         if not isinstance(record, dict):
             raise UserError(f"{where(path, r)}: must be an object, found {type(record).__name__}")
+        check_values(record, path, r)
         user_hash = record.get("user_hash")
         if not isinstance(user_hash, str) or not user_hash.strip():
             raise UserError(f"{where(path, r, 'user_hash')}: missing or not a non-empty string")
         user = _dict_or_empty(record.get("user"), path, r, "user")
         profile = _dict_or_empty(user.get("profile"), path, r, "user.profile")
         personality = _dict_or_empty(user.get("personality"), path, r, "user.personality")
-        name = profile.get("name") if isinstance(profile.get("name"), str) else ""
+        name = profile.get("name")
+        if name is None:
+            name = ""
+        if not isinstance(name, str):
+            raise UserError(f"{where(path, r, 'user.profile.name')}: must be a string, found {type(name).__name__}")
         if "task" not in record:
             raise UserError(f"{where(path, r, 'task')}: missing")
         task = _dict_or_empty(record["task"], path, r, "task")
@@ -161,7 +187,9 @@ def extract_samples(records, path="<data>", for_prediction: bool = False) -> Cor
                 if not isinstance(continuation, str):
                     raise UserError(f"{where(path, r, ipath + '.continuation')}: must be a string, found {type(continuation).__name__}")
                 turns = []
-                for t, turn in enumerate(_list(item.get("context", []), path, r, f"{ipath}.context")):
+                if "context" not in item:
+                    raise UserError(f"{where(path, r, ipath + '.context')}: missing (use [] for an item with no context)")
+                for t, turn in enumerate(_list(item["context"], path, r, f"{ipath}.context")):
                     tpath = f"{ipath}.context[{t}]"
                     turn = _dict_or_empty(turn, path, r, tpath)
                     source, content = turn.get("source", ""), turn.get("content", "")

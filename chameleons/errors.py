@@ -11,11 +11,12 @@ class UserError(Exception):
 
 
 def where(path, record=None, field=None) -> str:
-    """`file`, `file: record 3`, `file: record 3, field task.x`: the prefix every data error uses."""
+    """`file`, `file: record 3`, `file: record 3, field task.x`: the prefix every data error uses.
+    `record` is the 0-based list index; people count records from 1, as JSON Lines count lines."""
     parts = [str(path)]
     loc = []
     if record is not None:
-        loc.append(f"record {record}")
+        loc.append(f"record {record + 1}")
     if field is not None:
         loc.append(f"field {field}")
     if loc:

@@ -3,13 +3,19 @@ per GPU) they come from the SLURM variables."""
 
 import os
 
+from .errors import UserError
+
 
 def slurm_to_torch_env(environ) -> dict:
     """The torch.distributed variables a SLURM task implies, or {} when torchrun (or nothing)
     launched us. MASTER_ADDR must come from the batch script (the first node's host name)."""
     if "RANK" in environ or "SLURM_PROCID" not in environ:
         return {}
-    ntasks = int(environ.get("SLURM_NTASKS", "1"))
+    text = environ.get("SLURM_NTASKS", "1")
+    try:
+        ntasks = int(text)
+    except ValueError:
+        raise UserError(f"environment variable SLURM_NTASKS={text!r} is not an integer") from None
     if ntasks < 2:
         return {}
     return {

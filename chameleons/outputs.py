@@ -23,10 +23,17 @@ def write_text(path, text: str):
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; colleagues on a shared disk read our files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path, value):
@@ -43,16 +50,48 @@ RUN_FILES = (FINISHED_MARKER, "split_manifest.json", "training_logs", "model.saf
              "special_tokens_map.json", "vocab.json", "merges.txt", "training_args.bin")
 
 
-def check_output_dir(output_dir, overwrite: bool, resume, dry_run: bool):
-    """A run folder is never overwritten unless asked; a dry run only adds plan.json."""
-    if dry_run or overwrite or resume:
-        return
-    if is_finished_run(output_dir):
+def check_output_dir(output_dir, overwrite: bool, resume, dry_run: bool) -> bool:
+    """A run folder is never overwritten unless asked; a dry run only adds plan.json.
+
+    Returns True when `--resume_from_checkpoint auto` meets a finished run: there is nothing to
+    do, and a requeued job must leave the result alone and succeed."""
+    check_writable(output_dir)
+    if dry_run:
+        return False
+    if is_finished_run(output_dir) and not overwrite:
+        if resume == "auto":
+            return True
+        if resume:
+            raise UserError(f"{output_dir}: holds a finished run ({FINISHED_MARKER}); resuming {resume} would train it "
+                            f"further and replace its model; pass --overwrite_output_dir to do that, or choose another "
+                            f"--output_dir")
         raise UserError(f"{output_dir}: holds a finished run ({FINISHED_MARKER}); pass --overwrite_output_dir "
                         f"to replace it, or choose another --output_dir")
+    if overwrite or resume:
+        return False
     if any(Path(output_dir).glob("checkpoint-*")):
         raise UserError(f"{output_dir}: holds checkpoints of an unfinished run; pass --resume_from_checkpoint auto "
                         f"to continue it, --overwrite_output_dir to start over, or choose another --output_dir")
+    return False
+
+
+def check_writable(output_dir):
+    """The output folder (or the nearest folder above it that exists) takes files: found out
+    before hours of tokenizing, not at the first save."""
+    path = Path(output_dir).absolute()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--output_dir {output_dir}: is a file, not a folder")
+    probe_dir = path
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise UserError(f"--output_dir {output_dir}: {probe_dir} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".chameleons-write-test.", dir=probe_dir)
+    except OSError as exc:
+        raise UserError(f"--output_dir {output_dir}: cannot write in {probe_dir} ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def clear_previous_run(output_dir):

@@ -6,6 +6,7 @@ a plain-language template file so the wording can be tried without code changes.
 
 import hashlib
 import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,13 +127,26 @@ class HistoryIndex:
         return [line[:MAX_HISTORY_CHARS] for _, _, line in scored[:MAX_HISTORY_LINES]]
 
 
+# The placeholders each template section is filled with (see PromptBuilder._detailed).
+TEMPLATE_FIELDS = {
+    "header": ("name", "user_hash"), "profile": ("name", "lines"), "profile_line": ("key", "value"),
+    "task": ("name",), "history": ("name", "lines"), "history_line": ("number", "text"),
+    "dialogue": ("name", "lines"), "user_line": ("name", "text"), "assistant_line": ("name", "text"),
+    "instruction": ("name",),
+}
+
+
 def load_template(path) -> dict:
     """Sections of a detailed template: `[name]` lines start a section, the text follows."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: prompt template not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {exc.start}); expected a prompt template") from None
     sections, name = {}, None
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         m = re.fullmatch(r"\[([a-z_]+)\]", line.strip())
         if m:
             name = m.group(1)
@@ -140,12 +154,26 @@ def load_template(path) -> dict:
         elif name is not None:
             sections[name].append(line)
     sections = {k: "\n".join(v).strip("\n") for k, v in sections.items()}
-    needed = ("header", "profile", "profile_line", "task", "history", "history_line", "dialogue",
-              "user_line", "assistant_line", "instruction")
-    missing = [k for k in needed if k not in sections]
+    missing = [k for k in TEMPLATE_FIELDS if k not in sections]
     if missing:
-        raise UserError(f"{path}: template section [{missing[0]}] missing (needs {', '.join(needed)})")
+        raise UserError(f"{path}: template section [{missing[0]}] missing (needs {', '.join(TEMPLATE_FIELDS)})")
+    for section, allowed in TEMPLATE_FIELDS.items():
+        _check_placeholders(path, section, sections[section], allowed)
     return sections
+
+
+def _check_placeholders(path, section, text, allowed):
+    """A template is filled with str.format: every `{field}` must be one the section supplies, and
+    a literal brace must be doubled (`{{`), or the first sample would crash the run."""
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(text) if f is not None]
+    except ValueError as exc:
+        raise UserError(f"{path}: template section [{section}]: {exc} (write a literal brace as {{{{ or }}}})") from None
+    for field, spec, conv in fields:
+        if field not in allowed or spec or conv:
+            shown = "{" + field + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise UserError(f"{path}: template section [{section}]: unknown placeholder {shown} "
+                            f"(allowed: {', '.join('{' + a + '}' for a in allowed)})")
 
 
 class PromptBuilder:

@@ -129,7 +129,7 @@ def test_record_without_task(setup):
     go, tmp, good = setup
     bad = json.loads(json.dumps(good))
     del bad[1]["task"]
-    check_one_error_line(go(data=bad), tmp / "out", "data.json", "record 1", "task")
+    check_one_error_line(go(data=bad), tmp / "out", "data.json", "record 2", "task")
 
 
 def test_record_without_task_jsonl(setup):
@@ -138,7 +138,7 @@ def test_record_without_task_jsonl(setup):
     del bad[2]["task"]
     tmp_file = tmp / "data.jsonl"
     write_data(tmp_file, bad, jsonl=True)
-    check_one_error_line(go(data=tmp_file.read_text(), name="data.jsonl"), tmp / "out", "data.jsonl", "record 2",
+    check_one_error_line(go(data=tmp_file.read_text(), name="data.jsonl"), tmp / "out", "data.jsonl", "record 3",
                          "task")
 
 
@@ -146,7 +146,7 @@ def test_item_without_continuation(setup):
     go, tmp, good = setup
     bad = json.loads(json.dumps(good))
     del bad[2]["task"]["task_behavior_collections"][0]["data"][3]["continuation"]
-    check_one_error_line(go(data=bad), tmp / "out", "data.json", "record 2",
+    check_one_error_line(go(data=bad), tmp / "out", "data.json", "record 3",
                          "task_behavior_collections[0].data[3].continuation")
 
 
@@ -155,7 +155,7 @@ def test_non_string_content(setup, value):
     go, tmp, good = setup
     bad = json.loads(json.dumps(good))
     bad[0]["task"]["task_behavior_collections"][0]["data"][1]["context"][0]["content"] = value
-    check_one_error_line(go(data=bad), tmp / "out", "data.json", "record 0",
+    check_one_error_line(go(data=bad), tmp / "out", "data.json", "record 1",
                          "task_behavior_collections[0].data[1].context[0].content")
 
 

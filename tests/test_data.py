@@ -224,7 +224,7 @@ def test_bad_record_names_record_and_field(build, mutate, field):
         extract_samples(records, path="corpus.json")
     msg = str(exc.value)
     assert msg.startswith("corpus.json")
-    assert "record 2" in msg
+    assert "record 3" in msg  # 1-based, as JSON Lines count lines
     assert field in msg
 
 
