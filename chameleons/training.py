@@ -11,11 +11,12 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
-from . import attention, checkpoints, flops, outputs, planning
+from . import attention, checkpoints, flops, launch, outputs, planning, sources, tracking
 from .batching import LengthGroupedRowSampler, check_packing_supported, make_collator, trainer_args_for_batching
 from .encoding import encode_split
 from .errors import UserError
@@ -24,14 +25,6 @@ from .runlog import PLOT_NAME, DetailedLogCallback, RunLog, Throughput, decode_w
 from .stopping import StopCallback, StopRequest
 
 MANIFEST_NAME = "split_manifest.json"
-
-
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 class EpochRows(torch.utils.data.Dataset):
@@ -122,29 +115,13 @@ def device_settings(disable_flash_attn: bool, attn_config: str, batching: str = 
     return {"on_gpu": on_gpu, "bf16": bf16, "attn_implementation": attn, "notices": notices}
 
 
-def wandb_settings(project: str, run_name, output_dir):
-    """Rank 0 logs to wandb; with no key or no network it goes offline, saying so once."""
-    if not project or project.lower() == "none":
-        return [], None
-    os.environ["WANDB_PROJECT"] = project
-    if run_name:
-        os.environ["WANDB_NAME"] = run_name
-    os.environ.setdefault("WANDB_DIR", str(output_dir))
-    notice = None
-    has_key = bool(os.environ.get("WANDB_API_KEY")) or os.path.exists(os.path.expanduser("~/.netrc"))
-    if os.environ.get("WANDB_MODE") not in ("offline", "disabled") and not has_key:
-        os.environ["WANDB_MODE"] = "offline"
-        notice = f"wandb: no API key found, logging offline to {os.environ['WANDB_DIR']}/wandb (sync later with `wandb sync`)"
-    return ["wandb"], notice
-
-
 def training_arguments(args, config, device, report_to):
     from transformers import TrainingArguments
 
     t = config.training
     seed = t["seed"] if args.seed is None else args.seed
     kwargs = dict(
-        output_dir=args.output_dir,
+        output_dir=os.path.abspath(args.output_dir),  # checkpoint paths in trainer_state.json resolve from anywhere
         per_device_train_batch_size=t["batch_size"],
         per_device_eval_batch_size=t["eval_batch_size"],
         gradient_accumulation_steps=t["gradient_accumulation_steps"],
@@ -174,8 +151,9 @@ def training_arguments(args, config, device, report_to):
         seed=seed,
         data_seed=seed,
         logging_nan_inf_filter=False,
+        restore_callback_states_from_checkpoint=True,  # early-stopping patience and the loss tally resume exactly
         remove_unused_columns=False,
-        disable_tqdm=not _is_main(),
+        disable_tqdm=launch.rank() != 0,
         dataloader_num_workers=t["dataloader_num_workers"],
         ddp_find_unused_parameters=True,  # experts a batch did not route to get no gradient
     )
@@ -244,134 +222,188 @@ def apply_lora(model, lora: dict):
                                             target_modules=lora["target_modules"], task_type="CAUSAL_LM"))
 
 
-def make_trainer_class():
-    from transformers import Trainer
+class ChameleonsTrainer(Trainer):
+    """HF Trainer with the loss as the true mean token loss, an exact evaluation, strict MoE
+    reloads and resumes that continue exactly where the run stopped."""
 
-    class ChameleonsTrainer(Trainer):
-        """HF Trainer with the loss as the true mean token loss and an exact evaluation."""
+    def __init__(self, *a, throughput, stop, collate, router_aux_loss_coef, trace, batching="padded", **kw):
+        super().__init__(*a, **kw)
+        self.batching = batching
+        self.model_config = causal_lm_of(self.model).config
+        self.model_accepts_loss_kwargs = True
+        self.throughput = throughput
+        self.stop = stop
+        self.collate_eval = collate
+        self.router_aux_loss_coef = router_aux_loss_coef
+        self.trace = trace
 
-        def __init__(self, *a, throughput, stop, collate, router_aux_loss_coef, trace, batching="padded", **kw):
-            super().__init__(*a, **kw)
-            self.batching = batching
-            self.model_config = causal_lm_of(self.model).config
-            self.model_accepts_loss_kwargs = True
-            self.throughput = throughput
-            self.stop = stop
-            self.collate_eval = collate
-            self.router_aux_loss_coef = router_aux_loss_coef
-            self.trace = trace
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            meta = inputs.pop("meta", None)
-            inputs.pop("length", None)
-            loss, n_tokens = causal_lm_loss(model, inputs, num_items_in_batch,
-                                            self.router_aux_loss_coef if model.training else 0.0)
-            if model.training and meta is not None:
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Replaces HF's loss: token cross-entropy over supervised positions only (chameleons/loss.py)."""
+        meta = inputs.pop("meta", None)
+        inputs.pop("length", None)
+        loss, n_tokens = causal_lm_loss(model, inputs, num_items_in_batch,
+                                        self.router_aux_loss_coef if model.training else 0.0)
+        if model.training:
+            if self.stop is not None:
+                self.stop.add_loss(loss.detach() * (num_items_in_batch if num_items_in_batch is not None else n_tokens),
+                                   n_tokens)
+            if meta is not None:
                 if self.trace is not None:
                     self.trace.append(meta["rows"])
                 self.throughput.add(sum(meta["lengths"]), int(inputs["input_ids"].numel()),
                                     flops.train_flops(self.model_config, meta["lengths"], meta["supervised"]))
-            if model.training:
-                if not torch.isfinite(loss.detach()).all():
-                    self.stop.nonfinite = True
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None and model.training:
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes
-            return (loss, None) if return_outputs else loss
+        return (loss, None) if return_outputs else loss
 
-        def _get_train_sampler(self, train_dataset=None):
-            """Length grouping over the rows of the current epoch (they change with resampling)."""
-            ds = train_dataset if train_dataset is not None else self.train_dataset
-            if self.batching != "length_grouped":
-                return super()._get_train_sampler(train_dataset)
-            lengths = ds.encoded.lengths
-            return LengthGroupedRowSampler(ds, lambda: [lengths[r] for r in ds.rows],
-                                           self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                           seed=self.args.seed)
+    def _get_train_sampler(self, train_dataset=None):
+        """Replaces HF's length grouping, which reads a fixed dataset: the rows change with resampling."""
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        if self.batching != "length_grouped":
+            return super()._get_train_sampler(train_dataset)
+        lengths = ds.encoded.lengths
+        return LengthGroupedRowSampler(ds, lambda: [lengths[r] for r in ds.rows],
+                                       self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                       seed=self.args.seed)
 
-        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-            """Mean token loss over the whole validation set (summed, then divided once), the same
-            number of forward passes on every rank so ZeRO-3's collectives line up."""
-            model = self.model_wrapped if self.is_deepspeed_enabled else self.model
-            model.eval()
-            world, rank = self.args.world_size, self.args.process_index
-            bs = self.args.per_device_eval_batch_size
-            rows = self.eval_dataset  # validation row numbers of the encoded dataset
-            batches = [rows[i:i + bs] for i in range(0, len(rows), bs)]
-            mine = batches[rank::world]
-            n_rounds = math.ceil(len(batches) / world)
-            total = torch.zeros(2, dtype=torch.float64, device=self.args.device)
-            with torch.no_grad():
-                for k in range(n_rounds):
-                    rows = mine[k] if k < len(mine) else batches[0]
-                    batch = self.collate_eval([self.eval_item(r) for r in rows])
-                    batch = self._prepare_inputs(batch)
-                    loss_sum, n = causal_lm_loss(model, batch, num_items_in_batch=1, router_aux_loss_coef=0.0)
-                    if k < len(mine):
-                        total += torch.stack([loss_sum.double().detach(), torch.tensor(float(n), dtype=torch.float64,
-                                                                                       device=total.device)])
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.all_reduce(total)
-            loss = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
-            metrics = {f"{metric_key_prefix}_loss": loss, f"{metric_key_prefix}_tokens": int(total[1].item())}
-            if metric_key_prefix == "eval":
-                self.log(metrics)
-                self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-            model.train()
-            return metrics
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """Replaces HF's evaluation: the mean token loss over the whole validation set (summed, then
+        divided once), the same number of forward passes on every rank so ZeRO-3's collectives line up."""
+        model = self.model_wrapped if self.is_deepspeed_enabled else self.model
+        model.eval()
+        world, rank = self.args.world_size, self.args.process_index
+        bs = self.args.per_device_eval_batch_size
+        rows = self.eval_dataset  # validation row numbers of the encoded dataset
+        batches = [rows[i:i + bs] for i in range(0, len(rows), bs)]
+        mine = batches[rank::world]
+        n_rounds = math.ceil(len(batches) / world)
+        total = torch.zeros(2, dtype=torch.float64, device=self.args.device)
+        with torch.no_grad():
+            for k in range(n_rounds):
+                rows = mine[k] if k < len(mine) else batches[0]
+                batch = self.collate_eval([self.eval_item(r) for r in rows])
+                batch = self._prepare_inputs(batch)
+                loss_sum, n = causal_lm_loss(model, batch, num_items_in_batch=1, router_aux_loss_coef=0.0)
+                if k < len(mine):
+                    total += torch.stack([loss_sum.double().detach(), n.double().to(total.device)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(total)
+        loss = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
+        metrics = {f"{metric_key_prefix}_loss": loss, f"{metric_key_prefix}_tokens": int(total[1].item())}
+        if metric_key_prefix == "eval":
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        model.train()
+        return metrics
 
-        def eval_item(self, row):
-            item = self.train_dataset.encoded.dataset[row]
-            return {"input_ids": item["input_ids"], "prompt_len": item["prompt_len"], "length": item["length"]}
+    def eval_item(self, row):
+        item = self.train_dataset.encoded.dataset[row]
+        return {"input_ids": item["input_ids"], "prompt_len": item["prompt_len"], "length": item["length"]}
 
-        def _load_best_model(self):
-            """Outside DeepSpeed the stock loader is non-strict and skips MoE experts saved
-            per expert (the model holds them fused): reload through from_pretrained, strictly.
-            A stopped run exits as it is: its checkpoint is saved, the best model is not needed."""
-            if self.stop is not None and (self.stop.signal or self.stop.nonfinite):
-                return
-            if self.is_deepspeed_enabled or hasattr(self.model, "peft_config"):
-                return super()._load_best_model()
-            self._load_strict(self.state.best_model_checkpoint)
+    def _load_best_model(self):
+        """Replaces HF's best-model load outside DeepSpeed: it is non-strict and skips MoE experts
+        saved per expert (the model holds them fused; transformers#48805): reload strictly.
+        A stopped run exits as it is: its checkpoint is saved, the best model is not needed."""
+        if self.stop is not None and (self.stop.signal or self.stop.nonfinite):
+            return
+        if self.is_deepspeed_enabled or hasattr(self.model, "peft_config"):
+            return super()._load_best_model()
+        self._load_strict(self.state.best_model_checkpoint)
 
-        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            """Resuming has the same non-strict load as the best-model restore."""
-            if self.is_deepspeed_enabled or hasattr(self.model, "peft_config") or model is not None:
-                return super()._load_from_checkpoint(resume_from_checkpoint, model)
-            self._load_strict(resume_from_checkpoint)
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Replaces HF's resume load outside DeepSpeed: the same non-strict load as the best-model restore."""
+        if self.is_deepspeed_enabled or hasattr(self.model, "peft_config") or model is not None:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._load_strict(resume_from_checkpoint)
 
-        def _load_strict(self, checkpoint):
-            saved = type(self.model).from_pretrained(checkpoint, dtype=self.model.dtype)
-            self.model.load_state_dict(saved.state_dict(), strict=True)
+    def _load_strict(self, checkpoint):
+        saved = type(self.model).from_pretrained(checkpoint, dtype=self.model.dtype)
+        self.model.load_state_dict(saved.state_dict(), strict=True)
 
-        def _save_checkpoint(self, model, trial):
+    def _load_callback_state(self):
+        """Replaces HF's callback restore on resume, which builds new callback objects and appends
+        them last: references held elsewhere (the log's patience line) go stale and the call order
+        changes. Restores the saved attributes in place (early-stopping patience, the loss tally),
+        leaves TrainerControl's flags of the save moment alone, and finds the best checkpoint in this
+        output folder, where HF drops a path that does not resolve from the current directory."""
+        if self.args.restore_callback_states_from_checkpoint:
+            by_name = {}
+            for cb in self.callback_handler.callbacks:
+                by_name.setdefault(type(cb).__name__, []).append(cb)
+            for name, saved in self.state.stateful_callbacks.items():
+                for cb, data in zip(by_name.get(name, []), saved if isinstance(saved, list) else [saved]):
+                    for attribute, value in data.get("attributes", {}).items():
+                        setattr(cb, attribute, value)
+        if self.state.best_global_step:
+            best = os.path.join(self.args.output_dir, f"checkpoint-{self.state.best_global_step}")
+            if os.path.isdir(best):
+                self.state.best_model_checkpoint = best
+
+    def _save_checkpoint(self, model, trial):
+        """Adds the completeness marker after every rank has saved. A non-finite checkpoint is kept
+        for inspection only, so it must not rotate the last good one away."""
+        limit = self.args.save_total_limit
+        if self.stop is not None and self.stop.nonfinite:
+            self.args.save_total_limit = None
+        try:
             super()._save_checkpoint(model, trial)
-            folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.barrier()
-            if self.args.should_save and not (self.stop is not None and self.stop.nonfinite):
-                checkpoints.mark_complete(folder)  # a non-finite one is kept for inspection only
+        finally:
+            self.args.save_total_limit = limit
+        folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        if self.args.should_save and not (self.stop is not None and self.stop.nonfinite):
+            checkpoints.mark_complete(folder)
 
-    return ChameleonsTrainer
+
+@dataclass
+class RunChecks:
+    """What the checks before any write found: the run starts from it."""
+
+    resume: str
+    device: dict
+    report_to: list
+    notices: list
 
 
-def run(args, config, corpus, split, builder, tokenizer, cache_dir) -> int:
-    """Train, evaluate, save; returns the process exit code."""
-    from transformers import EarlyStoppingCallback, set_seed
-
+def check_run(args, config) -> RunChecks:
+    """Everything a run needs that can be wrong, checked before the first byte is written (the
+    dry run calls this too, so a plan it makes does not fail at training start)."""
     resume = checkpoints.resolve_resume(args.resume_from_checkpoint, args.output_dir)
-    if resume is None and _is_main():
+    device = device_settings(args.disable_flash_attn, config.model["attn_implementation"], config.training["batching"])
+    if config.training["batching"] == "packed":
+        check_packing_supported(device["attn_implementation"])
+    _zero_stage(args.deepspeed)
+    if not config.model["random_init"]:
+        source = sources.require_source(config.model["name_or_path"], "model")
+        if os.path.isdir(source):
+            sources.check_model_folder(source)
+    if config.model["trust_remote_code"]:
+        device["notices"].append(f"model.trust_remote_code is on: Python code from {config.model['name_or_path']} "
+                                 f"will run in this process")
+    report_to, wandb_notice = tracking.wandb_settings(args.wandb_project, args.wandb_run_name, args.output_dir)
+    return RunChecks(resume=resume, device=device, report_to=report_to,
+                     notices=device["notices"] + ([wandb_notice] if wandb_notice else []))
+
+
+def start_run_folder(args, resume, main: bool):
+    """The first write to the output folder, once every check has passed: an overwrite clears
+    the old run, a fresh start sets old logs aside, a resume appends."""
+    if resume is None and main:
         if args.overwrite_output_dir:
             outputs.clear_previous_run(args.output_dir)
         else:
             outputs.set_aside_previous_logs(args.output_dir)
-    device = device_settings(args.disable_flash_attn, config.model["attn_implementation"], config.training["batching"])
-    if config.training["batching"] == "packed":
-        check_packing_supported(device["attn_implementation"])
-    report_to, wandb_notice = wandb_settings(args.wandb_project, args.wandb_run_name, args.output_dir)
-    targs = training_arguments(args, config, device, report_to)
+
+
+def run(args, config, checks, corpus, split, builder, tokenizer, cache_dir) -> int:
+    """Train, evaluate, save; returns the process exit code."""
+    from transformers import EarlyStoppingCallback, set_seed
+
+    resume, device = checks.resume, checks.device
+    targs = training_arguments(args, config, device, checks.report_to)
     world = targs.world_size
     main = targs.process_index == 0
-    runlog = RunLog(args.output_dir, enabled=main)
     stop = StopRequest()
     stop.install()
 
@@ -386,17 +418,20 @@ def run(args, config, corpus, split, builder, tokenizer, cache_dir) -> int:
     evals = args.evals_per_epoch or config.training["evals_per_epoch"]
     targs.eval_steps = targs.save_steps = max(1, steps_per_epoch // evals)
 
+    start_run_folder(args, resume, main)
+    runlog = RunLog(args.output_dir, enabled=main)
     runlog.line(f"command: {shlex.join([sys.executable, *sys.argv])}")
     runlog.line(f"versions: {versions()} | world size {world} | device {'cuda' if device['on_gpu'] else 'cpu'} | "
                 f"dtype {'bf16' if device['bf16'] else 'fp32'} | attention {device['attn_implementation']} | "
                 f"deepspeed {args.deepspeed or 'off'} | batching {config.training['batching']}")
-    for notice in device["notices"] + ([wandb_notice] if wandb_notice else []):
+    for notice in checks.notices:
         runlog.line(f"notice: {notice}")
         if main:
             print(notice, file=sys.stderr, flush=True)
-    runlog.block("config", json.dumps(config.raw, indent=2))
+    runlog.block("config (resolved, overrides listed)", json.dumps(config.resolved(), indent=2))
     runlog.block("plan", planning.format_plan(plan))
     if main:
+        tracking.start_wandb(args, config, checks.report_to)
         write_manifest(args, encoded)
         for n, row in enumerate(encoded.train_rows(0)[:3], 1):
             item = encoded.dataset[row]
@@ -414,19 +449,20 @@ def run(args, config, corpus, split, builder, tokenizer, cache_dir) -> int:
     trace = []
     early = EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold) \
         if args.early_stopping_patience > 0 else None
-    callbacks = [EpochCallback(train_rows, runlog), StopCallback(stop)] + ([early] if early else [])
+    tally = StopCallback(stop)
+    callbacks = [EpochCallback(train_rows, runlog), tally] + ([early] if early else [])
     peak, peak_note = flops.peak_flops(targs.device)
     runlog.line(f"MFU: model FLOPs of active parameters only (chameleons/flops.py) against {peak_note}")
     callbacks.append(DetailedLogCallback(runlog, throughput, world, early, peak))
-    trainer = make_trainer_class()(
+    trainer = ChameleonsTrainer(
         model=model, args=targs, train_dataset=train_rows, data_collator=with_row_meta(collate),
         processing_class=tokenizer, callbacks=callbacks, throughput=throughput, stop=stop,
-        eval_dataset=encoded.val_rows, collate=collate, batching=config.training["batching"], router_aux_loss_coef=config.model["router_aux_loss_coef"],
-        trace=trace)
+        eval_dataset=encoded.val_rows, collate=collate, batching=config.training["batching"],
+        router_aux_loss_coef=config.model["router_aux_loss_coef"], trace=trace)
 
     runlog.line(f"resuming from {resume}" if resume else "starting fresh")
     started = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=resume)
     write_trace(args.output_dir, targs.process_index, trace)
     stop.agree(targs.device)  # a signal during the last step's save reaches one rank only
 
@@ -456,7 +492,8 @@ def run(args, config, corpus, split, builder, tokenizer, cache_dir) -> int:
             "global_step": trainer.state.global_step,
             "epochs": trainer.state.epoch,
             "train_runtime_s": round(time.time() - started, 1),
-            "train_loss": result.training_loss,
+            "train_loss": tally.mean_loss,
+            "train_tokens": int(tally.tokens),
             "best_eval_loss": best,
             "final_eval_loss": final["final_loss"],
             "best_model_checkpoint": trainer.state.best_model_checkpoint,
@@ -467,7 +504,7 @@ def run(args, config, corpus, split, builder, tokenizer, cache_dir) -> int:
         runlog.line(f"model and tokenizer: {args.output_dir}; log: {runlog.log_path}"
                     + (f"; loss curve: {runlog.dir / PLOT_NAME}" if plotted else ""))
         outputs.write_json(outputs.run_path(args.output_dir, outputs.FINISHED_MARKER), {
-            "args": vars(args), "config": config.raw, "versions": versions(), "world_size": world,
+            "args": vars(args), "config": config.resolved(), "versions": versions(), "world_size": world,
             "device": {k: v for k, v in device.items() if k != "notices"}, "plan": plan, "summary": summary,
         })
     finish_distributed()
@@ -523,7 +560,7 @@ def resume_command() -> str:
             skip = True
         elif not a.startswith("--resume_from_checkpoint="):
             argv.append(a)
-    world, local = _world_size(), int(os.environ.get("LOCAL_WORLD_SIZE", _world_size()))
+    world, local = launch.world_size(), launch.local_world_size()
     if world == 1:
         return shlex.join(["python", *argv])
     if world == local and "SLURM_PROCID" not in os.environ:

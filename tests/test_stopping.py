@@ -10,7 +10,7 @@ from chameleons.batching import make_collator
 from chameleons.checkpoints import is_complete, newest_complete, resolve_resume
 from chameleons.runlog import Throughput
 from chameleons.stopping import EXIT_NONFINITE, StopCallback, StopRequest
-from chameleons.training import make_trainer_class
+from chameleons.training import ChameleonsTrainer
 
 
 def test_signal_exit_codes_and_repeats_within_the_window():
@@ -36,7 +36,7 @@ def test_nonfinite_loss_stops_after_the_step_with_a_complete_checkpoint(tmp_path
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], max_steps=4,
                              per_device_train_batch_size=2, save_strategy="no", logging_nan_inf_filter=False,
                              remove_unused_columns=False)
-    trainer = make_trainer_class()(model=model, args=args, train_dataset=rows,
+    trainer = ChameleonsTrainer(model=model, args=args, train_dataset=rows,
                                    data_collator=make_collator("padded", 0), callbacks=[StopCallback(stop)],
                                    throughput=Throughput(), stop=stop, collate=None, router_aux_loss_coef=0.0,
                                    trace=None)
