@@ -1,7 +1,15 @@
-"""The model/data config (`config_*.json`): validated up front, unknown keys are errors."""
+"""The model/data config (`config_*.json`): validated up front, unknown keys are errors.
 
+`--set section.key=value` overrides are merged into the file's JSON before validation, so a sweep
+point passes exactly the checks its own config file would, and every error names the file, the
+key and, when it came from the command line, the override.
+"""
+
+import copy
 import json
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
@@ -10,6 +18,9 @@ from .prompts import ABLATION_KEYS, Ablation
 ABLATION_NAMES = ("profile_and_history_and_context", "profile_and_history", "profile_and_context",
                   "history_and_context", "profile_only", "history_only", "context_only")
 BATCHING = ("packed", "length_grouped", "padded")
+# transformers schedulers that need `lr_scheduler_kwargs`, which the config has no key for: they
+# would pass the dry run and fail when the Trainer builds the schedule
+SCHEDULERS_NEEDING_KWARGS = ("cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay")
 
 # key: (types, default); a default of REQUIRED means the key must be given.
 REQUIRED = object()
@@ -55,6 +66,8 @@ SCHEMA = {
     },
 }
 SECTIONS_REQUIRED = ("model", "data", "training", "ablation_configs")
+SECTIONS = SECTIONS_REQUIRED + ("lora",)
+_OVERRIDE = re.compile(r"^(?P<key>[A-Za-z_]\w*(?:\.[\w-]+)+)=(?P<value>.*)$", re.DOTALL)
 
 
 @dataclass
@@ -66,6 +79,7 @@ class Config:
     ablations: dict
     lora: dict = None
     raw: dict = None
+    overrides: list = field(default_factory=list)
 
     def ablation(self, name: str) -> Ablation:
         if name not in self.ablations:
@@ -81,18 +95,86 @@ class Config:
         beside = self.path.parent / p
         return beside if beside.exists() else p
 
+    def resolved(self) -> dict:
+        """Every setting as the run uses it (defaults filled in, overrides applied), and the
+        overrides that changed the file: what the log, training_config.json, plan.json and
+        wandb record. Its sections are a valid config file that needs no overrides."""
+        return {
+            "model": dict(self.model),
+            "data": dict(self.data),
+            "training": dict(self.training),
+            "lora": dict(self.lora) if self.lora else None,
+            "ablation_configs": {name: {k: getattr(a, k) for k in ABLATION_KEYS} for name, a in self.ablations.items()},
+            "overrides": list(self.overrides),
+        }
 
-def _section(path, name, values, schema):
+
+class _Where:
+    """The error prefix for a key: the file, and the override that set the key (or a part of it)."""
+
+    def __init__(self, path, origins):
+        self.path = path
+        self.origins = origins  # [(dotted key, override text)], in command-line order
+
+    def __call__(self, key: str = None) -> str:
+        texts = [text for dotted, text in self.origins
+                 if key is not None and (dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."))]
+        return f"{self.path}, --set {texts[-1]}" if texts else str(self.path)
+
+
+def parse_override_value(text: str):
+    """JSON where the text parses as JSON (2e-5, 3, true, null, ["q_proj"]), else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(path, raw: dict, overrides) -> tuple:
+    """The file's JSON with each `section.key=value` set in it (later ones win), and where each
+    value came from. Keys are checked here against the schema; values by the normal validation."""
+    raw = copy.deepcopy(raw)
+    origins = []
+    for text in overrides:
+        m = _OVERRIDE.match(text)
+        if not m:
+            raise UserError(f"{path}, --set {text}: expected SECTION.KEY=VALUE, e.g. training.learning_rate=2e-5")
+        dotted, parts = m["key"], m["key"].split(".")
+        section = parts[0]
+        if section not in SECTIONS:
+            raise UserError(f"{path}, --set {text}: unknown section {section!r} (allowed: {', '.join(SECTIONS)})")
+        if section in SCHEMA:
+            if parts[1] not in SCHEMA[section]:
+                raise UserError(f"{path}, --set {text}: unknown key {section}.{parts[1]} "
+                                f"(allowed: {', '.join(SCHEMA[section])})")
+            if len(parts) > 2 and SCHEMA[section][parts[1]][0] is not dict:
+                raise UserError(f"{path}, --set {text}: key {section}.{parts[1]} is not an object")
+        elif len(parts) > 3 or (len(parts) == 3 and parts[2] not in ABLATION_KEYS):
+            raise UserError(f"{path}, --set {text}: unknown key {dotted} "
+                            f"(allowed: ablation_configs.NAME.{{{', '.join(ABLATION_KEYS)}}})")
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                if node.get(part) is not None:
+                    raise UserError(f"{path}, --set {text}: {'.'.join(parts[:depth + 1])} is not an object")
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = parse_override_value(m["value"])
+        origins.append((dotted, text))
+    return raw, origins
+
+
+def _section(where, name, values, schema):
     if not isinstance(values, dict):
-        raise UserError(f"{path}: section {name!r} must be an object")
+        raise UserError(f"{where(name)}: section {name!r} must be an object")
     unknown = sorted(set(values) - set(schema))
     if unknown:
-        raise UserError(f"{path}: unknown key {name}.{unknown[0]} (allowed: {', '.join(schema)})")
+        raise UserError(f"{where(name)}: unknown key {name}.{unknown[0]} (allowed: {', '.join(schema)})")
     out = {}
     for key, (types, default) in schema.items():
         if key not in values:
             if default is REQUIRED:
-                raise UserError(f"{path}: missing key {name}.{key}")
+                raise UserError(f"{where(name)}: missing key {name}.{key}")
             out[key] = default
             continue
         value = values[key]
@@ -102,12 +184,89 @@ def _section(path, name, values, schema):
         ok = isinstance(value, types) and not (isinstance(value, bool) and types in (int, _NUM))
         if not ok:
             want = types.__name__ if isinstance(types, type) else "number"
-            raise UserError(f"{path}: key {name}.{key} must be {want}, found {json.dumps(value)}")
+            raise UserError(f"{where(name + '.' + key)}: key {name}.{key} must be {want}, found {json.dumps(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{where(name + '.' + key)}: key {name}.{key} must be a finite number, found {value}")
         out[key] = value
     return out
 
 
-def load_config(path) -> Config:
+def _check(where, section, values, key, ok: bool, rule: str):
+    if not ok:
+        raise UserError(f"{where(section + '.' + key)}: key {section}.{key} must be {rule}, found {values[key]!r}")
+
+
+def _known_schedulers():
+    from transformers.trainer_utils import SchedulerType
+
+    return [s.value for s in SchedulerType if s.value not in SCHEDULERS_NEEDING_KWARGS]
+
+
+def _known_implementations():
+    """Attention and experts names transformers' model loading accepts (hub kernels aside), as
+    transformers lists them; `auto` is ours. The project's own `sdpa_varlen` is not a config
+    value: training picks it for packed batches."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, ALL_EXPERTS_FUNCTIONS, ALL_FP8_EXPERTS_FUNCTIONS
+
+    from .attention import NAME as SDPA_VARLEN
+
+    attention = ["auto", "eager"] + [k for k in ALL_ATTENTION_FUNCTIONS.valid_keys() if k != SDPA_VARLEN]
+    experts = ["auto", "eager"] + sorted(set(ALL_EXPERTS_FUNCTIONS.keys()) | set(ALL_FP8_EXPERTS_FUNCTIONS.keys()))
+    return attention, experts
+
+
+def _check_model(where, model):
+    attention, experts = _known_implementations()
+    _check(where, "model", model, "attn_implementation", model["attn_implementation"] in attention,
+           f"one of {', '.join(attention)}")
+    _check(where, "model", model, "experts_implementation", model["experts_implementation"] in experts,
+           f"one of {', '.join(experts)}")
+    _check(where, "model", model, "router_aux_loss_coef", model["router_aux_loss_coef"] >= 0, "at least 0")
+
+
+def _check_training(where, t):
+    for key in ("batch_size", "gradient_accumulation_steps", "max_length", "logging_steps", "evals_per_epoch"):
+        _check(where, "training", t, key, t[key] >= 1, "at least 1")
+    for key in ("max_context_turns", "eval_batch_size"):
+        _check(where, "training", t, key, t[key] is None or t[key] >= 1, "at least 1")
+    _check(where, "training", t, "save_total_limit", t["save_total_limit"] >= 2,
+           "at least 2 (the best checkpoint and the latest, to resume from)")
+    _check(where, "training", t, "learning_rate", t["learning_rate"] > 0, "above 0")
+    _check(where, "training", t, "max_grad_norm", t["max_grad_norm"] > 0, "above 0")
+    for key in ("weight_decay", "warmup_steps", "dataloader_num_workers"):
+        _check(where, "training", t, key, t[key] >= 0, "at least 0")
+    _check(where, "training", t, "seed", 0 <= t["seed"] < 2 ** 32, "between 0 and 2**32 - 1 (numpy's seed range)")
+    _check(where, "training", t, "batching", t["batching"] in BATCHING, f"one of {', '.join(BATCHING)}")
+    schedulers = _known_schedulers()
+    needs_kwargs = t["lr_scheduler_type"] in SCHEDULERS_NEEDING_KWARGS
+    _check(where, "training", t, "lr_scheduler_type", t["lr_scheduler_type"] in schedulers,
+           f"one of {', '.join(schedulers)}" + (" (this one needs lr_scheduler_kwargs, which the config cannot set)"
+                                                 if needs_kwargs else ""))
+
+
+def _check_packing(where, model, training):
+    """The check training makes before building the model, made here so the dry run refuses it too."""
+    from .attention import NAME as SDPA_VARLEN
+    from .batching import PACKING_ATTENTION
+
+    attn = model["attn_implementation"]
+    if training["batching"] == "packed" and attn != "auto" and attn not in PACKING_ATTENTION:
+        usable = ", ".join(a for a in PACKING_ATTENTION if a != SDPA_VARLEN)
+        raise UserError(f"{where('model.attn_implementation')}: key model.attn_implementation {attn!r} would let "
+                        f"packed samples attend to each other; use one of auto, {usable}, or "
+                        f"training.batching 'length_grouped'")
+
+
+def _check_lora(where, lora):
+    _check(where, "lora", lora, "r", lora["r"] >= 1, "at least 1")
+    _check(where, "lora", lora, "alpha", lora["alpha"] > 0, "above 0")
+    _check(where, "lora", lora, "dropout", 0 <= lora["dropout"] < 1, "at least 0 and below 1")
+    modules = lora["target_modules"]
+    _check(where, "lora", lora, "target_modules", bool(modules) and all(isinstance(m, str) for m in modules),
+           "a non-empty list of module names")
+
+
+def load_config(path, overrides=()) -> Config:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
@@ -119,49 +278,50 @@ def load_config(path) -> Config:
         raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: must be a JSON object with sections {', '.join(SECTIONS_REQUIRED)}")
-    unknown = sorted(set(raw) - set(SECTIONS_REQUIRED) - {"lora"})
+    raw, origins = apply_overrides(path, raw, overrides)
+    where = _Where(path, origins)
+    unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
-        raise UserError(f"{path}: unknown section {unknown[0]!r} (allowed: {', '.join(SECTIONS_REQUIRED)}, lora)")
+        raise UserError(f"{path}: unknown section {unknown[0]!r} (allowed: {', '.join(SECTIONS)})")
     for name in SECTIONS_REQUIRED:
         if name not in raw:
             raise UserError(f"{path}: missing section {name!r}")
-    model = _section(path, "model", raw["model"], SCHEMA["model"])
+    model = _section(where, "model", raw["model"], SCHEMA["model"])
     if not model["name_or_path"] and not model["random_init"]:
-        raise UserError(f"{path}: key model.name_or_path is required (or model.random_init for a random tiny model)")
+        raise UserError(f"{where('model.name_or_path')}: key model.name_or_path is required "
+                        f"(or model.random_init for a random tiny model)")
     if model["random_init"] and "model_type" not in model["random_init"]:
-        raise UserError(f"{path}: key model.random_init.model_type missing")
+        raise UserError(f"{where('model.random_init.model_type')}: key model.random_init.model_type missing")
     if not model["tokenizer"]:
         if not model["name_or_path"]:
-            raise UserError(f"{path}: key model.tokenizer is required with model.random_init")
+            raise UserError(f"{where('model.tokenizer')}: key model.tokenizer is required with model.random_init")
         model["tokenizer"] = model["name_or_path"]
-    data = _section(path, "data", raw["data"], SCHEMA["data"])
-    training = _section(path, "training", raw["training"], SCHEMA["training"])
-    for key in ("batch_size", "gradient_accumulation_steps", "max_length", "logging_steps", "evals_per_epoch"):
-        if training[key] < 1:
-            raise UserError(f"{path}: key training.{key} must be at least 1, found {training[key]}")
-    for key in ("max_context_turns", "eval_batch_size"):
-        if training[key] is not None and training[key] < 1:
-            raise UserError(f"{path}: key training.{key} must be at least 1, found {training[key]}")
-    if training["save_total_limit"] < 2:
-        raise UserError(f"{path}: key training.save_total_limit must be at least 2 (the best checkpoint and the "
-                        f"latest, to resume from), found {training['save_total_limit']}")
+    _check_model(where, model)
+    data = _section(where, "data", raw["data"], SCHEMA["data"])
+    training = _section(where, "training", raw["training"], SCHEMA["training"])
+    _check_training(where, training)
     if training["eval_batch_size"] is None:
         training["eval_batch_size"] = training["batch_size"]
-    if training["batching"] not in BATCHING:
-        raise UserError(f"{path}: key training.batching must be one of {', '.join(BATCHING)}, found {training['batching']!r}")
+    _check_packing(where, model, training)
     ablations_raw = raw["ablation_configs"]
     if not isinstance(ablations_raw, dict) or not ablations_raw:
-        raise UserError(f"{path}: section 'ablation_configs' must be a non-empty object")
+        raise UserError(f"{where('ablation_configs')}: section 'ablation_configs' must be a non-empty object")
     ablations = {}
     for name, spec in ablations_raw.items():
         if not isinstance(spec, dict):
-            raise UserError(f"{path}: ablation_configs.{name} must be an object")
+            raise UserError(f"{where('ablation_configs.' + name)}: ablation_configs.{name} must be an object")
         unknown = sorted(set(spec) - set(ABLATION_KEYS))
         if unknown:
-            raise UserError(f"{path}: unknown key ablation_configs.{name}.{unknown[0]} (allowed: {', '.join(ABLATION_KEYS)})")
+            raise UserError(f"{where('ablation_configs.' + name)}: unknown key ablation_configs.{name}.{unknown[0]} "
+                            f"(allowed: {', '.join(ABLATION_KEYS)})")
         for key in ABLATION_KEYS:
             if not isinstance(spec.get(key), bool):
-                raise UserError(f"{path}: key ablation_configs.{name}.{key} must be true or false")
+                raise UserError(f"{where(f'ablation_configs.{name}.{key}')}: key ablation_configs.{name}.{key} "
+                                f"must be true or false")
         ablations[name] = Ablation(name=name, **{k: spec[k] for k in ABLATION_KEYS})
-    lora = _section(path, "lora", raw["lora"], SCHEMA["lora"]) if raw.get("lora") is not None else None
-    return Config(path=path, model=model, data=data, training=training, ablations=ablations, lora=lora, raw=raw)
+    lora = None
+    if raw.get("lora") is not None:
+        lora = _section(where, "lora", raw["lora"], SCHEMA["lora"])
+        _check_lora(where, lora)
+    return Config(path=path, model=model, data=data, training=training, ablations=ablations, lora=lora, raw=raw,
+                  overrides=list(overrides))

@@ -124,4 +124,7 @@ def format_plan(plan: dict) -> str:
         lines.append(f"{str(row['max_samples_per_user']):>5} {row['samples']:>9,} {row['samples_if_grouped_by_record']:>10,} "
                      f"{row['train_samples']:>9,} {row['steps_per_epoch']:>12,} {row['hours_per_epoch']:>9} "
                      f"{row['hours_max_epochs']:>10}")
+    overrides = (plan.get("config") or {}).get("overrides")
+    if overrides:
+        lines.insert(0, f"overrides  {' '.join(overrides)}")
     return "\n".join(lines)

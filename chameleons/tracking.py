@@ -1,0 +1,67 @@
+"""wandb for sweeps: every setting that tells two runs apart in `wandb.config`, seeds of one
+setting in one group, and tags to filter by.
+
+The Trainer's WandbCallback would start the run itself with only `TrainingArguments` and the model
+config; starting it here first (rank 0) makes the callback reuse it and add those on top.
+"""
+
+import os
+
+
+def wandb_settings(project: str, run_name, output_dir):
+    """Rank 0 logs to wandb; with no key or no network it goes offline, saying so once."""
+    if not project or project.lower() == "none":
+        return [], None
+    os.environ["WANDB_PROJECT"] = project
+    if run_name:
+        os.environ["WANDB_NAME"] = run_name
+    os.environ.setdefault("WANDB_DIR", str(output_dir))
+    notice = None
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or os.path.exists(os.path.expanduser("~/.netrc"))
+    if os.environ.get("WANDB_MODE") not in ("offline", "disabled") and not has_key:
+        os.environ["WANDB_MODE"] = "offline"
+        notice = f"wandb: no API key found, logging offline to {os.environ['WANDB_DIR']}/wandb (sync later with `wandb sync`)"
+    return ["wandb"], notice
+
+
+def size_label(max_samples_per_user) -> str:
+    """`N2`, or `Nall` when every sample is kept."""
+    return f"N{'all' if max_samples_per_user is None else max_samples_per_user}"
+
+
+def wandb_group(args) -> str:
+    """`--wandb_group`, else ablation and N (`context_only_N2`): the seeds of one setting."""
+    return args.wandb_group or f"{args.ablation_config}_{size_label(args.max_samples_per_user)}"
+
+
+def wandb_tags(args) -> list:
+    return [args.ablation_config, size_label(args.max_samples_per_user), f"seed{args.sample_seed}"]
+
+
+def run_config(args, config) -> dict:
+    """What goes to `wandb.config`: the flags that define a setting at the top level (filterable
+    columns in the UI), the resolved config sections, and every flag under `args`."""
+    return {
+        "ablation": args.ablation_config,
+        "prompt_style": args.prompt_style,
+        "max_samples_per_user": "all" if args.max_samples_per_user is None else args.max_samples_per_user,
+        "sample_seed": args.sample_seed,
+        "val_seed": args.sample_seed if args.val_seed is None else args.val_seed,
+        "val_ratio": args.val_ratio,
+        "sample_group_by": args.sample_group_by,
+        "resample_each_epoch": args.resample_each_epoch,
+        "wandb_group": wandb_group(args),
+        "config_file": str(config.path),
+        **config.resolved(),  # model, data, training, lora, ablation_configs, overrides
+        "args": dict(vars(args)),
+    }
+
+
+def start_wandb(args, config, report_to):
+    """Start the wandb run on rank 0 (call it there only), before the Trainer exists; project,
+    run name, folder and mode come from the environment `wandb_settings` set."""
+    if "wandb" not in report_to:
+        return None
+    import wandb
+
+    return wandb.init(group=wandb_group(args), tags=wandb_tags(args), config=run_config(args, config))
