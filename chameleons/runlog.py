@@ -124,8 +124,8 @@ class DetailedLogCallback(TrainerCallback):
                 + (f"MFU {mfu:.1%} | " if mfu is not None else "") +
                 f"elapsed {_clock(elapsed)} | eta {_clock(eta)}")
             self.log.metrics("train", step=state.global_step, epoch=state.epoch, loss=logs["loss"],
-                             learning_rate=logs.get("learning_rate"), grad_norm=grad, tokens_per_s=tok_s,
-                             tokens_per_s_per_gpu=tok_s / self.world_size, padding_share=pad,
+                             learning_rate=logs.get("learning_rate"), grad_norm=grad, tokens=int(real),
+                             tokens_per_s=tok_s, tokens_per_s_per_gpu=tok_s / self.world_size, padding_share=pad,
                              model_tflops_per_s=flops / span / 1e12, mfu=mfu)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
