@@ -1,0 +1,169 @@
+"""A run's result never depends on an interruption: a run resumed from a checkpoint taken between
+two patience-counting evaluations stops where its uninterrupted twin stopped, with the same final
+eval loss and the same weights, even when resumed from another working directory; a non-finite
+stop keeps the last good checkpoint; a finished run is never trained further by a requeue."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM, TrainerCallback, TrainingArguments
+
+from chameleons.batching import make_collator
+from chameleons.checkpoints import is_complete, resolve_resume
+from chameleons.runlog import Throughput
+from chameleons.stopping import StopCallback, StopRequest
+from chameleons.training import ChameleonsTrainer
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "train_distributed_Chameleons.py"
+
+
+def _config(tmp: Path) -> Path:
+    config = json.loads((ROOT / "config_tiny_cpu.json").read_text())
+    config["data"] = {"train_file": str(ROOT / "data" / "sample_chameleons.json"), "cache_dir": str(tmp / "cache")}
+    config["training"].update(logging_steps=1, save_total_limit=10)  # keep every checkpoint to resume from
+    path = tmp / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def _train(config, output_dir, *extra, cwd=ROOT):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RANK", "WORLD_SIZE"))}
+    cmd = [sys.executable, str(SCRIPT), "--config", str(config), "--output_dir", str(output_dir),
+           "--max_samples_per_user", "2", "--max_epochs", "4", "--evals_per_epoch", "2",
+           "--early_stopping_patience", "3", "--early_stopping_threshold", "100", *extra]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def _events(output_dir, event):
+    path = Path(output_dir, "training_logs", "metrics.jsonl")
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r["event"] == event]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("resume")
+    config = _config(tmp)
+    out = tmp / "a"
+    proc = _train(config, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, config, out
+
+
+def test_early_stopping_resumes_exactly_from_another_directory(uninterrupted):
+    tmp, config, a = uninterrupted
+    evals = _events(a, "eval")
+    assert len(evals) == 4, evals  # threshold 100: no evaluation counts as better, patience 3 ends it at the 4th
+    summary_a = json.loads((a / "training_config.json").read_text())["summary"]
+    assert summary_a["global_step"] == evals[-1]["step"]
+
+    # Interrupted right after the second evaluation (patience counter 1), resumed elsewhere.
+    resume_step = evals[1]["step"]
+    state = json.loads((a / f"checkpoint-{resume_step}" / "trainer_state.json").read_text())
+    assert state["stateful_callbacks"]["EarlyStoppingCallback"]["attributes"]["early_stopping_patience_counter"] == 1
+    b = tmp / "b"
+    b.mkdir()
+    for step in {resume_step, state["best_global_step"]}:
+        shutil.copytree(a / f"checkpoint-{step}", b / f"checkpoint-{step}")
+    elsewhere = tmp / "elsewhere"
+    elsewhere.mkdir()
+    proc = _train(config, Path("..") / "b", "--resume_from_checkpoint", "auto", cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    summary_b = json.loads((b / "training_config.json").read_text())["summary"]
+    assert summary_b["global_step"] == summary_a["global_step"]
+    assert summary_b["final_eval_loss"] == pytest.approx(summary_a["final_eval_loss"], abs=1e-5)
+    assert summary_b["train_loss"] == pytest.approx(summary_a["train_loss"], rel=1e-5)
+    assert summary_b["train_tokens"] == summary_a["train_tokens"]
+    assert Path(summary_b["best_model_checkpoint"]).parent == b.resolve()
+    weights_a, weights_b = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        torch.testing.assert_close(weights_b[key], weights_a[key], rtol=1e-5, atol=1e-6, msg=key)
+    log = (b / "training_logs" / "detailed_training_log.txt").read_text()
+    assert f"eval step {evals[2]['step']} " in log and "patience left 1" in log  # counter 2 after the third eval
+    assert "early stopping: no improvement" in log
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def test_auto_on_a_finished_run_touches_nothing_and_succeeds(uninterrupted):
+    _, config, a = uninterrupted
+    before = _tree(a)
+    proc = _train(config, a, "--resume_from_checkpoint", "auto")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == f"already finished: {a}"
+    assert _tree(a) == before
+
+
+def test_explicit_checkpoint_of_a_finished_run_is_refused(uninterrupted):
+    _, config, a = uninterrupted
+    before = _tree(a)
+    checkpoint = sorted(a.glob("checkpoint-*"))[0]
+    proc = _train(config, a, "--resume_from_checkpoint", str(checkpoint))
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "--overwrite_output_dir" in lines[0]
+    assert _tree(a) == before
+
+
+@pytest.mark.parametrize("bad", [
+    ["--set", "training.learning_rate=-1"],
+    ["--set", "training.dataloader_num_workers=-1"],
+    ["--early_stopping_patience", "-3"],
+    ["--deepspeed", "no_such_ds_config.json"],
+])
+def test_overwrite_with_a_bad_setting_keeps_the_old_run(uninterrupted, bad):
+    _, config, a = uninterrupted
+    before = _tree(a)
+    proc = _train(config, a, "--overwrite_output_dir", *bad)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr[-2000:]
+    assert _tree(a) == before
+
+
+class _BestAtOneThenPoison(TrainerCallback):
+    """Step 1's checkpoint plays the best one; the weights turn NaN before step 3."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == 1:
+            state.best_model_checkpoint = os.path.join(args.output_dir, "checkpoint-1")
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            with torch.no_grad():
+                self.model.model.embed_tokens.weight.fill_(float("nan"))
+
+
+def test_nonfinite_stop_keeps_the_last_good_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = Qwen3MoeForCausalLM(Qwen3MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                               moe_intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                               num_key_value_heads=1, head_dim=16, num_experts=4, num_experts_per_tok=2))
+    rows = [{"input_ids": [3, 4, 5, 8, 9, 10], "prompt_len": 2, "length": 6} for _ in range(12)]
+    stop = StopRequest()
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], max_steps=6,
+                             per_device_train_batch_size=2, save_strategy="steps", save_steps=1, save_total_limit=2,
+                             logging_nan_inf_filter=False, remove_unused_columns=False)
+    trainer = ChameleonsTrainer(model=model, args=args, train_dataset=rows, data_collator=make_collator("padded", 0),
+                                callbacks=[StopCallback(stop), _BestAtOneThenPoison(model)], throughput=Throughput(),
+                                stop=stop, collate=None, router_aux_loss_coef=0.0, trace=None)
+    trainer.train()
+    assert stop.nonfinite and trainer.state.global_step == 3
+    assert is_complete(tmp_path / "checkpoint-2") and not is_complete(tmp_path / "checkpoint-3")
+    assert resolve_resume("auto", tmp_path) == str(tmp_path / "checkpoint-2")
