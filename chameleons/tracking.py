@@ -6,6 +6,7 @@ config; starting it here first (rank 0) makes the callback reuse it and add thos
 """
 
 import os
+import sys
 
 
 def wandb_settings(project: str, run_name, output_dir):
@@ -65,3 +66,11 @@ def start_wandb(args, config, report_to):
     import wandb
 
     return wandb.init(group=wandb_group(args), tags=wandb_tags(args), config=run_config(args, config))
+
+
+def finish_wandb(exit_code: int):
+    """Close the run with the process's exit code while everything is alive: left to wandb's exit
+    hook, the run was cut off at interpreter exit and its config.yaml never written."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.run.finish(exit_code=exit_code)

@@ -478,6 +478,7 @@ def run(args, config, checks, corpus, split, builder, tokenizer, cache_dir) -> i
         runlog.metrics("stopped", step=step, exit_code=stop.exit_code)
         if main:
             print(message, file=sys.stderr, flush=True)
+        tracking.finish_wandb(stop.exit_code)
         finish_distributed()
         return stop.exit_code
 
@@ -507,6 +508,7 @@ def run(args, config, checks, corpus, split, builder, tokenizer, cache_dir) -> i
             "args": vars(args), "config": config.resolved(), "versions": versions(), "world_size": world,
             "device": {k: v for k, v in device.items() if k != "notices"}, "plan": plan, "summary": summary,
         })
+    tracking.finish_wandb(0)
     finish_distributed()
     return 0
 

@@ -1,0 +1,128 @@
+"""A sweep point end to end: one short single-process CPU run (2 optimizer steps) with a config
+override and wandb offline. The override reaches the run's settings and every record of them
+(training_config.json, the detailed log, wandb.config); wandb's config.yaml holds the project's
+flags and the group; tools/compare_runs.py reads the real run folder."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chameleons import tracking
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "train_distributed_Chameleons.py"
+
+
+def test_group_and_tags_defaults():
+    from chameleons.cli import parse_train_args
+
+    base = ["--config", "c.json", "--output_dir", "o", "--ablation_config", "history_only", "--sample_seed", "43"]
+    args = parse_train_args(base + ["--max_samples_per_user", "2"])
+    assert tracking.wandb_group(args) == "history_only_N2"
+    assert tracking.wandb_tags(args) == ["history_only", "N2", "seed43"]
+    args = parse_train_args(base)
+    assert tracking.wandb_group(args) == "history_only_Nall" and "Nall" in tracking.wandb_tags(args)
+    args = parse_train_args(base + ["--wandb_group", "lr_sweep"])
+    assert tracking.wandb_group(args) == "lr_sweep"
+
+
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    config = json.loads((ROOT / "config_tiny_cpu.json").read_text())
+    config["data"] = {"train_file": str(ROOT / "data" / "sample_chameleons.json"), "cache_dir": str(tmp / "cache")}
+    config_path = tmp / "config.json"
+    config_path.write_text(json.dumps(config))
+    out = tmp / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_MODE="offline", HOME=str(tmp))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--config", str(config_path), "--output_dir", str(out),
+                           "--max_samples_per_user", "2", "--sample_seed", "5", "--val_seed", "42",
+                           "--max_steps", "2", "--evals_per_epoch", "6",
+                           "--set", "training.learning_rate=0.002", "--set", "training.logging_steps=1",
+                           "--wandb_project", "chameleons_ci", "--wandb_run_name", "sweep_point"],
+                          cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+OVERRIDES = ["training.learning_rate=0.002", "training.logging_steps=1"]
+
+
+def test_override_reaches_the_run_and_its_records(sweep_run):
+    info = json.loads((sweep_run / "training_config.json").read_text())
+    assert info["config"]["training"]["learning_rate"] == 0.002
+    assert info["config"]["overrides"] == OVERRIDES and info["args"]["overrides"] == OVERRIDES
+    metrics = [json.loads(line) for line in (sweep_run / "training_logs" / "metrics.jsonl").read_text().splitlines()]
+    train = [m for m in metrics if m["event"] == "train"]
+    assert [m["step"] for m in train] == [1, 2]  # logging_steps=1 took effect
+    assert train[0]["learning_rate"] <= 0.002  # warmup from the overridden peak, not the file's 3e-3
+    log = (sweep_run / "training_logs" / "detailed_training_log.txt").read_text()
+    assert '"learning_rate": 0.002' in log and '"training.logging_steps=1"' in log
+
+
+def wandb_run_record(path: Path):
+    """(config, run record) of an offline run, as `wandb sync` would upload them. wandb 0.31
+    writes no files/config.yaml offline (its sender, which writes it, does not run), so this reads
+    the run's `.wandb` file: a 7-byte W&B header, then LevelDB-log chunks in 32 KiB blocks
+    (crc32, little-endian length, type 1 full / 2 first / 3 middle / 4 last), each record a protobuf."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, pending, config, run = 7, 32768, b"", {}, None
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind not in (1, 4):
+            continue
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(pending)
+        pending = b""
+        kind_name = record.WhichOneof("record_type")
+        updates = record.run.config.update if kind_name == "run" else record.config.update if kind_name == "config" else []
+        if kind_name == "run":
+            run = record.run
+        for item in updates:
+            config[item.key] = json.loads(item.value_json)
+    return config, run
+
+
+def test_wandb_config_holds_flags_and_group(sweep_run):
+    runs = list((sweep_run / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    config, run = wandb_run_record(next(runs[0].glob("*.wandb")))
+    assert config["ablation"] == "context_only" and config["prompt_style"] == "simple"
+    assert config["max_samples_per_user"] == 2 and config["sample_seed"] == 5 and config["val_seed"] == 42
+    assert config["val_ratio"] == 0.1 and config["resample_each_epoch"] is False
+    assert config["overrides"] == OVERRIDES
+    assert config["wandb_group"] == "context_only_N2"
+    assert config["training"]["learning_rate"] == 0.002 and config["model"]["router_aux_loss_coef"] == 0.001
+    assert config["learning_rate"] == 0.002  # the Trainer's own arguments are added, not replacing ours
+    assert run.run_group == "context_only_N2" and list(run.tags) == ["context_only", "N2", "seed5"]
+    assert run.display_name == "sweep_point" and run.project == "chameleons_ci"
+
+
+def test_compare_runs_reads_the_real_run(sweep_run, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "compare_runs.py"), str(sweep_run),
+                           "--output", str(tmp_path / "cmp")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "cmp" / "runs.csv", newline="")))
+    run = next(r for r in rows if r["kind"] == "run")
+    metrics = [json.loads(line) for line in (sweep_run / "training_logs" / "metrics.jsonl").read_text().splitlines()]
+    evals = [m["eval_loss"] for m in metrics if m["event"] == "eval"]
+    assert evals and float(run["best_eval_loss"]) == pytest.approx(min(evals))
+    assert (run["status"], run["steps"], run["N"], run["sample_seed"], run["val_seed"]) == ("finished", "2", "2", "5", "42")
+    assert run["setting"] == "context_only simple N2 training.learning_rate=0.002 training.logging_steps=1"
+    assert int(run["train_tokens"]) == sum(m["tokens"] for m in metrics if m["event"] == "train") > 0
+    assert run["val_set"] == "A"
