@@ -154,6 +154,8 @@ def training_arguments(args, config, device, report_to):
         restore_callback_states_from_checkpoint=True,  # early-stopping patience and the loss tally resume exactly
         remove_unused_columns=False,
         disable_tqdm=launch.rank() != 0,
+        log_level_replica="error",  # the Trainer resets transformers' verbosity: other ranks print errors only
+        log_on_each_node=False,
         dataloader_num_workers=t["dataloader_num_workers"],
         ddp_find_unused_parameters=True,  # experts a batch did not route to get no gradient
     )

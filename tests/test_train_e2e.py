@@ -7,11 +7,13 @@ These are the slow tests (a few minutes in all); they run the script exactly as 
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -74,8 +76,19 @@ def run_a(workdir):
     tmp, config = workdir
     out = tmp / "run_a"
     proc = run(torchrun_cmd(config, out))
+    (tmp / "run_a.console").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+def test_console_repeats_no_line(run_a, workdir):
+    """Known noisy third-party warnings are filtered and rank 1 prints errors only: no console
+    line of the 2-process run repeats more than 3 times, progress-bar refreshes aside (a bar
+    redraws with carriage returns, the Trainer's log dicts follow it on the same line)."""
+    tmp, _ = workdir
+    lines = [line.strip() for line in re.split(r"[\r\n]", (tmp / "run_a.console").read_text())]
+    counts = Counter(line for line in lines if line and not re.search(r"\d+%\|", line))
+    assert [(line, n) for line, n in counts.most_common(5) if n > 3] == []
 
 
 def validation_loss_in_fresh_process(model_dir, config, output_dir):
