@@ -29,38 +29,6 @@ def check_one_error_line(proc, out_dir, *needles):
     return lines[0]
 
 
-@pytest.fixture
-def run_in_process(monkeypatch, capsys, tokenizer):
-    """The trainer's main() in this process, with the session's tokenizer: same interface and
-    result shape as `run_trainer`, for the slow cases (anything past tokenizer loading) that are
-    not on the list of bad inputs the subprocess tests cover."""
-    import types
-
-    import train_distributed_Chameleons as script
-    from chameleons import encoding
-    from chameleons.errors import user_errors_exit
-
-    def run(args, cwd, env_extra=None, timeout=None):
-        monkeypatch.setattr(encoding, "load_tokenizer", lambda name: tokenizer)
-        monkeypatch.delenv("WORLD_SIZE", raising=False)
-        for k, v in (env_extra or {}).items():
-            monkeypatch.setenv(k, v)
-        monkeypatch.chdir(cwd)
-        capsys.readouterr()
-        try:
-            with user_errors_exit():
-                rc = script.main([str(a) for a in args])
-        except SystemExit as exc:
-            rc = exc.code
-        except Exception as exc:  # what a user would see as a traceback
-            rc = 1
-            print(f"Traceback (most recent call last): {type(exc).__name__}: {exc}", file=sys.stderr)
-        captured = capsys.readouterr()
-        return types.SimpleNamespace(returncode=rc, stdout=captured.out, stderr=captured.err)
-
-    return run
-
-
 def _make_go(tmp_path, runner):
     good = simple_corpus([4, 3, 5])
 

@@ -11,7 +11,6 @@ most MAX_CONTEXT) with speaker names as sources.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import hashlib
 import os
@@ -19,6 +18,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from chameleons.cli import OneLineParser, _positive_int  # noqa: E402
+from chameleons.errors import UserError, user_errors_exit  # noqa: E402
 from chameleons.outputs import write_records  # noqa: E402
 
 SEP = " +++$+++ "
@@ -28,9 +29,10 @@ _GENDERS = {"m": "male", "f": "female"}
 
 
 def _rows(path: str, n_fields: int):
-    """Yield each line split into exactly n_fields fields (missing trailing ones become '')."""
+    """Yield (line number, fields) for each line split into exactly n_fields fields (missing
+    trailing ones become '')."""
     with open(path, encoding=ENCODING, newline="") as f:
-        for raw in f:
+        for lineno, raw in enumerate(f, 1):
             line = raw.rstrip("\r\n")
             if not line.strip():
                 continue
@@ -39,7 +41,19 @@ def _rows(path: str, n_fields: int):
                 fields[-1] = fields[-1][: -len(SEP.rstrip())]
                 fields.append("")
             fields += [""] * (n_fields - len(fields))
-            yield [x.strip() for x in fields]
+            yield lineno, [x.strip() for x in fields]
+
+
+def _line_ids(text: str, path: str, lineno: int) -> list:
+    """The conversation's line ids, written as a Python list of strings: ['L194', 'L195']."""
+    try:
+        ids = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        ids = None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise UserError(f"{path}: line {lineno}: field 4 must be a list of line ids like ['L1', 'L2'], "
+                        f"found {text[:60]!r}")
+    return ids
 
 
 def _natural_key(ident: str):
@@ -51,23 +65,24 @@ def convert(dir_path: str, max_context: int = MAX_CONTEXT) -> list[dict]:
     """Read the three corpus files under dir_path and return Chameleons records."""
     lines: dict[str, tuple[str, str, str, str]] = {}
     line_names: dict[str, str] = {}
-    for line_id, char_id, movie_id, name, text in _rows(os.path.join(dir_path, "movie_lines.txt"), 5):
+    for _, (line_id, char_id, movie_id, name, text) in _rows(os.path.join(dir_path, "movie_lines.txt"), 5):
         lines[line_id] = (char_id, movie_id, name, text)
         if not line_names.get(char_id):
             line_names[char_id] = name
 
     chars: dict[str, dict] = {}
     titles: dict[str, str] = {}
-    for char_id, name, movie_id, title, gender, _credits in _rows(
+    for _, (char_id, name, movie_id, title, gender, _credits) in _rows(
         os.path.join(dir_path, "movie_characters_metadata.txt"), 6
     ):
         chars[char_id] = {"name": name, "gender": gender.lower()}
         titles.setdefault(movie_id, title)
 
     items: dict[tuple[str, str], list[dict]] = {}
-    for _c1, _c2, _movie, ids in _rows(os.path.join(dir_path, "movie_conversations.txt"), 4):
+    conversations = os.path.join(dir_path, "movie_conversations.txt")
+    for lineno, (_c1, _c2, _movie, ids) in _rows(conversations, 4):
         turns = []
-        for line_id in ast.literal_eval(ids):
+        for line_id in _line_ids(ids, conversations, lineno):
             if line_id not in lines:
                 continue
             char_id, movie_id, name, text = lines[line_id]
@@ -105,16 +120,15 @@ def convert(dir_path: str, max_context: int = MAX_CONTEXT) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="convert_cornell.py", description=__doc__.split("\n\n")[0])
     p.add_argument("corpus_dir", help="directory holding movie_lines.txt, movie_conversations.txt, "
                                       "movie_characters_metadata.txt")
     p.add_argument("--out", required=True, help="output JSON file")
-    p.add_argument("--max-context", type=int, default=MAX_CONTEXT)
+    p.add_argument("--max-context", type=_positive_int, default=MAX_CONTEXT)
     args = p.parse_args(argv)
     for name in ("movie_lines.txt", "movie_conversations.txt", "movie_characters_metadata.txt"):
         if not os.path.isfile(os.path.join(args.corpus_dir, name)):
-            print(f"error: {name} not found in {args.corpus_dir}", file=sys.stderr)
-            return 2
+            raise UserError(f"{name} not found in {args.corpus_dir}")
     records = convert(args.corpus_dir, args.max_context)
     write_records(args.out, records)
     n_items = sum(len(r["task"]["task_behavior_collections"][0]["data"]) for r in records)
@@ -123,4 +137,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with user_errors_exit():
+        sys.exit(main())

