@@ -5,6 +5,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 _ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("convert_cornell", _ROOT / "tools" / "convert_cornell.py")
 cc = importlib.util.module_from_spec(_spec)
@@ -85,5 +87,6 @@ def test_cli_writes_utf8_json(tmp_path):
     out = tmp_path / "cornell.json"
     assert cc.main([str(FIXTURE), "--out", str(out)]) == 0
     assert json.loads(out.read_text(encoding="utf-8")) == cc.convert(str(FIXTURE))
-    assert cc.main([str(tmp_path), "--out", str(tmp_path / "x.json")]) == 2
+    with pytest.raises(cc.UserError, match="movie_lines.txt not found"):
+        cc.main([str(tmp_path), "--out", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
