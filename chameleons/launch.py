@@ -1,7 +1,9 @@
 """Ranks from the launcher: torchrun sets RANK/WORLD_SIZE itself; under plain `srun` (one task
 per GPU) they come from the SLURM variables."""
 
+import logging
 import os
+import sys
 
 from .errors import UserError
 
@@ -49,3 +51,16 @@ def world_size() -> int:
 
 def local_world_size() -> int:
     return env_int("LOCAL_WORLD_SIZE", world_size())
+
+
+def exit_worker(code: int):
+    """Ends the process with `code`. A worker started by torchrun or srun skips interpreter
+    teardown: after a complete ZeRO-3 run, native threads destroyed there abort some runs
+    (`terminate called without an active exception`), and the launcher then reports a finished
+    run as failed. By now every file is written and closed and wandb is finished."""
+    if "LOCAL_RANK" not in os.environ:
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

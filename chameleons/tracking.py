@@ -18,11 +18,22 @@ def wandb_settings(project: str, run_name, output_dir):
         os.environ["WANDB_NAME"] = run_name
     os.environ.setdefault("WANDB_DIR", str(output_dir))
     notice = None
-    has_key = bool(os.environ.get("WANDB_API_KEY")) or os.path.exists(os.path.expanduser("~/.netrc"))
-    if os.environ.get("WANDB_MODE") not in ("offline", "disabled") and not has_key:
-        os.environ["WANDB_MODE"] = "offline"
-        notice = f"wandb: no API key found, logging offline to {os.environ['WANDB_DIR']}/wandb (sync later with `wandb sync`)"
+    key = os.environ.get("WANDB_API_KEY", "")
+    has_key = bool(key) or os.path.exists(os.path.expanduser("~/.netrc"))
+    if os.environ.get("WANDB_MODE") not in ("offline", "disabled"):
+        if not has_key:
+            notice = _go_offline("no API key found")
+        elif key and len(key) < MIN_KEY_LENGTH:
+            notice = _go_offline(f"WANDB_API_KEY is malformed ({len(key)} characters, wandb keys have {MIN_KEY_LENGTH}+)")
     return ["wandb"], notice
+
+
+MIN_KEY_LENGTH = 40
+
+
+def _go_offline(reason: str) -> str:
+    os.environ["WANDB_MODE"] = "offline"
+    return f"wandb: {reason}, logging offline to {os.environ['WANDB_DIR']}/wandb (sync later with `wandb sync`)"
 
 
 def size_label(max_samples_per_user) -> str:
@@ -65,7 +76,12 @@ def start_wandb(args, config, report_to):
         return None
     import wandb
 
-    return wandb.init(group=wandb_group(args), tags=wandb_tags(args), config=run_config(args, config))
+    settings = dict(group=wandb_group(args), tags=wandb_tags(args), config=run_config(args, config))
+    try:
+        return wandb.init(**settings)
+    except wandb.errors.CommError as exc:  # a rejected key or no network: the run goes on, logged offline
+        print(_go_offline(f"cannot log online ({str(exc).splitlines()[0][:120]})"), file=sys.stderr, flush=True)
+        return wandb.init(mode="offline", **settings)
 
 
 def finish_wandb(exit_code: int):

@@ -296,3 +296,16 @@ def test_malformed_cornell_conversation_is_one_line(tmp_path):
                            str(tmp_path / "out.json")], capture_output=True, text=True, timeout=60)
     check_rejected(proc, ["movie_conversations.txt", "line"])
     assert _tree(tmp_path) == before
+
+
+def test_malformed_wandb_key_falls_back_to_offline_with_one_notice(tmp_path, monkeypatch):
+    from chameleons.tracking import wandb_settings
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("WANDB_API_KEY", "abc")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    report_to, notice = wandb_settings("chameleons_ci", None, tmp_path / "out")
+    assert report_to == ["wandb"] and os.environ["WANDB_MODE"] == "offline"
+    assert "malformed" in notice and "offline" in notice and "\n" not in notice
