@@ -10,8 +10,6 @@ model, train with HF Trainer (DeepSpeed when asked) and save the best model.
         --output_dir outputs/run --max_samples_per_user 2 --sample_seed 42
 """
 
-import sys
-
 from chameleons import cli, data, encoding, launch, outputs, planning, prompts, quiet, splitting
 from chameleons.config import load_config
 from chameleons.errors import user_errors_exit
@@ -54,4 +52,5 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     with user_errors_exit():
-        sys.exit(main())
+        code = main()
+    launch.exit_worker(code)
