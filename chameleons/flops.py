@@ -18,7 +18,17 @@ counted: these are model FLOPs, and MFU = FLOPs / (seconds * peak * GPUs).
 
 import torch
 
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0}
+# Dense bf16 peaks by device-name substring, most specific first: "H100" alone would take the
+# PCIe (756) and NVL (835) cards for the SXM one (989).
+PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
+                    ("H800 PCIe", 756.0), ("H800", 989.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0))
+
+
+def peak_tflops_for(name: str):
+    for key, tflops in PEAK_BF16_TFLOPS:
+        if key in name:
+            return tflops
+    return None
 
 
 def active_params_per_token(cfg) -> dict:
@@ -50,7 +60,7 @@ def peak_flops(device, override_tflops=None):
     if torch.device(device).type != "cuda":
         return None, "n/a on CPU"
     name = torch.cuda.get_device_name(device)
-    for key, tflops in PEAK_BF16_TFLOPS.items():
-        if key in name:
-            return tflops * 1e12, f"{tflops} TFLOPs dense bf16 ({name})"
-    return None, f"unknown peak for {name}"
+    tflops = peak_tflops_for(name)
+    if tflops is None:
+        return None, f"unknown peak for {name}"
+    return tflops * 1e12, f"{tflops} TFLOPs dense bf16 ({name})"

@@ -95,24 +95,38 @@ def device_settings(disable_flash_attn: bool, attn_config: str, batching: str = 
     flash-attention run SDPA per sample (`sdpa_varlen`)."""
     notices = []
     on_gpu = torch.cuda.is_available()
+    if on_gpu and torch.cuda.device_count() > 1 and "LOCAL_RANK" not in os.environ:
+        raise UserError(f"{torch.cuda.device_count()} GPUs are visible but the trainer was not started by torchrun "
+                        f"or srun: HF Trainer would run nn.DataParallel with a {torch.cuda.device_count()}x batch; "
+                        f"launch with torchrun --nproc_per_node={torch.cuda.device_count()}, or set "
+                        f"CUDA_VISIBLE_DEVICES to one GPU")
     bf16 = on_gpu and torch.cuda.is_bf16_supported()
     attn = attn_config
     if attn == "auto":
         attn = "sdpa"
         if on_gpu and not disable_flash_attn:
-            try:
-                import flash_attn  # noqa: F401
-
+            if _flash_attn_installed():
                 attn = "flash_attention_2"
-            except ImportError:
+            else:
                 notices.append("flash-attention 2 is not installed: using SDPA attention")
     elif attn == "flash_attention_2" and (disable_flash_attn or not on_gpu):
         attn = "sdpa"
         notices.append("flash-attention 2 needs a GPU and is not disabled: using SDPA attention")
+    elif attn == "flash_attention_2" and not _flash_attn_installed():
+        raise UserError("model.attn_implementation flash_attention_2: the flash-attn package is not installed "
+                        "(pip install flash-attn), or choose auto or sdpa")
     if attn == "sdpa" and batching == "packed":
         attention.register()
         attn = attention.NAME
     return {"on_gpu": on_gpu, "bf16": bf16, "attn_implementation": attn, "notices": notices}
+
+
+def _flash_attn_installed() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def training_arguments(args, config, device, report_to):

@@ -2,7 +2,7 @@
 
 from transformers import Qwen3Config, Qwen3MoeConfig
 
-from chameleons.flops import active_params_per_token, train_flops
+from chameleons.flops import active_params_per_token, peak_tflops_for, train_flops
 
 
 def moe(**kw):
@@ -38,3 +38,12 @@ def test_dense_models_count_their_mlp():
     cfg = Qwen3Config(hidden_size=64, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
                       head_dim=16, num_hidden_layers=1, vocab_size=100)
     assert active_params_per_token(cfg)["per_layer"] == 64 * 16 * (8 + 4) + 3 * 64 * 256
+
+
+def test_peak_table_tells_h100_variants_apart():
+    assert peak_tflops_for("NVIDIA H100 80GB HBM3") == 989.0
+    assert peak_tflops_for("NVIDIA H100 PCIe") == 756.0
+    assert peak_tflops_for("NVIDIA H100 NVL") == 835.0
+    assert peak_tflops_for("NVIDIA H200") == 989.0
+    assert peak_tflops_for("NVIDIA A100-SXM4-80GB") == 312.0
+    assert peak_tflops_for("Tesla T4") is None
