@@ -13,13 +13,10 @@ identical across modes and the saving is the padding.
   eager/sdpa/flex, `cu_seqlens` from position ids for flash-attention), so no token attends
   across samples. See `check_packing_supported`.
 
-Labels follow the Hugging Face convention (unshifted, the loss shifts): `labels[t]` is the token
-predicted from position `t - 1`. In every mode the first token of every sample carries
-`IGNORE_INDEX`: nothing inside the sample predicts it, and in a packed row it would otherwise be
-"predicted" from the previous sample's last token. The prompt is `IGNORE_INDEX` anyway (the
-chat template's first token is always prompt), so this only matters for a row with an empty
-prompt, but it keeps "no label crosses a sample boundary" true by construction and makes the
-Trainer's `num_items_in_batch` count (`labels[..., 1:] != -100`) equal the supervised count.
+Labels come from `encoding.build_labels` (the one place that decides which token is supervised;
+the collators only pad or concatenate them, the loss shifts). It ignores the first token of every
+sample, so no label crosses a sample boundary in a packed row, and the Trainer's
+`num_items_in_batch` count (`labels[..., 1:] != -100`) equals the supervised count.
 """
 
 import torch
@@ -37,14 +34,6 @@ BATCHING_KINDS = ("packed", "length_grouped", "padded")
 # read in the source, not run here (no GPU).
 PACKING_ATTENTION = ("eager", "sdpa", "sdpa_varlen", "flex_attention", "flash_attention_2", "flash_attention_3",
                      "flash_attention_4")
-
-
-def sample_labels(input_ids, prompt_len: int) -> list:
-    """`build_labels` with the sample's first token also ignored (see the module docstring)."""
-    labels = build_labels(input_ids, prompt_len)
-    if labels:
-        labels[0] = IGNORE_INDEX
-    return labels
 
 
 def _rows(features):
@@ -80,7 +69,7 @@ class PaddedCollator:
                 continue
             input_ids[i, :n] = torch.tensor(ids, dtype=torch.long)
             attention_mask[i, :n] = 1
-            labels[i, :n] = torch.tensor(sample_labels(ids, prompt_len), dtype=torch.long)
+            labels[i, :n] = torch.tensor(build_labels(ids, prompt_len), dtype=torch.long)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
@@ -97,7 +86,7 @@ class PackedCollator:
         for ids, prompt_len in _rows(features):
             ids_all.extend(ids)
             pos_all.extend(range(len(ids)))
-            labels_all.extend(sample_labels(ids, prompt_len))
+            labels_all.extend(build_labels(ids, prompt_len))
         return {
             "input_ids": torch.tensor([ids_all], dtype=torch.long),
             "position_ids": torch.tensor([pos_all], dtype=torch.long),

@@ -65,7 +65,11 @@ class ChatFormat:
 
 
 def build_labels(input_ids, prompt_len: int) -> list:
-    return [IGNORE_INDEX] * prompt_len + list(input_ids[prompt_len:])
+    """The one label mask: which tokens of a sample are supervised (unshifted, HF convention: the
+    loss shifts). The prompt is ignored, and so is the sample's first token, which nothing inside
+    the sample predicts (in a packed row it would be "predicted" from the previous sample). The
+    collators only pad or concatenate these labels."""
+    return [IGNORE_INDEX] * max(prompt_len, 1) + list(input_ids[max(prompt_len, 1):])
 
 
 def _ids(tokenizer, texts):

@@ -361,3 +361,9 @@ def test_max_context_turns(tokenizer, chat_format):
     tight = _len_with(tokenizer, s, turns[-1:])
     enc = encode_one(s, builder, tokenizer, chat_format, tight)
     assert enc["turns_kept"] == 1
+
+
+def test_the_one_label_mask_ignores_prompt_and_first_token():
+    assert build_labels([5, 6, 7, 8], 2) == [IGNORE_INDEX, IGNORE_INDEX, 7, 8]
+    assert build_labels([5, 6, 7], 0) == [IGNORE_INDEX, 6, 7]  # nothing inside the sample predicts its first token
+    assert build_labels([5], 1) == [IGNORE_INDEX]
