@@ -78,7 +78,6 @@ class Config:
     training: dict
     ablations: dict
     lora: dict = None
-    raw: dict = None
     overrides: list = field(default_factory=list)
 
     def ablation(self, name: str) -> Ablation:
@@ -116,9 +115,9 @@ class _Where:
         self.path = path
         self.origins = origins  # [(dotted key, override text)], in command-line order
 
-    def __call__(self, key: str = None) -> str:
+    def __call__(self, key: str) -> str:
         texts = [text for dotted, text in self.origins
-                 if key is not None and (dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."))]
+                 if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + ".")]
         return f"{self.path}, --set {texts[-1]}" if texts else str(self.path)
 
 
@@ -323,5 +322,5 @@ def load_config(path, overrides=()) -> Config:
     if raw.get("lora") is not None:
         lora = _section(where, "lora", raw["lora"], SCHEMA["lora"])
         _check_lora(where, lora)
-    return Config(path=path, model=model, data=data, training=training, ablations=ablations, lora=lora, raw=raw,
+    return Config(path=path, model=model, data=data, training=training, ablations=ablations, lora=lora,
                   overrides=list(overrides))
