@@ -413,33 +413,65 @@ def start_run_folder(args, resume, main: bool):
 
 
 def run(args, config, checks, corpus, split, builder, tokenizer, cache_dir) -> int:
-    """Train, evaluate, save; returns the process exit code."""
-    from transformers import EarlyStoppingCallback, set_seed
+    """The training half of the recipe: tokenize, open the run folder, build the model and the
+    Trainer, train, then either stop cleanly or evaluate and save. Returns the exit code."""
+    from transformers import set_seed
 
-    resume, device = checks.resume, checks.device
-    targs = training_arguments(args, config, device, checks.report_to)
-    world = targs.world_size
-    main = targs.process_index == 0
+    targs = training_arguments(args, config, checks.device, checks.report_to)
     stop = StopRequest()
     stop.install()
+    encoded, plan = encode_and_plan(args, config, targs, corpus, split, builder, tokenizer, cache_dir)
 
+    start_run_folder(args, checks.resume, targs.process_index == 0)
+    runlog = open_run_log(args, config, checks, targs, encoded, plan, tokenizer)
+
+    set_seed(targs.seed)
+    model = build_model(config, checks.device, deepspeed_zero3=_zero_stage(args.deepspeed) == 3)
+    if config.lora:
+        model = apply_lora(model, config.lora)
+    runlog.line(describe_model(model))
+    trainer, tally, trace = make_trainer(args, config, targs, model, encoded, tokenizer, runlog, stop)
+
+    runlog.line(f"resuming from {checks.resume}" if checks.resume else "starting fresh")
+    started = time.time()
+    trainer.train(resume_from_checkpoint=checks.resume)
+    write_trace(args.output_dir, targs.process_index, trace)
+    stop.agree(targs.device)  # a signal during the last step's save reaches one rank only
+
+    code = report_stop(trainer, stop, runlog) if stop.exit_code else \
+        save_result(args, config, checks, trainer, tally, runlog, plan, tokenizer, started)
+    tracking.finish_wandb(code)
+    finish_distributed()
+    return code
+
+
+def encode_and_plan(args, config, targs, corpus, split, builder, tokenizer, cache_dir):
+    """Tokenized rows (rank 0 first, the others reuse its cache) and the plan; sets the
+    evaluation and checkpoint interval from the steps per epoch."""
     with targs.main_process_first(local=False, desc="tokenizing"):
         encoded = encode_split(split, builder, tokenizer, config.training, cache_dir, args.resample_each_epoch,
-                               progress=main)
-    plan = planning.make_plan(corpus, split, encoded, config.training, args, world)
+                               progress=targs.process_index == 0)
+    plan = planning.make_plan(corpus, split, encoded, config.training, args, targs.world_size)
     steps_per_epoch = plan["schedule"]["steps_per_epoch"]
     if steps_per_epoch == 0 or not encoded.val_rows:
         raise UserError(f"{corpus.path}: not enough samples to train ({len(encoded.train_rows(0))} training, "
                         f"{len(encoded.val_rows)} validation)")
     evals = args.evals_per_epoch or config.training["evals_per_epoch"]
     targs.eval_steps = targs.save_steps = max(1, steps_per_epoch // evals)
+    return encoded, plan
 
-    start_run_folder(args, resume, main)
+
+def open_run_log(args, config, checks, targs, encoded, plan, tokenizer) -> RunLog:
+    """The detailed log's head (command, versions, notices, config, plan, three decoded samples),
+    the split manifest and the wandb run."""
+    main = targs.process_index == 0
+    device = checks.device
     runlog = RunLog(args.output_dir, enabled=main)
     runlog.line(f"command: {shlex.join([sys.executable, *sys.argv])}")
-    runlog.line(f"versions: {versions()} | world size {world} | device {'cuda' if device['on_gpu'] else 'cpu'} | "
-                f"dtype {'bf16' if device['bf16'] else 'fp32'} | attention {device['attn_implementation']} | "
-                f"deepspeed {args.deepspeed or 'off'} | batching {config.training['batching']}")
+    runlog.line(f"versions: {versions()} | world size {targs.world_size} | device "
+                f"{'cuda' if device['on_gpu'] else 'cpu'} | dtype {'bf16' if device['bf16'] else 'fp32'} | "
+                f"attention {device['attn_implementation']} | deepspeed {args.deepspeed or 'off'} | "
+                f"batching {config.training['batching']}")
     for notice in checks.notices:
         runlog.line(f"notice: {notice}")
         if main:
@@ -453,12 +485,14 @@ def run(args, config, checks, corpus, split, builder, tokenizer, cache_dir) -> i
             item = encoded.dataset[row]
             runlog.block(f"training sample {n} ({item['sample_id']}), supervised span between <<< and >>>",
                          decode_with_span(tokenizer, item["input_ids"], item["prompt_len"]))
+    return runlog
 
-    set_seed(targs.seed)
-    model = build_model(config, device, deepspeed_zero3=_zero_stage(args.deepspeed) == 3)
-    if config.lora:
-        model = apply_lora(model, config.lora)
-    runlog.line(describe_model(model))
+
+def make_trainer(args, config, targs, model, encoded, tokenizer, runlog, stop):
+    """The Trainer with its callbacks: epoch rows, the per-step stop/loss reduction, early
+    stopping and the detailed log. Returns (trainer, loss tally, data-order trace)."""
+    from transformers import EarlyStoppingCallback
+
     train_rows = EpochRows(encoded)
     collate = make_collator(config.training["batching"], tokenizer.pad_token_id)
     throughput = Throughput()
@@ -466,66 +500,64 @@ def run(args, config, checks, corpus, split, builder, tokenizer, cache_dir) -> i
     early = EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold) \
         if args.early_stopping_patience > 0 else None
     tally = StopCallback(stop)
-    callbacks = [EpochCallback(train_rows, runlog), tally] + ([early] if early else [])
     peak, peak_note = flops.peak_flops(targs.device)
     runlog.line(f"MFU: model FLOPs of active parameters only (chameleons/flops.py) against {peak_note}")
-    callbacks.append(DetailedLogCallback(runlog, throughput, world, early, peak))
+    callbacks = [EpochCallback(train_rows, runlog), tally] + ([early] if early else []) + \
+        [DetailedLogCallback(runlog, throughput, targs.world_size, early, peak)]
     trainer = ChameleonsTrainer(
         model=model, args=targs, train_dataset=train_rows, data_collator=with_row_meta(collate),
         processing_class=tokenizer, callbacks=callbacks, throughput=throughput, stop=stop,
         eval_dataset=encoded.val_rows, collate=collate, batching=config.training["batching"],
         router_aux_loss_coef=config.model["router_aux_loss_coef"], trace=trace)
+    return trainer, tally, trace
 
-    runlog.line(f"resuming from {resume}" if resume else "starting fresh")
-    started = time.time()
-    trainer.train(resume_from_checkpoint=resume)
-    write_trace(args.output_dir, targs.process_index, trace)
-    stop.agree(targs.device)  # a signal during the last step's save reaches one rank only
 
-    if stop.exit_code:
-        step = trainer.state.global_step
-        if stop.nonfinite and stop.signal is None:
-            message = (f"non-finite training loss at step {step}: stopped; checkpoint-{step} is kept for inspection "
-                       f"and is not resumable; lower the learning rate, or resume from the last complete checkpoint "
-                       f"(--resume_from_checkpoint auto picks it)")
-        else:
-            message = f"stopped at step {step}, resume with: {resume_command()} --resume_from_checkpoint auto"
-        runlog.line(message)
-        runlog.metrics("stopped", step=step, exit_code=stop.exit_code)
-        if main:
-            print(message, file=sys.stderr, flush=True)
-        tracking.finish_wandb(stop.exit_code)
-        finish_distributed()
-        return stop.exit_code
+def report_stop(trainer, stop, runlog) -> int:
+    """A stopped run says why and how to continue; its checkpoint is already saved."""
+    step = trainer.state.global_step
+    if stop.nonfinite and stop.signal is None:
+        message = (f"non-finite training loss at step {step}: stopped; checkpoint-{step} is kept for inspection "
+                   f"and is not resumable; lower the learning rate, or resume from the last complete checkpoint "
+                   f"(--resume_from_checkpoint auto picks it)")
+    else:
+        message = f"stopped at step {step}, resume with: {resume_command()} --resume_from_checkpoint auto"
+    runlog.line(message)
+    runlog.metrics("stopped", step=step, exit_code=stop.exit_code)
+    if trainer.args.process_index == 0:
+        print(message, file=sys.stderr, flush=True)
+    return stop.exit_code
 
+
+def save_result(args, config, checks, trainer, tally, runlog, plan, tokenizer, started) -> int:
+    """Final evaluation of the restored best model, the model and tokenizer, the summary, the
+    loss plot, and training_config.json last: its presence marks the run finished."""
     final = trainer.evaluate(metric_key_prefix="final")
     best = trainer.state.best_metric
     runlog.line(f"best model restored from {trainer.state.best_model_checkpoint}: final eval_loss "
                 f"{final['final_loss']:.4f} (best recorded {best:.4f})")
     trainer.save_model(args.output_dir)
-    if main:
-        tokenizer.save_pretrained(args.output_dir)
-        summary = {
-            "global_step": trainer.state.global_step,
-            "epochs": trainer.state.epoch,
-            "train_runtime_s": round(time.time() - started, 1),
-            "train_loss": tally.mean_loss,
-            "train_tokens": int(tally.tokens),
-            "best_eval_loss": best,
-            "final_eval_loss": final["final_loss"],
-            "best_model_checkpoint": trainer.state.best_model_checkpoint,
-        }
-        runlog.metrics("summary", **summary)
-        plotted = plot_losses(runlog.metrics_path, runlog.dir / PLOT_NAME)
-        runlog.block("summary", json.dumps(summary, indent=2))
-        runlog.line(f"model and tokenizer: {args.output_dir}; log: {runlog.log_path}"
-                    + (f"; loss curve: {runlog.dir / PLOT_NAME}" if plotted else ""))
-        outputs.write_json(outputs.run_path(args.output_dir, outputs.FINISHED_MARKER), {
-            "args": vars(args), "config": config.resolved(), "versions": versions(), "world_size": world,
-            "device": {k: v for k, v in device.items() if k != "notices"}, "plan": plan, "summary": summary,
-        })
-    tracking.finish_wandb(0)
-    finish_distributed()
+    if trainer.args.process_index != 0:
+        return 0
+    tokenizer.save_pretrained(args.output_dir)
+    summary = {
+        "global_step": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "train_runtime_s": round(time.time() - started, 1),
+        "train_loss": tally.mean_loss,
+        "train_tokens": int(tally.tokens),
+        "best_eval_loss": best,
+        "final_eval_loss": final["final_loss"],
+        "best_model_checkpoint": trainer.state.best_model_checkpoint,
+    }
+    runlog.metrics("summary", **summary)
+    plotted = plot_losses(runlog.metrics_path, runlog.dir / PLOT_NAME)
+    runlog.block("summary", json.dumps(summary, indent=2))
+    runlog.line(f"model and tokenizer: {args.output_dir}; log: {runlog.log_path}"
+                + (f"; loss curve: {runlog.dir / PLOT_NAME}" if plotted else ""))
+    outputs.write_json(outputs.run_path(args.output_dir, outputs.FINISHED_MARKER), {
+        "args": vars(args), "config": config.resolved(), "versions": versions(), "world_size": trainer.args.world_size,
+        "device": {k: v for k, v in checks.device.items() if k != "notices"}, "plan": plan, "summary": summary,
+    })
     return 0
 
 
