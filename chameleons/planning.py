@@ -2,6 +2,7 @@
 
 import math
 
+from . import splitting
 from .sampling import sampled_counts
 
 GUIDE_SIZES = (1, 2, 5, 10, None)
@@ -51,25 +52,39 @@ def encoded_token_stats(encoded) -> dict:
     return token_stats([lengths[i] for i in rows], [prompt_lens[i] for i in rows], [truncated[i] for i in rows])
 
 
+def guide_splits(corpus, split, args) -> dict:
+    """The split for every N of the guide table, by the same rule as the run's own split (the
+    run's own for its N), so the table promises what training will get."""
+    out = {}
+    for n in GUIDE_SIZES:
+        if n == args.max_samples_per_user:
+            out[n] = split.stats
+        else:
+            out[n] = splitting.split_train_val(corpus.samples, n, split.sample_seed, args.val_ratio,
+                                               split.stats["val_seed"], split.group_by, split.stats["leak_check"],
+                                               index=split.index).stats
+    return out
+
+
 def make_plan(corpus, split, encoded, training: dict, args, world_size: int) -> dict:
     tokens = encoded_token_stats(encoded)
     n_train, n_val = len(encoded.train_rows(0)), len(encoded.val_rows)
     bs, ga = training["batch_size"], training["gradient_accumulation_steps"]
     per_epoch = steps_per_epoch(n_train, bs, world_size, ga)
-    by_hash = sampled_counts(corpus.samples, "user_hash", GUIDE_SIZES)
     by_record = sampled_counts(corpus.samples, "record", GUIDE_SIZES)
     table = []
-    source = by_hash if args.sample_group_by == "user_hash" else by_record
-    for n in GUIDE_SIZES:
+    for n, stats in guide_splits(corpus, split, args).items():
         key = "all" if n is None else n
-        sampled = source[key]
-        train = sampled - round(args.val_ratio * sampled)
+        train = stats["train"]
         steps = steps_per_epoch(train, bs, world_size, ga)
         table.append({
             "max_samples_per_user": key,
-            "samples": sampled,
+            "samples": stats["sampled"],
             "samples_if_grouped_by_record": by_record[key],
+            "validation_samples": stats["validation"],
+            "validation_share": stats["validation_share"],
             "train_samples": train,
+            "lost_to_split": stats["lost_to_split"],
             "steps_per_epoch": steps,
             "hours_per_epoch": round(steps * args.sec_per_step / 3600, 2),
             "hours_max_epochs": round(steps * args.sec_per_step * args.max_epochs / 3600, 1),
@@ -99,6 +114,17 @@ def make_plan(corpus, split, encoded, training: dict, args, world_size: int) -> 
     }
 
 
+def _leak_line(sp: dict) -> str:
+    if sp["leak_check"] == "text":
+        return (f"leaks      {sp['excluded_for_leakage']:,} samples kept out of training because they quote a "
+                f"validation line's text")
+    huge = (f"{sp['huge_conversations_split']} over-large one(s) split up at scene boundaries"
+            if sp["huge_conversations_split"] else "none had to be split up")
+    return (f"leaks      {sp['conversations']:,} conversations (largest {sp['largest_conversation']:,} samples; {huge}), "
+            f"{sp['validation_conversations']:,} of them validation; {sp['excluded_for_leakage']:,} samples of "
+            f"validation conversations left out of the training pool")
+
+
 def format_plan(plan: dict) -> str:
     d, sp, t, sc = plan["data"], plan["split"], plan["tokens"], plan["schedule"]
     skipped = ", ".join(f"{k} {v:,}" for k, v in d["skipped"].items()) or "none"
@@ -108,9 +134,11 @@ def format_plan(plan: dict) -> str:
         f"skipped    {skipped}",
         f"sampling   max_samples_per_user={plan['sampling']['max_samples_per_user']} "
         f"seed={plan['sampling']['sample_seed']} group_by={plan['sampling']['group_by']}: {sp['sampled']:,} sampled",
-        f"split      train {sp['train']:,} / validation {sp['validation']:,} (val_ratio {sp['val_ratio']}, "
-        f"val_seed {sp['val_seed']}); {sp['validation_characters_without_train']} validation characters have no "
-        f"training sample; {sp['excluded_for_leakage']} samples kept out of training because they quote a validation line",
+        f"split      train {sp['train']:,} / validation {sp['validation']:,} = {sp['validation_share']:.2%} of the "
+        f"sampled set (val_ratio {sp['val_ratio']}, val_seed {sp['val_seed']}, leak check {sp['leak_check']}); "
+        f"lost to the split {sp['lost_to_split']:,}; {sp['validation_characters_without_train']} validation "
+        f"characters have no training sample",
+        _leak_line(sp),
         f"tokens     length min {t['length_min']} / median {t['length_median']} / p95 {t['length_p95']} / max "
         f"{t['length_max']}; truncated {t['truncated']:,}, dropped {t['dropped_target_too_long']:,}; "
         f"supervised share {t['supervised_share']:.1%}",
@@ -118,12 +146,13 @@ def format_plan(plan: dict) -> str:
         f"{sc['gradient_accumulation_steps']} = {sc['samples_per_optimizer_step']} samples/step; "
         f"{sc['steps_per_epoch']:,} steps/epoch, {sc['hours_per_epoch']} h/epoch at {sc['sec_per_step']} s/step",
         "",
-        f"{'N':>5} {'samples':>9} {'by record':>10} {'train':>9} {'steps/epoch':>12} {'h/epoch':>9} {'h x ' + str(sc['max_epochs']) + ' ep':>10}",
+        f"{'N':>5} {'samples':>9} {'by record':>10} {'validation':>11} {'train':>9} {'lost':>7} {'steps/epoch':>12} "
+        f"{'h/epoch':>9} {'h x ' + str(sc['max_epochs']) + ' ep':>10}",
     ]
     for row in plan["guide_table"]:
         lines.append(f"{str(row['max_samples_per_user']):>5} {row['samples']:>9,} {row['samples_if_grouped_by_record']:>10,} "
-                     f"{row['train_samples']:>9,} {row['steps_per_epoch']:>12,} {row['hours_per_epoch']:>9} "
-                     f"{row['hours_max_epochs']:>10}")
+                     f"{row['validation_samples']:>11,} {row['train_samples']:>9,} {row['lost_to_split']:>7,} "
+                     f"{row['steps_per_epoch']:>12,} {row['hours_per_epoch']:>9} {row['hours_max_epochs']:>10}")
     overrides = (plan.get("config") or {}).get("overrides")
     if overrides:
         lines.insert(0, f"overrides  {' '.join(overrides)}")

@@ -230,7 +230,8 @@ def training_run_warnings(model_dirs, args, ablation) -> list:
     warnings = []
     checked = ["ablation_config", "prompt_style", "template_filename"]
     if ablation.use_history:  # the history pool depends on how training split its file
-        checked += ["data_file", "max_samples_per_user", "sample_seed", "sample_group_by", "val_ratio", "val_seed"]
+        checked += ["data_file", "max_samples_per_user", "sample_seed", "sample_group_by", "val_ratio", "val_seed",
+                    "val_leak_check"]
     for d in model_dirs:
         path = Path(d) / TRAINING_CONFIG
         if not path.is_file():
@@ -274,7 +275,7 @@ def history_index(ablation, config, args):
         return None
     train = load_corpus(args.data_file or config.resolve_path(config.data["train_file"]))
     split = split_train_val(train.samples, args.max_samples_per_user, args.sample_seed, args.val_ratio,
-                            args.val_seed, args.sample_group_by)
+                            args.val_seed, args.sample_group_by, args.val_leak_check)
     return HistoryIndex(split.pool_samples())
 
 

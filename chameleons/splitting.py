@@ -1,31 +1,331 @@
 """Validation split taken from the sampled set, and each epoch's training subset.
 
 The validation set is drawn once, over the whole sampled set (not per character: with N = 2
-that would put half the data in validation). A character's training pool is every sample of
-it outside validation, minus any whose prompt shows a validation target (whoever speaks it)
-or that trains on the same line, so no validation line ever reaches training. Epoch 0 of the training set is the
-sampled set minus validation; later epochs (with resampling) draw the same number per
-character afresh from the pool.
+that would put half the data in validation), seeded by `val_seed` alone, so runs with other
+sample seeds share it. No validation line may reach training (a prompt, a history line or a
+target); `--val_leak_check` says how that is ensured:
+
+- `conversation` (default): an utterance is identified by its place, the line together with
+  its neighbour in the scene, never by its text alone ("Yeah." is said in hundreds of scenes).
+  Samples sharing an utterance form one conversation, and validation takes whole
+  conversations; their unsampled items leave the training pool, nothing else is lost.
+- `text`: a training sample showing a validation target's text anywhere is screened out.
+
+A character's training pool is every sample of it outside validation and the screening.
+Epoch 0 of the training set is the sampled set minus validation; later epochs (with
+resampling) draw the same number per character afresh from the pool.
 """
 
 import hashlib
+import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 from .sampling import group_samples, ranked, sample_per_character
 
-
+LEAK_CHECKS = ("conversation", "text")
 MAX_QUOTING_FIRST_PASS = 2
+HUGE_SHARE = 0.05  # a conversation above this share of the corpus is divided at scene boundaries
+HUGE_MIN = 50  # ... but never one this small: a tiny corpus is not split up
+COMMON_RECORDS = 20  # a line said in more records than this is a common one ("Yeah."), not a place
 
 
 def _val_rank(seed: int, uid: str) -> bytes:
     return hashlib.blake2b(f"val\x00{seed}\x00{uid}".encode(), digest_size=8).digest()
 
 
+def _item_position(s):
+    """(record, collection, item) from the sample id: the item's place in its record."""
+    return tuple(int(p[1:]) for p in s.sample_id.split("."))
+
+
+# --------------------------------------------------------------------------- conversation split
+
+def _sequence(sample) -> list:
+    return [content for _, content in sample.context] + [sample.target]
+
+
+def place_keys(sample, edges=frozenset()) -> set:
+    """Keys that identify the utterances of a sample by place.
+
+    Each pair of adjacent lines (context turns, then the target) is one key: a line shown in
+    two items of one scene has the same neighbour in both, unless it is the target of one (no
+    line after it) and opens the context window of the other (no line before it). For that
+    case a line at either end of the item is also a key by its text when it has only one
+    place in the corpus (`edges`); "Yeah." has hundreds, and would join every scene. An
+    identical item is the same place.
+    """
+    seq = _sequence(sample)
+    keys = set(zip(seq, seq[1:]))
+    keys.add((None, "item", sample.uid))  # 3-tuples: never equal to a pair of lines
+    for end in (seq[0], seq[-1]):
+        if end in edges:
+            keys.add((None, "edge", end))
+    return keys
+
+
+def single_place_edge_lines(samples) -> frozenset:
+    """Lines at an end of some item (first context turn, target) that have one place: wherever
+    they occur, the same line precedes them (if any does) and the same line follows them."""
+    ends = set()
+    for s in samples:
+        ends.add(s.context[0][1] if s.context else s.target)
+        ends.add(s.target)
+    before, after, several = {}, {}, set()
+    for s in samples:
+        seq = _sequence(s)
+        for a, b in zip(seq, seq[1:]):
+            if b in ends and before.setdefault(b, a) != a:
+                several.add(b)
+            if a in ends and after.setdefault(a, b) != b:
+                several.add(a)
+    return frozenset(ends - several)
+
+
+class _UnionFind:
+    def __init__(self, n):
+        self.parent = list(range(n))
+
+    def find(self, x):
+        parent = self.parent
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    def union(self, a, b):
+        a, b = self.find(a), self.find(b)
+        if a != b:
+            self.parent[a] = b
+
+    def groups(self, items):
+        out = {}
+        for i in items:
+            out.setdefault(self.find(i), []).append(i)
+        return list(out.values())
+
+
+class Conversations:
+    """The samples grouped into conversations: connected by sharing an utterance (by place).
+
+    Computed once per corpus, independent of N and of the seeds, so the real split and the
+    plan's guide table use the same grouping. A component above HUGE_SHARE of the corpus
+    (generic exchanges such as "Yeah." / "Okay." can chain unrelated scenes) is divided at the
+    scene boundaries the format gives: a scene run is a record's consecutive items of one
+    collection that share an utterance; the keys shared by the most scene runs are cut first.
+    """
+
+    def __init__(self, samples, huge_share: float = HUGE_SHARE, huge_min: int = HUGE_MIN):
+        samples = list(samples)
+        n = len(samples)
+        edges = single_place_edge_lines(samples)
+        uf = _UnionFind(n)
+        first = {}
+        run_of = [0] * n  # scene run of each sample
+        order = sorted(range(n), key=lambda i: _item_position(samples[i]))
+        prev_keys, prev_where, run = set(), None, -1
+        for i in order:
+            keys = place_keys(samples[i], edges)
+            where = _item_position(samples[i])[:2]
+            if where != prev_where or not keys & prev_keys:
+                run += 1
+            run_of[i] = run
+            prev_keys, prev_where = keys, where
+            for k in keys:
+                j = first.setdefault(k, i)
+                if j != i:
+                    uf.union(i, j)
+        cap = max(huge_min, math.ceil(huge_share * n))
+        parts, loose, self.split_up = [], {}, 0
+        for component in uf.groups(range(n)):
+            if len(component) > cap:
+                pieces = _divide(component, samples, edges, run_of, cap, loose)
+                self.split_up += len(pieces) > 1
+                parts.extend(pieces)
+            else:
+                parts.append(component)
+        # A conversation is named by content (its smallest uid), not by file position.
+        named = sorted((min(samples[i].uid for i in p), min(_item_position(samples[i]) for i in p), p) for p in parts)
+        self.names = [name for name, _, _ in named]
+        self.members = [[samples[i] for i in sorted(p, key=lambda i: _item_position(samples[i]))] for _, _, p in named]
+        self.label = {}
+        for c, members in enumerate(self.members):
+            for s in members:
+                self.label[s.sample_id] = c
+        self.largest = max((len(m) for m in self.members), default=0)
+        self.cap = cap
+        # Conversations whose place is uncertain (see _cut_common_across_films): never validation,
+        # and out of training when a conversation they may belong to is validation.
+        self.uncertain = {}
+        for i, others in loose.items():
+            own = self.label[samples[i].sample_id]
+            self.uncertain.setdefault(own, set()).update(self.label[samples[j].sample_id] for j in others)
+        for own, others in self.uncertain.items():
+            others.discard(own)
+
+    def __len__(self):
+        return len(self.members)
+
+
+def _divide(component, samples, edges, run_of, cap, loose) -> list:
+    """Cut a huge component into pieces of at most `cap` samples where possible; a scene run is
+    never cut.
+
+    First only the links a common exchange makes across films: a key whose lines are both
+    common (said in over COMMON_RECORDS records) links only runs whose records are tied by an
+    uncommon line (the same film). Pieces still too big lose the keys shared by the most scene
+    runs, at a spread limit that halves until they fall apart. `loose` receives, for samples
+    whose film is unknown, the samples they were linked to by a cut key."""
+    keys_of = {i: place_keys(samples[i], edges) for i in component}
+    done = []
+    for part in _cut_common_across_films(component, samples, keys_of, run_of, loose):
+        stack = [part]
+        while stack:
+            part = stack.pop()
+            pieces = [part] if len(part) <= cap else _cut_by_spread(part, keys_of, run_of)
+            if len(pieces) == 1:
+                done.append(part)
+            else:
+                stack.extend(pieces)
+    return done
+
+
+def _common_lines(samples, members) -> set:
+    records_of = {}
+    for i in members:
+        s = samples[i]
+        for line in {content for _, content in s.context} | {s.target}:
+            records_of.setdefault(line, set()).add(s.record_index)
+    return {line for line, records in records_of.items() if len(records) > COMMON_RECORDS}
+
+
+def _is_common_key(key, common) -> bool:
+    return len(key) == 2 and key[0] in common and key[1] in common
+
+
+def _runs_joined(part, run_of, links) -> list:
+    """Pieces of `part` when the runs in each of `links` (iterables of sample indices) are joined."""
+    runs = sorted({run_of[i] for i in part})
+    index = {r: x for x, r in enumerate(runs)}
+    uf = _UnionFind(len(runs))
+    for members in links:
+        it = iter(members)
+        a = index[run_of[next(it)]]
+        for i in it:
+            uf.union(a, index[run_of[i]])
+    by_root = {}
+    for i in part:
+        by_root.setdefault(uf.find(index[run_of[i]]), []).append(i)
+    return list(by_root.values())
+
+
+def _cut_common_across_films(part, samples, keys_of, run_of, loose) -> list:
+    """A record that shares only common keys (every line it has in common with others is a
+    "Yeah." or "What?") cannot be placed in a film; its cut links are kept in `loose`."""
+    common = _common_lines(samples, part)
+    holders = {}
+    for i in part:
+        for k in keys_of[i]:
+            holders.setdefault(k, []).append(i)
+    records = sorted({samples[i].record_index for i in part})
+    film = _UnionFind(len(records))
+    where = {r: x for x, r in enumerate(records)}
+    shared = [(k, m) for k, m in holders.items() if len(m) > 1]
+    for k, members in shared:
+        if not _is_common_key(k, common):
+            for i in members[1:]:
+                film.union(where[samples[members[0]].record_index], where[samples[i].record_index])
+    film_size = Counter(film.find(x) for x in range(len(records)))
+    links = []
+    for k, members in shared:
+        if _is_common_key(k, common):
+            by_film = {}
+            for i in members:
+                by_film.setdefault(film.find(where[samples[i].record_index]), []).append(i)
+            links.extend(m for m in by_film.values() if len(m) > 1)
+            if len(by_film) > 1:
+                for root, m in by_film.items():
+                    if film_size[root] == 1:
+                        for i in m:
+                            loose.setdefault(i, set()).update(members)
+        else:
+            links.append(members)
+    return _runs_joined(part, run_of, links)
+
+
+def _cut_by_spread(part, keys_of, run_of) -> list:
+    runs_of_key = {}
+    for i in part:
+        for k in keys_of[i]:
+            runs_of_key.setdefault(k, {}).setdefault(run_of[i], i)
+    limit = max((len(r) for r in runs_of_key.values()), default=1)
+    pieces = [part]
+    while len(pieces) == 1 and limit > 1:
+        limit //= 2
+        pieces = _runs_joined(part, run_of, [r.values() for r in runs_of_key.values() if 1 < len(r) <= limit])
+    return pieces
+
+
+def choose_conversations(conversations: Conversations, sampled, all_samples, val_ratio: float, seed: int,
+                         group_by: str = "user_hash") -> list:
+    """Whole conversations, in an order seeded by `seed`, until about `val_ratio` of `sampled`.
+
+    A conversation that would overshoot the target is passed over for a later, smaller one. A
+    first pass also passes over conversations that would leave a character without training
+    data (no sampled sample, or no pool sample, outside validation); the second pass takes
+    them only when the target cannot be met otherwise. Returns conversation labels."""
+    if len(sampled) < 2:
+        return []
+    target = min(len(sampled) - 1, max(1, round(val_ratio * len(sampled))))
+    label = conversations.label
+    sampled_in = {}
+    for s in sampled:
+        if label[s.sample_id] not in conversations.uncertain:
+            sampled_in.setdefault(label[s.sample_id], []).append(s)
+    order = sorted(sampled_in, key=lambda c: (_val_rank(seed, conversations.names[c]), conversations.names[c]))
+    sampled_left = Counter(s.group_key(group_by) for s in sampled)
+    pool_left = Counter(s.group_key(group_by) for s in all_samples)
+    chosen, total = {}, 0
+
+    def take(c):
+        nonlocal total
+        sampled_left.subtract(s.group_key(group_by) for s in sampled_in[c])
+        pool_left.subtract(s.group_key(group_by) for s in conversations.members[c])
+        chosen[c] = True
+        total += len(sampled_in[c])
+
+    for protect in (True, False):
+        for c in order:
+            if total >= target:
+                break
+            if c in chosen or total + len(sampled_in[c]) > target:
+                continue
+            if protect:
+                own = Counter(s.group_key(group_by) for s in sampled_in[c])
+                every = Counter(s.group_key(group_by) for s in conversations.members[c])
+                if any(sampled_left[g] - k < 1 for g, k in own.items()) or \
+                        any(pool_left[g] - k < 1 for g, k in every.items()):
+                    continue
+            take(c)
+    if total < target:  # every conversation left overshoots: take the smallest if it gets closer (or
+        # if there is no validation yet: a run needs some)
+        rest = [c for c in order if c not in chosen and total + len(sampled_in[c]) <= len(sampled) - 1]
+        if rest:
+            best = min(rest, key=lambda c: len(sampled_in[c]))
+            if total == 0 or abs(total + len(sampled_in[best]) - target) < target - total:
+                take(best)
+    return list(chosen)
+
+
+# --------------------------------------------------------------------------- text screening
+
 class QuoteIndex:
     """Which samples show a given line in their prompt (any speaker) or train on it as target.
 
-    A validation target must reach no training prompt, so choosing a validation sample also
-    removes every sample that quotes its line from training.
+    For `--val_leak_check text`: a validation target must reach no training prompt, so
+    choosing a validation sample also removes every sample that quotes its line from training.
     """
 
     def __init__(self, samples):
@@ -40,7 +340,8 @@ class QuoteIndex:
 
 def choose_validation(sampled, val_ratio: float, seed: int, group_by: str = "user_hash", all_samples=None,
                       quotes: QuoteIndex = None) -> list:
-    """About `val_ratio` of the sampled set, in seeded random order, with two preferences.
+    """For `--val_leak_check text`: about `val_ratio` of the sampled set, in seeded random order,
+    with two preferences.
 
     Taking a line for validation also takes every sample that quotes it out of training. In
     scene data each line is quoted by the later items of its scene, so a first pass takes only
@@ -86,6 +387,8 @@ def choose_validation(sampled, val_ratio: float, seed: int, group_by: str = "use
     return [s for s in sampled if s.sample_id in chosen_ids]
 
 
+# --------------------------------------------------------------------------- the split
+
 @dataclass
 class Split:
     sample_seed: int
@@ -94,6 +397,7 @@ class Split:
     pool: dict  # group -> training-eligible samples
     sizes: dict  # group -> training samples per epoch
     stats: dict = field(default_factory=dict)
+    index: object = None  # Conversations or QuoteIndex: reused for the plan's guide table
 
     def epoch_train(self, epoch: int = 0) -> list:
         """The training subset of one epoch, in a fixed order; the same on every rank."""
@@ -111,22 +415,43 @@ class Split:
 
 
 def _file_order(s):
-    r, c, i = (int(p[1:]) for p in s.sample_id.split("."))
-    return r, c, i
+    return _item_position(s)
+
+
+def make_index(samples, leak_check: str = "conversation"):
+    """What a split needs beyond the samples; independent of N and the seeds, so build it once."""
+    if leak_check not in LEAK_CHECKS:
+        raise ValueError(f"unknown leak check {leak_check!r} (choose from {', '.join(LEAK_CHECKS)})")
+    return Conversations(samples) if leak_check == "conversation" else QuoteIndex(samples)
 
 
 def split_train_val(samples, max_per_user, sample_seed: int, val_ratio: float, val_seed=None,
-                    group_by: str = "user_hash") -> Split:
+                    group_by: str = "user_hash", leak_check: str = "conversation", index=None) -> Split:
     """`val_seed` (default: the sample seed) fixes the validation set, so runs with other sample
-    seeds can share it and compare validation losses."""
+    seeds can share it and compare validation losses. `index` (from `make_index` with the same
+    samples and leak check) saves rebuilding it for every N of the plan's guide table."""
     val_seed = sample_seed if val_seed is None else val_seed
-    quotes = QuoteIndex(samples)
+    index = index if index is not None else make_index(samples, leak_check)
     val_source = sample_per_character(samples, max_per_user, val_seed, group_by)
-    val = choose_validation(val_source, val_ratio, val_seed, group_by, samples, quotes)
-    val_ids = {s.sample_id for s in val}
-    leaking = {q.sample_id for v in val for q in quotes.quoting(v.target)} - val_ids
+    conv_stats = {}
+    if leak_check == "conversation":
+        chosen = choose_conversations(index, val_source, samples, val_ratio, val_seed, group_by)
+        chosen_set = set(chosen)
+        val = [s for s in val_source if index.label[s.sample_id] in chosen_set]
+        val_ids = {s.sample_id for s in val}
+        leaking = {s.sample_id for c in chosen for s in index.members[c]} - val_ids
+        leaking |= {s.sample_id for c, linked in index.uncertain.items() if linked & chosen_set
+                    for s in index.members[c]}
+        conv_stats = {"conversations": len(index), "validation_conversations": len(chosen),
+                      "huge_conversations_split": index.split_up, "largest_conversation": index.largest,
+                      "uncertain_conversations": len(index.uncertain)}
+    else:
+        val = choose_validation(val_source, val_ratio, val_seed, group_by, samples, index)
+        val_ids = {s.sample_id for s in val}
+        leaking = {q.sample_id for v in val for q in index.quoting(v.target)} - val_ids
 
-    sampled = sample_per_character(samples, max_per_user, sample_seed, group_by)
+    sampled = val_source if val_seed == sample_seed else sample_per_character(samples, max_per_user, sample_seed,
+                                                                               group_by)
     sampled_per_group = {g: len(m) for g, m in group_samples(sampled, group_by).items()}
     val_per_group = {g: len(m) for g, m in group_samples(val, group_by).items()}
 
@@ -151,16 +476,22 @@ def split_train_val(samples, max_per_user, sample_seed: int, val_ratio: float, v
     pool = {g: m for g, m in pool.items() if sizes[g] > 0}
     sizes = {g: n for g, n in sizes.items() if n > 0}
 
-    split = Split(sample_seed=sample_seed, group_by=group_by, val=val, pool=pool, sizes=sizes)
+    split = Split(sample_seed=sample_seed, group_by=group_by, val=val, pool=pool, sizes=sizes, index=index)
     train_groups = set(sizes)
     val_groups = {s.group_key(group_by) for s in val}
+    n_train = sum(sizes.values())
     split.stats = {
+        "leak_check": leak_check,
         "sampled": len(sampled),
-        "train": sum(sizes.values()),
+        "train": n_train,
         "validation": len(val),
+        "validation_share": round(len(val) / len(sampled), 4) if sampled else 0.0,
+        "lost_to_split": len(sampled) - len(val) - n_train,
         "validation_characters": len(val_groups),
         "validation_characters_without_train": len(val_groups - train_groups),
+        "characters_without_train": len(set(sampled_per_group) - train_groups),
         "excluded_for_leakage": leaked,
+        **conv_stats,
         "pool": sum(len(m) for m in pool.values()),
         "val_seed": val_seed,
     }

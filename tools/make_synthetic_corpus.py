@@ -6,8 +6,16 @@ with the same shape and scale (7,797 records, ~6,117 characters, 72,471 items,
 ~0.7% unusable) for load, packing and throughput tests. The text is random
 words; only the structure and the length statistics are meant to be realistic.
 
+By default every item is an independent snippet. `--scenes` writes films instead:
+records of one film share scenes, every line a record's character speaks after the
+first line of a scene is one of its items (context = the scene so far, at most
+MAX_CONTEXT turns), so the partner's items quote it, and about 10% of lines are
+short generic ones ("Yeah.", "Okay.", "What?") heard in hundreds of scenes. That is
+the shape the validation split has to cope with (tests/test_split_scenes.py).
+
     python tools/make_synthetic_corpus.py --out /tmp/chameleons.json
     python tools/make_synthetic_corpus.py --out /tmp/small.jsonl --scale 0.01 --jsonl
+    python tools/make_synthetic_corpus.py --out /tmp/scenes.json --scenes
 """
 
 from __future__ import annotations
@@ -244,17 +252,156 @@ def make_corpus(seed: int = 0, n_records: int = FULL_RECORDS, n_hashes: int = FU
     return records
 
 
+# --------------------------------------------------------------------------- scene corpus
+
+GENERIC_LINES = (
+    "Yeah.", "Okay.", "What?", "No.", "Yes.", "Why?", "Hey.", "Oh.", "Right.", "Sure.", "I know.",
+    "Thank you.", "Really?", "I don't know.", "Come on.", "Thanks.", "Well...", "What do you mean?",
+    "Uh-huh.", "Good.", "Hi.", "Sorry.", "Please.", "Wait.", "Huh?", "So?", "All right.", "Me too.",
+    "Listen.", "Who?",
+)
+GENERIC_SHARE = 0.10
+RECORDS_PER_FILM = 10
+_EXTRAS = ("WAITER", "COP", "MAN", "WOMAN", "DRIVER", "NURSE", "CLERK", "GUARD", "BOY", "GIRL", "VOICE",
+           "OPERATOR", "BARTENDER", "SOLDIER", "DOCTOR")
+_INITIALS = "ABCDEFGHIJKLMNOPRSTVW"
+
+
+def _scene_length(rng: random.Random) -> int:
+    """Lines per scene: median ~12, a few long ones."""
+    return max(3, min(80, int(rng.lognormvariate(math.log(12.0), 0.6))))
+
+
+def _place_in_films(rng: random.Random, recs: list[dict], n_films: int) -> list[list[dict]]:
+    """Records to films at random; a film never holds two records of one character or one name."""
+    films: list[list[dict]] = [[] for _ in range(n_films)]
+    taken: list[set] = [set() for _ in range(n_films)]
+    for rec in recs:
+        start = rng.randrange(n_films)
+        for t in range(n_films):
+            f = (start + t) % n_films
+            if rec["hash"] not in taken[f] and rec["name"] not in taken[f]:
+                break
+        else:
+            f = start
+        films[f].append(rec)
+        taken[f].update((rec["hash"], rec["name"]))
+    return [f for f in films if f]
+
+
+def make_scene_corpus(seed: int = 0, n_records: int = FULL_RECORDS, n_hashes: int = FULL_HASHES,
+                      n_items: int = FULL_ITEMS, generic_share: float = GENERIC_SHARE,
+                      records_per_film: int = RECORDS_PER_FILM, places: dict | None = None) -> list[dict]:
+    """Films of shared scenes with the default corpus's counts and per-character heavy tail.
+
+    Each scene has one or more recorded characters (and sometimes an uncredited extra, whose
+    lines are context only); lines of a recorded character after a scene's first line are its
+    items. Same seed and counts give identical output. `places`, if given, receives the ground
+    truth the format does not carry: (record index, item index) -> the id of every line of the
+    item (context turns, then the continuation), one id per spoken line of the corpus.
+    """
+    if not (1 <= n_hashes <= n_records <= n_items):
+        raise ValueError("need 1 <= n_hashes <= n_records <= n_items")
+    if not 0 <= generic_share <= 1:
+        raise ValueError("generic_share must be between 0 and 1")
+    rng = random.Random(seed)
+    per_hash = _records_per_hash(rng, n_records, n_hashes)
+    char_weights = [rng.lognormvariate(0.0, 1.3) for _ in range(n_hashes)]
+    extra = _allocate(rng, char_weights, n_items - n_records)
+    char_items = [r + e for r, e in zip(per_hash, extra)]
+    unusable_at = set(rng.sample(range(n_items), round(n_items * UNUSABLE_FRACTION)))
+
+    recs: list[dict] = []
+    for n_rec, n_it in zip(per_hash, char_items):
+        h = f"{rng.getrandbits(128):032x}"
+        name = f"{rng.choice(_NAMES)} {rng.choice(_INITIALS)}."
+        profile, personality = _profile(rng, name)
+        budgets = [1 + x for x in _allocate(rng, [rng.random() + 0.05 for _ in range(n_rec)], n_it - n_rec)]
+        for b in budgets:
+            roll = rng.random()
+            own = "user" if roll < 0.03 else "USER" if roll < 0.04 else f" {name} " if roll < 0.05 else name
+            recs.append({"hash": h, "name": name, "own": own, "budget": b, "profile": profile,
+                         "personality": personality, "data": []})
+    rng.shuffle(recs)
+
+    generic_weights = [1.0 / (k + 1) ** 0.8 for k in range(len(GENERIC_LINES))]
+    line = _Lines(rng)
+
+    def say() -> str:
+        if rng.random() < generic_share:
+            return rng.choices(GENERIC_LINES, generic_weights)[0]
+        return line()
+
+    for k, rec in enumerate(recs):
+        rec["index"] = k
+    item_no = next_id = 0
+    films = _place_in_films(rng, recs, max(1, round(n_records / records_per_film)))
+    for film in films:
+        title = " ".join(rng.sample(_TITLE_WORDS, rng.randint(2, 3))).title()
+        for rec in film:
+            rec["title"] = title
+        while any(r["budget"] for r in film):
+            live = [r for r in film if r["budget"]]
+            cast: list = [rng.choices(live, [r["budget"] for r in live])[0]]
+            for _ in range(1 + (rng.random() < 0.35) + (rng.random() < 0.1)):
+                others = [r for r in live if all(r is not c for c in cast)]
+                if others and rng.random() < 0.85:
+                    cast.append(rng.choices(others, [r["budget"] for r in others])[0])
+                else:
+                    cast.append(rng.choice(_EXTRAS))
+            lines: list = []  # (speaker: record dict or extra name, text, line id)
+            length = _scene_length(rng)
+            while len(lines) < length and any(not isinstance(c, str) and c["budget"] for c in cast):
+                last = lines[-1][0] if lines else None
+                choices = [c for c in cast if c is not last and (isinstance(c, str) or c["budget"])]
+                if not choices:
+                    break
+                speaker = rng.choice(choices)
+                text = say()
+                if not isinstance(speaker, str) and lines:
+                    kind = None
+                    if item_no in unusable_at:
+                        kind = "empty" if rng.random() < 0.5 else "own_turn"
+                    if kind == "own_turn":  # the character speaks twice in a row
+                        lines.append((speaker, say(), next_id))
+                        next_id += 1
+                    window = lines[-MAX_CONTEXT:]
+                    context = [{"source": speaker["own"] if s is speaker else s if isinstance(s, str) else s["name"],
+                                "content": t} for s, t, _ in window]
+                    if places is not None:
+                        places[(speaker["index"], len(speaker["data"]))] = tuple(x for _, _, x in window) + (next_id,)
+                    speaker["data"].append({"context": context, "continuation": "" if kind == "empty" else text})
+                    speaker["budget"] -= 1
+                    item_no += 1
+                lines.append((speaker, text, next_id))
+                next_id += 1
+    return [{"user_hash": r["hash"],
+             "user": {"profile": dict(r["profile"]), "personality": json.loads(json.dumps(r["personality"]))},
+             "task": {"description": f"Continue the dialogue as {r['name']} in the film \"{r['title']}\".",
+                      "task_behavior_collections": [{"data": r["data"]}]}}
+            for r in recs]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=float, default=1.0, help="multiplies the record/hash/item counts")
     p.add_argument("--jsonl", action="store_true", help="write JSON Lines instead of a JSON list")
+    p.add_argument("--scenes", action="store_true",
+                   help="films of shared scenes with frequent generic lines, instead of independent items")
+    p.add_argument("--generic_share", type=float, default=GENERIC_SHARE,
+                   help="with --scenes: share of generic lines such as 'Yeah.' (default %(default)s)")
     args = p.parse_args(argv)
     if args.scale <= 0:
         p.error("--scale must be positive")
+    if not 0 <= args.generic_share <= 1:
+        p.error("--generic_share must be between 0 and 1")
     n_records, n_hashes, n_items = _counts(args.scale)
-    records = make_corpus(args.seed, n_records, n_hashes, n_items)
+    if args.scenes:
+        records = make_scene_corpus(args.seed, n_records, n_hashes, n_items, args.generic_share)
+    else:
+        records = make_corpus(args.seed, n_records, n_hashes, n_items)
     write_records(args.out, records, args.jsonl)
     print(f"wrote {args.out}: {n_records} records, {len({r['user_hash'] for r in records})} characters, "
           f"{n_items} items", file=sys.stderr)
