@@ -95,6 +95,8 @@ def train_parser():
                    help="draw a fresh per-character subset every epoch (epoch 0 = the plain sample)")
     p.add_argument("--resume_from_checkpoint", default=None, help="'auto' (newest complete checkpoint) or a path")
     p.add_argument("--wandb_project", default="none", help="'none' turns wandb off")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log to TensorBoard under <output_dir>/runs (needs `pip install tensorboard`)")
     p.add_argument("--wandb_run_name", default=None)
     p.add_argument("--wandb_group", default=None,
                    help="wandb group (default: <ablation>_N<max_samples_per_user>, e.g. context_only_N2)")

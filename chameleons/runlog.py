@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from . import tracking
+
 LOG_DIR = "training_logs"
 LOG_NAME = "detailed_training_log.txt"
 METRICS_NAME = "metrics.jsonl"
@@ -123,6 +125,9 @@ class DetailedLogCallback(TrainerCallback):
                 f"tokens/s {tok_s:,.0f} ({tok_s / self.world_size:,.0f}/gpu) | padding {pad:.1%} | "
                 + (f"MFU {mfu:.1%} | " if mfu is not None else "") +
                 f"elapsed {_clock(elapsed)} | eta {_clock(eta)}")
+            tracking.log_metrics({"train/tokens_per_s": tok_s, "train/tokens_per_s_per_gpu": tok_s / self.world_size,
+                                  "train/padding_share": pad, "train/model_tflops_per_s": flops / span / 1e12,
+                                  **({"train/mfu": mfu} if mfu is not None else {})}, state.global_step)
             self.log.metrics("train", step=state.global_step, epoch=state.epoch, loss=logs["loss"],
                              learning_rate=logs.get("learning_rate"), grad_norm=grad, tokens=int(real),
                              tokens_per_s=tok_s, tokens_per_s_per_gpu=tok_s / self.world_size, padding_share=pad,
@@ -141,6 +146,7 @@ class DetailedLogCallback(TrainerCallback):
         self.log.line(f"eval step {state.global_step} | epoch {state.epoch:.2f} | eval_loss {loss:.4f} | "
                       f"perplexity {math.exp(min(loss, 50)):.2f} | best {self.best:.4f}{' (new best)' if improved else ''}"
                       f"{patience}")
+        tracking.log_metrics({"eval/perplexity": math.exp(min(loss, 50))}, state.global_step)
         self.log.metrics("eval", step=state.global_step, epoch=state.epoch, eval_loss=loss, best=self.best,
                          eval_tokens=metrics.get("eval_tokens"))
         if control.should_training_stop and self.early_stopping is not None and left <= 0:

@@ -8,6 +8,8 @@ config; starting it here first (rank 0) makes the callback reuse it and add thos
 import os
 import sys
 
+from .errors import UserError
+
 
 def wandb_settings(project: str, run_name, output_dir):
     """Rank 0 logs to wandb; with no key or no network it goes offline, saying so once."""
@@ -90,3 +92,18 @@ def finish_wandb(exit_code: int):
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.run.finish(exit_code=exit_code)
+
+
+def require_tensorboard():
+    """TensorBoard is optional (not in requirements.txt): asked for without the package, say how to get it."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+        raise UserError("--tensorboard: the tensorboard package is not installed (.venv/bin/pip install tensorboard)")
+
+
+def log_metrics(values: dict, step: int):
+    """Figures the Trainer does not report (throughput, MFU, perplexity) into the same wandb run."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.run.log({**values, "train/global_step": step})

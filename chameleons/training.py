@@ -255,7 +255,7 @@ class ChameleonsTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Replaces HF's loss: token cross-entropy over supervised positions only (chameleons/loss.py)."""
-        meta = inputs.pop("meta", None)
+        inputs.pop("meta", None)
         inputs.pop("length", None)
         loss, n_tokens = causal_lm_loss(model, inputs, num_items_in_batch,
                                         self.router_aux_loss_coef if model.training else 0.0)
@@ -263,14 +263,23 @@ class ChameleonsTrainer(Trainer):
             if self.stop is not None:
                 self.stop.add_loss(loss.detach() * (num_items_in_batch if num_items_in_batch is not None else n_tokens),
                                    n_tokens)
-            if meta is not None:
-                if self.trace is not None:
-                    self.trace.append(meta["rows"])
-                self.throughput.add(sum(meta["lengths"]), int(inputs["input_ids"].numel()),
-                                    flops.train_flops(self.model_config, meta["lengths"], meta["supervised"]))
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes
         return (loss, None) if return_outputs else loss
+
+    def floating_point_ops(self, inputs):
+        """Replaces HF's count (6 x all parameters x padded tokens) for `total_flos`: the MoE-aware
+        model FLOPs of this training micro-batch (chameleons/flops.py); also records its rows and
+        tokens for the data-order trace and the log's throughput."""
+        meta = inputs.get("meta")
+        if meta is None:
+            return super().floating_point_ops(inputs)
+        if self.trace is not None:
+            self.trace.append(meta["rows"])
+        model_flops = flops.train_flops(self.model_config, meta["lengths"], meta["supervised"])
+        if self.throughput is not None:
+            self.throughput.add(sum(meta["lengths"]), int(inputs["input_ids"].numel()), model_flops)
+        return model_flops
 
     def _get_train_sampler(self, train_dataset=None):
         """Replaces HF's length grouping, which reads a fixed dataset: the rows change with resampling."""
@@ -398,6 +407,9 @@ def check_run(args, config) -> RunChecks:
         device["notices"].append(f"model.trust_remote_code is on: Python code from {config.model['name_or_path']} "
                                  f"will run in this process")
     report_to, wandb_notice = tracking.wandb_settings(args.wandb_project, args.wandb_run_name, args.output_dir)
+    if args.tensorboard:
+        tracking.require_tensorboard()
+        report_to = report_to + ["tensorboard"]
     return RunChecks(resume=resume, device=device, report_to=report_to,
                      notices=device["notices"] + ([wandb_notice] if wandb_notice else []))
 

@@ -152,6 +152,7 @@ CASES = [
     ("flag-unknown-ablation", _args("--ablation_config", "profile_only_please"), ["profile_only_please"]),
     ("flag-set-unknown-key", _args("--set", "training.nope=1"), ["training.nope"]),
     ("flag-set-wrong-type", _args("--set", "training.batch_size=many"), ["training.batch_size"]),
+    ("flag-tensorboard-not-installed", _args("--tensorboard"), ["--tensorboard", "pip install tensorboard"]),
     # prompt templates
     ("template-unknown-placeholder",
      lambda tmp, cfg: (["--prompt_style", "detailed", "--template_filename", _template(tmp, ("{name}", "{nickname}"))],

@@ -3,6 +3,7 @@ complete checkpoint and an exit code that says why."""
 
 import signal
 
+import pytest
 import torch
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM, TrainingArguments
 
@@ -54,3 +55,29 @@ def test_auto_resume_ignores_half_written_checkpoints(tmp_path):
     (tmp_path / "checkpoint-9").mkdir()  # a save that was cut off: no marker
     assert newest_complete(tmp_path) == str(tmp_path / "checkpoint-4")
     assert resolve_resume("auto", tmp_path / "empty") is None
+
+
+def test_total_flos_and_throughput_count_model_flops_of_real_tokens(tmp_path):
+    """HF's total_flos would be 6 x all parameters x padded tokens; the trainer counts the
+    MoE-aware FLOPs of the samples it trained on (chameleons/flops.py), once per micro-batch."""
+    from chameleons.flops import train_flops
+    from chameleons.training import with_row_meta
+
+    torch.manual_seed(0)
+    model = Qwen3MoeForCausalLM(Qwen3MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                               moe_intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                               num_key_value_heads=1, head_dim=16, num_experts=4, num_experts_per_tok=2))
+    rows = [{"input_ids": list(range(3, 3 + n)), "prompt_len": 2, "length": n, "row": i}
+            for i, n in enumerate([6, 9, 7, 12, 5, 8])]
+    stop, throughput, trace = StopRequest(), Throughput(), []
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], max_steps=3,
+                             per_device_train_batch_size=2, save_strategy="no", remove_unused_columns=False)
+    trainer = ChameleonsTrainer(model=model, args=args, train_dataset=rows,
+                                data_collator=with_row_meta(make_collator("packed", 0)), callbacks=[StopCallback(stop)],
+                                throughput=throughput, stop=stop, collate=None, router_aux_loss_coef=0.0, trace=trace)
+    trainer.train()
+    trained = [rows[r] for batch in trace for r in batch]
+    assert sorted(r["row"] for r in trained) == list(range(6))
+    expected = sum(train_flops(model.config, [r["length"]], [r["length"] - r["prompt_len"]]) for r in trained)
+    assert trainer.state.total_flos == pytest.approx(expected)
+    assert expected < 6 * model.num_parameters(exclude_embeddings=True) * sum(r["length"] for r in trained)

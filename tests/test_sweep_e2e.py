@@ -109,6 +109,9 @@ def test_wandb_config_holds_flags_and_group(sweep_run):
     assert config["learning_rate"] == 0.002  # the Trainer's own arguments are added, not replacing ours
     assert run.run_group == "context_only_N2" and list(run.tags) == ["context_only", "N2", "seed5"]
     assert run.display_name == "sweep_point" and run.project == "chameleons_ci"
+    history = next(runs[0].glob("*.wandb")).read_bytes()  # the log's per-step figures reach wandb too
+    for key in (b"train/tokens_per_s", b"train/padding_share", b"train/model_tflops_per_s", b"eval/perplexity"):
+        assert key in history, key
 
 
 def test_compare_runs_reads_the_real_run(sweep_run, tmp_path):
