@@ -30,7 +30,9 @@ def main(argv=None) -> int:
     config = load_config(args.config)
     ablation = config.ablation(args.ablation_config)
     paths = prediction.output_paths(args.output_file)
-    prediction.check_output(args.output_file, args.overwrite)
+    prediction.check_output(args.output_file, args.overwrite, probe=False)
+    prediction.check_backend(args.backend, len(args.model), dist.world, args.evaluate, args.tensor_parallel_size,
+                             args.device_map)
     model_dirs = prediction.check_model_dirs(args.model)
     if len(model_dirs) * args.candidates_per_member < args.num_samples:
         raise UserError(f"--candidates_per_member {args.candidates_per_member} x {len(model_dirs)} models gives fewer "
@@ -41,7 +43,6 @@ def main(argv=None) -> int:
     corpus = data.extract_samples(records, args.input_file, for_prediction=True)
     if args.evaluate and not any(s.target for s in corpus.samples):
         raise UserError(f"--evaluate: {args.input_file} has no continuations to score against")
-    prediction.check_backend(args.backend, len(model_dirs), dist.world, args.evaluate)
     tokenizer = prediction.shared_tokenizer(model_dirs, config.model["tokenizer"], warn=dist.warn)
     history = prediction.history_index(ablation, config, args)
     builder = prompts.PromptBuilder(ablation, args.prompt_style, history, config.training["max_context_turns"],
@@ -57,25 +58,29 @@ def main(argv=None) -> int:
     max_length = args.max_length or config.training["max_length"]
     rows = prediction.build_prompts(corpus.samples, builder, tokenizer, fmt, max_length)
 
-    # Generate: every rank takes its share of the items not already in the shards.
+    prediction.check_output(args.output_file, args.overwrite)  # last check: tries a write
+
+    # Generate: every rank takes its share of the items not already in the shards. Models are
+    # loaded when first needed, one at a time (an ensemble never holds two members).
     dist.init()
     if args.backend == "vllm":
-        models = []
-        generators = [prediction.VllmGenerator(model_dirs[0], tokenizer, fmt, sampling,
-                                               max_length + args.max_new_tokens)]
+        members = prediction.Members(model_dirs, lambda d: prediction.VllmGenerator(
+            d, tokenizer, fmt, sampling, max_length + args.max_new_tokens, args.tensor_parallel_size), lambda g: g)
     else:
-        models = prediction.load_models(model_dirs, dist.device())
-        n = args.candidates_per_member if len(models) > 1 else args.num_samples
-        generators = [prediction.HFGenerator(m, tokenizer, fmt, sampling, n) for m in models]
-    predictor = prediction.Predictor(generators, models, sampling, args.batch_size)
+        device = dist.device()
+        n = args.candidates_per_member if len(model_dirs) > 1 else args.num_samples
+        members = prediction.Members(model_dirs, lambda d: prediction.load_model(d, device, args.device_map, dist.warn),
+                                     lambda m: prediction.HFGenerator(m, tokenizer, fmt, sampling, n))
+    predictor = prediction.Predictor(members, sampling, args.batch_size)
     store = prediction.PartStore(args.output_file, dist.rank)
     meta = prediction.run_meta(args, model_dirs, rows, max_length, sampling)
-    results, stats = prediction.generate_all(rows, predictor, store, dist, meta, args.overwrite, args.batch_size)
+    results, stats = prediction.generate_all(rows, predictor, store, dist, meta, args.overwrite)
 
     # Extract and write: answers were extracted per item; the output gets each item's own.
     summary = None
     if dist.is_main:
-        not_predicted = prediction.attach_continuations(records, results, args.num_samples)
+        prediction.attach_continuations(records, results)
+        own_turn_last = prediction.ends_on_character(corpus.samples)
         write_records(paths["output"], records, jsonl)
         write_text(paths["examples"], prediction.examples_log(rows, results, tokenizer, args.log_examples))
         seconds = time.time() - started
@@ -92,8 +97,7 @@ def main(argv=None) -> int:
             "counts": {
                 **{k: v for k, v in corpus.summary().items() if k in ("records", "data_items", "characters")},
                 "predicted": len(results),
-                "not_predicted": len(not_predicted),
-                "skipped_by_loader": corpus.summary()["skipped"],
+                "ends_on_character": len(own_turn_last),
                 "resumed": stats["resumed"],
                 "generated_now": stats["generated_now"],
                 "prompts_truncated": sum(1 for r in rows if r.truncated and r.ids),
@@ -101,7 +105,7 @@ def main(argv=None) -> int:
                 "shard_lines_unreadable": stats["shard_lines_unreadable"],
                 "shard_lines_stale": stats["shard_lines_stale"],
             },
-            "not_predicted_items": not_predicted,
+            "ends_on_character_items": own_turn_last,
             "extraction_problems": prediction.extraction_summary(results),
             "time": {"total_s": round(seconds, 3), "generation_s": stats["generation_seconds"]},
             "throughput": {
@@ -119,11 +123,14 @@ def main(argv=None) -> int:
         scored, dropped, unlabelled = evaluation.supervised_rows(corpus.samples, builder, tokenizer, fmt,
                                                                  config.training["max_length"])
         mine = list(range(dist.rank, len(scored), dist.world))
-        local = [evaluation.token_logprobs(m, [(scored[i].input_ids, scored[i].prompt_len) for i in mine],
-                                           args.batch_size) for m in models]
+        local = [None] * len(model_dirs)
+        for k in members.order():  # the member still in memory first
+            local[k] = evaluation.token_logprobs(members.model(k), [(scored[i].input_ids, scored[i].prompt_len)
+                                                                    for i in mine], args.batch_size)
+        members.release()
         gathered = dist.gather((mine, local))
         if dist.is_main:
-            member_rows = [[None] * len(scored) for _ in models]
+            member_rows = [[None] * len(scored) for _ in model_dirs]
             for idx, per_member in gathered:
                 for m, lps in enumerate(per_member):
                     for i, lp in zip(idx, lps):
@@ -149,7 +156,7 @@ def main(argv=None) -> int:
         store.remove()
         c = summary["counts"]
         print(f"wrote {paths['output']}: {c['predicted']} items x {args.num_samples} continuations "
-              f"({c['resumed']} resumed, {c['generated_now']} generated, {c['not_predicted']} not predicted); "
+              f"({c['resumed']} resumed, {c['generated_now']} generated); "
               f"{summary['extraction_problems']['continuations_with_problems']} extraction problems; "
               f"summary {paths['summary']}", flush=True)
     dist.close()

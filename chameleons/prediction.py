@@ -8,15 +8,24 @@ truncates to `max_length - len(target)`, prediction (which has no target) to `--
 
 Shards: every rank appends each finished item as one JSON line (flushed) to
 `<output>.parts/rank<R>.jsonl`; `meta.json` there records the settings the lines were made
-with. A rerun with the same settings reads the lines back and generates only the rest; rank 0
-merges everything into the output, written atomically, then removes the folder.
+with, the models' identities included (a fingerprint of their files, so a model retrained into
+the same folder is a different model). A rerun with the same settings reads the lines back and
+generates only the rest; rank 0 merges everything into the output, written atomically, then
+removes the folder.
+
+Sampling is seeded per item and per continuation, from (--seed, member, item uid, sample
+index), through counter-based noise (`ItemSampler`): an item's continuations do not depend on
+which items share its batch, the batch size, the world size, or whether the run was resumed.
 
 Ensembles (several `--model`): each member proposes `--candidates_per_member` candidates per
 item, every member scores every candidate, and the candidates are ranked by the ensemble's mean
 per-token log-likelihood, log((1/M) * sum_m p_m(token)) averaged over the candidate's tokens (the
 same ensemble probability that `evaluation` scores targets with). The best `--num_samples` are
-kept, distinct answers first. Trade-offs: it costs M generations plus M x (M x candidates)
-scoring passes and holds all members in memory at once; it can only choose among what some
+kept, distinct answers first. Members are used one at a time (load, generate or score every
+item, free, next), so peak memory is one model: generation runs members 1..M, scoring M..1
+(the last generator is still loaded), 2M - 1 loads in all; each member's proposals and scores
+go to the shards, so a killed ensemble resumes without redoing a finished member. Trade-offs: it
+costs M generations plus M x (M x candidates) scoring passes; it can only choose among what some
 member proposed (true token-level ensemble decoding would step all members in lockstep, which
 HF `generate` and vLLM do not offer); and likelihood ranking favours safe, consensus, often
 shorter-in-surprise lines, so it trades diversity for fidelity. One model is never re-ranked:
@@ -24,13 +33,16 @@ its samples are kept in the order they were drawn.
 """
 
 import argparse
+import gc
 import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,11 +52,14 @@ from .data import load_corpus, read_records
 from .encoding import encode_samples, load_tokenizer
 from .errors import UserError
 from .evaluation import ensemble_token_logprobs, mean_loglik, token_logprobs
+from .launch import env_int
 from .outputs import write_json
 from .prompts import HistoryIndex, extract_answer
+from .sources import check_model_folder
 from .splitting import split_train_val
 
 BACKENDS = ("hf", "vllm")
+DEVICE_MAPS = ("rank", "auto")
 PROBLEM_PROMPT_TOO_LONG = "prompt_too_long"
 TRAINING_CONFIG = "training_config.json"
 
@@ -75,6 +90,11 @@ def predict_parser():
     p.add_argument("--evaluate", action="store_true",
                    help="the input has continuations: also score loss/perplexity and BLEU/ROUGE-L (<output>.eval.json)")
     p.add_argument("--backend", choices=BACKENDS, default="hf", help="hf (default) or vllm (needs vllm and a GPU)")
+    p.add_argument("--tensor_parallel_size", type=_positive_int, default=1,
+                   help="--backend vllm: GPUs one model is split over (one process)")
+    p.add_argument("--device_map", choices=DEVICE_MAPS, default="rank",
+                   help="--backend hf: 'rank' puts the model on this rank's device; 'auto' spreads one model over "
+                        "every visible GPU (one process, for a model too big for one GPU)")
     p.add_argument("--num_samples", type=_positive_int, default=1, help="continuations per data item")
     p.add_argument("--candidates_per_member", type=_positive_int, default=None,
                    help="ensembles: candidates each member proposes per item (default: --num_samples)")
@@ -130,12 +150,17 @@ class Distributed:
         self._group = False
 
     @classmethod
-    def from_env(cls):
-        try:
-            return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
-                       int(os.environ.get("LOCAL_RANK", "0")))
-        except ValueError:
-            raise UserError("RANK, WORLD_SIZE and LOCAL_RANK must be integers") from None
+    def from_env(cls, environ=None):
+        """The launcher's variables, checked: a bad one is one error line, not a traceback later."""
+        env = os.environ if environ is None else environ
+        rank, world, local = env_int("RANK", 0, env), env_int("WORLD_SIZE", 1, env), env_int("LOCAL_RANK", 0, env)
+        if world < 1:
+            raise UserError(f"environment variable WORLD_SIZE={world} must be at least 1")
+        if not 0 <= rank < world:
+            raise UserError(f"environment variable RANK={rank} must be in 0..WORLD_SIZE-1 ({world - 1})")
+        if local < 0:
+            raise UserError(f"environment variable LOCAL_RANK={local} must not be negative")
+        return cls(rank, world, local)
 
     @property
     def is_main(self) -> bool:
@@ -204,16 +229,44 @@ def output_paths(output_file) -> dict:
             "eval": Path(f"{out}.eval.json"), "parts": Path(f"{out}.parts")}
 
 
-def check_output(output_file, overwrite: bool):
-    out = Path(output_file)
+def check_output(output_file, overwrite: bool, probe: bool = True):
+    """Everything the run will write can be written: found out before hours of generation, and
+    before anything is created. `probe` tries a write (a test file, removed at once): do it
+    after every other check."""
+    paths = output_paths(output_file)
+    out = paths["output"]
     if out.is_dir():
         raise UserError(f"--output_file {out}: is a folder")
     if out.exists() and not overwrite:
         raise UserError(f"--output_file {out}: exists; pass --overwrite to replace it")
+    for key in ("summary", "examples", "eval"):
+        if paths[key].is_dir():
+            raise UserError(f"--output_file {out}: {paths[key]} is a folder")
+    if paths["parts"].exists() and not paths["parts"].is_dir():
+        raise UserError(f"--output_file {out}: {paths['parts']} (partial results) is a file, not a folder")
+    folder = out.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"--output_file {out}: {folder} is a file, not a folder")
+    if not probe:
+        return
+    try:  # os.access says yes to root on a read-only mount: try it
+        fd, probe = tempfile.mkstemp(prefix=".chameleons-write-test.", dir=folder)
+    except OSError as exc:
+        raise UserError(f"--output_file {out}: cannot write in {folder} ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+_WEIGHTS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json",
+            "adapter_model.bin")
 
 
 def check_model_dirs(dirs) -> list:
-    """Each --model is a folder with a HF model in it."""
+    """Each --model is a folder with a loadable HF model: config, weights present and whole.
+    Checked for every member before anything is written (a later member's damaged file must not
+    surface after hours of generating with the first)."""
     out = []
     for d in dirs:
         p = Path(d)
@@ -221,8 +274,90 @@ def check_model_dirs(dirs) -> list:
             raise UserError(f"--model {d}: model folder not found")
         if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
             raise UserError(f"--model {d}: no config.json (or adapter_config.json), not a saved HF model")
+        check_model_folder(p)
+        for name in ("adapter_config.json", "generation_config.json"):
+            if (p / name).is_file():
+                try:
+                    json.loads((p / name).read_text(encoding="utf-8"))
+                except (ValueError, UnicodeDecodeError) as exc:
+                    raise UserError(f"--model {d}: {name} is not valid JSON ({exc})") from None
+        if not any(any(p.glob(pattern)) for pattern in _WEIGHTS):
+            raise UserError(f"--model {d}: no weights (*.safetensors or pytorch_model*.bin) in the folder")
+        for index in p.glob("*.index.json"):
+            try:
+                shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+            except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+                raise UserError(f"--model {d}: {index.name} is not a readable weights index ({exc})") from None
+            missing = sorted(str(s) for s in shards if not (p / str(s)).is_file())
+            if missing:
+                raise UserError(f"--model {d}: {index.name} lists {missing[0]}, which is not in the folder")
+        if (p / "config.json").is_file():
+            from transformers import AutoConfig
+
+            try:
+                config = AutoConfig.from_pretrained(str(p))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise UserError(f"--model {d}: config.json cannot be used: {str(exc).splitlines()[0]}") from None
+            check_weight_shapes(p, config)
         out.append(p)
     return out
+
+
+def _safetensors_shapes(path) -> dict:
+    import struct
+
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+
+
+def check_weight_shapes(model_dir: Path, config):
+    """Weights saved for another config (say a different hidden size) fail at load; find them now,
+    from the files' headers and the model built on the meta device (no memory). Only names the
+    model and the file share are compared: transformers renames and fuses some (MoE experts)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        return
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in AutoModelForCausalLM.from_config(config).state_dict().items()}
+    except Exception:  # noqa: BLE001 - a model class that cannot be built on meta: the load will tell
+        return
+    for f in files:
+        for key, shape in _safetensors_shapes(f).items():
+            if key in expected and expected[key] != shape:
+                raise UserError(f"--model {model_dir}: {f.name} holds {key} of shape {list(shape)}, config.json "
+                                f"needs {list(expected[key])}: the weights are not the model config.json describes")
+
+
+_IDENTITY_FILES = ("config.json", "generation_config.json", "adapter_config.json") + _WEIGHTS
+
+
+def model_fingerprint(model_dir) -> str:
+    """Who the model is, not where: names, sizes and modification times of its config and
+    weight files. Retraining into the same folder rewrites them, so shards made by the old model
+    are never merged with the new one's. (Stat only: hashing 60 GB of weights would take minutes.)"""
+    d = Path(model_dir)
+    h = hashlib.sha256()
+    names = sorted({f.name for pattern in _IDENTITY_FILES for f in d.glob(pattern) if f.is_file()})
+    for name in names:
+        st = (d / name).stat()
+        h.update(f"{name}\x00{st.st_size}\x00{st.st_mtime_ns}\x01".encode())
+    adapter = d / "adapter_config.json"
+    if adapter.is_file():  # an adapter is only as fixed as its base
+        try:
+            base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        except (OSError, ValueError, AttributeError):
+            base = None
+        if isinstance(base, str):
+            h.update(f"base\x00{base}\x00".encode())
+            if Path(base).is_dir() and Path(base).resolve() != d.resolve():
+                h.update(model_fingerprint(base).encode())
+    return h.hexdigest()[:24]
 
 
 def training_run_warnings(model_dirs, args, ablation) -> list:
@@ -344,26 +479,119 @@ def build_prompts(samples, builder, tokenizer, fmt, max_length: int, chunk: int 
     return rows
 
 
-def load_models(model_dirs, device):
+@contextmanager
+def _quiet_loading():
+    """transformers' per-load progress bar and load report go to stderr; a failed load must be
+    one error line, and a good one needs neither (what matters is checked in load_model)."""
+    from transformers.utils import logging as tlog
+
+    level, bars = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(level)
+        if bars:
+            tlog.enable_progress_bar()
+
+
+def load_model(model_dir, device, device_map: str = "rank", warn=None):
+    """One member, built straight on its device: with a device map, weights go from the file to
+    the GPU, so 8 ranks do not each assemble a 57 GiB model in host RAM first. Weights that do
+    not fit the config are an error; missing ones too (transformers would fill them randomly)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     dtype = torch.float32
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         dtype = torch.bfloat16
-    models = []
-    for d in model_dirs:
-        try:
-            if (Path(d) / "config.json").is_file():
-                model = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype)
+    placement = {}
+    if device_map == "auto":
+        placement = {"device_map": "auto"}
+    elif device.type != "cpu":
+        placement = {"device_map": {"": device}}
+    d = Path(model_dir)
+    info = {}
+    try:
+        with _quiet_loading():
+            if (d / "config.json").is_file():
+                model, info = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype, output_loading_info=True,
+                                                                   **placement)
             else:  # a LoRA run saves the adapter only: load its base and merge
                 from peft import AutoPeftModelForCausalLM
 
-                model = AutoPeftModelForCausalLM.from_pretrained(str(d), dtype=dtype).merge_and_unload()
-        except (OSError, ValueError, TypeError) as exc:
-            raise UserError(f"--model {d}: could not be loaded: {str(exc).splitlines()[0]}") from None
-        models.append(prepare_for_inference(model).to(device).eval())
-    return models
+                model = AutoPeftModelForCausalLM.from_pretrained(str(d), dtype=dtype, **placement).merge_and_unload()
+    except Exception as exc:  # noqa: BLE001 - loaders raise many types (OSError, ValueError, SafetensorError...)
+        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+            raise  # the machine, not the folder
+        text = (str(exc).splitlines() or [""])[0]
+        if "ignore_mismatched_sizes" in text or "size mismatch" in str(exc):
+            text = "the weights' shapes do not match config.json"
+        raise UserError(f"--model {d}: could not be loaded: {type(exc).__name__}: {text}") from None
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise UserError(f"--model {d}: the weights lack {len(missing)} tensors the config needs "
+                        f"(first: {missing[0]}); not the model config.json describes")
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    if unexpected and warn:
+        warn(f"--model {d}: {len(unexpected)} tensors in the weights are not used by the model "
+             f"(first: {unexpected[0]})")
+    model = prepare_for_inference(model)
+    if not placement:
+        model = model.to(device)
+    return model.eval()
+
+
+def free_memory():
+    """Drop what a released model left: Python cycles, and the CUDA cache the next load needs."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+class Members:
+    """The models of a run, at most one in memory at a time (load, use, free, next): peak
+    memory is one model whatever the ensemble size. `loads` counts loads (tests, logs)."""
+
+    def __init__(self, model_dirs, load, make_generator=None):
+        self.dirs = list(model_dirs)
+        self._load, self._make_generator = load, make_generator
+        self.loaded, self._model, self._generator = None, None, None
+        self.loads = 0
+
+    def __len__(self):
+        return len(self.dirs)
+
+    def model(self, k: int):
+        if self.loaded != k:
+            self.release()  # before the next load: two members never coexist
+            self._model = self._load(self.dirs[k])
+            self.loaded = k
+            self.loads += 1
+        return self._model
+
+    def generator(self, k: int):
+        model = self.model(k)
+        if self._generator is None:
+            self._generator = self._make_generator(model)
+        return self._generator
+
+    def order(self) -> list:
+        """Every member once, the one in memory first (saves a load)."""
+        rest = [k for k in range(len(self.dirs)) if k != self.loaded]
+        return ([self.loaded] if self.loaded is not None else []) + rest
+
+    def release(self):
+        if self.loaded is not None:
+            self._model = self._generator = None
+            self.loaded = None
+            free_memory()
 
 
 def prepare_for_inference(model):
@@ -378,9 +606,18 @@ def prepare_for_inference(model):
     return model
 
 
-def check_backend(backend: str, n_models: int, world: int, evaluate: bool):
+def check_backend(backend: str, n_models: int, world: int, evaluate: bool, tensor_parallel_size: int = 1,
+                  device_map: str = "rank"):
     if backend != "vllm":
+        if tensor_parallel_size != 1:
+            raise UserError("--tensor_parallel_size is for --backend vllm; with --backend hf use --device_map auto "
+                            "to spread a model over the GPUs")
+        if device_map == "auto" and world > 1:
+            raise UserError("--device_map auto spreads one model over every GPU: run it as one process, "
+                            "not under torchrun")
         return
+    if device_map != "rank":
+        raise UserError("--device_map is for --backend hf; with --backend vllm use --tensor_parallel_size")
     import torch
 
     missing = []
@@ -396,6 +633,9 @@ def check_backend(backend: str, n_models: int, world: int, evaluate: bool):
         raise UserError("--backend vllm: --evaluate scores with HF models; use --backend hf")
     if world > 1:
         raise UserError("--backend vllm: run it as one process (vLLM manages its GPUs), not under torchrun")
+    if tensor_parallel_size > torch.cuda.device_count():
+        raise UserError(f"--tensor_parallel_size {tensor_parallel_size}: only {torch.cuda.device_count()} GPUs "
+                        f"are visible")
 
 
 # ---------------------------------------------------------------- generation
@@ -427,40 +667,114 @@ def _candidate(tokenizer, ids, stops) -> Candidate:
                      tokenizer.decode(kept, skip_special_tokens=False), cut is not None)
 
 
+def sample_seed(seed: int, member: int, uid: str, index: int) -> int:
+    """The seed of one continuation: the run's seed, the member, the item's content uid and the
+    sample's index, nothing about the batch, the rank or an earlier run. 63 bits (vLLM and
+    torch take a non-negative int64)."""
+    h = hashlib.blake2b(f"{seed}\x00{member}\x00{uid}\x00{index}".encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "big") >> 1
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x, c: int):
+    """(x * c) mod 2**32 for int64 tensors holding 32-bit values, without int64 overflow."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _MASK32
+
+
+def _mix32(x):
+    """murmur3's finalizer: a bijection on 32-bit values whose every output bit depends on every
+    input bit."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = _mul32(x, 0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def gumbel_noise(keys, step: int, vocab: int):
+    """Gumbel(0, 1) noise of shape [rows, vocab], a pure function of each row's 64-bit key, the
+    decoding step and the token id: counter-based, so a row's noise is the same in any batch and
+    on any device (no generator state to share)."""
+    import torch
+
+    k1 = (keys & _MASK32).unsqueeze(1)
+    k2 = ((keys >> 32) & _MASK32).unsqueeze(1)
+    stream = _mix32(k1 ^ _mix32(torch.full_like(k1, step & _MASK32) ^ k2))
+    token = _mul32(torch.arange(vocab, device=keys.device, dtype=torch.int64), 0x9E3779B1).unsqueeze(0)
+    bits = _mix32(_mix32(token ^ stream) ^ k2)
+    uniform = ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))  # 24 bits: exact in float32, never 0 or 1
+    return -torch.log(-torch.log(uniform))
+
+
+class ItemSampler:
+    """Sampling by the Gumbel-max trick: argmax(warped logits + Gumbel noise) is a draw from
+    softmax(warped logits), the distribution HF's multinomial sampling draws from. The noise of
+    row r comes from that row's own key, so each continuation depends on its own seed only
+    (HF draws every row of a batch from one global generator, which ties an item's text to its
+    batch). Used as the last logits processor of a greedy `generate`."""
+
+    def __init__(self, keys, prompt_width: int):
+        self.keys, self.width = keys, prompt_width
+
+    def __call__(self, input_ids, scores):
+        noise = gumbel_noise(self.keys.to(scores.device), input_ids.shape[1] - self.width, scores.shape[-1])
+        return scores + noise.to(scores.dtype)
+
+
 class HFGenerator:
-    """Batched `generate` over left-padded prompts; `n` candidates per prompt."""
+    """Batched `generate` over left-padded prompts; `n` candidates per prompt, each sampled with
+    its own seed (`sample_seed`)."""
 
     def __init__(self, model, tokenizer, fmt, sampling: Sampling, n: int):
-        from transformers import GenerationConfig
+        from transformers import (GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper,
+                                  TopKLogitsWarper, TopPLogitsWarper)
 
         self.model, self.tokenizer = model, tokenizer
         self.stops = stop_token_ids(tokenizer, fmt, model)
         self.n = n
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stops[0]
-        common = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=self.pad_id, eos_token_id=self.stops,
-                      repetition_penalty=sampling.repetition_penalty, use_cache=True)
+        # Greedy search plus our own noise (ItemSampler) samples; HF's sampling mode would draw from
+        # its global generator. The warpers are HF's own, in HF's order.
+        self.config = GenerationConfig(do_sample=False, num_beams=1, num_return_sequences=1,
+                                       max_new_tokens=sampling.max_new_tokens, pad_token_id=self.pad_id,
+                                       eos_token_id=self.stops, repetition_penalty=sampling.repetition_penalty,
+                                       use_cache=True)
+        self.warpers = LogitsProcessorList()
         if sampling.greedy:  # one greedy line, repeated: greedy search cannot return distinct sequences
             self.draws = 1
-            self.config = GenerationConfig(do_sample=False, num_return_sequences=1, **common)
         else:
             self.draws = n
-            self.config = GenerationConfig(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
-                                           top_k=sampling.top_k, num_return_sequences=n, **common)
+            if sampling.temperature != 1.0:
+                self.warpers.append(TemperatureLogitsWarper(sampling.temperature))
+            if sampling.top_k:
+                self.warpers.append(TopKLogitsWarper(top_k=sampling.top_k, min_tokens_to_keep=1))
+            if sampling.top_p < 1.0:
+                self.warpers.append(TopPLogitsWarper(top_p=sampling.top_p, min_tokens_to_keep=1))
+        self.sampled = not sampling.greedy
 
-    def generate(self, prompts, seed: int) -> list:
+    def generate(self, prompts, seeds) -> list:
+        """`seeds[i][j]`: the seed of prompt i's j-th candidate (one per draw)."""
         import torch
+        from transformers import LogitsProcessorList
 
         device = next(self.model.parameters()).device
         width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for b, p in enumerate(prompts):
-            input_ids[b, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[b, width - len(p):] = 1
-        torch.manual_seed(seed)
+        rows = [(b, j) for b in range(len(prompts)) for j in range(self.draws)]
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, (b, _) in enumerate(rows):
+            p = prompts[b]
+            input_ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[r, width - len(p):] = 1
+        processors = LogitsProcessorList(self.warpers)
+        if self.sampled:
+            keys = torch.tensor([int(seeds[b][j]) for b, j in rows], dtype=torch.int64, device=device)
+            processors.append(ItemSampler(keys, width))
         with torch.no_grad():
             out = self.model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                      generation_config=self.config)
+                                      generation_config=self.config, logits_processor=processors)
         new = out[:, width:].tolist()
         result = []
         for b in range(len(prompts)):
@@ -470,16 +784,22 @@ class HFGenerator:
 
 
 class VllmGenerator:
-    """One model on vLLM, fed the same prompt ids (never re-tokenized text)."""
+    """One model on vLLM, fed the same prompt ids (never re-tokenized text). Each request has its
+    own seed (the item's), so an item's samples do not depend on the batch. Not testable here
+    (no vLLM, no GPU): kept to the calls vLLM documents."""
 
-    def __init__(self, model_dir, tokenizer, fmt, sampling: Sampling, max_model_len: int):
+    def __init__(self, model_dir, tokenizer, fmt, sampling: Sampling, max_model_len: int,
+                 tensor_parallel_size: int = 1):
         from vllm import LLM, SamplingParams
 
         self.tokenizer = tokenizer
         self.stops = stop_token_ids(tokenizer, fmt)
         self.llm = LLM(model=str(model_dir), tokenizer=str(model_dir), seed=sampling.seed,
-                       max_model_len=max_model_len)
-        params = dict(n=sampling.num_samples, max_tokens=sampling.max_new_tokens,
+                       max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size)
+        self.n = sampling.num_samples
+        # vLLM rejects n > 1 with temperature 0: ask for one greedy line and repeat it, as HF does
+        self.draws = 1 if sampling.greedy else self.n
+        params = dict(n=self.draws, max_tokens=sampling.max_new_tokens,
                       repetition_penalty=sampling.repetition_penalty, stop_token_ids=self.stops,
                       skip_special_tokens=False)
         if sampling.greedy:
@@ -490,8 +810,8 @@ class VllmGenerator:
                 params["top_k"] = sampling.top_k
         self._params, self._sampling_cls = params, SamplingParams
 
-    def generate(self, prompts, seed: int) -> list:
-        params = self._sampling_cls(seed=seed, **self._params)
+    def generate(self, prompts, seeds) -> list:
+        params = [self._sampling_cls(seed=int(s[0]), **self._params) for s in seeds]
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
         result = []
         for o in outs:
@@ -501,7 +821,7 @@ class VllmGenerator:
                 if c.finish_reason == "stop" and (not ids or ids[-1] not in self.stops) and c.stop_reason in self.stops:
                     ids.append(c.stop_reason)
                 cands.append(_candidate(self.tokenizer, ids, self.stops))
-            result.append(cands)
+            result.append([cands[j % len(cands)] for j in range(self.n)])
         return result
 
 
@@ -516,48 +836,98 @@ def choose_best(candidates, scores, k: int) -> list:
     return (first + rest)[:k]
 
 
-def batch_seed(seed: int, member: int, uids) -> int:
-    """Depends on the seed, the member and the batch's samples only (not on rank or run)."""
-    h = hashlib.blake2b(f"{seed}\x00{member}\x00{','.join(uids)}".encode(), digest_size=4)
-    return int.from_bytes(h.digest(), "big")
+def _cand_json(c: Candidate) -> dict:
+    return {"ids": c.token_ids, "text": c.text, "raw": c.raw, "finished": c.finished}
+
+
+def _cand_from_json(d: dict) -> Candidate:
+    return Candidate(list(d["ids"]), d["text"], d["raw"], bool(d["finished"]))
 
 
 class Predictor:
-    """Turns a batch of prompt rows into finished results (one JSON-able dict per item)."""
+    """Turns prompt rows into finished results (one JSON-able dict per item).
 
-    def __init__(self, generators, scorers, sampling: Sampling, score_batch_size: int):
-        self.generators, self.scorers = generators, scorers
+    One model: batch by batch, each batch's results final at once. An ensemble: member by
+    member (see the module docstring), each member's proposals and scores written to the shards
+    as they are made, so peak memory is one model and a resumed run skips finished members."""
+
+    def __init__(self, members: Members, sampling: Sampling, batch_size: int, score_batch_size: int = None):
+        self.members = members
         self.sampling = sampling
-        self.score_batch_size = score_batch_size
+        self.batch_size = batch_size
+        self.score_batch_size = score_batch_size or batch_size
         self.generated_tokens = 0
 
-    def __call__(self, rows) -> list:
-        prompts = [r.ids for r in rows]
-        uids = [r.sample.uid for r in rows]
-        proposals = [[] for _ in rows]
-        for m, gen in enumerate(self.generators):
-            for i, cands in enumerate(gen.generate(prompts, batch_seed(self.sampling.seed, m, uids))):
-                proposals[i].extend(cands)
-                self.generated_tokens += sum(len(c.token_ids) for c in cands[:getattr(gen, "draws", len(cands))])
-        scores = [None] * len(rows)
-        if len(self.generators) > 1:
-            scores = self._ensemble_scores(prompts, proposals)
-        results = []
-        for row, cands, sc in zip(rows, proposals, scores):
-            keep = choose_best(cands, sc, self.sampling.num_samples) if sc is not None \
-                else list(range(self.sampling.num_samples))
-            results.append(make_result(row, [cands[i] for i in keep], [sc[i] for i in keep] if sc else None))
-        return results
+    def seeds(self, member: int, rows, n: int) -> list:
+        return [[sample_seed(self.sampling.seed, member, r.sample.uid, j) for j in range(n)] for r in rows]
 
-    def _ensemble_scores(self, prompts, proposals) -> list:
-        pairs = [(p + c.token_ids, len(p)) for p, cands in zip(prompts, proposals) for c in cands]
-        per_member = [token_logprobs(model, pairs, self.score_batch_size) for model in self.scorers]
-        flat = [mean_loglik(ensemble_token_logprobs([m[j] for m in per_member])) for j in range(len(pairs))]
-        scores, k = [], 0
-        for cands in proposals:
-            scores.append(flat[k:k + len(cands)])
-            k += len(cands)
-        return scores
+    def _propose(self, member: int, rows) -> list:
+        gen = self.members.generator(member)
+        out = gen.generate([r.ids for r in rows], self.seeds(member, rows, gen.n))
+        self.generated_tokens += sum(len(c.token_ids) for cands in out for c in cands[:gen.draws])
+        return out
+
+    def __call__(self, rows) -> list:
+        """One model: a batch's final results."""
+        return [make_result(row, cands[:self.sampling.num_samples]) for row, cands in zip(rows, self._propose(0, rows))]
+
+    def run(self, rows, store=None, progress=None):
+        """Final results of `rows` (longest prompts first), as they are finished."""
+        batches = [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+        if len(self.members) == 1:
+            for batch in batches:
+                yield from self(batch)
+                if progress:
+                    progress("generate", len(batch))
+            return
+        yield from self._ensemble(rows, batches, store, progress)
+
+    def _ensemble(self, rows, batches, store, progress):
+        """Generate with members 1..M, then score with M..1 (the last generator is still in memory):
+        2M - 1 loads, one model at a time."""
+        m_count = len(self.members)
+        uid_of = {r.sample_id: r.sample.uid for r in rows}
+        proposals = {sid: [None] * m_count for sid in uid_of}
+        for m in range(m_count):
+            stage = f"gen.m{m}"
+            for sid, line in store.read_stage(stage, uid_of).items():
+                proposals[sid][m] = [_cand_from_json(c) for c in line["cands"]]
+            for batch in batches:
+                todo = [r for r in batch if proposals[r.sample_id][m] is None]
+                if todo:
+                    for r, cands in zip(todo, self._propose(m, todo)):
+                        proposals[r.sample_id][m] = cands
+                        store.append_stage(stage, {"sample_id": r.sample_id, "uid": r.sample.uid,
+                                                   "cands": [_cand_json(c) for c in cands]})
+                if progress:
+                    progress(f"generate {m + 1}/{m_count}", len(batch))
+        flat = {sid: [c for per_member in props for c in per_member] for sid, props in proposals.items()}
+        logprobs = {sid: [None] * m_count for sid in uid_of}
+        for m in reversed(range(m_count)):
+            stage = f"score.m{m}"
+            for sid, line in store.read_stage(stage, uid_of).items():
+                if len(line["lps"]) == len(flat[sid]):
+                    logprobs[sid][m] = line["lps"]
+            for batch in batches:
+                todo = [r for r in batch if logprobs[r.sample_id][m] is None]
+                if todo:
+                    pairs = [(r.ids + c.token_ids, len(r.ids)) for r in todo for c in flat[r.sample_id]]
+                    lps = token_logprobs(self.members.model(m), pairs, self.score_batch_size)
+                    k = 0
+                    for r in todo:
+                        n = len(flat[r.sample_id])
+                        logprobs[r.sample_id][m] = lps[k:k + n]
+                        k += n
+                        store.append_stage(stage, {"sample_id": r.sample_id, "uid": r.sample.uid,
+                                                   "lps": logprobs[r.sample_id][m]})
+                if progress:
+                    progress(f"score {m_count - m}/{m_count}", len(batch))
+        for row in rows:
+            cands, per_member = flat[row.sample_id], logprobs[row.sample_id]
+            scores = [mean_loglik(ensemble_token_logprobs([per_member[m][j] for m in range(m_count)]))
+                      for j in range(len(cands))]
+            keep = choose_best(cands, scores, self.sampling.num_samples)
+            yield make_result(row, [cands[i] for i in keep], [scores[i] for i in keep])
 
 
 def make_result(row, candidates, scores=None) -> dict:
@@ -583,12 +953,15 @@ def unpromptable_result(row, n: int) -> dict:
 # ---------------------------------------------------------------- shards
 
 class PartStore:
-    """`<output>.parts/`: meta.json (settings) and rank<R>.jsonl (one finished item a line)."""
+    """`<output>.parts/`: meta.json (settings), rank<R>.jsonl (one finished item a line) and, for
+    ensembles, <stage>.rank<R>.jsonl (one member's proposals or scores of an item a line)."""
 
     def __init__(self, output_file, rank: int = 0):
         self.dir = Path(f"{output_file}.parts")
         self.rank = rank
         self._file = None
+        self._stage_files = {}
+        self.created = False  # by this run: removed again if bad input stops it (nothing written)
         self.bad_lines = 0
         self.stale_lines = 0
 
@@ -598,19 +971,17 @@ class PartStore:
 
     def prepare(self, meta: dict, rows, num_samples: int, overwrite: bool) -> dict:
         """(Rank 0.) The results already done with these settings, by sample id."""
+        self.created = not self.dir.exists()
         old = None
         if self.dir.exists():
             try:
                 old = json.loads(self.meta_path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):
                 old = None
-            has_lines = any(p.stat().st_size for p in self.dir.glob("rank*.jsonl"))
+            has_lines = any(p.stat().st_size for p in self.dir.glob("*.jsonl"))
             if old != meta and (old is not None or has_lines):
                 if not overwrite:
-                    differ = sorted(k for k in set(meta) | set(old or {}) if (old or {}).get(k) != meta.get(k))
-                    raise UserError(f"{self.dir}: holds partial results made with other settings "
-                                    f"({', '.join(differ) or 'unreadable meta.json'} differ); pass --overwrite to "
-                                    f"discard them, or delete the folder")
+                    raise UserError(self._mismatch(old, meta))
                 shutil.rmtree(self.dir)
                 old = None
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -637,26 +1008,68 @@ class PartStore:
                     done.setdefault(sid, res)
         return done
 
-    def open(self):
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / f"rank{self.rank}.jsonl"
+    def _mismatch(self, old, meta) -> str:
+        """One line saying what changed; a retrained model is named as such."""
+        old = old if isinstance(old, dict) else {}
+        differ = sorted(k for k in set(meta) | set(old) if old.get(k) != meta.get(k))
+        if old and old.get("models") == meta.get("models") and "model_fingerprints" in differ:
+            changed = [m for m, a, b in zip(meta["models"], old.get("model_fingerprints") or [],
+                                            meta["model_fingerprints"]) if a != b] or meta["models"]
+            return (f"{self.dir}: holds partial results of an earlier version of --model {changed[0]} (its config or "
+                    f"weight files changed since, e.g. retrained); pass --overwrite to discard them, or delete the folder")
+        return (f"{self.dir}: holds partial results made with other settings "
+                f"({', '.join(differ) or 'unreadable meta.json'} differ); pass --overwrite to "
+                f"discard them, or delete the folder")
+
+    @staticmethod
+    def _open_append(path: Path):
         if path.is_file() and path.stat().st_size:
             with open(path, "rb") as f:
                 f.seek(-1, os.SEEK_END)
                 ends_clean = f.read(1) == b"\n"
-            if not ends_clean:  # killed mid-line: start the next result on a fresh line
+            if not ends_clean:  # killed mid-line: start the next line on a fresh line
                 with open(path, "a", encoding="utf-8") as f:
                     f.write("\n")
-        self._file = open(path, "a", encoding="utf-8")
+        return open(path, "a", encoding="utf-8")
+
+    def open(self):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._file = self._open_append(self.dir / f"rank{self.rank}.jsonl")
 
     def append(self, result: dict):
         self._file.write(json.dumps(result, ensure_ascii=False) + "\n")
         self._file.flush()
 
+    def read_stage(self, stage: str, uid_of: dict) -> dict:
+        """An ensemble stage's lines for these items ({sample_id: uid}), from every rank's file
+        (an earlier run may have had another world size); unreadable or stale lines are skipped."""
+        found = {}
+        for path in sorted(self.dir.glob(f"{stage}.rank*.jsonl")):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        value = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # cut short by a kill
+                    sid = value.get("sample_id") if isinstance(value, dict) else None
+                    if sid in uid_of and value.get("uid") == uid_of[sid]:
+                        found.setdefault(sid, value)
+        return found
+
+    def append_stage(self, stage: str, value: dict):
+        if stage not in self._stage_files:
+            self._stage_files[stage] = self._open_append(self.dir / f"{stage}.rank{self.rank}.jsonl")
+        f = self._stage_files[stage]
+        f.write(json.dumps(value, ensure_ascii=False) + "\n")
+        f.flush()
+
     def close(self):
         if self._file is not None:
             self._file.close()
             self._file = None
+        for f in self._stage_files.values():
+            f.close()
+        self._stage_files = {}
 
     def remove(self):
         self.close()
@@ -672,6 +1085,7 @@ def run_meta(args, model_dirs, rows, max_length: int, sampling: Sampling) -> dic
     return {
         "input": h.hexdigest()[:24],
         "models": [str(Path(d).resolve()) for d in model_dirs],
+        "model_fingerprints": [model_fingerprint(d) for d in model_dirs],
         "backend": args.backend,
         "ablation_config": args.ablation_config,
         "prompt_style": args.prompt_style,
@@ -681,7 +1095,7 @@ def run_meta(args, model_dirs, rows, max_length: int, sampling: Sampling) -> dic
 
 
 def generate_all(rows, predictor, store: PartStore, dist: Distributed, meta: dict, overwrite: bool,
-                 batch_size: int, progress: bool = True):
+                 progress: bool = True):
     """Every row's result on rank 0 ({sample_id: result}, or None on other ranks) and this run's
     counts. Rows done by an earlier run are read back, not regenerated; the rest are split
     across ranks, longest prompts first, and each result is appended to this rank's shard."""
@@ -694,27 +1108,36 @@ def generate_all(rows, predictor, store: PartStore, dist: Distributed, meta: dic
     store.open()
     new = {}
     started = time.time()
+    bars = {}
     try:
         for r in mine:
             if not r.ids:
                 new[r.sample_id] = unpromptable_result(r, n)
                 store.append(new[r.sample_id])
         work = sorted((r for r in mine if r.ids), key=lambda r: -len(r.ids))
-        bar = None
+        tick = None
         if progress and dist.is_main:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(work), desc=f"Generating (rank 0 of {dist.world})", unit="item", file=sys.stderr)
-        for start in range(0, len(work), batch_size):
-            batch = work[start:start + batch_size]
-            for res in predictor(batch):
-                new[res["sample_id"]] = res
-                store.append(res)
-            if bar is not None:
-                bar.update(len(batch))
-        if bar is not None:
-            bar.close()
+            def tick(stage, count):
+                if stage not in bars:
+                    for bar in bars.values():
+                        bar.close()
+                    bars[stage] = tqdm(total=len(work), desc=f"{stage} (rank 0 of {dist.world})", unit="item",
+                                       file=sys.stderr)
+                bars[stage].update(count)
+        for res in predictor.run(work, store, tick):
+            new[res["sample_id"]] = res
+            store.append(res)
+    except UserError:
+        # e.g. a member that cannot be loaded: its fix changes the model's fingerprint, so what this
+        # run wrote could never be resumed; a run stopped by bad input leaves nothing behind
+        if store.created:
+            store.remove()
+        raise
     finally:
+        for bar in bars.values():
+            bar.close()
         store.close()
     elapsed = time.time() - started
     local = {"results": new, "generated_tokens": predictor.generated_tokens, "seconds": elapsed}
@@ -737,23 +1160,23 @@ def generate_all(rows, predictor, store: PartStore, dist: Distributed, meta: dic
 
 # ---------------------------------------------------------------- outputs
 
-NOT_PREDICTED = "skipped_by_loader"
-
-
-def attach_continuations(records, results: dict, num_samples: int) -> dict:
-    """Add `continuations` to every data item, from that item's own result only; items without
-    one (the loader skipped them) get empty strings. Returns {item_id: reason} for those."""
-    missing = {}
+def attach_continuations(records, results: dict):
+    """Add `continuations` to every data item, from that item's own result only. Every item is
+    predicted (the loader keeps them all for prediction), so a missing result is a bug: it stops
+    the run rather than leave an item silently empty."""
+    missing = [item_id for item_id in all_item_ids(records) if item_id not in results]
+    if missing:
+        raise RuntimeError(f"no prediction for {len(missing)} items (first: {missing[0]})")
     for item_id in all_item_ids(records):
         r, c, i = (int(p[1:]) for p in item_id.split("."))
-        item = records[r]["task"]["task_behavior_collections"][c]["data"][i]
-        res = results.get(item_id)
-        if res is None:
-            item["continuations"] = [""] * num_samples
-            missing[item_id] = NOT_PREDICTED
-        else:
-            item["continuations"] = list(res["continuations"])
-    return missing
+        records[r]["task"]["task_behavior_collections"][c]["data"][i]["continuations"] = \
+            list(results[item_id]["continuations"])
+
+
+def ends_on_character(samples) -> list:
+    """Items whose context ends on the character's own turn: predicted (the character goes on
+    after its own line) but not what training counts as a sample, and not scored by --evaluate."""
+    return [s.sample_id for s in samples if s.context and s.context[-1][0] == "assistant"]
 
 
 def extraction_summary(results: dict) -> dict:

@@ -146,9 +146,10 @@ def env(tmp_path_factory, qwen_tok):
         qwen_tok.save_pretrained(models[name])
     _write(models["m1"] / "training_config.json",
            {"args": {"ablation_config": "context_only", "prompt_style": "simple"}, "config": {}})
-    bad = root / "badtok"  # the error comes before any weights are read: config and tokenizer only
+    bad = root / "badtok"  # the error comes before any weights are read: m2's weights, linked
     bad.mkdir()
     shutil.copy(models["m2"] / "config.json", bad / "config.json")
+    (bad / "model.safetensors").symlink_to(models["m2"] / "model.safetensors")
     tok = encoding.load_tokenizer(str(models["m2"]))
     tok.add_tokens(["<chameleons_extra_token>"])
     tok.save_pretrained(bad)
@@ -278,14 +279,18 @@ def test_generator_feeds_the_model_left_padded_prompts(env, qwen_tok):
     sampling = prediction.Sampling(0.7, 0.9, 50, 1.0, 4, 3, 3, 0)
     gen = prediction.HFGenerator(model, qwen_tok, fmt, sampling, 3)
     prompts_ = [[11, 22, 33, 44, 55], [66, 77], [88, 99, 100]]
-    out = gen.generate(prompts_, seed=5)
+    seeds = [[5 + 10 * b + j for j in range(3)] for b in range(3)]
+    out = gen.generate(prompts_, seeds)
     ids, mask = seen["input_ids"].tolist(), seen["attention_mask"].tolist()
-    for p, row, m in zip(prompts_, ids, mask):
+    assert len(ids) == 9  # one row per prompt and draw, prompt-major
+    for r, (row, m) in enumerate(zip(ids, mask)):
+        p = prompts_[r // 3]
         assert m == [0] * (5 - len(p)) + [1] * len(p)  # left padding
         assert [t for t, k in zip(row, m) if k] == p
     assert [len(c) for c in out] == [3, 3, 3]
     assert all(1 <= len(c.token_ids) <= 4 for cands in out for c in cands)
-    assert gen.generate(prompts_, seed=5)[1][2].token_ids == out[1][2].token_ids  # seeded
+    again = gen.generate(prompts_, seeds)
+    assert [[c.token_ids for c in cands] for cands in again] == [[c.token_ids for c in cands] for cands in out]
 
 
 # ---------------------------------------------------------------- the script, in process
@@ -303,7 +308,10 @@ def test_output_file_shape_summary_and_log(env, tmp_path, capsys):
     summary = json.loads(Path(f"{out}.summary.json").read_text())
     assert summary["counts"]["data_items"] == 7
     assert summary["counts"]["predicted"] == 7  # every item, also the one training would skip
-    assert summary["not_predicted_items"] == {}
+    # the item whose context ends on Cy's own line is predicted like the others, and listed
+    assert summary["counts"]["ends_on_character"] == 1
+    assert summary["ends_on_character_items"] == ["r2.c1.i0"]
+    assert "not_predicted_items" not in summary
     assert summary["sampling"]["num_samples"] == 2 and summary["sampling"]["max_new_tokens"] == 6
     assert summary["throughput"]["generated_tokens"] > 0 and summary["time"]["total_s"] > 0
     problems = summary["extraction_problems"]
@@ -354,10 +362,21 @@ def test_every_item_gets_its_own_answer(env, tmp_path, monkeypatch, qwen_tok):
     assert summary["extraction_problems"]["counts"] == {"missing_close_tag": 2, "missing_open_tag": 2}
 
 
+def _raw_outputs(output_file) -> dict:
+    """{item id: [raw output 1, ...]} from the examples log (run with --log_examples >= items):
+    the generated text itself, which the extracted continuations of a random model mostly hide."""
+    out = {}
+    for block in Path(f"{output_file}.examples.log").read_text().split("=== ")[1:]:
+        sid = block.split(" ", 1)[0]
+        parts = block.split("--- raw output ")[1:]
+        out[sid] = [part.split(" ---\n", 1)[1].split("\n--- continuation ")[0] for part in parts]
+    return out
+
+
 def test_resume_skips_done_items_and_keeps_their_results(env, tmp_path, monkeypatch):
     main = _main()
     full = tmp_path / "full.json"
-    assert main(_argv(env, full, "--seed", "7")) == 0
+    assert main(_argv(env, full, "--seed", "7", "--log_examples", "7")) == 0
     full_items = dict(_items(json.loads(full.read_text())))
 
     # A run killed after its first batch: the shard holds two items and a half-written line.
@@ -391,9 +410,13 @@ def test_resume_skips_done_items_and_keeps_their_results(env, tmp_path, monkeypa
 
     calls.clear()
     kill_at[0] = None
-    assert main(_argv(env, out, "--seed", "7")) == 0
+    assert main(_argv(env, out, "--seed", "7", "--log_examples", "7")) == 0
     regenerated = {sid for batch in calls for sid in batch}
     assert not regenerated & set(done)
+    # items regenerated in other batches than the uninterrupted run's drew the same samples
+    full_raw, raw = _raw_outputs(full), _raw_outputs(out)
+    assert len(regenerated) == 5 and set(regenerated) <= set(raw)
+    assert {sid: raw[sid] for sid in regenerated} == {sid: full_raw[sid] for sid in regenerated}
     items = dict(_items(json.loads(out.read_text())))
     assert items[marked]["continuations"] == ["FROM SHARD", "FROM SHARD"]
     for sid in done:
@@ -435,6 +458,9 @@ class _EchoPredictor:
         cands = [prediction.Candidate([1], f"[ANSWER]{r.sample_id}[/ANSWER]", "", True) for r in rows]
         return [prediction.make_result(r, [c] * self.sampling.num_samples) for r, c in zip(rows, cands)]
 
+    def run(self, rows, store=None, progress=None):
+        return self(rows)
+
 
 def test_ranks_split_the_items_and_rank_0_merges(env, qwen_tok, tmp_path):
     config = load_config(env["config"])
@@ -444,11 +470,11 @@ def test_ranks_split_the_items_and_rank_0_merges(env, qwen_tok, tmp_path):
     out = tmp_path / "pred.json"
     r1 = _FakeDist(1, 2)
     p1 = _EchoPredictor()
-    assert prediction.generate_all(rows, p1, prediction.PartStore(tmp_path / "other.json", 1), r1, {}, False, 2,
+    assert prediction.generate_all(rows, p1, prediction.PartStore(tmp_path / "other.json", 1), r1, {}, False,
                                    progress=False) == (None, None)
     p0 = _EchoPredictor()
     results, stats = prediction.generate_all(rows, p0, prediction.PartStore(out, 0), _FakeDist(0, 2, peers=[r1.sent]),
-                                             {}, False, 2, progress=False)
+                                             {}, False, progress=False)
     assert p0.seen and p1.seen and not set(p0.seen) & set(p1.seen)
     assert sorted(p0.seen + p1.seen) == sorted(r.sample_id for r in rows)
     assert {sid: res["continuations"] for sid, res in results.items()} == {r.sample_id: [r.sample_id] * 2 for r in rows}
@@ -632,3 +658,333 @@ def test_torchrun_two_ranks(env, tmp_path):
     assert summary["world_size"] == 2 and summary["counts"]["generated_now"] == 7
     assert json.loads(Path(f"{out}.eval.json").read_text())["samples_scored"] == 5
     assert proc.stdout.count("wrote ") == 1  # rank 0 only
+
+
+# ---------------------------------------------------------------- per-item seeds
+
+def _context_rows(env, qwen_tok):
+    config = load_config(env["config"])
+    builder = prompts.PromptBuilder(config.ablation("context_only"), "simple", None, 8)
+    return prediction.build_prompts(load_corpus(env["input"], for_prediction=True).samples, builder, qwen_tok,
+                                    ChatFormat(qwen_tok), 512)
+
+
+def _members(env, qwen_tok, sampling, names=("m1",), n=None):
+    import torch
+
+    fmt = ChatFormat(qwen_tok)
+    n = n or sampling.num_samples
+    return prediction.Members([env["models"][m] for m in names],
+                              lambda d: prediction.load_model(d, torch.device("cpu")),
+                              lambda m: prediction.HFGenerator(m, qwen_tok, fmt, sampling, n))
+
+
+def test_item_sampler_draws_from_the_softmax():
+    """argmax(logits + noise) over many seeds has the softmax's frequencies: the noise really is
+    Gumbel, and the keys, steps and tokens are mixed well enough to be independent."""
+    import torch
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -30.0]])
+    want = torch.softmax(logits, dim=-1)[0]
+    n = 40000
+    keys = torch.tensor([prediction.sample_seed(3, 0, f"item{i}", 0) for i in range(n)], dtype=torch.int64)
+    for step in (0, 17):
+        picks = (logits + prediction.gumbel_noise(keys, step, 6)).argmax(dim=-1)
+        freq = torch.bincount(picks, minlength=6).double() / n
+        sigma = (want * (1 - want) / n).sqrt()
+        assert ((freq - want).abs() <= 5 * sigma + 1e-9).all(), (freq, want)
+    # a row's noise is its own: the same alone or in any batch, different at another step or seed
+    alone = prediction.gumbel_noise(keys[7:8], 3, 1000)
+    assert torch.equal(alone[0], prediction.gumbel_noise(keys[:50], 3, 1000)[7])
+    assert not torch.equal(alone, prediction.gumbel_noise(keys[7:8], 4, 1000))
+    assert not torch.equal(alone, prediction.gumbel_noise(keys[8:9], 3, 1000))
+
+
+def test_sampled_continuations_do_not_depend_on_batch_order_or_world_size(env, qwen_tok, tmp_path):
+    """Each continuation is seeded from (seed, member, item, sample index): the same text whatever
+    the batch size, the order of the items, or how many ranks share them."""
+    rows = sorted(_context_rows(env, qwen_tok), key=lambda r: -len(r.ids))
+    sampling = prediction.Sampling(1.0, 0.95, 0, 1.0, 6, 2, 2, 11)
+    members = _members(env, qwen_tok, sampling)
+
+    def texts(results):
+        return {res["sample_id"]: res["raw"] for res in results}
+
+    runs = {f"batch {b}": texts(prediction.Predictor(members, sampling, b).run(rows)) for b in (1, 3, 7)}
+    runs["reversed"] = texts(prediction.Predictor(members, sampling, 2).run(rows[::-1]))
+    r1 = _FakeDist(1, 2)
+    prediction.generate_all(rows, prediction.Predictor(members, sampling, 2), prediction.PartStore(tmp_path / "b.json", 1),
+                            r1, {}, False, progress=False)
+    results, _ = prediction.generate_all(rows, prediction.Predictor(members, sampling, 2),
+                                         prediction.PartStore(tmp_path / "a.json", 0), _FakeDist(0, 2, peers=[r1.sent]),
+                                         {}, False, progress=False)
+    runs["2 ranks"] = {sid: res["raw"] for sid, res in results.items()}
+    first = runs["batch 1"]
+    assert len(first) == len(rows) == 7
+    for name, got in runs.items():
+        assert got == first, name
+    assert any(a != b for a, b in first.values())  # two samples of an item are two draws
+    other_seed = prediction.Sampling(1.0, 0.95, 0, 1.0, 6, 2, 2, 12)
+    assert texts(prediction.Predictor(_members(env, qwen_tok, other_seed), other_seed, 7).run(rows)) != first
+
+
+# ---------------------------------------------------------------- model identity
+
+def _copy_model(src, dst):
+    """A model folder of one's own (weights linked: tests that rewrite them replace the link)."""
+    dst.mkdir()
+    for f in Path(src).iterdir():
+        if f.name == "model.safetensors":
+            (dst / f.name).symlink_to(f)
+        else:
+            shutil.copy(f, dst / f.name)
+    return dst
+
+
+def test_a_model_retrained_into_the_same_folder_does_not_resume_the_old_ones_shards(env, tmp_path, monkeypatch):
+    """Shards are keyed by the model's files (names, sizes, mtimes), not its path: after the
+    folder is retrained, the old model's partial results are refused, and --overwrite starts over."""
+    model = _copy_model(env["models"]["m1"], tmp_path / "run")
+    out = tmp_path / "pred.json"
+    argv = _argv(env, out, "--log_examples", "7", models=(str(model),))
+    calls = []
+    original = prediction.Predictor.__call__
+
+    def dies_on_second_batch(self, rows):
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise SimulatedKill
+        return original(self, rows)
+
+    monkeypatch.setattr(prediction.Predictor, "__call__", dies_on_second_batch)
+    with pytest.raises(SimulatedKill):
+        _main()(argv)
+    monkeypatch.setattr(prediction.Predictor, "__call__", original)
+    before = prediction.model_fingerprint(model)
+    (model / "model.safetensors").unlink()  # "retrained": same folder, same size, new weights
+    shutil.copy(env["models"]["m2"] / "model.safetensors", model / "model.safetensors")
+    assert prediction.model_fingerprint(model) != before
+    with pytest.raises(UserError, match=r"earlier version of --model .*run.*retrained.*--overwrite"):
+        _main()(argv)
+    assert _main()(argv + ["--overwrite"]) == 0
+    fresh = tmp_path / "fresh.json"  # the retrained model's own run, from scratch
+    assert _main()(_argv(env, fresh, "--log_examples", "7", models=("m2",))) == 0
+    assert json.loads(Path(f"{out}.summary.json").read_text())["counts"]["resumed"] == 0
+    assert _raw_outputs(out) == _raw_outputs(fresh)
+
+
+def test_model_fingerprint_follows_files_not_path(env, tmp_path):
+    a = _copy_model(env["models"]["m1"], tmp_path / "a")
+    fp = prediction.model_fingerprint(a)
+    assert prediction.model_fingerprint(a) == fp
+    (a / "training_config.json").write_text("{}")  # not the model
+    assert prediction.model_fingerprint(a) == fp
+    cfg = json.loads((a / "config.json").read_text())
+    cfg["rms_norm_eps"] = 1e-5
+    (a / "config.json").write_text(json.dumps(cfg))
+    assert prediction.model_fingerprint(a) != fp
+
+
+# ---------------------------------------------------------------- ensembles, one member at a time
+
+def _all_at_once_reference(env, qwen_tok, rows, sampling, names, batch_size):
+    """The former design: every member in memory, batch by batch (the oracle for equality)."""
+    import torch
+
+    fmt = ChatFormat(qwen_tok)
+    models = [prediction.load_model(env["models"][m], torch.device("cpu")) for m in names]
+    gens = [prediction.HFGenerator(m, qwen_tok, fmt, sampling, sampling.candidates_per_member) for m in models]
+    out = {}
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        props = [[] for _ in batch]
+        for k, gen in enumerate(gens):
+            seeds = [[prediction.sample_seed(sampling.seed, k, r.sample.uid, j) for j in range(gen.n)] for r in batch]
+            for i, cands in enumerate(gen.generate([r.ids for r in batch], seeds)):
+                props[i].extend(cands)
+        pairs = [(r.ids + c.token_ids, len(r.ids)) for r, cands in zip(batch, props) for c in cands]
+        per_member = [evaluation.token_logprobs(m, pairs, batch_size) for m in models]
+        j = 0
+        for r, cands in zip(batch, props):
+            scores = [evaluation.mean_loglik(evaluation.ensemble_token_logprobs([pm[j + c] for pm in per_member]))
+                      for c in range(len(cands))]
+            j += len(cands)
+            keep = prediction.choose_best(cands, scores, sampling.num_samples)
+            out[r.sample_id] = [cands[i].raw for i in keep]
+    return out
+
+
+def test_ensemble_holds_one_member_at_a_time_and_matches_all_at_once(env, qwen_tok, tmp_path):
+    import gc
+    import weakref
+
+    import torch
+
+    rows = sorted(_context_rows(env, qwen_tok), key=lambda r: -len(r.ids))
+    sampling = prediction.Sampling(1.0, 0.95, 0, 1.0, 5, 2, 2, 3)
+    names = ("m1", "m2", "m1")
+    alive, loads = [], []
+
+    def load(d):
+        gc.collect()
+        loads.append((str(d), sum(1 for ref in alive if ref() is not None)))
+        model = prediction.load_model(d, torch.device("cpu"))
+        alive.append(weakref.ref(model))
+        return model
+
+    fmt = ChatFormat(qwen_tok)
+    members = prediction.Members([env["models"][m] for m in names], load,
+                                 lambda m: prediction.HFGenerator(m, qwen_tok, fmt, sampling, 2))
+    store = prediction.PartStore(tmp_path / "e.json")
+    store.prepare({}, rows, 2, False)
+    store.open()
+    got = {res["sample_id"]: res["raw"] for res in prediction.Predictor(members, sampling, 3).run(rows, store)}
+    store.close()
+    assert [n for _, n in loads] == [0] * 5  # no model alive when the next one loads
+    assert len(loads) == 2 * len(names) - 1  # generate 1, 2, 3; score 3 (still loaded), 2, 1
+    assert got == _all_at_once_reference(env, qwen_tok, rows, sampling, names, 3)
+
+
+def test_a_killed_ensemble_resumes_without_redoing_finished_members(env, tmp_path, monkeypatch):
+    """Members' proposals and scores are in the shards: killed while scoring, the rerun loads
+    no generator again, and the output is the uninterrupted run's."""
+    argv = ["--candidates_per_member", "2", "--log_examples", "7", "--seed", "5"]
+    full = tmp_path / "full.json"
+    assert _main()(_argv(env, full, *argv, models=("m1", "m2"))) == 0
+
+    out = tmp_path / "pred.json"
+    scored = []
+    original_lp = prediction.token_logprobs
+
+    def dies_on_second_scoring(model, pairs, batch_size):
+        scored.append(len(pairs))
+        if len(scored) == 2:
+            raise SimulatedKill
+        return original_lp(model, pairs, batch_size)
+
+    monkeypatch.setattr(prediction, "token_logprobs", dies_on_second_scoring)
+    with pytest.raises(SimulatedKill):
+        _main()(_argv(env, out, *argv, models=("m1", "m2")))
+    parts = Path(f"{out}.parts")
+    assert sorted(p.name for p in parts.glob("*.jsonl")) == ["gen.m0.rank0.jsonl", "gen.m1.rank0.jsonl",
+                                                             "rank0.jsonl", "score.m1.rank0.jsonl"]
+    monkeypatch.setattr(prediction, "token_logprobs", original_lp)
+    generated, loaded = [], []
+    original_gen, original_load = prediction.HFGenerator.generate, prediction.load_model
+    monkeypatch.setattr(prediction.HFGenerator, "generate",
+                        lambda self, p, s: generated.append(len(p)) or original_gen(self, p, s))
+    monkeypatch.setattr(prediction, "load_model", lambda d, *a, **k: loaded.append(Path(d).name) or original_load(d, *a, **k))
+    assert _main()(_argv(env, out, *argv, models=("m1", "m2"))) == 0
+    assert generated == [] and loaded == ["m2", "m1"]  # finish scoring with m2, then m1
+    assert _raw_outputs(out) == _raw_outputs(full)
+    assert json.loads(out.read_text()) == json.loads(full.read_text())
+    assert not parts.exists()
+
+
+# ---------------------------------------------------------------- bad input: one line, nothing written
+
+def _tree(*roots):
+    """Every file under the roots with its size and mtime, and every folder: "nothing written"
+    made checkable (a folder's own mtime moves when a write test file comes and goes)."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else "dir"
+            for root in roots for p in Path(root).rglob("*")}
+
+
+def _damaged(env, tmp_path, name, how):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    d = _copy_model(env["models"]["m1"], tmp_path / name)
+    weights = d / "model.safetensors"
+    if how == "truncated":
+        data = weights.read_bytes()
+        weights.unlink()
+        weights.write_bytes(data[:len(data) // 2])
+    elif how == "config_not_json":
+        (d / "config.json").write_text('{"model_type": "qwen3_moe",')
+    elif how == "unknown_model_type":
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["model_type"] = "no_such_model"
+        (d / "config.json").write_text(json.dumps(cfg))
+    elif how == "no_weights":
+        weights.unlink()
+    elif how == "other_shape":
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["hidden_size"] = 128
+        (d / "config.json").write_text(json.dumps(cfg))
+    elif how == "missing_tensor":
+        state = load_file(str(weights))
+        del state[sorted(k for k in state if "norm" in k)[0]]
+        weights.unlink()
+        save_file({k: v.contiguous() for k, v in state.items()}, str(weights), metadata={"format": "pt"})
+    elif how == "index_lists_a_missing_shard":
+        (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "model-00002.safetensors"}}))
+    torch.manual_seed(0)
+    return d
+
+
+@pytest.mark.parametrize("how, needle", [
+    ("truncated", "truncated"),
+    ("config_not_json", "not valid JSON"),
+    ("unknown_model_type", "config.json cannot be used"),
+    ("no_weights", "no weights"),
+    ("other_shape", "not the model config.json describes"),
+    ("missing_tensor", "the weights lack 1 tensors"),
+    ("index_lists_a_missing_shard", "model-00002.safetensors, which is not in the folder"),
+])
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_a_damaged_model_folder_is_one_error_and_nothing_written(env, tmp_path, how, needle, ensemble):
+    """Found before anything is written, or (a tensor missing: only the load can tell) cleaned
+    up after: a second member's damage must not leave the first member's work behind."""
+    bad = _damaged(env, tmp_path, "bad", how)
+    out = tmp_path / "out" / "pred.json"
+    out.parent.mkdir()
+    before = _tree(tmp_path, env["root"])
+    models = (env["models"]["m1"], bad) if ensemble else (bad,)
+    with pytest.raises(UserError, match=needle):
+        _main()(_argv(env, out, "--candidates_per_member", "2", models=models))
+    assert _tree(tmp_path, env["root"]) == before
+
+
+def test_bad_prediction_inputs_are_one_error_and_nothing_written(env, tmp_path, monkeypatch):
+    no_context = _input_records()
+    del no_context[1]["task"]["task_behavior_collections"][0]["data"][1]["context"]
+    no_context_file = _write(tmp_path / "no_context.json", no_context)
+    a_file = _write(tmp_path / "a_file", [])
+    parts_file = tmp_path / "p.json.parts"
+    parts_file.write_text("")
+    cases = [
+        ({}, _argv(env, tmp_path / "o.json", input_file=no_context_file),
+         r"no_context.json: record 2, field task.task_behavior_collections\[0\].data\[1\].context: missing"),
+        ({"WORLD_SIZE": "eight"}, _argv(env, tmp_path / "o.json"), "WORLD_SIZE='eight' is not an integer"),
+        ({"WORLD_SIZE": "0"}, _argv(env, tmp_path / "o.json"), "WORLD_SIZE=0 must be at least 1"),
+        ({"WORLD_SIZE": "2", "RANK": "2"}, _argv(env, tmp_path / "o.json"), r"RANK=2 must be in 0..WORLD_SIZE-1"),
+        ({"LOCAL_RANK": "x"}, _argv(env, tmp_path / "o.json"), "LOCAL_RANK='x' is not an integer"),
+        ({}, _argv(env, a_file / "o.json"), "a_file is a file, not a folder"),
+        ({}, _argv(env, tmp_path / "p.json"), r"p.json.parts \(partial results\) is a file"),
+        ({}, _argv(env, tmp_path / "o.json", "--tensor_parallel_size", "2"), "--tensor_parallel_size is for --backend vllm"),
+        ({"WORLD_SIZE": "2", "RANK": "0"}, _argv(env, tmp_path / "o.json", "--device_map", "auto"),
+         "--device_map auto spreads one model"),
+    ]
+    before = _tree(tmp_path, env["root"])
+    for environ, argv, needle in cases:
+        with monkeypatch.context() as m:
+            for k, v in environ.items():
+                m.setenv(k, v)
+            with pytest.raises(UserError, match=needle):
+                _main()(argv)
+        assert _tree(tmp_path, env["root"]) == before, needle
+
+
+def test_damaged_weights_and_bad_launcher_variables_through_the_script(env, tmp_path):
+    """The same cases as a user meets them: one `error:` line, exit 2, no traceback, nothing written."""
+    bad = _damaged(env, tmp_path, "bad", "truncated")
+    out = tmp_path / "out" / "pred.json"
+    out.parent.mkdir()
+    before = _tree(tmp_path)
+    _assert_one_line_error(_run_script(_argv(env, out, models=("m1", bad))), "truncated")
+    env_bad = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", WORLD_SIZE="1.5")
+    proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, _argv(env, out))], capture_output=True, text=True,
+                          env=env_bad, timeout=120, cwd=str(REPO))
+    _assert_one_line_error(proc, "WORLD_SIZE='1.5' is not an integer")
+    assert _tree(tmp_path) == before
