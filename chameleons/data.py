@@ -142,6 +142,29 @@ def _content_uid(user_hash, context, target) -> str:
     return h.hexdigest()
 
 
+def _context_turns(item: dict, path, r: int, ipath: str, name: str) -> list:
+    """The item's non-empty context turns as (role, content), oldest first."""
+    if "context" not in item:
+        raise UserError(f"{where(path, r, ipath + '.context')}: missing (use [] for an item with no context)")
+    turns = []
+    for t, turn in enumerate(_list(item["context"], path, r, f"{ipath}.context")):
+        tpath = f"{ipath}.context[{t}]"
+        turn = _dict_or_empty(turn, path, r, tpath)
+        source, content = turn.get("source", ""), turn.get("content", "")
+        if source is None:
+            source = ""
+        if content is None:
+            content = ""
+        if not isinstance(source, str):
+            raise UserError(f"{where(path, r, tpath + '.source')}: must be a string, found {type(source).__name__}")
+        if not isinstance(content, str):
+            raise UserError(f"{where(path, r, tpath + '.content')}: must be a string, found {type(content).__name__}")
+        content = content.strip()
+        if content:
+            turns.append(("assistant" if is_character_turn(source, name) else "user", content))
+    return turns
+
+
 def extract_samples(records, path="<data>", for_prediction: bool = False) -> Corpus:
     """One sample per usable data item; unusable items are counted by reason, bad ones raise.
 
@@ -186,33 +209,13 @@ def extract_samples(records, path="<data>", for_prediction: bool = False) -> Cor
                     continuation = ""
                 if not isinstance(continuation, str):
                     raise UserError(f"{where(path, r, ipath + '.continuation')}: must be a string, found {type(continuation).__name__}")
-                turns = []
-                if "context" not in item:
-                    raise UserError(f"{where(path, r, ipath + '.context')}: missing (use [] for an item with no context)")
-                for t, turn in enumerate(_list(item["context"], path, r, f"{ipath}.context")):
-                    tpath = f"{ipath}.context[{t}]"
-                    turn = _dict_or_empty(turn, path, r, tpath)
-                    source, content = turn.get("source", ""), turn.get("content", "")
-                    if source is None:
-                        source = ""
-                    if content is None:
-                        content = ""
-                    if not isinstance(source, str):
-                        raise UserError(f"{where(path, r, tpath + '.source')}: must be a string, found {type(source).__name__}")
-                    if not isinstance(content, str):
-                        raise UserError(f"{where(path, r, tpath + '.content')}: must be a string, found {type(content).__name__}")
-                    content = content.strip()
-                    if content:
-                        turns.append(("assistant" if is_character_turn(source, name) else "user", content))
+                turns = _context_turns(item, path, r, ipath, name)
                 target = continuation.strip()
-                if not for_prediction:
-                    if not target:
-                        corpus.skipped[SKIP_EMPTY_CONTINUATION] += 1
-                        continue
-                    if turns and turns[-1][0] == "assistant":
-                        corpus.skipped[SKIP_ENDS_WITH_CHARACTER] += 1
-                        continue
                 context = tuple(turns)
+                reason = skip_reason(context, target)
+                if reason and not for_prediction:
+                    corpus.skipped[reason] += 1
+                    continue
                 pending.append(dict(sample_id=f"r{r}.c{c}.i{i}", uid=_content_uid(user_hash, context, target),
                                     record_index=r, user_hash=user_hash, profile=profile,
                                     personality=personality, context=context, target=target))
@@ -227,9 +230,18 @@ def load_corpus(path, for_prediction: bool = False) -> Corpus:
     return extract_samples(read_records(path), path, for_prediction)
 
 
+def skip_reason(context, target: str):
+    """Why an item is not a training sample (None when it is): it needs a target, and a context
+    not ending on the character (the model answers someone else's line)."""
+    if not target:
+        return SKIP_EMPTY_CONTINUATION
+    if context and context[-1][0] == "assistant":
+        return SKIP_ENDS_WITH_CHARACTER
+    return None
+
+
 def is_training_sample(sample: Sample) -> bool:
-    """What training counts as a sample: a target, and a context not ending on the character."""
-    return bool(sample.target) and not (sample.context and sample.context[-1][0] == "assistant")
+    return skip_reason(sample.context, sample.target) is None
 
 
 def require_samples(corpus: Corpus):
