@@ -181,6 +181,122 @@ class LengthGroupedRowSampler(torch.utils.data.Sampler):
         return iter(get_length_grouped_indices(lengths, self.group_size, generator=g))
 
 
+def budget_parts(lengths, budget: int) -> list:
+    """Sample counts of the fewest consecutive parts of a packed micro-batch that each hold at most
+    `budget` tokens (greedy; a sample is never cut, and none is longer than the budget)."""
+    parts, tokens = [], 0
+    for n in lengths:
+        if parts and tokens + n <= budget:
+            parts[-1] += 1
+            tokens += n
+        else:
+            parts.append(1)
+            tokens = n
+    return parts or [0]
+
+
+def exact_parts(lengths, budget: int, k: int) -> list:
+    """`k` consecutive parts (sample counts), each within `budget`: the fewest parts, then the part
+    with the most tokens halved until there are `k`. Every rank must run as many micro-batches as
+    the one that needs most, or ZeRO-3's parameter gathers would not line up."""
+    parts = budget_parts(lengths, budget)
+    if not len(parts) <= k <= max(1, len(lengths)):
+        raise ValueError(f"cannot cut {len(lengths)} samples into {k} parts within {budget} tokens")
+    while len(parts) < k:
+        bounds = [sum(parts[:i]) for i in range(len(parts) + 1)]
+        tokens = [sum(lengths[a:b]) if b - a > 1 else -1 for a, b in zip(bounds, bounds[1:])]
+        i = tokens.index(max(tokens))
+        a, b = bounds[i], bounds[i + 1]
+        run, cut = 0, a + 1  # the sample boundary nearest the part's token midpoint, one sample at least each side
+        for j in range(a, b - 1):
+            run += lengths[j]
+            if run * 2 <= tokens[i]:
+                cut = j + 1
+        parts[i:i + 1] = [cut - a, b - cut]
+    return parts
+
+
+def split_packed(batch: dict, parts: list) -> list:
+    """A packed micro-batch (with its `meta` row lists) cut between samples into consecutive
+    micro-batches of `parts[i]` samples. Labels need no change: `build_labels` already ignores
+    every sample's first token."""
+    lengths = batch["meta"]["lengths"]
+    out, first = [], 0
+    for count in parts:
+        last = first + count
+        a, b = sum(lengths[:first]), sum(lengths[:last])
+        part = {k: v[:, a:b] for k, v in batch.items() if k in ("input_ids", "position_ids", "labels")}
+        if "cu_seq_lens_q" in batch:
+            own = [n for n in lengths[first:last] if n > 0]
+            cu = torch.tensor([0] + own, dtype=batch["cu_seq_lens_q"].dtype).cumsum(0)
+            part["cu_seq_lens_q"] = part["cu_seq_lens_k"] = cu.to(batch["cu_seq_lens_q"].device)
+            part["max_length_q"] = part["max_length_k"] = max(own)
+        part["meta"] = {k: v[first:last] for k, v in batch["meta"].items()}
+        out.append(part)
+        first = last
+    return out
+
+
+def split_to_budget(batch: dict, budget, device=None) -> list:
+    """The micro-batch as it must run within `budget` tokens: itself, or consecutive parts of it,
+    as many on every rank (one all-reduce of two integers agrees on the count)."""
+    if budget is None or "meta" not in batch:
+        return [batch]
+    lengths = batch["meta"]["lengths"]
+    need, fewest_samples = len(budget_parts(lengths, budget)), len(lengths)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        agreed = torch.tensor([need, -fewest_samples], dtype=torch.int64, device=device)
+        torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
+        need, fewest_samples = agreed[0].item(), -agreed[1].item()
+    if need == 1:
+        return [batch]
+    if need > fewest_samples:
+        raise RuntimeError(f"a rank's micro-batch needs {need} parts within {budget} tokens but another rank has only "
+                           f"{fewest_samples} samples: ranks must get micro-batches of equal size")
+    return split_packed(batch, exact_parts(lengths, budget, need))
+
+
+def micro_batch_plan(lengths, batch_size: int, world_size: int, grad_accum: int, packed: bool, budget=None,
+                     seed: int = 0) -> dict:
+    """Tokens per micro-batch and micro-batches per optimizer step over one shuffled epoch, cut as
+    the trainer cuts it (consecutive `batch_size` rows, dealt to the ranks in turn, `grad_accum`
+    per rank per step), before and after the budget split. Packed micro-batches count their real
+    tokens, padded ones rows x longest row. For the dry run: the real order is drawn at training."""
+    import random
+
+    order = list(range(len(lengths)))
+    random.Random(seed).shuffle(order)
+    batches = [[lengths[i] for i in order[a:a + batch_size]] for a in range(0, len(order), batch_size)]
+    tokens = sorted(sum(b) if packed else len(b) * max(b) for b in batches)
+    per_step, after, over = [], [], 0
+    group = world_size * grad_accum
+    for s in range(0, len(batches), group):
+        step = batches[s:s + group]
+        runs = 0
+        for slot in range(0, len(step), world_size):  # one micro-batch per rank, run in lockstep
+            ranks = step[slot:slot + world_size]
+            need = max(len(budget_parts(b, budget)) for b in ranks) if packed and budget else 1
+            runs += need
+            for b in ranks:
+                over += bool(packed and budget and sum(b) > budget)
+                parts = exact_parts(b, budget, need) if need > 1 else [len(b)]
+                bounds = [sum(parts[:i]) for i in range(len(parts) + 1)]
+                after.extend(sum(b[x:y]) if packed else len(b) * max(b) for x, y in zip(bounds, bounds[1:]))
+        per_step.append(runs)
+    per_step.sort()
+    return {
+        "packed": packed,
+        "budget": budget if packed else None,
+        "micro_batches": len(batches),
+        "tokens_per_micro_batch_median": tokens[(len(tokens) - 1) // 2] if tokens else 0,
+        "tokens_per_micro_batch_max": tokens[-1] if tokens else 0,
+        "over_budget": over,
+        "tokens_per_micro_batch_max_after_split": max(after) if after else 0,
+        "micro_batches_per_step_median": per_step[(len(per_step) - 1) // 2] if per_step else 0,
+        "micro_batches_per_step_max": per_step[-1] if per_step else 0,
+    }
+
+
 def count_padding(batch) -> tuple:
     """(real tokens, tokens computed) of a collated micro-batch."""
     computed = batch["input_ids"].numel()

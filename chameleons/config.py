@@ -57,6 +57,7 @@ SCHEMA = {
         "seed": (int, 42),
         "batching": (str, "packed"),
         "dataloader_num_workers": (int, 0),
+        "max_tokens_per_micro_batch": (int, None),
     },
     "lora": {
         "r": (int, REQUIRED),
@@ -236,6 +237,12 @@ def _check_training(where, t):
         _check(where, "training", t, key, t[key] >= 0, "at least 0")
     _check(where, "training", t, "seed", 0 <= t["seed"] < 2 ** 32, "between 0 and 2**32 - 1 (numpy's seed range)")
     _check(where, "training", t, "batching", t["batching"] in BATCHING, f"one of {', '.join(BATCHING)}")
+    budget = t["max_tokens_per_micro_batch"]
+    if budget is not None:
+        _check(where, "training", t, "max_tokens_per_micro_batch", budget >= t["max_length"],
+               f"at least training.max_length ({t['max_length']}): a micro-batch is split between samples, never inside one")
+        _check(where, "training", t, "max_tokens_per_micro_batch", t["batching"] == "packed",
+               "unset (null) unless training.batching is 'packed': only packed micro-batches are split to a token budget")
     schedulers = _known_schedulers()
     needs_kwargs = t["lr_scheduler_type"] in SCHEDULERS_NEEDING_KWARGS
     _check(where, "training", t, "lr_scheduler_type", t["lr_scheduler_type"] in schedulers,

@@ -3,6 +3,7 @@
 import math
 
 from . import splitting
+from .batching import micro_batch_plan
 from .sampling import sampled_counts
 
 GUIDE_SIZES = (1, 2, 5, 10, None)
@@ -110,8 +111,25 @@ def make_plan(corpus, split, encoded, training: dict, args, world_size: int) -> 
             "sec_per_step": args.sec_per_step,
             "hours_per_epoch": round(per_epoch * args.sec_per_step / 3600, 2),
         },
+        "micro_batches": micro_batch_plan([encoded.lengths[r] for r in encoded.train_rows(0)], bs, world_size, ga,
+                                          training["batching"] == "packed", training["max_tokens_per_micro_batch"],
+                                          training["seed"]),
         "guide_table": table,
     }
+
+
+def _micro_line(sc: dict, mb: dict) -> str:
+    kind = "real tokens" if mb["packed"] else "computed: rows x longest row"
+    if mb["budget"] is None:
+        held = "no token budget"
+    elif mb["over_budget"] == 0:
+        held = f"budget {mb['budget']:,} held by every micro-batch"
+    else:
+        held = (f"budget {mb['budget']:,} exceeded by {mb['over_budget']:,} of {mb['micro_batches']:,}: those run in "
+                f"parts of at most {mb['tokens_per_micro_batch_max_after_split']:,} tokens")
+    return (f"micro      {sc['batch_size']} samples per micro-batch, tokens median {mb['tokens_per_micro_batch_median']:,} "
+            f"/ max {mb['tokens_per_micro_batch_max']:,} ({kind}); {held}; micro-batches per rank per optimizer step "
+            f"median {mb['micro_batches_per_step_median']} / max {mb['micro_batches_per_step_max']} (one shuffled epoch)")
 
 
 def _leak_line(sp: dict) -> str:
@@ -145,6 +163,7 @@ def format_plan(plan: dict) -> str:
         f"schedule   world size {sc['world_size']} x batch {sc['batch_size']} x accumulation "
         f"{sc['gradient_accumulation_steps']} = {sc['samples_per_optimizer_step']} samples/step; "
         f"{sc['steps_per_epoch']:,} steps/epoch, {sc['hours_per_epoch']} h/epoch at {sc['sec_per_step']} s/step",
+        _micro_line(sc, plan["micro_batches"]),
         "",
         f"{'N':>5} {'samples':>9} {'by record':>10} {'validation':>11} {'train':>9} {'lost':>7} {'steps/epoch':>12} "
         f"{'h/epoch':>9} {'h x ' + str(sc['max_epochs']) + ' ep':>10}",

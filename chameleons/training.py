@@ -4,6 +4,7 @@ Order matters under ZeRO-3: TrainingArguments (which carry the DeepSpeed config)
 the model is created, so `from_pretrained` builds it already partitioned.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -17,7 +18,8 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from . import attention, checkpoints, flops, launch, outputs, planning, sources, tracking
-from .batching import LengthGroupedRowSampler, check_packing_supported, make_collator, trainer_args_for_batching
+from .batching import (LengthGroupedRowSampler, check_packing_supported, make_collator, split_to_budget,
+                       trainer_args_for_batching)
 from .encoding import encode_split
 from .errors import UserError
 from .loss import causal_lm_loss, causal_lm_of
@@ -242,9 +244,12 @@ class ChameleonsTrainer(Trainer):
     """HF Trainer with the loss as the true mean token loss, an exact evaluation, strict MoE
     reloads and resumes that continue exactly where the run stopped."""
 
-    def __init__(self, *a, throughput, stop, collate, router_aux_loss_coef, trace, batching="padded", **kw):
+    def __init__(self, *a, throughput, stop, collate, router_aux_loss_coef, trace, batching="padded",
+                 max_tokens_per_micro_batch=None, **kw):
         super().__init__(*a, **kw)
         self.batching = batching
+        self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
+        self.split_micro_batches = 0
         self.model_config = causal_lm_of(self.model).config
         self.model_accepts_loss_kwargs = True
         self.throughput = throughput
@@ -252,6 +257,22 @@ class ChameleonsTrainer(Trainer):
         self.collate_eval = collate
         self.router_aux_loss_coef = router_aux_loss_coef
         self.trace = trace
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """A packed micro-batch over `training.max_tokens_per_micro_batch` runs as consecutive parts
+        (as many on every rank), gradients accumulated before the one optimizer step: the same
+        step, within the memory budget."""
+        parts = split_to_budget(inputs, self.max_tokens_per_micro_batch, self.args.device)
+        if len(parts) == 1:
+            return super().training_step(model, inputs, num_items_in_batch)
+        self.split_micro_batches += 1
+        sync, total = self.accelerator.sync_gradients, 0
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            self.accelerator.gradient_state._set_sync_gradients(sync and last)  # DeepSpeed: step after the last part
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+                total = total + super().training_step(model, part, num_items_in_batch)
+        return total
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Replaces HF's loss: token cross-entropy over supervised positions only (chameleons/loss.py)."""
@@ -448,6 +469,9 @@ def run(args, config, checks, corpus, split, builder, tokenizer, cache_dir) -> i
     started = time.time()
     trainer.train(resume_from_checkpoint=checks.resume)
     write_trace(args.output_dir, targs.process_index, trace)
+    if trainer.max_tokens_per_micro_batch:
+        runlog.line(f"token budget {trainer.max_tokens_per_micro_batch}: {trainer.split_micro_batches} micro-batches "
+                    f"ran in parts")
     stop.agree(targs.device)  # a signal during the last step's save reaches one rank only
 
     code = report_stop(trainer, stop, runlog) if stop.exit_code else \
@@ -520,7 +544,8 @@ def make_trainer(args, config, targs, model, encoded, tokenizer, runlog, stop):
         model=model, args=targs, train_dataset=train_rows, data_collator=with_row_meta(collate),
         processing_class=tokenizer, callbacks=callbacks, throughput=throughput, stop=stop,
         eval_dataset=encoded.val_rows, collate=collate, batching=config.training["batching"],
-        router_aux_loss_coef=config.model["router_aux_loss_coef"], trace=trace)
+        router_aux_loss_coef=config.model["router_aux_loss_coef"], trace=trace,
+        max_tokens_per_micro_batch=config.training["max_tokens_per_micro_batch"])
     return trainer, tally, trace
 
 
