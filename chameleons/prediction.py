@@ -875,6 +875,8 @@ class Predictor:
         """Final results of `rows` (longest prompts first), as they are finished."""
         batches = [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
         if len(self.members) == 1:
+            if progress:
+                progress("generate", 0)
             for batch in batches:
                 yield from self(batch)
                 if progress:
@@ -890,6 +892,8 @@ class Predictor:
         proposals = {sid: [None] * m_count for sid in uid_of}
         for m in range(m_count):
             stage = f"gen.m{m}"
+            if progress:
+                progress(f"generate {m + 1}/{m_count}", 0)
             for sid, line in store.read_stage(stage, uid_of).items():
                 proposals[sid][m] = [_cand_from_json(c) for c in line["cands"]]
             for batch in batches:
@@ -905,6 +909,8 @@ class Predictor:
         logprobs = {sid: [None] * m_count for sid in uid_of}
         for m in reversed(range(m_count)):
             stage = f"score.m{m}"
+            if progress:
+                progress(f"score {m_count - m}/{m_count}", 0)
             for sid, line in store.read_stage(stage, uid_of).items():
                 if len(line["lps"]) == len(flat[sid]):
                     logprobs[sid][m] = line["lps"]
