@@ -138,6 +138,8 @@ def _leak_line(sp: dict) -> str:
                 f"validation line's text")
     huge = (f"{sp['huge_conversations_split']} over-large one(s) split up at scene boundaries"
             if sp["huge_conversations_split"] else "none had to be split up")
+    if sp.get("uncertain_conversations"):
+        huge += f", {sp['uncertain_conversations']:,} of unknown film kept out of validation"
     return (f"leaks      {sp['conversations']:,} conversations (largest {sp['largest_conversation']:,} samples; {huge}), "
             f"{sp['validation_conversations']:,} of them validation; {sp['excluded_for_leakage']:,} samples of "
             f"validation conversations left out of the training pool")

@@ -26,7 +26,7 @@ from .sampling import group_samples, ranked, sample_per_character
 LEAK_CHECKS = ("conversation", "text")
 MAX_QUOTING_FIRST_PASS = 2
 HUGE_SHARE = 0.05  # a conversation above this share of the corpus is divided at scene boundaries
-HUGE_MIN = 50  # ... but never one this small: a tiny corpus is not split up
+HUGE_MIN = 200  # ... but never one this small: a small corpus is not split up
 COMMON_RECORDS = 20  # a line said in more records than this is a common one ("Yeah."), not a place
 
 
@@ -45,41 +45,60 @@ def _sequence(sample) -> list:
     return [content for _, content in sample.context] + [sample.target]
 
 
-def place_keys(sample, edges=frozenset()) -> set:
-    """Keys that identify the utterances of a sample by place.
+class Places:
+    """What the corpus says about its lines, for telling places apart (see place_keys).
 
-    Each pair of adjacent lines (context turns, then the target) is one key: a line shown in
-    two items of one scene has the same neighbour in both, unless it is the target of one (no
-    line after it) and opens the context window of the other (no line before it). For that
-    case a line at either end of the item is also a key by its text when it has only one
-    place in the corpus (`edges`); "Yeah." has hundreds, and would join every scene. An
-    identical item is the same place.
+    A line has one place when wherever it occurs the same line precedes it (if any does) and
+    the same line follows it; "Yeah." has hundreds (`several`). `openings` are the pairs of
+    such lines that make up a whole item (a context of one turn and the target)."""
+
+    def __init__(self, samples):
+        before, after, several, openings = {}, {}, set(), set()
+        for s in samples:
+            seq = _sequence(s)
+            for a, b in zip(seq, seq[1:]):
+                if before.setdefault(b, a) != a:
+                    several.add(b)
+                if after.setdefault(a, b) != b:
+                    several.add(a)
+        for s in samples:
+            if len(s.context) == 1 and s.context[0][1] in several and s.target in several:
+                openings.add((s.context[0][1], s.target))
+        self.several = frozenset(several)
+        self.openings = frozenset(openings)
+
+
+def place_keys(sample, places: Places) -> set:
+    """Keys that identify the utterances of a sample by place: two items of one scene that
+    show the same utterance share a key; unrelated scenes rarely do.
+
+    - Two adjacent lines (context turns, then the target) are a key: a line shown in two items
+      of a scene has the same neighbour in both. Where both lines have several places ("What?"
+      / "Yeah."), the pair is no place, so the key is the three lines around it instead (and
+      the bare pair where an item opens with it and another item is nothing but that pair).
+    - A line at either end of an item that has one place is a key by its text: the target of
+      one item (no line after it) may open the context window of another (no line before it).
+    - An identical item is the same place.
     """
     seq = _sequence(sample)
-    keys = set(zip(seq, seq[1:]))
-    keys.add((None, "item", sample.uid))  # 3-tuples: never equal to a pair of lines
+    several = places.several
+    keys = {(None, "item", sample.uid)}  # tuples starting with None: never lines
+    last = len(seq) - 1
+    for j in range(last):
+        a, b = seq[j], seq[j + 1]
+        if a in several and b in several:
+            if j > 0:
+                keys.add((seq[j - 1], a, b))
+            if j + 1 < last:
+                keys.add((a, b, seq[j + 2]))
+            if j == 0 and (a, b) in places.openings:
+                keys.add((None, "opening", a, b))
+        else:
+            keys.add((a, b))
     for end in (seq[0], seq[-1]):
-        if end in edges:
+        if end not in several:
             keys.add((None, "edge", end))
     return keys
-
-
-def single_place_edge_lines(samples) -> frozenset:
-    """Lines at an end of some item (first context turn, target) that have one place: wherever
-    they occur, the same line precedes them (if any does) and the same line follows them."""
-    ends = set()
-    for s in samples:
-        ends.add(s.context[0][1] if s.context else s.target)
-        ends.add(s.target)
-    before, after, several = {}, {}, set()
-    for s in samples:
-        seq = _sequence(s)
-        for a, b in zip(seq, seq[1:]):
-            if b in ends and before.setdefault(b, a) != a:
-                several.add(b)
-            if a in ends and after.setdefault(a, b) != b:
-                several.add(a)
-    return frozenset(ends - several)
 
 
 class _UnionFind:
@@ -113,21 +132,21 @@ class Conversations:
     Computed once per corpus, independent of N and of the seeds, so the real split and the
     plan's guide table use the same grouping. A component above HUGE_SHARE of the corpus
     (generic exchanges such as "Yeah." / "Okay." can chain unrelated scenes) is divided at the
-    scene boundaries the format gives: a scene run is a record's consecutive items of one
-    collection that share an utterance; the keys shared by the most scene runs are cut first.
+    scene boundaries the format gives (a scene run: a record's consecutive items of one
+    collection that share an utterance), cutting only links made of common lines (_divide).
     """
 
     def __init__(self, samples, huge_share: float = HUGE_SHARE, huge_min: int = HUGE_MIN):
         samples = list(samples)
         n = len(samples)
-        edges = single_place_edge_lines(samples)
+        places = Places(samples)
         uf = _UnionFind(n)
         first = {}
         run_of = [0] * n  # scene run of each sample
         order = sorted(range(n), key=lambda i: _item_position(samples[i]))
         prev_keys, prev_where, run = set(), None, -1
         for i in order:
-            keys = place_keys(samples[i], edges)
+            keys = place_keys(samples[i], places)
             where = _item_position(samples[i])[:2]
             if where != prev_where or not keys & prev_keys:
                 run += 1
@@ -141,7 +160,7 @@ class Conversations:
         parts, loose, self.split_up = [], {}, 0
         for component in uf.groups(range(n)):
             if len(component) > cap:
-                pieces = _divide(component, samples, edges, run_of, cap, loose)
+                pieces = _divide(component, samples, places, run_of, cap, loose)
                 self.split_up += len(pieces) > 1
                 parts.extend(pieces)
             else:
@@ -169,22 +188,24 @@ class Conversations:
         return len(self.members)
 
 
-def _divide(component, samples, edges, run_of, cap, loose) -> list:
+def _divide(component, samples, places, run_of, cap, loose) -> list:
     """Cut a huge component into pieces of at most `cap` samples where possible; a scene run is
     never cut.
 
-    First only the links a common exchange makes across films: a key whose lines are both
-    common (said in over COMMON_RECORDS records) links only runs whose records are tied by an
-    uncommon line (the same film). Pieces still too big lose the keys shared by the most scene
-    runs, at a spread limit that halves until they fall apart. `loose` receives, for samples
-    whose film is unknown, the samples they were linked to by a cut key."""
-    keys_of = {i: place_keys(samples[i], edges) for i in component}
+    Only keys made of common lines (each said in over COMMON_RECORDS records: "Yeah.",
+    "What?") are cut; a key with a line of its own is a place and always holds. First such a
+    key links only runs whose records are tied by an uncommon line (the same film). Pieces
+    still too big lose the common keys shared by the most scene runs, at a spread limit that
+    halves until they fall apart. `loose` receives, for samples whose film is unknown, the
+    samples they were linked to by a cut key."""
+    keys_of = {i: place_keys(samples[i], places) for i in component}
+    common = _common_lines(samples, component)
     done = []
-    for part in _cut_common_across_films(component, samples, keys_of, run_of, loose):
+    for part in _cut_common_across_films(component, samples, keys_of, run_of, common, loose):
         stack = [part]
         while stack:
             part = stack.pop()
-            pieces = [part] if len(part) <= cap else _cut_by_spread(part, keys_of, run_of)
+            pieces = [part] if len(part) <= cap else _cut_by_spread(part, keys_of, run_of, common)
             if len(pieces) == 1:
                 done.append(part)
             else:
@@ -202,7 +223,7 @@ def _common_lines(samples, members) -> set:
 
 
 def _is_common_key(key, common) -> bool:
-    return len(key) == 2 and key[0] in common and key[1] in common
+    return key[0] is not None and all(line in common for line in key)
 
 
 def _runs_joined(part, run_of, links) -> list:
@@ -221,10 +242,9 @@ def _runs_joined(part, run_of, links) -> list:
     return list(by_root.values())
 
 
-def _cut_common_across_films(part, samples, keys_of, run_of, loose) -> list:
+def _cut_common_across_films(part, samples, keys_of, run_of, common, loose) -> list:
     """A record that shares only common keys (every line it has in common with others is a
     "Yeah." or "What?") cannot be placed in a film; its cut links are kept in `loose`."""
-    common = _common_lines(samples, part)
     holders = {}
     for i in part:
         for k in keys_of[i]:
@@ -255,16 +275,18 @@ def _cut_common_across_films(part, samples, keys_of, run_of, loose) -> list:
     return _runs_joined(part, run_of, links)
 
 
-def _cut_by_spread(part, keys_of, run_of) -> list:
+def _cut_by_spread(part, keys_of, run_of, common) -> list:
     runs_of_key = {}
     for i in part:
         for k in keys_of[i]:
             runs_of_key.setdefault(k, {}).setdefault(run_of[i], i)
-    limit = max((len(r) for r in runs_of_key.values()), default=1)
+    kept = [r.values() for k, r in runs_of_key.items() if len(r) > 1 and not _is_common_key(k, common)]
+    spread = {k: len(r) for k, r in runs_of_key.items() if len(r) > 1 and _is_common_key(k, common)}
+    limit = max(spread.values(), default=1)
     pieces = [part]
     while len(pieces) == 1 and limit > 1:
         limit //= 2
-        pieces = _runs_joined(part, run_of, [r.values() for r in runs_of_key.values() if 1 < len(r) <= limit])
+        pieces = _runs_joined(part, run_of, kept + [runs_of_key[k].values() for k, n in spread.items() if n <= limit])
     return pieces
 
 

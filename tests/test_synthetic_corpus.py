@@ -113,3 +113,82 @@ def test_cli_writes_json_and_jsonl(tmp_path):
     as_lines = [json.loads(x) for x in out_jsonl.read_text(encoding="utf-8").splitlines()]
     assert as_list == as_lines == msc.make_corpus(1, *msc._counts(0.005))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.jsonl"]
+
+
+# --------------------------------------------------------------------------- --scenes
+
+@pytest.fixture(scope="module")
+def scenes():
+    places = {}
+    records = msc.make_scene_corpus(0, *msc._counts(0.05), places=places)
+    return records, places
+
+
+def test_scene_corpus_counts_and_schema(scenes):
+    """Same counts as the default corpus at any scale, same schema, same share of unusable items."""
+    records, _ = scenes
+    n_records, n_hashes, n_items = msc._counts(0.05)
+    assert len(records) == n_records and len({r["user_hash"] for r in records}) == n_hashes
+    pairs = list(_items(records))
+    assert len(pairs) == n_items
+    assert sum(not _usable(r, it) for r, it in pairs) == round(n_items * msc.UNUSABLE_FRACTION)
+    for r, item in pairs:
+        assert 1 <= len(item["context"]) <= msc.MAX_CONTEXT
+        assert all(set(t) == {"source", "content"} and t["content"] for t in item["context"])
+    per_hash = Counter(r["user_hash"] for r, _ in pairs)
+    assert max(per_hash.values()) >= 10 * sorted(per_hash.values())[len(per_hash) // 2]  # heavy tail
+
+
+def test_scene_corpus_has_scenes(scenes):
+    """Films of many scenes with many items each; a line of one character is quoted in its
+    partners' items; generic lines are about GENERIC_SHARE of all lines."""
+    records, places = scenes
+    line_text, records_of_line = {}, {}
+    for k, r in enumerate(records):
+        for i, item in enumerate(r["task"]["task_behavior_collections"][0]["data"]):
+            texts = [t["content"] for t in item["context"]] + [item["continuation"]]
+            for place, text in zip(places[(k, i)], texts):
+                if text:  # (an unusable item's empty continuation aside) a place is one line
+                    assert line_text.setdefault(place, text) == text
+                records_of_line.setdefault(place, set()).add(k)
+    quoted_elsewhere = sum(len(rs) > 1 for rs in records_of_line.values())
+    assert quoted_elsewhere > 0.35 * len(records_of_line)
+    # scenes: a new scene starts where an item's first line is not in the record's previous item
+    films = Counter(r["task"]["description"].split(" in the film ")[1] for r in records)
+    scene_starts, items = 0, 0
+    for k, r in enumerate(records):
+        prev = set()
+        for i, _ in enumerate(r["task"]["task_behavior_collections"][0]["data"]):
+            ids = places[(k, i)]
+            scene_starts += ids[0] not in prev
+            prev = set(ids)
+            items += 1
+    assert len(films) >= 0.05 * len(records) and films.most_common(1)[0][1] >= 5
+    assert items / scene_starts >= 2.5  # several items of a record per scene, and every record in several
+    texts = list(line_text.values())
+    generic = sum(t in msc.GENERIC_LINES for t in texts) / len(texts)
+    assert abs(generic - msc.GENERIC_SHARE) < 0.03
+    assert Counter(texts).most_common(1)[0][0] == msc.GENERIC_LINES[0]
+
+
+def test_scene_corpus_deterministic_and_seed_dependent():
+    counts = msc._counts(0.01)
+    a = json.dumps(msc.make_scene_corpus(3, *counts))
+    assert a == json.dumps(msc.make_scene_corpus(3, *counts))
+    assert a != json.dumps(msc.make_scene_corpus(4, *counts))
+    assert a != json.dumps(msc.make_scene_corpus(3, *counts, generic_share=0.3))
+
+
+def test_cli_scenes_and_bad_generic_share(tmp_path, capsys):
+    out = tmp_path / "s.jsonl"
+    assert msc.main(["--out", str(out), "--scale", "0.005", "--scenes", "--jsonl"]) == 0
+    assert [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()] == \
+        msc.make_scene_corpus(0, *msc._counts(0.005))
+    capsys.readouterr()
+    for bad in (["--generic_share", "1.5"], ["--scale", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            msc.main(["--out", str(tmp_path / "x.json"), "--scenes", *bad])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:")
+    assert not (tmp_path / "x.json").exists()

@@ -20,7 +20,6 @@ the shape the validation split has to cope with (tests/test_split_scenes.py).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -28,6 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from chameleons.cli import OneLineParser  # noqa: E402
 from chameleons.outputs import write_records  # noqa: E402
 
 FULL_RECORDS = 7797
@@ -268,8 +268,8 @@ _INITIALS = "ABCDEFGHIJKLMNOPRSTVW"
 
 
 def _scene_length(rng: random.Random) -> int:
-    """Lines per scene: median ~12, a few long ones."""
-    return max(3, min(80, int(rng.lognormvariate(math.log(12.0), 0.6))))
+    """Lines per scene: median ~14, a few long ones."""
+    return max(3, min(80, int(rng.lognormvariate(math.log(14.0), 0.6))))
 
 
 def _place_in_films(rng: random.Random, recs: list[dict], n_films: int) -> list[list[dict]]:
@@ -354,8 +354,9 @@ def make_scene_corpus(seed: int = 0, n_records: int = FULL_RECORDS, n_hashes: in
             while len(lines) < length and any(not isinstance(c, str) and c["budget"] for c in cast):
                 last = lines[-1][0] if lines else None
                 choices = [c for c in cast if c is not last and (isinstance(c, str) or c["budget"])]
-                if not choices:
-                    break
+                if not choices:  # the others have said all their lines: someone uncredited answers
+                    cast.append(rng.choice(_EXTRAS))
+                    continue
                 speaker = rng.choice(choices)
                 text = say()
                 if not isinstance(speaker, str) and lines:
@@ -383,7 +384,7 @@ def make_scene_corpus(seed: int = 0, n_records: int = FULL_RECORDS, n_hashes: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="make_synthetic_corpus.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=float, default=1.0, help="multiplies the record/hash/item counts")
