@@ -55,7 +55,7 @@ from .evaluation import ensemble_token_logprobs, mean_loglik, token_logprobs
 from .launch import env_int
 from .outputs import write_json
 from .prompts import HistoryIndex, extract_answer
-from .sources import check_model_folder
+from .sources import check_model_folder, require_source
 from .splitting import split_train_val
 
 BACKENDS = ("hf", "vllm")
@@ -270,6 +270,8 @@ def check_model_dirs(dirs) -> list:
     out = []
     for d in dirs:
         p = Path(d)
+        if p.exists() and not p.is_dir():
+            raise UserError(f"--model {d}: is a file, not a model folder")
         if not p.is_dir():
             raise UserError(f"--model {d}: model folder not found")
         if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
@@ -281,6 +283,14 @@ def check_model_dirs(dirs) -> list:
                     json.loads((p / name).read_text(encoding="utf-8"))
                 except (ValueError, UnicodeDecodeError) as exc:
                     raise UserError(f"--model {d}: {name} is not valid JSON ({exc})") from None
+        if not (p / "config.json").is_file():  # an adapter: its base model is loaded too
+            base = json.loads((p / "adapter_config.json").read_text(encoding="utf-8"))
+            base = base.get("base_model_name_or_path") if isinstance(base, dict) else None
+            if not isinstance(base, str) or not base:
+                raise UserError(f"--model {d}: adapter_config.json names no base_model_name_or_path")
+            base_dir = Path(require_source(base, f"--model {d}: base model"))
+            if base_dir.is_dir():
+                check_model_dirs([base_dir])
         if not any(any(p.glob(pattern)) for pattern in _WEIGHTS):
             raise UserError(f"--model {d}: no weights (*.safetensors or pytorch_model*.bin) in the folder")
         for index in p.glob("*.index.json"):

@@ -997,3 +997,33 @@ def test_damaged_weights_and_bad_launcher_variables_through_the_script(env, tmp_
                           env=env_bad, timeout=120, cwd=str(REPO))
     _assert_one_line_error(proc, "WORLD_SIZE='1.5' is not an integer")
     assert _tree(tmp_path) == before
+
+
+def test_a_lora_adapter_folder_is_loaded_on_its_base_and_identified_by_both(env, tmp_path):
+    """A LoRA run saves only the adapter: it is merged into its base at load; its identity
+    covers the base's files; a base that is gone is one error line before anything runs."""
+    import peft
+    import torch
+    import transformers
+
+    base = _copy_model(env["models"]["m1"], tmp_path / "base")
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(base))
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.05)
+    adapter = tmp_path / "adapter"
+    lora.save_pretrained(str(adapter))
+    assert prediction.check_model_dirs([adapter]) == [adapter]
+    merged = prediction.load_model(adapter, torch.device("cpu"))
+    plain = transformers.AutoModelForCausalLM.from_pretrained(str(base))
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged.state_dict()[q], plain.state_dict()[q])
+    fp = prediction.model_fingerprint(adapter)
+    (base / "model.safetensors").unlink()
+    shutil.copy(env["models"]["m2"] / "model.safetensors", base / "model.safetensors")
+    assert prediction.model_fingerprint(adapter) != fp  # base retrained: another model
+    shutil.rmtree(base)
+    with pytest.raises(UserError, match="base model .*base: not found"):
+        prediction.check_model_dirs([adapter])
