@@ -515,6 +515,7 @@ def open_run_log(args, config, checks, targs, encoded, plan, tokenizer) -> RunLo
     runlog.block("config (resolved, overrides listed)", json.dumps(config.resolved(), indent=2))
     runlog.block("plan", planning.format_plan(plan))
     if main:
+        print(planning.format_plan(plan), flush=True)  # the console shows the plan once, then progress
         tracking.start_wandb(args, config, checks.report_to)
         write_manifest(args, encoded)
         for n, row in enumerate(encoded.train_rows(0)[:3], 1):
