@@ -1027,3 +1027,47 @@ def test_a_lora_adapter_folder_is_loaded_on_its_base_and_identified_by_both(env,
     shutil.rmtree(base)
     with pytest.raises(UserError, match="base model .*base: not found"):
         prediction.check_model_dirs([adapter])
+
+
+def test_vllm_generator_requests_with_a_fake_vllm(env, qwen_tok, monkeypatch):
+    """No vLLM here: a stand-in records what the generator asks for. Greedy asks for one
+    sequence (vLLM rejects n > 1 at temperature 0) and repeats it; sampling asks for
+    --num_samples with each request seeded by its item; tensor parallelism reaches the engine."""
+    import types
+
+    calls = {}
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    class LLM:
+        def __init__(self, **kw):
+            calls["engine"] = kw
+
+        def generate(self, requests, params, use_tqdm=False):
+            calls.setdefault("params", []).append([p.kw for p in params])
+            outs = []
+            for req, p in zip(requests, params):
+                seqs = [types.SimpleNamespace(token_ids=qwen_tok.encode(f" sample {k}"), finish_reason="length",
+                                              stop_reason=None) for k in range(p.kw["n"])]
+                outs.append(types.SimpleNamespace(outputs=seqs))
+            return outs
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
+    rows = _context_rows(env, qwen_tok)[:3]
+    fmt = ChatFormat(qwen_tok)
+    for temperature, n_asked in ((0.0, 1), (0.8, 3)):
+        calls.clear()
+        sampling = prediction.Sampling(temperature, 0.9, 0, 1.0, 4, 3, 3, 21)
+        members = prediction.Members(["m"], lambda d: prediction.VllmGenerator(d, qwen_tok, fmt, sampling, 600, 4),
+                                     lambda g: g)
+        results = prediction.Predictor(members, sampling, 8)(rows)
+        assert calls["engine"]["tensor_parallel_size"] == 4 and calls["engine"]["max_model_len"] == 600
+        params = calls["params"][0]
+        assert [p["n"] for p in params] == [n_asked] * 3
+        assert [p["seed"] for p in params] == [prediction.sample_seed(21, 0, r.sample.uid, 0) for r in rows]
+        assert ("top_k" in params[0]) is False and params[0]["temperature"] == temperature
+        for res in results:
+            assert len(res["raw"]) == 3
+            assert len(set(res["raw"])) == n_asked  # greedy: one line, repeated
