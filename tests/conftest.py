@@ -106,6 +106,18 @@ def write_data(path, records, jsonl=False):
     return path
 
 
+def write_input(path, data):
+    """A data file from records (JSON list), text or raw bytes: good and broken inputs alike."""
+    path = Path(path)
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+    elif isinstance(data, str):
+        path.write_text(data, encoding="utf-8")
+    else:
+        write_data(path, data)
+    return path
+
+
 def tiny_config(directory, train_file="data.json", max_length=512, batch_size=2, grad_accum=1,
                 max_context_turns=None, ablations=None, **training):
     """A minimal valid config: random-init model (never built by a dry run), the built-in tokenizer."""

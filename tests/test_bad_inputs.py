@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, REPO, simple_corpus, tiny_config, write_data
+from conftest import PYTHON, REPO, simple_corpus, tiny_config, write_input
 
 GOOD = simple_corpus([4, 3, 5])
 
@@ -203,15 +203,7 @@ def _prepare(tmp, breaker):
     cfg = json.loads(cfg_path.read_text())
     extra, env, data = breaker(tmp, cfg)
     cfg_path.write_text(json.dumps(cfg))
-    path = tmp / "data.json"
-    if data is None:
-        write_data(path, GOOD)
-    elif isinstance(data, bytes):
-        path.write_bytes(data)
-    elif isinstance(data, str):
-        path.write_text(data, encoding="utf-8")
-    else:
-        write_data(path, data)
+    path = write_input(tmp / "data.json", GOOD if data is None else data)
     args = ["--config", cfg_path, "--output_dir", tmp / "out", "--data_file", path, "--dry_run", *extra]
     if "--config" in extra:  # the case names its own config
         args = args[2:]

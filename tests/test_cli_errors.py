@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import item, record, simple_corpus, tiny_config, write_data
+from conftest import item, record, simple_corpus, tiny_config, write_data, write_input
 
 IM_END = "<|im_end|>"
 
@@ -33,15 +33,7 @@ def _make_go(tmp_path, runner):
     good = simple_corpus([4, 3, 5])
 
     def go(*extra, data=None, name="data.json", config=None, env=None):
-        path = tmp_path / name
-        if data is None:
-            write_data(path, good)
-        elif isinstance(data, bytes):
-            path.write_bytes(data)
-        elif isinstance(data, str):
-            path.write_text(data, encoding="utf-8")
-        else:
-            write_data(path, data)
+        path = write_input(tmp_path / name, good if data is None else data)
         cfg = config or tiny_config(tmp_path, train_file=path)
         return runner(["--config", cfg, "--output_dir", tmp_path / "out", "--dry_run", "--data_file", path, *extra],
                       cwd=tmp_path, env_extra=env)
