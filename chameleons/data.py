@@ -67,7 +67,7 @@ def read_records(path) -> list:
     """A JSON list, or JSON Lines (one record per line) for big files."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: data file not found")
+        raise UserError(f"{path}: is a folder, not a data file" if path.is_dir() else f"{path}: data file not found")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -126,6 +126,8 @@ CASES = [
     ("data-continuation-number", _data(_mutate_data(_set_item(1, 0, continuation=3))), ["record 2", "continuation"]),
     ("data-context-not-list", _data(_mutate_data(_set_item(0, 0, context="hi"))), ["record 1", "context"]),
     ("data-file-missing", _args("--data_file", "nope.json"), ["nope.json", "not found"]),
+    ("data-file-is-a-folder", lambda tmp, cfg: ((tmp / "folder").mkdir() or ["--data_file", tmp / "folder"], {}, None),
+     ["folder", "is a folder"]),
     # config
     ("config-missing", _args("--config", "no_config.json"), ["no_config.json", "not found"]),
     ("config-unknown-key", _cfg("training", "learnin_rate", 1e-3), ["config.json", "training.learnin_rate"]),
@@ -302,3 +304,40 @@ def test_malformed_wandb_key_falls_back_to_offline_with_one_notice(tmp_path, mon
     report_to, notice = wandb_settings("chameleons_ci", None, tmp_path / "out")
     assert report_to == ["wandb"] and os.environ["WANDB_MODE"] == "offline"
     assert "malformed" in notice and "offline" in notice and "\n" not in notice
+
+
+def _model_dir(tmp: Path) -> Path:
+    """A real (tiny, random) model folder with the bundled tokenizer, as training saves one."""
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    from chameleons.encoding import builtin_tokenizer_dir
+
+    folder = tmp / "model"
+    Qwen3ForCausalLM(Qwen3Config(vocab_size=151936, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, head_dim=8)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(builtin_tokenizer_dir())).save_pretrained(folder)
+    return folder
+
+
+PREDICTION_CASES = [
+    ("predict-item-without-context", _mutate_data(_del_item_field(1, 0, "context")), [], ["record 2", "context"]),
+    ("predict-lone-surrogate", json.dumps(GOOD).replace("c2 answer 1", "\\udfff"), [], ["record 3", "lone surrogate"]),
+    ("predict-nan", json.dumps(GOOD).replace('"Name c0"', "NaN"), [], ["record 1", "user.profile.name"]),
+    ("predict-model-missing", GOOD, ["--model", "no_model_here"], ["no_model_here"]),
+    ("predict-repetition-penalty-inf", GOOD, ["--repetition_penalty", "inf"], ["--repetition_penalty"]),
+    ("predict-world-size-not-int", GOOD, ["ENV:WORLD_SIZE=x"], ["WORLD_SIZE"]),
+]
+
+
+@pytest.mark.parametrize("case_id, data, extra, needles", PREDICTION_CASES, ids=[c[0] for c in PREDICTION_CASES])
+def test_bad_prediction_input_is_one_line_and_writes_nothing(tmp_path, case_id, data, extra, needles):
+    model = _model_dir(tmp_path)
+    path = write_input(tmp_path / "test.json", data)
+    env = dict(e[4:].split("=", 1) for e in extra if e.startswith("ENV:"))
+    flags = [e for e in extra if not e.startswith("ENV:")]
+    args = ["--config", tiny_config(tmp_path, train_file=path), "--input_file", path, "--output_file",
+            tmp_path / "pred.json"]
+    args += flags if "--model" in flags else ["--model", model, *flags]
+    before = _tree(tmp_path)
+    check_rejected(_subprocess(args, tmp_path, env, script="predict_Chameleons.py"), needles)
+    assert _tree(tmp_path) == before
