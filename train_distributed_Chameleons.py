@@ -41,7 +41,8 @@ def main(argv=None) -> int:
 
     if args.dry_run:
         encoded = encoding.encode_split(split, builder, tokenizer, config.training, cache_dir, args.resample_each_epoch)
-        plan = {**planning.make_plan(corpus, split, encoded, config.training, args, args.nproc_per_node),
+        plan = {**planning.make_plan(corpus, split, encoded, config.training, args, args.nproc_per_node,
+                                      config=config),
                 "config": config.resolved()}
         print(planning.format_plan(plan), flush=True)
         outputs.write_json(outputs.run_path(args.output_dir, "plan.json"), plan)

@@ -71,6 +71,7 @@ def ours_attention(device):
                 return "flash_attention_2"
         except ImportError:
             pass
+        return attention.GPU_PACKED  # what training runs on a GPU without flash-attn
     return attention.NAME
 
 
@@ -125,7 +126,7 @@ def ours_step(model, batch):
 
 
 def to_device(batch, device):
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def main(argv=None) -> int:
@@ -143,8 +144,8 @@ def main(argv=None) -> int:
     p.add_argument("--no_gradient_checkpointing", action="store_true")
     p.add_argument("--today_attn", default="eager")
     p.add_argument("--ours_attn", default=None,
-                   help="default: flash_attention_2 if importable, else sdpa_varlen (per-sample sdpa on "
-                        "packed rows, chameleons/attention.py)")
+                   help="default: flash_attention_2 if importable, else flex_attention on a GPU and sdpa_varlen "
+                        "(per-sample sdpa on packed rows, chameleons/attention.py) on CPU, as training picks")
     p.add_argument("--ours_experts", default="grouped_mm")
     p.add_argument("--peak_tflops", type=float, default=None)
     p.add_argument("--gpus", type=int, default=8, help="GPUs of the projected run")

@@ -2,19 +2,29 @@
 
 Stock SDPA on a packed row computes the full (sum of lengths)^2 masked attention, which eats the
 padding saving; here each sample attends only to itself, block by block on the diagonal. Rows
-that are not packed (padded batches, evaluation) go to stock SDPA unchanged.
+that are not packed (padded batches) go to stock SDPA unchanged.
+
+This is the CPU path: a Python loop over samples in every layer. On a GPU, packed batches run
+flash-attention's varlen kernel when flash-attn is installed, else `GPU_PACKED` (PyTorch's
+flex_attention through transformers, with the document mask transformers builds from the
+position ids): library kernels, no loop (`chameleons.training.device_settings`).
 """
 
 import torch
 import torch.nn.functional as F
 
 NAME = "sdpa_varlen"
+GPU_PACKED = "flex_attention"
 
 
-def _sample_bounds(position_ids):
-    """Start offsets of the samples of a packed row (positions restart at 0), or None."""
+def _sample_bounds(position_ids, cu_seq_lens=None):
+    """Start offsets of the samples of a packed row (the collator's cumulative lengths, else where
+    the positions restart at 0), or None."""
     if position_ids is None or position_ids.dim() != 2 or position_ids.shape[0] != 1:
         return None
+    if cu_seq_lens is not None:
+        bounds = cu_seq_lens.tolist()
+        return bounds if len(bounds) > 2 and bounds[-1] == position_ids.shape[1] else None
     starts = (position_ids[0] == 0).nonzero().flatten().tolist()
     if len(starts) < 2 or starts[0] != 0:
         return None
@@ -24,7 +34,7 @@ def _sample_bounds(position_ids):
 def sdpa_varlen_forward(module, query, key, value, attention_mask, scaling=None, position_ids=None, **kwargs):
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
-    bounds = _sample_bounds(position_ids)
+    bounds = _sample_bounds(position_ids, kwargs.get("cu_seq_lens_q"))
     if bounds is None or query.shape[2] != position_ids.shape[1]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                       position_ids=position_ids, **kwargs)

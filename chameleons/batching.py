@@ -7,11 +7,13 @@ identical across modes and the saving is the padding.
 - `padded`: rows right-padded to the longest row of the micro-batch, with an attention mask.
 - `length_grouped`: the same collator; the Trainer's length-grouped sampler puts rows of similar
   length together (see `trainer_args_for_batching`).
-- `packed`: the micro-batch's rows concatenated into one row `[1, total_tokens]`, `position_ids`
-  restarting at 0 for every sample and no attention mask. transformers 5 finds the sample
-  boundaries from the position ids (`masking_utils.find_packed_sequence_indices` for
-  eager/sdpa/flex, `cu_seqlens` from position ids for flash-attention), so no token attends
-  across samples. See `check_packing_supported`.
+- `packed`: the micro-batch's rows concatenated into one row `[1, total_tokens]` by transformers'
+  `DataCollatorWithFlattening`, `position_ids` restarting at 0 for every sample, no attention
+  mask, and the samples' cumulative lengths (`cu_seq_lens_q/k`, `max_length_q/k`).
+  flash-attention runs varlen on those; eager/sdpa/flex find the sample boundaries from the
+  position ids (`masking_utils.find_packed_sequence_indices`) and mask across them;
+  `sdpa_varlen` (chameleons/attention.py) runs SDPA per sample. No token attends across samples.
+  See `check_packing_supported`.
 
 Labels come from `encoding.build_labels` (the one place that decides which token is supervised;
 the collators only pad or concatenate them, the loss shifts). It ignores the first token of every
@@ -29,9 +31,8 @@ BATCHING_KINDS = ("packed", "length_grouped", "padded")
 # Attention implementations that keep packed samples apart when there is no attention mask and
 # the position ids restart at 0 per sample. eager/sdpa/flex_attention: checked on CPU with a tiny
 # Qwen3-MoE (packed logits equal per-sample logits, tests/test_batching_equality.py).
-# flash_attention_2/3/4: transformers derives cu_seqlens from the position ids when the batch is
-# one row (`modeling_flash_attention_utils._is_packed_sequence` / `prepare_fa_kwargs_from_position_ids`);
-# read in the source, not run here (no GPU).
+# flash_attention_2/3/4: varlen on the collator's cu_seq_lens (`modeling_flash_attention_utils.
+# _flash_attention_forward`, "is_fa_with_varlen_kwargs"); read in the source, not run here (no GPU).
 PACKING_ATTENTION = ("eager", "sdpa", "sdpa_varlen", "flex_attention", "flash_attention_2", "flash_attention_3",
                      "flash_attention_4")
 
@@ -74,24 +75,25 @@ class PaddedCollator:
 
 
 class PackedCollator:
-    """Concatenate the micro-batch into one row `[1, total_tokens]`; positions restart per sample.
+    """transformers' `DataCollatorWithFlattening` with labels from `encoding.build_labels`: the
+    micro-batch as one row `[1, total_tokens]`, `position_ids` restarting per sample, and the
+    varlen keys (`cu_seq_lens_q/k`, `max_length_q/k`) computed here, on the host, once per
+    micro-batch; the loss passes them to the model, so flash-attention does not derive them from
+    the position ids, with a host sync, in every layer.
 
-    No `attention_mask`: its presence would turn off transformers' packed-sequence detection.
-    The model must run with `use_cache=False` (a cache also turns the detection off; the loss in
-    `chameleons.loss` passes it).
+    No `attention_mask`: its presence would turn off transformers' packed-sequence detection,
+    which eager, sdpa and flex attention use. The model must run with `use_cache=False` (a cache
+    also turns the detection off; the loss in `chameleons.loss` passes it).
     """
 
+    def __init__(self):
+        from transformers import DataCollatorWithFlattening
+
+        self.flatten = DataCollatorWithFlattening(return_position_ids=True, return_flash_attn_kwargs=True)
+
     def __call__(self, features) -> dict:
-        ids_all, pos_all, labels_all = [], [], []
-        for ids, prompt_len in _rows(features):
-            ids_all.extend(ids)
-            pos_all.extend(range(len(ids)))
-            labels_all.extend(build_labels(ids, prompt_len))
-        return {
-            "input_ids": torch.tensor([ids_all], dtype=torch.long),
-            "position_ids": torch.tensor([pos_all], dtype=torch.long),
-            "labels": torch.tensor([labels_all], dtype=torch.long),
-        }
+        return self.flatten([{"input_ids": ids, "labels": build_labels(ids, prompt_len)}
+                             for ids, prompt_len in _rows(features)])
 
 
 def make_collator(kind: str, pad_token_id: int = None):

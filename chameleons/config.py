@@ -58,6 +58,7 @@ SCHEMA = {
         "batching": (str, "packed"),
         "dataloader_num_workers": (int, 0),
         "max_tokens_per_micro_batch": (int, None),
+        "ddp_timeout": (int, 1800),
     },
     "lora": {
         "r": (int, REQUIRED),
@@ -237,6 +238,7 @@ def _check_training(where, t):
         _check(where, "training", t, key, t[key] >= 0, "at least 0")
     _check(where, "training", t, "seed", 0 <= t["seed"] < 2 ** 32, "between 0 and 2**32 - 1 (numpy's seed range)")
     _check(where, "training", t, "batching", t["batching"] in BATCHING, f"one of {', '.join(BATCHING)}")
+    _check(where, "training", t, "ddp_timeout", t["ddp_timeout"] >= 60, "at least 60 (seconds)")
     budget = t["max_tokens_per_micro_batch"]
     if budget is not None:
         _check(where, "training", t, "max_tokens_per_micro_batch", budget >= t["max_length"],

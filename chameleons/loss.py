@@ -21,6 +21,10 @@ import torch.nn.functional as F
 
 from .encoding import IGNORE_INDEX
 
+# A packed batch's sample boundaries as the collator computed them (DataCollatorWithFlattening):
+# flash-attention uses them as they are, instead of deriving them from position_ids in every layer.
+VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
 
 def causal_lm_of(model):
     """The Hugging Face causal LM inside DeepSpeed / DDP (`.module`) and PEFT (`get_base_model()`)."""
@@ -115,8 +119,9 @@ def causal_lm_loss(model, batch, num_items_in_batch=None, router_aux_loss_coef: 
     attention_mask = batch.get("attention_mask")
     if attention_mask is not None:
         inputs["attention_mask"] = attention_mask
-    if batch.get("position_ids") is not None:
-        inputs["position_ids"] = batch["position_ids"]
+    for key in ("position_ids",) + VARLEN_KEYS:
+        if batch.get(key) is not None:
+            inputs[key] = batch[key]
     want_router = router_aux_loss_coef > 0 and getattr(config, "num_experts", None)
     if hasattr(config, "output_router_logits"):
         inputs["output_router_logits"] = bool(want_router)

@@ -2,7 +2,7 @@
 
 import math
 
-from . import splitting
+from . import splitting, zero3
 from .batching import micro_batch_plan
 from .sampling import sampled_counts
 
@@ -67,7 +67,7 @@ def guide_splits(corpus, split, args) -> dict:
     return out
 
 
-def make_plan(corpus, split, encoded, training: dict, args, world_size: int) -> dict:
+def make_plan(corpus, split, encoded, training: dict, args, world_size: int, config=None) -> dict:
     tokens = encoded_token_stats(encoded)
     n_train, n_val = len(encoded.train_rows(0)), len(encoded.val_rows)
     bs, ga = training["batch_size"], training["gradient_accumulation_steps"]
@@ -114,8 +114,28 @@ def make_plan(corpus, split, encoded, training: dict, args, world_size: int) -> 
         "micro_batches": micro_batch_plan([encoded.lengths[r] for r in encoded.train_rows(0)], bs, world_size, ga,
                                           training["batching"] == "packed", training["max_tokens_per_micro_batch"],
                                           training["seed"]),
+        "checkpoints": _checkpoints(config, args) if config else None,
         "guide_table": table,
     }
+
+
+def _checkpoints(config, args):
+    from .training import _zero_stage  # training imports this module
+
+    return zero3.checkpoint_cost(None if config.lora else zero3.parameter_count(config.model),
+                                 _zero_stage(args.deepspeed), config.training["save_total_limit"])
+
+
+def _checkpoint_line(ck) -> str:
+    if ck is None:
+        return "checkpoint cost not estimated (model config not on this machine, or LoRA)"
+    gib = lambda b: f"{b / 2**30:,.1f} GiB"  # noqa: E731
+    stage = {3: "ZeRO-3", 2: "ZeRO-2", 1: "ZeRO-1"}.get(ck["zero_stage"], "no DeepSpeed")
+    final = ("the gathered bf16 model is written once, at the end" if ck["zero_stage"] == 3 else
+             "the bf16 model is in every checkpoint")
+    return (f"checkpoint {ck['parameters'] / 1e9:,.2f} B parameters, {stage}: {gib(ck['checkpoint_bytes'])} per "
+            f"checkpoint, at most {ck['kept']} kept + final model {gib(ck['final_model_bytes'])} = "
+            f"{gib(ck['disk_bytes'])} of disk; {final} ({gib(ck['host_ram_bytes_rank0'])} of host RAM on rank 0)")
 
 
 def _micro_line(sc: dict, mb: dict) -> str:
@@ -166,6 +186,7 @@ def format_plan(plan: dict) -> str:
         f"{sc['gradient_accumulation_steps']} = {sc['samples_per_optimizer_step']} samples/step; "
         f"{sc['steps_per_epoch']:,} steps/epoch, {sc['hours_per_epoch']} h/epoch at {sc['sec_per_step']} s/step",
         _micro_line(sc, plan["micro_batches"]),
+        _checkpoint_line(plan.get("checkpoints")),
         "",
         f"{'N':>5} {'samples':>9} {'by record':>10} {'validation':>11} {'train':>9} {'lost':>7} {'steps/epoch':>12} "
         f"{'h/epoch':>9} {'h x ' + str(sc['max_epochs']) + ' ep':>10}",

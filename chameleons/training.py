@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from transformers import Trainer, TrainerCallback
 
-from . import attention, checkpoints, flops, launch, outputs, planning, sources, tracking
+from . import attention, checkpoints, flops, launch, outputs, planning, sources, tracking, zero3
 from .batching import (LengthGroupedRowSampler, check_packing_supported, make_collator, split_to_budget,
                        trainer_args_for_batching)
 from .encoding import encode_split
@@ -93,8 +93,9 @@ class EpochCallback(TrainerCallback):
 
 
 def device_settings(disable_flash_attn: bool, attn_config: str, batching: str = "padded"):
-    """bf16 + flash-attention 2 on a GPU when available, fp32 + SDPA on CPU; packed rows without
-    flash-attention run SDPA per sample (`sdpa_varlen`)."""
+    """bf16 + flash-attention 2 on a GPU when available, fp32 + SDPA on CPU. Packed rows without
+    flash-attention: flex_attention with transformers' document mask on a GPU (a library kernel),
+    SDPA per sample (`sdpa_varlen`) on CPU, where flex_attention has no backward."""
     notices = []
     on_gpu = torch.cuda.is_available()
     if on_gpu and torch.cuda.device_count() > 1 and "LOCAL_RANK" not in os.environ:
@@ -106,11 +107,14 @@ def device_settings(disable_flash_attn: bool, attn_config: str, batching: str = 
     attn = attn_config
     if attn == "auto":
         attn = "sdpa"
-        if on_gpu and not disable_flash_attn:
-            if _flash_attn_installed():
-                attn = "flash_attention_2"
-            else:
-                notices.append("flash-attention 2 is not installed: using SDPA attention")
+        if on_gpu and not disable_flash_attn and _flash_attn_installed():
+            attn = "flash_attention_2"
+        elif on_gpu and batching == "packed":
+            attn = attention.GPU_PACKED
+            notices.append(f"flash-attention 2 is {'disabled' if disable_flash_attn else 'not installed'}: packed "
+                           f"batches use {attn} (PyTorch's kernel, each sample masked to itself)")
+        elif on_gpu and not disable_flash_attn:
+            notices.append("flash-attention 2 is not installed: using SDPA attention")
     elif attn == "flash_attention_2" and (disable_flash_attn or not on_gpu):
         attn = "sdpa"
         notices.append("flash-attention 2 needs a GPU and is not disabled: using SDPA attention")
@@ -173,6 +177,7 @@ def training_arguments(args, config, device, report_to):
         log_level_replica="error",  # the Trainer resets transformers' verbosity: other ranks print errors only
         log_on_each_node=False,
         dataloader_num_workers=t["dataloader_num_workers"],
+        ddp_timeout=t["ddp_timeout"],  # seconds a rank waits in a collective (e.g. for rank 0's final save)
         ddp_find_unused_parameters=True,  # experts a batch did not route to get no gradient
     )
     kwargs.update(trainer_args_for_batching(t["batching"]))
@@ -385,6 +390,18 @@ class ChameleonsTrainer(Trainer):
             if os.path.isdir(best):
                 self.state.best_model_checkpoint = best
 
+    def save_model(self, output_dir=None, _internal_call=False):
+        """Under ZeRO-3 a checkpoint keeps the partitioned states only: resume and the best-model
+        restore read those, and DeepSpeed's zero_to_fp32.py rebuilds weights from them. The gathered
+        bf16 model (57 GiB for Qwen3-30B-A3B, assembled in rank 0's host RAM while the other ranks
+        wait) is written once, by the final save of the best model."""
+        if (_internal_call and self.is_deepspeed_enabled and self.args.hf_deepspeed_config.is_zero3()
+                and not hasattr(self.model, "peft_config")):
+            if self.args.should_save:  # the folder must exist now: HF records the best checkpoint only if it does
+                self.model.config.save_pretrained(output_dir)
+            return
+        super().save_model(output_dir, _internal_call)
+
     def _save_checkpoint(self, model, trial):
         """Adds the completeness marker after every rank has saved. A non-finite checkpoint is kept
         for inspection only, so it must not rotate the last good one away."""
@@ -463,6 +480,11 @@ def run(args, config, checks, corpus, split, builder, tokenizer, cache_dir) -> i
     if config.lora:
         model = apply_lora(model, config.lora)
     runlog.line(describe_model(model))
+    if getattr(targs, "hf_deepspeed_config", None) is not None:
+        sizes = zero3.fill_auto(targs.hf_deepspeed_config.config, model)
+        if sizes:
+            runlog.line("ZeRO-3 sizes from the largest unit gathered at once (chameleons/zero3.py): "
+                        + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
     trainer, tally, trace = make_trainer(args, config, targs, model, encoded, tokenizer, runlog, stop)
 
     runlog.line(f"resuming from {checks.resume}" if checks.resume else "starting fresh")
@@ -487,7 +509,7 @@ def encode_and_plan(args, config, targs, corpus, split, builder, tokenizer, cach
     with targs.main_process_first(local=False, desc="tokenizing"):
         encoded = encode_split(split, builder, tokenizer, config.training, cache_dir, args.resample_each_epoch,
                                progress=targs.process_index == 0)
-    plan = planning.make_plan(corpus, split, encoded, config.training, args, targs.world_size)
+    plan = planning.make_plan(corpus, split, encoded, config.training, args, targs.world_size, config=config)
     steps_per_epoch = plan["schedule"]["steps_per_epoch"]
     if steps_per_epoch == 0 or not encoded.val_rows:
         raise UserError(f"{corpus.path}: not enough samples to train ({len(encoded.train_rows(0))} training, "

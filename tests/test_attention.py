@@ -1,4 +1,7 @@
-"""`sdpa_varlen` (per-sample SDPA on packed rows) gives what padded batches with stock SDPA give."""
+"""Packed rows keep their samples apart: `sdpa_varlen` (per-sample SDPA, the CPU path) and the GPU
+path's flex_attention give what padded batches with stock SDPA give."""
+
+import copy
 
 import torch
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
@@ -16,8 +19,10 @@ def _models():
     config = Qwen3MoeConfig(vocab_size=128, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
                             num_experts=4, num_experts_per_tok=2)
-    reference = Qwen3MoeForCausalLM._from_config(config, attn_implementation="sdpa")
-    varlen = Qwen3MoeForCausalLM._from_config(config, attn_implementation=attention.NAME)
+    # each its own config: _from_config writes the attention implementation into the one it is given
+    reference = Qwen3MoeForCausalLM._from_config(copy.deepcopy(config), attn_implementation="sdpa")
+    varlen = Qwen3MoeForCausalLM._from_config(copy.deepcopy(config), attn_implementation=attention.NAME)
+    assert reference.config._attn_implementation == "sdpa"
     varlen.load_state_dict(reference.state_dict())
     return reference, varlen
 
@@ -47,3 +52,49 @@ def test_padded_rows_fall_back_to_stock_sdpa():
 
 def test_varlen_is_accepted_for_packing():
     check_packing_supported(attention.NAME)
+
+
+def test_sample_bounds_come_from_the_collators_cumulative_lengths():
+    batch = make_collator("packed")(ROWS)
+    lengths = [len(r["input_ids"]) for r in ROWS]
+    bounds = [sum(lengths[:i]) for i in range(len(ROWS) + 1)]
+    assert attention._sample_bounds(batch["position_ids"], batch["cu_seq_lens_q"]) == bounds
+    assert attention._sample_bounds(batch["position_ids"]) == bounds  # the same from the positions
+    one = make_collator("packed")(ROWS[:1])
+    assert attention._sample_bounds(one["position_ids"], one["cu_seq_lens_q"]) is None  # one sample: stock SDPA
+
+
+def test_gpu_packed_batches_run_a_library_kernel(monkeypatch):
+    """On a GPU without flash-attn, `auto` gives packed batches flex_attention (no Python loop per
+    sample); padded ones keep SDPA; the CPU keeps sdpa_varlen."""
+    import sys
+
+    from chameleons.training import device_settings
+
+    assert device_settings(False, "auto", "packed")["attn_implementation"] == attention.NAME  # this CPU host
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # not installed
+    packed = device_settings(False, "auto", "packed")
+    assert packed["attn_implementation"] == attention.GPU_PACKED == "flex_attention"
+    assert any("flex_attention" in n for n in packed["notices"])
+    check_packing_supported(packed["attn_implementation"])
+    assert device_settings(True, "auto", "packed")["attn_implementation"] == "flex_attention"  # --disable_flash_attn
+    assert device_settings(False, "auto", "padded")["attn_implementation"] == "sdpa"
+
+
+def test_gpu_packed_kernel_keeps_samples_apart_on_cpu():
+    """flex_attention through transformers (its document mask from the position ids) on packed
+    rows gives the loss of padded rows with stock SDPA. Forward only: torch 2.13 has no CPU
+    backward for flex_attention (the backward is checked where it exists, on a GPU)."""
+    reference, _ = _models()
+    flex = Qwen3MoeForCausalLM._from_config(copy.deepcopy(reference.config),
+                                            attn_implementation=attention.GPU_PACKED)
+    flex.load_state_dict(reference.state_dict())
+    with torch.no_grad():
+        want, _ = causal_lm_loss(reference, make_collator("padded", 0)(ROWS))
+        got, _ = causal_lm_loss(flex, make_collator("packed")(ROWS))
+        leaky, _ = causal_lm_loss(reference, make_collator("packed")(ROWS) | {"position_ids": None})
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert (leaky - want).abs() > 1e-3  # without the sample boundaries the loss would differ

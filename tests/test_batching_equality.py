@@ -86,8 +86,13 @@ def test_padded_batch_layout(rows):
 def test_packed_labels_never_cross_a_sample_boundary(rows):
     b = make_collator("packed", PAD)(rows)
     total = sum(len(r["input_ids"]) for r in rows)
-    assert set(b) == {"input_ids", "position_ids", "labels"}  # no attention_mask: it would disable packing
+    # no attention_mask: it would disable packing; the varlen keys reach flash-attention as they are
+    assert set(b) == {"input_ids", "position_ids", "labels", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
+                      "max_length_k"}
     assert b["input_ids"].shape == b["position_ids"].shape == b["labels"].shape == (1, total)
+    lengths = [len(r["input_ids"]) for r in rows]
+    assert b["cu_seq_lens_q"].tolist() == b["cu_seq_lens_k"].tolist() == [sum(lengths[:i]) for i in range(len(rows) + 1)]
+    assert b["cu_seq_lens_q"].dtype == torch.int32 and b["max_length_q"] == b["max_length_k"] == max(lengths)
     ids, pos, labels = b["input_ids"][0].tolist(), b["position_ids"][0].tolist(), b["labels"][0].tolist()
     start = 0
     for r in rows:

@@ -41,17 +41,21 @@ def config(tmp_path_factory):
 def train(config, out, *sets):
     cmd = [str(TORCHRUN), "--nproc_per_node=2", f"--master_port={free_port()}", str(SCRIPT), "--config", str(config),
            "--deepspeed", str(ROOT / "ds_config_zero3_optimized.json"), "--output_dir", str(out),
-           "--max_samples_per_user", "4", "--max_steps", str(STEPS), "--evals_per_epoch", "1", "--sample_seed", "7"]
+           "--max_samples_per_user", "4", "--max_steps", str(STEPS), "--evals_per_epoch", "2", "--sample_seed", "7"]
     for s in sets:
         cmd += ["--set", s]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = [json.loads(line) for line in (out / "training_logs" / "metrics.jsonl").read_text().splitlines()]
     log = (out / "training_logs" / "detailed_training_log.txt").read_text()
-    plan = json.loads((out / "training_config.json").read_text())["plan"]
+    finished = json.loads((out / "training_config.json").read_text())
+    plan = finished["plan"]
     orders = [[json.loads(line) for line in (out / "training_logs" / f"data_order_rank{r}.jsonl").read_text().splitlines()]
               for r in (0, 1)]
-    return {e["step"]: e["loss"] for e in events if e["event"] == "train"}, log, plan, orders
+    losses = {e["step"]: e["loss"] for e in events if e["event"] == "train"}
+    losses["eval"] = [e["eval_loss"] for e in events if e["event"] == "eval"]
+    losses["final"] = finished["summary"]["final_eval_loss"]
+    return losses, log, plan, orders
 
 
 def rows_per_step(orders, per_rank=16):
@@ -68,19 +72,29 @@ def rows_per_step(orders, per_rank=16):
 
 def test_one_packed_micro_batch_of_16_equals_4_by_4(config, tmp_path):
     seed_losses, _, seed_plan, seed_orders = train(config, tmp_path / "4x4", "training.batch_size=4",
-                                      "training.gradient_accumulation_steps=4")
+                                                   "training.gradient_accumulation_steps=4")
     new_losses, log, new_plan, new_orders = train(config, tmp_path / "16x1", "training.batch_size=16",
-                                      "training.gradient_accumulation_steps=1",
-                                      f"training.max_tokens_per_micro_batch={BUDGET}")
+                                                  "training.gradient_accumulation_steps=1",
+                                                  f"training.max_tokens_per_micro_batch={BUDGET}")
     for key in ("samples_per_optimizer_step", "steps_per_epoch"):
         assert new_plan["schedule"][key] == seed_plan["schedule"][key], key
     assert seed_plan["micro_batches"]["micro_batches_per_step_max"] == 4
     seed_rows, new_rows = rows_per_step(seed_orders), rows_per_step(new_orders)
     assert len(seed_rows) == len(new_rows) == STEPS
     assert seed_rows == new_rows and all(len(rows) == 32 for rows in new_rows)
+    # one evaluation and checkpoint, at step 3; the best model restored from ZeRO-3's states at the end
+    seed_eval, new_eval = seed_losses.pop("eval"), new_losses.pop("eval")
+    assert len(seed_eval) == len(new_eval) == 1 and new_eval[0] == pytest.approx(seed_eval[0], abs=1e-4)
+    for losses, evals in ((seed_losses, seed_eval), (new_losses, new_eval)):
+        assert losses.pop("final") == pytest.approx(evals[0], abs=1e-4)
     assert sorted(seed_losses) == sorted(new_losses) == list(range(1, STEPS + 1))
     for step in seed_losses:
         assert new_losses[step] == pytest.approx(seed_losses[step], abs=1e-4), (step, seed_losses, new_losses)
     assert seed_losses[STEPS] != pytest.approx(seed_losses[1], abs=1e-2)  # the steps saw different samples
+    # under ZeRO-3 checkpoints keep the partitioned states only; the gathered model is written once, at the end
+    checkpoint = tmp_path / "16x1" / f"checkpoint-{STEPS}"
+    assert list(checkpoint.glob("global_step*")) and not list(checkpoint.glob("*.safetensors"))
+    assert (tmp_path / "16x1" / "model.safetensors").is_file()
+    assert f"best model restored from {checkpoint}:" in log  # HF found the checkpoint without a model in it
     split = int(re.search(rf"token budget {BUDGET}: (\d+) micro-batches ran in parts", log)[1])
     assert 0 < split < STEPS, split  # both paths ran: steps in parts and steps in one piece

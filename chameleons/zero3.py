@@ -1,0 +1,103 @@
+"""ZeRO-3 sizes that follow the model instead of its hidden size, and what checkpoints cost.
+
+transformers fills `auto` ZeRO-3 sizes from `hidden_size` alone (prefetch 0.9 x hidden^2, reduce
+bucket hidden^2: 3.8 M and 4.2 M elements for Qwen3-30B-A3B). ZeRO-3 gathers a registered leaf
+module (the sparse MoE block: 604 M elements there) as one unit, and DeepSpeed stops adding to a
+prefetch once the bucket is full, so with 3.8 M no MoE block is ever fetched ahead of its use.
+Here the sizes come from what ZeRO-3 really moves:
+
+- `stage3_prefetch_bucket_size` = the largest unit gathered at once (a leaf module's parameters
+  together, any other parameter alone): the next layer's MoE block can be in flight while this
+  layer computes.
+- `stage3_max_live_parameters` = 3 x that unit: the unit in use, the one prefetched, and room for
+  the rest of a layer (DeepSpeed caps a prefetch at max_live minus what is already gathered).
+- `stage3_max_reuse_distance` = 2 x that unit: a layer's gather is kept from its recomputation
+  (gradient checkpointing) to its backward, which follow each other, and released after the
+  forward, whose next use is a whole model's worth of gathers away. (For Qwen3-30B-A3B this is
+  what the former fixed 1e9 did; for a small model 1e9 would keep everything gathered, so a small
+  benchmark would not show the big model's traffic.)
+- `reduce_bucket_size` = the largest parameter: every gradient fits the contiguous reduce buffer,
+  and a layer's small gradients leave in one reduce-scatter instead of a call each.
+
+Only keys set to `auto` are filled; a number in the DeepSpeed config wins.
+"""
+
+
+
+def _numel(p) -> int:
+    return int(getattr(p, "ds_numel", p.numel()))  # the full size also once ZeRO-3 has partitioned it
+
+
+def gather_units(model) -> list:
+    """Elements of every unit ZeRO-3 gathers at once: each leaf module's parameters together,
+    every other parameter alone (tied weights counted once)."""
+    from deepspeed.utils import z3_leaf_module
+
+    units, inside = [], set()
+    for module in model.modules():
+        if z3_leaf_module(module) and not any(id(p) in inside for p in module.parameters()):
+            params = {id(p): p for p in module.parameters()}
+            inside.update(params)
+            units.append(sum(_numel(p) for p in params.values()))
+    seen = set(inside)
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            units.append(_numel(p))
+    return units
+
+
+def model_sizes(model) -> dict:
+    unit = max(gather_units(model))
+    largest_param = max(_numel(p) for p in model.parameters())
+    return {"stage3_prefetch_bucket_size": unit, "stage3_max_live_parameters": 3 * unit,
+            "stage3_max_reuse_distance": 2 * unit, "reduce_bucket_size": largest_param}
+
+
+def fill_auto(ds_config: dict, model) -> dict:
+    """Sets the `auto` sizes of a ZeRO-3 config dict in place (before HF Trainer fills the rest
+    from the hidden size); returns what it set."""
+    zero = ds_config.get("zero_optimization", {})
+    if zero.get("stage") != 3:
+        return {}
+    filled = {k: v for k, v in model_sizes(model).items() if zero.get(k) == "auto"}
+    zero.update(filled)
+    return filled
+
+
+def parameter_count(model_cfg: dict):
+    """Parameters of the configured model, built on the meta device by its class itself (not through
+    `from_config`, which would partition it with zero.Init once a ZeRO-3 run has started); None
+    when its config is not on this machine or its class is not one transformers ships."""
+    import torch
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
+
+    try:
+        if model_cfg["random_init"]:
+            spec = dict(model_cfg["random_init"])
+            config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+        else:
+            config = AutoConfig.from_pretrained(model_cfg["name_or_path"], local_files_only=True,
+                                                trust_remote_code=model_cfg["trust_remote_code"])
+        with torch.device("meta"):
+            model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
+    except (OSError, ValueError, KeyError):
+        return None
+    return sum(p.numel() for p in model.parameters())
+
+
+def checkpoint_cost(n_params, zero_stage, save_total_limit: int) -> dict:
+    """Disk and host RAM of the run's saves, in bytes, for bf16 training (as on GPUs).
+
+    ZeRO-3: a checkpoint holds the fp32 master weights and AdamW's two moments, partitioned over
+    the ranks (12 bytes per parameter in all); the gathered bf16 model (2 bytes per parameter,
+    assembled in rank 0's host RAM) is written once, at the end. ZeRO-1/2: the same states plus the
+    bf16 model in every checkpoint. No DeepSpeed: the bf16 model and AdamW's bf16 moments."""
+    if n_params is None:
+        return None
+    states, model = (12, 0) if zero_stage == 3 else (12, 2) if zero_stage in (1, 2) else (4, 2)
+    per_checkpoint = (states + model) * n_params
+    return {"parameters": n_params, "zero_stage": zero_stage, "checkpoint_bytes": per_checkpoint,
+            "kept": save_total_limit, "final_model_bytes": 2 * n_params,
+            "disk_bytes": save_total_limit * per_checkpoint + 2 * n_params,
+            "host_ram_bytes_rank0": 2 * n_params}

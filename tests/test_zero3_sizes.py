@@ -1,0 +1,85 @@
+"""ZeRO-3 sizes from the model (chameleons/zero3.py), checkpoint costs in the plan, the distributed
+timeout setting, and checkpoints that skip the gathered model under ZeRO-3."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from chameleons import zero3
+from chameleons.config import load_config
+from chameleons.errors import UserError
+from test_batching_equality import tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_sizes_follow_the_largest_unit_zero3_gathers():
+    from chameleons.training import register_moe_leaves
+
+    model = tiny_model()  # 2 layers, hidden 64, 8 experts of width 32, vocabulary 512
+    assert max(zero3.gather_units(model)) == 512 * 64  # no leaves yet: the embedding is the largest parameter
+    register_moe_leaves(model)
+    block = sum(p.numel() for p in model.model.layers[0].mlp.parameters())
+    assert block == 8 * (2 * 32 * 64 + 64 * 32) + 8 * 64 > 512 * 64
+    units = zero3.gather_units(model)
+    assert sum(units) == sum(p.numel() for p in model.parameters())  # every parameter in exactly one unit
+    assert units.count(block) == 2
+    ds = {"zero_optimization": {"stage": 3, "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
+                                "stage3_max_live_parameters": "auto", "stage3_max_reuse_distance": 5}}
+    filled = zero3.fill_auto(ds, model)
+    assert filled == {"stage3_prefetch_bucket_size": block, "stage3_max_live_parameters": 3 * block,
+                      "reduce_bucket_size": 512 * 64}
+    assert ds["zero_optimization"]["stage3_max_reuse_distance"] == 5  # a number in the config wins
+    assert zero3.fill_auto({"zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"}}, model) == {}
+
+
+def test_shipped_zero3_config_leaves_the_model_sizes_to_chameleons():
+    zero = json.loads((ROOT / "ds_config_zero3_optimized.json").read_text())["zero_optimization"]
+    for key in ("stage3_prefetch_bucket_size", "stage3_max_live_parameters", "stage3_max_reuse_distance",
+                "reduce_bucket_size"):
+        assert zero[key] == "auto", key
+    assert zero["stage3_gather_16bit_weights_on_model_save"] is True  # the final model is complete
+
+
+def test_checkpoint_cost_and_plan_line():
+    from chameleons.planning import _checkpoint_line
+
+    n = 30_532_122_624
+    ck = zero3.checkpoint_cost(n, 3, 3)
+    assert ck["checkpoint_bytes"] == 12 * n and ck["final_model_bytes"] == 2 * n
+    assert ck["disk_bytes"] == 3 * 12 * n + 2 * n and ck["host_ram_bytes_rank0"] == 2 * n
+    line = _checkpoint_line(ck)
+    assert "341.2 GiB per checkpoint" in line and "ZeRO-3" in line and "written once, at the end" in line
+    assert zero3.checkpoint_cost(n, None, 2)["checkpoint_bytes"] == 6 * n
+    assert zero3.checkpoint_cost(None, 3, 2) is None and "not estimated" in _checkpoint_line(None)
+
+
+def test_parameter_count_on_the_meta_device():
+    cfg = load_config(ROOT / "config_tiny_cpu.json")
+    n = zero3.parameter_count(cfg.model)
+    spec = cfg.model["random_init"]
+    embed = spec["vocab_size"] * spec["hidden_size"]  # tied with lm_head: counted once
+    assert embed < n < embed + 200_000
+    assert zero3.parameter_count({"random_init": None, "name_or_path": "/nonexistent/model",
+                                  "trust_remote_code": False}) is None
+
+
+def test_ddp_timeout_setting(tmp_path):
+    cfg = json.loads((ROOT / "config_tiny_cpu.json").read_text())
+    assert load_config(ROOT / "config_tiny_cpu.json").training["ddp_timeout"] == 1800
+    cfg["training"]["ddp_timeout"] = 10
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="ddp_timeout must be at least 60"):
+        load_config(path)
+    cfg["training"]["ddp_timeout"] = 7200
+    path.write_text(json.dumps(cfg))
+    config = load_config(path)
+    from chameleons.training import training_arguments
+
+    args = SimpleNamespace(output_dir=str(tmp_path / "out"), seed=None, max_epochs=1, max_steps=-1, deepspeed=None,
+                           wandb_run_name=None)
+    targs = training_arguments(args, config, {"bf16": False, "on_gpu": False}, [])
+    assert targs.ddp_timeout == 7200
