@@ -3,6 +3,7 @@ keep samples per step and steps per epoch, cuts between samples that keep the st
 gradient, the config checks and the dry run's micro-batch figures."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from chameleons.loss import causal_lm_loss, supervised_positions
 from chameleons.planning import steps_per_epoch
 from test_batching_equality import PAD, assert_grads_close, make_rows, tiny_model
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 8])
