@@ -69,6 +69,8 @@ GOOD = [
     ("training.seed=7", "training", "seed", 7),
     ("training.batching=length_grouped", "training", "batching", "length_grouped"),
     ("training.dataloader_num_workers=2", "training", "dataloader_num_workers", 2),
+    ("training.max_tokens_per_micro_batch=4096", "training", "max_tokens_per_micro_batch", 4096),
+    ("training.ddp_timeout=3600", "training", "ddp_timeout", 3600),
 ]
 
 
