@@ -23,10 +23,10 @@ sample, so no label crosses a sample boundary in a packed row, and the Trainer's
 
 import torch
 
+from .config import BATCHING_KINDS
 from .encoding import IGNORE_INDEX, build_labels
 from .errors import UserError
 
-BATCHING_KINDS = ("packed", "length_grouped", "padded")
 
 # Attention implementations that keep packed samples apart when there is no attention mask and
 # the position ids restart at 0 per sample. eager/sdpa/flex_attention: checked on CPU with a tiny

@@ -15,9 +15,7 @@ from pathlib import Path
 from .errors import UserError
 from .prompts import ABLATION_KEYS, Ablation
 
-ABLATION_NAMES = ("profile_and_history_and_context", "profile_and_history", "profile_and_context",
-                  "history_and_context", "profile_only", "history_only", "context_only")
-BATCHING = ("packed", "length_grouped", "padded")
+BATCHING_KINDS = ("packed", "length_grouped", "padded")  # see chameleons/batching.py
 # transformers schedulers that need `lr_scheduler_kwargs`, which the config has no key for: they
 # would pass the dry run and fail when the Trainer builds the schedule
 SCHEDULERS_NEEDING_KWARGS = ("cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay")
@@ -237,7 +235,7 @@ def _check_training(where, t):
     for key in ("weight_decay", "warmup_steps", "dataloader_num_workers"):
         _check(where, "training", t, key, t[key] >= 0, "at least 0")
     _check(where, "training", t, "seed", 0 <= t["seed"] < 2 ** 32, "between 0 and 2**32 - 1 (numpy's seed range)")
-    _check(where, "training", t, "batching", t["batching"] in BATCHING, f"one of {', '.join(BATCHING)}")
+    _check(where, "training", t, "batching", t["batching"] in BATCHING_KINDS, f"one of {', '.join(BATCHING_KINDS)}")
     _check(where, "training", t, "ddp_timeout", t["ddp_timeout"] >= 60, "at least 60 (seconds)")
     budget = t["max_tokens_per_micro_batch"]
     if budget is not None:
