@@ -367,9 +367,8 @@ def choose_validation(sampled, val_ratio: float, seed: int, group_by: str = "use
 
     Taking a line for validation also takes every sample that quotes it out of training. In
     scene data each line is quoted by the later items of its scene, so a first pass takes only
-    lines quoted by at most MAX_QUOTING_FIRST_PASS other samples (on the shipped sample with
-    all samples this keeps 655 training samples instead of 438; validation lines lean slightly
-    towards later turns: mean context 9.2 turns against 8.7 overall). A candidate is also
+    lines quoted by at most MAX_QUOTING_FIRST_PASS other samples (far fewer training samples lost;
+    see tests/test_splitting.py; validation lines lean slightly towards later turns). A candidate is also
     passed over when it would leave a character without training data; such candidates are
     used only when the target count cannot be met otherwise."""
     if len(sampled) < 2:
