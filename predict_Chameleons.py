@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict
 
-from chameleons import data, encoding, evaluation, prediction, prompts
+from chameleons import data, encoding, evaluation, generation, model_loading, prediction, prompts, shards
 from chameleons.config import load_config
 from chameleons.errors import UserError, user_errors_exit
 from chameleons.outputs import write_json, write_records, write_text
@@ -29,27 +29,21 @@ def main(argv=None) -> int:
     dist = prediction.Distributed.from_env()
     config = load_config(args.config)
     ablation = config.ablation(args.ablation_config)
-    paths = prediction.output_paths(args.output_file)
-    prediction.check_output(args.output_file, args.overwrite, probe=False)
-    prediction.check_backend(args.backend, len(args.model), dist.world, args.evaluate, args.tensor_parallel_size,
-                             args.device_map)
-    model_dirs = prediction.check_model_dirs(args.model)
-    if len(model_dirs) * args.candidates_per_member < args.num_samples:
-        raise UserError(f"--candidates_per_member {args.candidates_per_member} x {len(model_dirs)} models gives fewer "
-                        f"candidates than --num_samples {args.num_samples}")
+    paths = shards.output_paths(args.output_file)
+    model_dirs = check_run(args, dist)
 
     # Load: the input, the shared tokenizer, the history pool of the training file.
     records, jsonl = prediction.read_input(args.input_file)
     corpus = data.extract_samples(records, args.input_file, for_prediction=True)
     if args.evaluate and not any(s.target for s in corpus.samples):
         raise UserError(f"--evaluate: {args.input_file} has no continuations to score against")
-    tokenizer = prediction.shared_tokenizer(model_dirs, config.model["tokenizer"], warn=dist.warn)
+    tokenizer = model_loading.shared_tokenizer(model_dirs, config.model["tokenizer"], warn=dist.warn)
     history = prediction.history_index(ablation, config, args)
     builder = prompts.PromptBuilder(ablation, args.prompt_style, history, config.training["max_context_turns"],
                                     args.template_filename)
     for line in prediction.training_run_warnings(model_dirs, args, ablation):  # all input is valid by now
         dist.warn(line)
-    sampling = prediction.Sampling.from_args(args)
+    sampling = generation.Sampling.from_args(args)
     if sampling.greedy and args.num_samples > 1 and len(model_dirs) == 1:
         dist.warn("--temperature 0 is greedy: the --num_samples continuations of an item will be identical")
 
@@ -58,109 +52,124 @@ def main(argv=None) -> int:
     max_length = args.max_length or config.training["max_length"]
     rows = prediction.build_prompts(corpus.samples, builder, tokenizer, fmt, max_length)
 
-    prediction.check_output(args.output_file, args.overwrite)  # last check: tries a write
+    shards.check_output(args.output_file, args.overwrite)  # last check: tries a write
 
     # Generate: every rank takes its share of the items not already in the shards. Models are
     # loaded when first needed, one at a time (an ensemble never holds two members).
     dist.init()
-    if args.backend == "vllm":
-        members = prediction.Members(model_dirs, lambda d: prediction.VllmGenerator(
-            d, tokenizer, fmt, sampling, max_length + args.max_new_tokens, args.tensor_parallel_size), lambda g: g)
-    else:
-        device = dist.device()
-        n = args.candidates_per_member if len(model_dirs) > 1 else args.num_samples
-        members = prediction.Members(model_dirs, lambda d: prediction.load_model(d, device, args.device_map, dist.warn),
-                                     lambda m: prediction.HFGenerator(m, tokenizer, fmt, sampling, n))
+    members = prediction.make_members(model_dirs, args.backend, tokenizer, fmt, sampling, dist,
+                                      max_length + args.max_new_tokens, args.tensor_parallel_size, args.device_map)
     predictor = prediction.Predictor(members, sampling, args.batch_size)
-    store = prediction.PartStore(args.output_file, dist.rank)
-    meta = prediction.run_meta(args, model_dirs, rows, max_length, sampling)
+    store = shards.PartStore(args.output_file, dist.rank)
+    meta = shards.run_meta(args, model_dirs, rows, max_length, sampling)
     results, stats = prediction.generate_all(rows, predictor, store, dist, meta, args.overwrite)
 
     # Extract and write: answers were extracted per item; the output gets each item's own.
     summary = None
     if dist.is_main:
         prediction.attach_continuations(records, results)
-        own_turn_last = prediction.ends_on_character(corpus.samples)
         write_records(paths["output"], records, jsonl)
         write_text(paths["examples"], prediction.examples_log(rows, results, tokenizer, args.log_examples))
-        seconds = time.time() - started
-        summary = {
-            "input_file": str(args.input_file),
-            "output_file": str(paths["output"]),
-            "models": [str(d) for d in model_dirs],
-            "backend": args.backend,
-            "world_size": dist.world,
-            "ablation_config": args.ablation_config,
-            "prompt_style": args.prompt_style,
-            "max_length": max_length,
-            "sampling": asdict(sampling),
-            "counts": {
-                **{k: v for k, v in corpus.summary().items() if k in ("records", "data_items", "characters")},
-                "predicted": len(results),
-                "ends_on_character": len(own_turn_last),
-                "resumed": stats["resumed"],
-                "generated_now": stats["generated_now"],
-                "prompts_truncated": sum(1 for r in rows if r.truncated and r.ids),
-                "prompts_too_long": sum(1 for r in rows if not r.ids),
-                "shard_lines_unreadable": stats["shard_lines_unreadable"],
-                "shard_lines_stale": stats["shard_lines_stale"],
-            },
-            "ends_on_character_items": own_turn_last,
-            "extraction_problems": prediction.extraction_summary(results),
-            "time": {"total_s": round(seconds, 3), "generation_s": stats["generation_seconds"]},
-            "throughput": {
-                "generated_tokens": stats["generated_tokens"],
-                "items_per_s": round(stats["generated_now"] / stats["generation_seconds"], 3)
-                if stats["generation_seconds"] else None,
-                "tokens_per_s": round(stats["generated_tokens"] / stats["generation_seconds"], 1)
-                if stats["generation_seconds"] else None,
-            },
-            "examples_log": str(paths["examples"]),
-        }
+        summary = run_summary(args, paths, model_dirs, dist.world, max_length, sampling, corpus, rows, results,
+                              stats, time.time() - started)
 
     # Evaluate: loss as training computes it (split across ranks), metrics of the first continuations.
     if args.evaluate:
-        scored, dropped, unlabelled = evaluation.supervised_rows(corpus.samples, builder, tokenizer, fmt,
-                                                                 config.training["max_length"])
-        mine = list(range(dist.rank, len(scored), dist.world))
-        local = [None] * len(model_dirs)
-        for k in members.order():  # the member still in memory first
-            local[k] = evaluation.token_logprobs(members.model(k), [(scored[i].input_ids, scored[i].prompt_len)
-                                                                    for i in mine], args.batch_size)
-        members.release()
-        gathered = dist.gather((mine, local))
+        evaluate(args, config, corpus, builder, tokenizer, fmt, members, dist, results, paths["eval"])
         if dist.is_main:
-            member_rows = [[None] * len(scored) for _ in model_dirs]
-            for idx, per_member in gathered:
-                for m, lps in enumerate(per_member):
-                    for i, lp in zip(idx, lps):
-                        member_rows[m][i] = lp
-            labelled = [(results[s.sample_id]["continuations"][0], s.target) for s in corpus.samples
-                        if data.is_training_sample(s) and s.sample_id in results]
-            report = {
-                "input_file": str(args.input_file),
-                "max_length": config.training["max_length"],
-                "samples_scored": len(scored),
-                "dropped_target_too_long": len(dropped),
-                "unlabelled": unlabelled,
-                "scores": evaluation.loss_report(model_dirs, member_rows),
-                "generation": evaluation.reference_metrics([h for h, _ in labelled], [r for _, r in labelled]),
-            }
-            write_json(paths["eval"], report)
-            print(evaluation.format_report(report), flush=True)
             summary["evaluation_file"] = str(paths["eval"])
 
     if dist.is_main:
-        summary["time"]["total_s"] = round(time.time() - started, 3)
-        write_json(paths["summary"], summary)
-        store.remove()
-        c = summary["counts"]
-        print(f"wrote {paths['output']}: {c['predicted']} items x {args.num_samples} continuations "
-              f"({c['resumed']} resumed, {c['generated_now']} generated); "
-              f"{summary['extraction_problems']['continuations_with_problems']} extraction problems; "
-              f"summary {paths['summary']}", flush=True)
+        finish(args, paths, summary, started, store)
     dist.close()
     return 0
+
+
+def check_run(args, dist) -> list:
+    """The checks that need no input read: the output can be placed, the backend fits the flags,
+    every model folder is whole. The model folders, as paths."""
+    shards.check_output(args.output_file, args.overwrite, probe=False)
+    generation.check_backend(args.backend, len(args.model), dist.world, args.evaluate, args.tensor_parallel_size,
+                             args.device_map)
+    model_dirs = model_loading.check_model_dirs(args.model)
+    if len(model_dirs) * args.candidates_per_member < args.num_samples:
+        raise UserError(f"--candidates_per_member {args.candidates_per_member} x {len(model_dirs)} models gives fewer "
+                        f"candidates than --num_samples {args.num_samples}")
+    return model_dirs
+
+
+def run_summary(args, paths, model_dirs, world, max_length, sampling, corpus, rows, results, stats,
+                seconds) -> dict:
+    """<output>.summary.json: the settings, the counts, extraction problems, time and throughput."""
+    own_turn_last = prediction.ends_on_character(corpus.samples)
+    return {
+        "input_file": str(args.input_file),
+        "output_file": str(paths["output"]),
+        "models": [str(d) for d in model_dirs],
+        "backend": args.backend,
+        "world_size": world,
+        "ablation_config": args.ablation_config,
+        "prompt_style": args.prompt_style,
+        "max_length": max_length,
+        "sampling": asdict(sampling),
+        "counts": {
+            **{k: v for k, v in corpus.summary().items() if k in ("records", "data_items", "characters")},
+            "predicted": len(results),
+            "ends_on_character": len(own_turn_last),
+            "resumed": stats["resumed"],
+            "generated_now": stats["generated_now"],
+            "prompts_truncated": sum(1 for r in rows if r.truncated and r.ids),
+            "prompts_too_long": sum(1 for r in rows if not r.ids),
+            "shard_lines_unreadable": stats["shard_lines_unreadable"],
+            "shard_lines_stale": stats["shard_lines_stale"],
+        },
+        "ends_on_character_items": own_turn_last,
+        "extraction_problems": prediction.extraction_summary(results),
+        "time": {"total_s": round(seconds, 3), "generation_s": stats["generation_seconds"]},
+        "throughput": {
+            "generated_tokens": stats["generated_tokens"],
+            "items_per_s": round(stats["generated_now"] / stats["generation_seconds"], 3)
+            if stats["generation_seconds"] else None,
+            "tokens_per_s": round(stats["generated_tokens"] / stats["generation_seconds"], 1)
+            if stats["generation_seconds"] else None,
+        },
+        "examples_log": str(paths["examples"]),
+    }
+
+
+def evaluate(args, config, corpus, builder, tokenizer, fmt, members, dist, results, eval_path):
+    """Rank 0 writes and prints the <output>.eval.json report: every member's loss on the
+    targets, encoded as training encodes them, and BLEU/ROUGE-L of the first continuations."""
+    scored, dropped, unlabelled = evaluation.supervised_rows(corpus.samples, builder, tokenizer, fmt,
+                                                             config.training["max_length"])
+    member_rows = prediction.score_rows(scored, members, dist, args.batch_size)
+    if not dist.is_main:
+        return
+    labelled = [(results[s.sample_id]["continuations"][0], s.target) for s in corpus.samples
+                if data.is_training_sample(s) and s.sample_id in results]
+    report = {
+        "input_file": str(args.input_file),
+        "max_length": config.training["max_length"],
+        "samples_scored": len(scored),
+        "dropped_target_too_long": len(dropped),
+        "unlabelled": unlabelled,
+        "scores": evaluation.loss_report(members.dirs, member_rows),
+        "generation": evaluation.reference_metrics([h for h, _ in labelled], [r for _, r in labelled]),
+    }
+    write_json(eval_path, report)
+    print(evaluation.format_report(report), flush=True)
+
+
+def finish(args, paths, summary, started, store):
+    """Rank 0: the summary written, the shards removed (the output is whole), one line printed."""
+    summary["time"]["total_s"] = round(time.time() - started, 3)
+    write_json(paths["summary"], summary)
+    store.remove()
+    c = summary["counts"]
+    print(f"wrote {paths['output']}: {c['predicted']} items x {args.num_samples} continuations "
+          f"({c['resumed']} resumed, {c['generated_now']} generated); "
+          f"{summary['extraction_problems']['continuations_with_problems']} extraction problems; "
+          f"summary {paths['summary']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,41 +16,48 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
-def _positive_int(text):
+def positive_int(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
-def _optional_positive_int(text):
+def optional_positive_int(text):
     if text.lower() in ("none", "all"):
         return None
-    return _positive_int(text)
+    return positive_int(text)
 
 
-def _ratio(text):
+def ratio(text):
     value = float(text)
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value}")
     return value
 
 
-def _non_negative_float(text):
+def probability(text):
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def non_negative_float(text):
     value = float(text)
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
     return value
 
 
-def _non_negative_int(text):
+def non_negative_int(text):
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
     return value
 
 
-def _positive_float(text):
+def positive_float(text):
     value = float(text)
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {value}")
@@ -67,11 +74,11 @@ def add_data_args(p):
     p.add_argument("--ablation_config", default="context_only", help="one of the config's ablation_configs")
     p.add_argument("--prompt_style", default="simple", choices=["simple", "detailed"])
     p.add_argument("--template_filename", help="template for --prompt_style detailed (default templates/detailed.txt)")
-    p.add_argument("--max_samples_per_user", type=_optional_positive_int, default=None,
+    p.add_argument("--max_samples_per_user", type=optional_positive_int, default=None,
                    help="keep at most N samples per character (default: all)")
     p.add_argument("--sample_seed", type=int, default=42)
     p.add_argument("--sample_group_by", choices=["user_hash", "record"], default="user_hash")
-    p.add_argument("--val_ratio", type=_ratio, default=0.1)
+    p.add_argument("--val_ratio", type=ratio, default=0.1)
     p.add_argument("--val_seed", type=int, default=None, help="seed of the validation split (default: --sample_seed)")
     p.add_argument("--val_leak_check", choices=["conversation", "text"], default="conversation",
                    help="how validation lines are kept out of training: whole conversations go to validation (a line "
@@ -86,11 +93,11 @@ def train_parser():
     p.add_argument("--deepspeed", help="DeepSpeed config JSON (ZeRO-2/3)")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--overwrite_output_dir", action="store_true", help="allow writing over a finished run")
-    p.add_argument("--max_epochs", type=_positive_int, default=3)
+    p.add_argument("--max_epochs", type=positive_int, default=3)
     p.add_argument("--max_steps", type=int, default=-1, help="stop after this many optimizer steps (for smoke tests)")
-    p.add_argument("--early_stopping_patience", type=_non_negative_int, default=3, help="evaluations without improvement; 0 disables")
-    p.add_argument("--early_stopping_threshold", type=_non_negative_float, default=0.001)
-    p.add_argument("--evals_per_epoch", type=_positive_int, default=None, help="default: the config's (2)")
+    p.add_argument("--early_stopping_patience", type=non_negative_int, default=3, help="evaluations without improvement; 0 disables")
+    p.add_argument("--early_stopping_threshold", type=non_negative_float, default=0.001)
+    p.add_argument("--evals_per_epoch", type=positive_int, default=None, help="default: the config's (2)")
     p.add_argument("--resample_each_epoch", action="store_true",
                    help="draw a fresh per-character subset every epoch (epoch 0 = the plain sample)")
     p.add_argument("--resume_from_checkpoint", default=None, help="'auto' (newest complete checkpoint) or a path")
@@ -102,9 +109,9 @@ def train_parser():
                    help="wandb group (default: <ablation>_N<max_samples_per_user>, e.g. context_only_N2)")
     p.add_argument("--disable_flash_attn", action="store_true", help="use SDPA attention instead of flash-attention 2")
     p.add_argument("--dry_run", action="store_true", help="load, sample, split and tokenize; write plan.json; no model")
-    p.add_argument("--sec_per_step", type=_non_negative_float, default=16.0,
+    p.add_argument("--sec_per_step", type=non_negative_float, default=16.0,
                    help="seconds per optimizer step for the dry run's time estimates (16: measured on 8 GPUs)")
-    p.add_argument("--nproc_per_node", type=_positive_int, default=None,
+    p.add_argument("--nproc_per_node", type=positive_int, default=None,
                    help="world size for the dry run's step counts (default: WORLD_SIZE or 1)")
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the config's training.seed)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",

@@ -49,6 +49,10 @@ def world_size() -> int:
     return env_int("WORLD_SIZE", 1)
 
 
+def local_rank() -> int:
+    return env_int("LOCAL_RANK", 0)
+
+
 def local_world_size() -> int:
     return env_int("LOCAL_WORLD_SIZE", world_size())
 

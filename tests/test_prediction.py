@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from chameleons import encoding, evaluation, prediction, prompts  # noqa: E402
+from chameleons import encoding, evaluation, generation, model_loading, prediction, prompts, shards  # noqa: E402
 from chameleons.config import load_config  # noqa: E402
 from chameleons.data import load_corpus  # noqa: E402
 from chameleons.encoding import ChatFormat, build_labels, encode_samples  # noqa: E402
@@ -276,8 +276,8 @@ def test_generator_feeds_the_model_left_padded_prompts(env, qwen_tok):
 
     model.generate = spy
     fmt = ChatFormat(qwen_tok)
-    sampling = prediction.Sampling(0.7, 0.9, 50, 1.0, 4, 3, 3, 0)
-    gen = prediction.HFGenerator(model, qwen_tok, fmt, sampling, 3)
+    sampling = generation.Sampling(0.7, 0.9, 50, 1.0, 4, 3, 3, 0)
+    gen = generation.HFGenerator(model, qwen_tok, fmt, sampling, 3)
     prompts_ = [[11, 22, 33, 44, 55], [66, 77], [88, 99, 100]]
     seeds = [[5 + 10 * b + j for j in range(3)] for b in range(3)]
     out = gen.generate(prompts_, seeds)
@@ -342,10 +342,10 @@ def test_every_item_gets_its_own_answer(env, tmp_path, monkeypatch, qwen_tok):
         for p in prompt_batch:
             sid = id_of[tuple(p)]
             texts = [broken.get(sid, "[ANSWER]\n{sid} #" + str(k) + "\n[/ANSWER]").format(sid=sid) for k in range(2)]
-            out.append([prediction.Candidate([1], t, t, True) for t in texts])
+            out.append([generation.Candidate([1], t, t, True) for t in texts])
         return out
 
-    monkeypatch.setattr(prediction.HFGenerator, "generate", fake)
+    monkeypatch.setattr(generation.HFGenerator, "generate", fake)
     out = tmp_path / "pred.json"
     assert _main()(_argv(env, out, "--batch_size", "3", ablation="context_only")) == 0
     items = dict(_items(json.loads(out.read_text())))
@@ -449,13 +449,13 @@ class _FakeDist(prediction.Distributed):
 
 class _EchoPredictor:
     def __init__(self, n=2):
-        self.sampling = prediction.Sampling(1.0, 1.0, 0, 1.0, 4, n, n, 0)
+        self.sampling = generation.Sampling(1.0, 1.0, 0, 1.0, 4, n, n, 0)
         self.generated_tokens = 0
         self.seen = []
 
     def __call__(self, rows):
         self.seen.extend(r.sample_id for r in rows)
-        cands = [prediction.Candidate([1], f"[ANSWER]{r.sample_id}[/ANSWER]", "", True) for r in rows]
+        cands = [generation.Candidate([1], f"[ANSWER]{r.sample_id}[/ANSWER]", "", True) for r in rows]
         return [prediction.make_result(r, [c] * self.sampling.num_samples) for r, c in zip(rows, cands)]
 
     def run(self, rows, store=None, progress=None):
@@ -470,10 +470,10 @@ def test_ranks_split_the_items_and_rank_0_merges(env, qwen_tok, tmp_path):
     out = tmp_path / "pred.json"
     r1 = _FakeDist(1, 2)
     p1 = _EchoPredictor()
-    assert prediction.generate_all(rows, p1, prediction.PartStore(tmp_path / "other.json", 1), r1, {}, False,
+    assert prediction.generate_all(rows, p1, shards.PartStore(tmp_path / "other.json", 1), r1, {}, False,
                                    progress=False) == (None, None)
     p0 = _EchoPredictor()
-    results, stats = prediction.generate_all(rows, p0, prediction.PartStore(out, 0), _FakeDist(0, 2, peers=[r1.sent]),
+    results, stats = prediction.generate_all(rows, p0, shards.PartStore(out, 0), _FakeDist(0, 2, peers=[r1.sent]),
                                              {}, False, progress=False)
     assert p0.seen and p1.seen and not set(p0.seen) & set(p1.seen)
     assert sorted(p0.seen + p1.seen) == sorted(r.sample_id for r in rows)
@@ -487,7 +487,7 @@ def test_shards_from_other_settings_are_refused(env, tmp_path, monkeypatch):
     with pytest.raises(SimulatedKill):
         _main()(_argv(env, out))
     with pytest.raises(UserError, match="other settings .*sampling.* pass --overwrite"):
-        prediction.PartStore(out).prepare({"sampling": {"temperature": 0.1}}, [], 2, overwrite=False)
+        shards.PartStore(out).prepare({"sampling": {"temperature": 0.1}}, [], 2, overwrite=False)
 
 
 # ---------------------------------------------------------------- scores and ensembles
@@ -559,7 +559,7 @@ def test_ensemble_token_probability_is_the_mean_probability(members):
 
 
 def test_choose_best_ranks_by_score_distinct_answers_first():
-    c = [prediction.Candidate([1], f"[ANSWER]{t}[/ANSWER]", "", True) for t in ("a", "b", "a", "c")]
+    c = [generation.Candidate([1], f"[ANSWER]{t}[/ANSWER]", "", True) for t in ("a", "b", "a", "c")]
     assert prediction.choose_best(c, [-1.0, -3.0, -0.5, -2.0], 3) == [2, 3, 1]
     assert prediction.choose_best(c, [-1.0, -3.0, -0.5, -2.0], 4) == [2, 3, 1, 0]
 
@@ -674,9 +674,9 @@ def _members(env, qwen_tok, sampling, names=("m1",), n=None):
 
     fmt = ChatFormat(qwen_tok)
     n = n or sampling.num_samples
-    return prediction.Members([env["models"][m] for m in names],
-                              lambda d: prediction.load_model(d, torch.device("cpu")),
-                              lambda m: prediction.HFGenerator(m, qwen_tok, fmt, sampling, n))
+    return model_loading.Members([env["models"][m] for m in names],
+                              lambda d: model_loading.load_model(d, torch.device("cpu")),
+                              lambda m: generation.HFGenerator(m, qwen_tok, fmt, sampling, n))
 
 
 def test_item_sampler_draws_from_the_softmax():
@@ -687,24 +687,24 @@ def test_item_sampler_draws_from_the_softmax():
     logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -30.0]])
     want = torch.softmax(logits, dim=-1)[0]
     n = 40000
-    keys = torch.tensor([prediction.sample_seed(3, 0, f"item{i}", 0) for i in range(n)], dtype=torch.int64)
+    keys = torch.tensor([generation.sample_seed(3, 0, f"item{i}", 0) for i in range(n)], dtype=torch.int64)
     for step in (0, 17):
-        picks = (logits + prediction.gumbel_noise(keys, step, 6)).argmax(dim=-1)
+        picks = (logits + generation.gumbel_noise(keys, step, 6)).argmax(dim=-1)
         freq = torch.bincount(picks, minlength=6).double() / n
         sigma = (want * (1 - want) / n).sqrt()
         assert ((freq - want).abs() <= 5 * sigma + 1e-9).all(), (freq, want)
     # a row's noise is its own: the same alone or in any batch, different at another step or seed
-    alone = prediction.gumbel_noise(keys[7:8], 3, 1000)
-    assert torch.equal(alone[0], prediction.gumbel_noise(keys[:50], 3, 1000)[7])
-    assert not torch.equal(alone, prediction.gumbel_noise(keys[7:8], 4, 1000))
-    assert not torch.equal(alone, prediction.gumbel_noise(keys[8:9], 3, 1000))
+    alone = generation.gumbel_noise(keys[7:8], 3, 1000)
+    assert torch.equal(alone[0], generation.gumbel_noise(keys[:50], 3, 1000)[7])
+    assert not torch.equal(alone, generation.gumbel_noise(keys[7:8], 4, 1000))
+    assert not torch.equal(alone, generation.gumbel_noise(keys[8:9], 3, 1000))
 
 
 def test_sampled_continuations_do_not_depend_on_batch_order_or_world_size(env, qwen_tok, tmp_path):
     """Each continuation is seeded from (seed, member, item, sample index): the same text whatever
     the batch size, the order of the items, or how many ranks share them."""
     rows = sorted(_context_rows(env, qwen_tok), key=lambda r: -len(r.ids))
-    sampling = prediction.Sampling(1.0, 0.95, 0, 1.0, 6, 2, 2, 11)
+    sampling = generation.Sampling(1.0, 0.95, 0, 1.0, 6, 2, 2, 11)
     members = _members(env, qwen_tok, sampling)
 
     def texts(results):
@@ -713,10 +713,10 @@ def test_sampled_continuations_do_not_depend_on_batch_order_or_world_size(env, q
     runs = {f"batch {b}": texts(prediction.Predictor(members, sampling, b).run(rows)) for b in (1, 3, 7)}
     runs["reversed"] = texts(prediction.Predictor(members, sampling, 2).run(rows[::-1]))
     r1 = _FakeDist(1, 2)
-    prediction.generate_all(rows, prediction.Predictor(members, sampling, 2), prediction.PartStore(tmp_path / "b.json", 1),
+    prediction.generate_all(rows, prediction.Predictor(members, sampling, 2), shards.PartStore(tmp_path / "b.json", 1),
                             r1, {}, False, progress=False)
     results, _ = prediction.generate_all(rows, prediction.Predictor(members, sampling, 2),
-                                         prediction.PartStore(tmp_path / "a.json", 0), _FakeDist(0, 2, peers=[r1.sent]),
+                                         shards.PartStore(tmp_path / "a.json", 0), _FakeDist(0, 2, peers=[r1.sent]),
                                          {}, False, progress=False)
     runs["2 ranks"] = {sid: res["raw"] for sid, res in results.items()}
     first = runs["batch 1"]
@@ -724,7 +724,7 @@ def test_sampled_continuations_do_not_depend_on_batch_order_or_world_size(env, q
     for name, got in runs.items():
         assert got == first, name
     assert any(a != b for a, b in first.values())  # two samples of an item are two draws
-    other_seed = prediction.Sampling(1.0, 0.95, 0, 1.0, 6, 2, 2, 12)
+    other_seed = generation.Sampling(1.0, 0.95, 0, 1.0, 6, 2, 2, 12)
     assert texts(prediction.Predictor(_members(env, qwen_tok, other_seed), other_seed, 7).run(rows)) != first
 
 
@@ -784,14 +784,14 @@ def test_a_model_retrained_into_the_same_folder_does_not_resume_the_old_ones_sha
 
 def test_model_fingerprint_follows_files_not_path(env, tmp_path):
     a = _copy_model(env["models"]["m1"], tmp_path / "a")
-    fp = prediction.model_fingerprint(a)
-    assert prediction.model_fingerprint(a) == fp
+    fp = model_loading.model_fingerprint(a)
+    assert model_loading.model_fingerprint(a) == fp
     (a / "training_config.json").write_text("{}")  # not the model
-    assert prediction.model_fingerprint(a) == fp
+    assert model_loading.model_fingerprint(a) == fp
     cfg = json.loads((a / "config.json").read_text())
     cfg["rms_norm_eps"] = 1e-5
     (a / "config.json").write_text(json.dumps(cfg))
-    assert prediction.model_fingerprint(a) != fp
+    assert model_loading.model_fingerprint(a) != fp
 
 
 # ---------------------------------------------------------------- ensembles, one member at a time
@@ -801,14 +801,14 @@ def _all_at_once_reference(env, qwen_tok, rows, sampling, names, batch_size):
     import torch
 
     fmt = ChatFormat(qwen_tok)
-    models = [prediction.load_model(env["models"][m], torch.device("cpu")) for m in names]
-    gens = [prediction.HFGenerator(m, qwen_tok, fmt, sampling, sampling.candidates_per_member) for m in models]
+    models = [model_loading.load_model(env["models"][m], torch.device("cpu")) for m in names]
+    gens = [generation.HFGenerator(m, qwen_tok, fmt, sampling, sampling.candidates_per_member) for m in models]
     out = {}
     for start in range(0, len(rows), batch_size):
         batch = rows[start:start + batch_size]
         props = [[] for _ in batch]
         for k, gen in enumerate(gens):
-            seeds = [[prediction.sample_seed(sampling.seed, k, r.sample.uid, j) for j in range(gen.n)] for r in batch]
+            seeds = [[generation.sample_seed(sampling.seed, k, r.sample.uid, j) for j in range(gen.n)] for r in batch]
             for i, cands in enumerate(gen.generate([r.ids for r in batch], seeds)):
                 props[i].extend(cands)
         pairs = [(r.ids + c.token_ids, len(r.ids)) for r, cands in zip(batch, props) for c in cands]
@@ -830,21 +830,21 @@ def test_ensemble_holds_one_member_at_a_time_and_matches_all_at_once(env, qwen_t
     import torch
 
     rows = sorted(_context_rows(env, qwen_tok), key=lambda r: -len(r.ids))
-    sampling = prediction.Sampling(1.0, 0.95, 0, 1.0, 5, 2, 2, 3)
+    sampling = generation.Sampling(1.0, 0.95, 0, 1.0, 5, 2, 2, 3)
     names = ("m1", "m2", "m1")
     alive, loads = [], []
 
     def load(d):
         gc.collect()
         loads.append((str(d), sum(1 for ref in alive if ref() is not None)))
-        model = prediction.load_model(d, torch.device("cpu"))
+        model = model_loading.load_model(d, torch.device("cpu"))
         alive.append(weakref.ref(model))
         return model
 
     fmt = ChatFormat(qwen_tok)
-    members = prediction.Members([env["models"][m] for m in names], load,
-                                 lambda m: prediction.HFGenerator(m, qwen_tok, fmt, sampling, 2))
-    store = prediction.PartStore(tmp_path / "e.json")
+    members = model_loading.Members([env["models"][m] for m in names], load,
+                                 lambda m: generation.HFGenerator(m, qwen_tok, fmt, sampling, 2))
+    store = shards.PartStore(tmp_path / "e.json")
     store.prepare({}, rows, 2, False)
     store.open()
     got = {res["sample_id"]: res["raw"] for res in prediction.Predictor(members, sampling, 3).run(rows, store)}
@@ -879,10 +879,10 @@ def test_a_killed_ensemble_resumes_without_redoing_finished_members(env, tmp_pat
                                                              "rank0.jsonl", "score.m1.rank0.jsonl"]
     monkeypatch.setattr(prediction, "token_logprobs", original_lp)
     generated, loaded = [], []
-    original_gen, original_load = prediction.HFGenerator.generate, prediction.load_model
-    monkeypatch.setattr(prediction.HFGenerator, "generate",
+    original_gen, original_load = generation.HFGenerator.generate, model_loading.load_model
+    monkeypatch.setattr(generation.HFGenerator, "generate",
                         lambda self, p, s: generated.append(len(p)) or original_gen(self, p, s))
-    monkeypatch.setattr(prediction, "load_model", lambda d, *a, **k: loaded.append(Path(d).name) or original_load(d, *a, **k))
+    monkeypatch.setattr(model_loading, "load_model", lambda d, *a, **k: loaded.append(Path(d).name) or original_load(d, *a, **k))
     assert _main()(_argv(env, out, *argv, models=("m1", "m2"))) == 0
     assert generated == [] and loaded == ["m2", "m1"]  # finish scoring with m2, then m1
     assert _raw_outputs(out) == _raw_outputs(full)
@@ -1015,18 +1015,18 @@ def test_a_lora_adapter_folder_is_loaded_on_its_base_and_identified_by_both(env,
                 param.fill_(0.05)
     adapter = tmp_path / "adapter"
     lora.save_pretrained(str(adapter))
-    assert prediction.check_model_dirs([adapter]) == [adapter]
-    merged = prediction.load_model(adapter, torch.device("cpu"))
+    assert model_loading.check_model_dirs([adapter]) == [adapter]
+    merged = model_loading.load_model(adapter, torch.device("cpu"))
     plain = transformers.AutoModelForCausalLM.from_pretrained(str(base))
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(merged.state_dict()[q], plain.state_dict()[q])
-    fp = prediction.model_fingerprint(adapter)
+    fp = model_loading.model_fingerprint(adapter)
     (base / "model.safetensors").unlink()
     shutil.copy(env["models"]["m2"] / "model.safetensors", base / "model.safetensors")
-    assert prediction.model_fingerprint(adapter) != fp  # base retrained: another model
+    assert model_loading.model_fingerprint(adapter) != fp  # base retrained: another model
     shutil.rmtree(base)
     with pytest.raises(UserError, match="base model .*base: not found"):
-        prediction.check_model_dirs([adapter])
+        model_loading.check_model_dirs([adapter])
 
 
 def test_vllm_generator_requests_with_a_fake_vllm(env, qwen_tok, monkeypatch):
@@ -1059,14 +1059,14 @@ def test_vllm_generator_requests_with_a_fake_vllm(env, qwen_tok, monkeypatch):
     fmt = ChatFormat(qwen_tok)
     for temperature, n_asked in ((0.0, 1), (0.8, 3)):
         calls.clear()
-        sampling = prediction.Sampling(temperature, 0.9, 0, 1.0, 4, 3, 3, 21)
-        members = prediction.Members(["m"], lambda d: prediction.VllmGenerator(d, qwen_tok, fmt, sampling, 600, 4),
+        sampling = generation.Sampling(temperature, 0.9, 0, 1.0, 4, 3, 3, 21)
+        members = model_loading.Members(["m"], lambda d: generation.VllmGenerator(d, qwen_tok, fmt, sampling, 600, 4),
                                      lambda g: g)
         results = prediction.Predictor(members, sampling, 8)(rows)
         assert calls["engine"]["tensor_parallel_size"] == 4 and calls["engine"]["max_model_len"] == 600
         params = calls["params"][0]
         assert [p["n"] for p in params] == [n_asked] * 3
-        assert [p["seed"] for p in params] == [prediction.sample_seed(21, 0, r.sample.uid, 0) for r in rows]
+        assert [p["seed"] for p in params] == [generation.sample_seed(21, 0, r.sample.uid, 0) for r in rows]
         assert ("top_k" in params[0]) is False and params[0]["temperature"] == temperature
         for res in results:
             assert len(res["raw"]) == 3

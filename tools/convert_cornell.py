@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from chameleons.cli import OneLineParser, _positive_int  # noqa: E402
+from chameleons.cli import OneLineParser, positive_int  # noqa: E402
 from chameleons.errors import UserError, user_errors_exit  # noqa: E402
 from chameleons.outputs import write_records  # noqa: E402
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("corpus_dir", help="directory holding movie_lines.txt, movie_conversations.txt, "
                                       "movie_characters_metadata.txt")
     p.add_argument("--out", required=True, help="output JSON file")
-    p.add_argument("--max-context", type=_positive_int, default=MAX_CONTEXT)
+    p.add_argument("--max-context", type=positive_int, default=MAX_CONTEXT)
     args = p.parse_args(argv)
     for name in ("movie_lines.txt", "movie_conversations.txt", "movie_characters_metadata.txt"):
         if not os.path.isfile(os.path.join(args.corpus_dir, name)):
