@@ -454,48 +454,11 @@ def split_train_val(samples, max_per_user, sample_seed: int, val_ratio: float, v
     val_seed = sample_seed if val_seed is None else val_seed
     index = index if index is not None else make_index(samples, leak_check)
     val_source = sample_per_character(samples, max_per_user, val_seed, group_by)
-    conv_stats = {}
-    if leak_check == "conversation":
-        chosen = choose_conversations(index, val_source, samples, val_ratio, val_seed, group_by)
-        chosen_set = set(chosen)
-        val = [s for s in val_source if index.label[s.sample_id] in chosen_set]
-        val_ids = {s.sample_id for s in val}
-        leaking = {s.sample_id for c in chosen for s in index.members[c]} - val_ids
-        leaking |= {s.sample_id for c, linked in index.uncertain.items() if linked & chosen_set
-                    for s in index.members[c]}
-        conv_stats = {"conversations": len(index), "validation_conversations": len(chosen),
-                      "huge_conversations_split": index.split_up, "largest_conversation": index.largest,
-                      "uncertain_conversations": len(index.uncertain)}
-    else:
-        val = choose_validation(val_source, val_ratio, val_seed, group_by, samples, index)
-        val_ids = {s.sample_id for s in val}
-        leaking = {q.sample_id for v in val for q in index.quoting(v.target)} - val_ids
-
+    val, leaking, conv_stats = _choose_val(index, leak_check, val_source, samples, val_ratio, val_seed, group_by)
     sampled = val_source if val_seed == sample_seed else sample_per_character(samples, max_per_user, sample_seed,
                                                                                group_by)
     sampled_per_group = {g: len(m) for g, m in group_samples(sampled, group_by).items()}
-    val_per_group = {g: len(m) for g, m in group_samples(val, group_by).items()}
-
-    pool, leaked = {}, 0
-    for group, members in group_samples(samples, group_by).items():
-        eligible = []
-        for s in members:
-            if s.sample_id in val_ids:
-                continue
-            if s.sample_id in leaking:
-                leaked += 1
-                continue
-            eligible.append(s)
-        if eligible:
-            pool[group] = eligible
-    sizes = {}
-    for group, eligible in pool.items():
-        want = sampled_per_group.get(group, 0) - val_per_group.get(group, 0)
-        if max_per_user is None:
-            want = len(eligible)
-        sizes[group] = max(0, min(want, len(eligible)))
-    pool = {g: m for g, m in pool.items() if sizes[g] > 0}
-    sizes = {g: n for g, n in sizes.items() if n > 0}
+    pool, sizes, leaked = _training_pool(samples, val, leaking, sampled_per_group, max_per_user, group_by)
 
     split = Split(sample_seed=sample_seed, group_by=group_by, val=val, pool=pool, sizes=sizes, index=index)
     train_groups = set(sizes)
@@ -517,3 +480,50 @@ def split_train_val(samples, max_per_user, sample_seed: int, val_ratio: float, v
         "val_seed": val_seed,
     }
     return split
+
+
+def _choose_val(index, leak_check, val_source, samples, val_ratio, val_seed, group_by):
+    """(validation samples, ids that must leave training, conversation stats) for either leak check."""
+    if leak_check != "conversation":
+        val = choose_validation(val_source, val_ratio, val_seed, group_by, samples, index)
+        val_ids = {s.sample_id for s in val}
+        return val, {q.sample_id for v in val for q in index.quoting(v.target)} - val_ids, {}
+    chosen = choose_conversations(index, val_source, samples, val_ratio, val_seed, group_by)
+    chosen_set = set(chosen)
+    val = [s for s in val_source if index.label[s.sample_id] in chosen_set]
+    val_ids = {s.sample_id for s in val}
+    leaking = {s.sample_id for c in chosen for s in index.members[c]} - val_ids
+    leaking |= {s.sample_id for c, linked in index.uncertain.items() if linked & chosen_set
+                for s in index.members[c]}
+    stats = {"conversations": len(index), "validation_conversations": len(chosen),
+             "huge_conversations_split": index.split_up, "largest_conversation": index.largest,
+             "uncertain_conversations": len(index.uncertain)}
+    return val, leaking, stats
+
+
+def _training_pool(samples, val, leaking, sampled_per_group, max_per_user, group_by):
+    """Each character's training-eligible samples and how many of them an epoch trains on (its
+    sampled count minus its validation samples; all of them with N = all)."""
+    val_ids = {s.sample_id for s in val}
+    val_per_group = {g: len(m) for g, m in group_samples(val, group_by).items()}
+    pool, leaked = {}, 0
+    for group, members in group_samples(samples, group_by).items():
+        eligible = []
+        for s in members:
+            if s.sample_id in val_ids:
+                continue
+            if s.sample_id in leaking:
+                leaked += 1
+                continue
+            eligible.append(s)
+        if eligible:
+            pool[group] = eligible
+    sizes = {}
+    for group, eligible in pool.items():
+        want = sampled_per_group.get(group, 0) - val_per_group.get(group, 0)
+        if max_per_user is None:
+            want = len(eligible)
+        sizes[group] = max(0, min(want, len(eligible)))
+    pool = {g: m for g, m in pool.items() if sizes[g] > 0}
+    sizes = {g: n for g, n in sizes.items() if n > 0}
+    return pool, sizes, leaked
