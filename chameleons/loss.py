@@ -88,6 +88,17 @@ def _supervised_logits_by_parts(model, lm, inputs, keep):
     return logits, getattr(out, "router_logits", None)
 
 
+def _model_inputs(batch, config, want_router) -> dict:
+    """What the model's forward gets from a batch: ids, mask or packed positions and offsets."""
+    inputs = {"input_ids": batch["input_ids"], "use_cache": False}  # a cache disables packed-sequence masking
+    for key in ("attention_mask", "position_ids") + VARLEN_KEYS:
+        if batch.get(key) is not None:
+            inputs[key] = batch[key]
+    if hasattr(config, "output_router_logits"):
+        inputs["output_router_logits"] = bool(want_router)
+    return inputs
+
+
 def causal_lm_loss(model, batch, num_items_in_batch=None, router_aux_loss_coef: float = 0.0):
     """(loss, n_supervised_tokens) for a batch from `chameleons.batching` (padded or packed).
 
@@ -115,16 +126,9 @@ def causal_lm_loss(model, batch, num_items_in_batch=None, router_aux_loss_coef: 
     keep, targets = supervised_positions(labels)
     n_supervised = keep.sum()
 
-    inputs = {"input_ids": batch["input_ids"], "use_cache": False}  # a cache disables packed-sequence masking
-    attention_mask = batch.get("attention_mask")
-    if attention_mask is not None:
-        inputs["attention_mask"] = attention_mask
-    for key in ("position_ids",) + VARLEN_KEYS:
-        if batch.get(key) is not None:
-            inputs[key] = batch[key]
     want_router = router_aux_loss_coef > 0 and getattr(config, "num_experts", None)
-    if hasattr(config, "output_router_logits"):
-        inputs["output_router_logits"] = bool(want_router)
+    inputs = _model_inputs(batch, config, want_router)
+    attention_mask = inputs.get("attention_mask")
 
     if _accepts(lm, "logits_to_keep"):
         out = model(**inputs, logits_to_keep=keep)
