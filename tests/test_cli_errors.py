@@ -1,6 +1,7 @@
-"""The trainer's command line, run as users run it (a subprocess): bad input gives one
-`error: ...` line, exit code 2, no traceback and no output folder; a dry run writes plan.json
-whose figures match counts computed here from the data file itself.
+"""The trainer's command line: bad input gives one `error: ...` line, exit code 2, no traceback
+and no output folder; a dry run writes plan.json whose figures match counts computed here from
+the data file itself. Most cases call the script's main() in this process; the ones taking
+`run_trainer` run it as users do, in a subprocess.
 """
 
 import gzip
@@ -42,10 +43,11 @@ def _make_go(tmp_path, runner):
 
 
 @pytest.fixture
-def setup(tmp_path, run_trainer):
+def setup(tmp_path, run_in_process):
     """A valid config + data file; `go(extra args, data=records or text or bytes)` runs a dry run
-    in a subprocess."""
-    return _make_go(tmp_path, run_trainer)
+    through the script's main() in this process (the tests that take `run_trainer` run it as a
+    real process, as do the subprocess cases of tests/test_bad_inputs.py)."""
+    return _make_go(tmp_path, run_in_process)
 
 
 @pytest.fixture

@@ -213,15 +213,16 @@ def test_every_accepted_scheduler_builds_without_kwargs(cfg):
         assert builds == (kind in accepted), kind
 
 
-# --------------------------------------------------------------------------- through the script (subprocess)
+# --------------------------------------------------------------------------- through the script's main()
 
 @pytest.fixture
-def dry_run(tmp_path, run_trainer):
+def dry_run(tmp_path, run_in_process):
+    """The script's main() in this process (tests/test_bad_inputs.py runs the real process too)."""
     data = write_data(tmp_path / "data.json", simple_corpus([4, 3, 5]))
 
     def go(config_path, *extra):
-        return run_trainer(["--config", config_path, "--output_dir", tmp_path / "out", "--dry_run", "--data_file", data,
-                            *extra], cwd=tmp_path)
+        return run_in_process(["--config", config_path, "--output_dir", tmp_path / "out", "--dry_run", "--data_file",
+                               data, *extra], cwd=tmp_path)
 
     return go, tmp_path
 
