@@ -325,11 +325,8 @@ def test_validation_characters_keep_training_on_shipped_data(check):
     assert split.stats["validation_characters_without_train"] == 0
 
 
-def test_leak_screening_orphans_character_minimal_repro(build):
-    """Text screening. Regression test for a fixed bug, smallest case: Ann's 4 lines form one
-    scene, each item quoting her earlier lines. If her first line goes to validation, every
-    other item quotes it and is screened out, although putting her last line in validation
-    would have kept three."""
+def _ann_one_scene_and_cy(build):
+    """Ann speaks in one scene only (4 items, each quoting her earlier lines); Cy has 4 unrelated items."""
     scene = []
     ann_items = []
     for j in range(4):
@@ -337,8 +334,16 @@ def test_leak_screening_orphans_character_minimal_repro(build):
         ann_items.append(build.item(list(scene), f"Ann line {j}"))
         scene.append(("Ann", f"Ann line {j}"))
     other = [build.item([("Zed", f"z{j}")], f"Cy line {j}") for j in range(4)]
-    samples = extract_samples([build.record("ann", ann_items, name="Ann"),
-                               build.record("cy", other, name="Cy")]).samples
+    return extract_samples([build.record("ann", ann_items, name="Ann"),
+                            build.record("cy", other, name="Cy")]).samples
+
+
+def test_leak_screening_orphans_character_minimal_repro(build):
+    """Text screening. Regression test for a fixed bug, smallest case: Ann's 4 lines form one
+    scene, each item quoting her earlier lines. If her first line goes to validation, every
+    other item quotes it and is screened out, although putting her last line in validation
+    would have kept three."""
+    samples = _ann_one_scene_and_cy(build)
     for seed in range(100):  # whichever line validation takes, Ann keeps training data
         split = split_train_val(samples, None, seed, 0.125, leak_check="text")  # one validation sample out of 8
         assert len(split.val) == 1
@@ -350,15 +355,7 @@ def test_conversation_split_keeps_a_one_scene_character_in_training(build):
     """Conversation split, same corpus: Ann's one scene is one conversation; taking it for
     validation would leave her without training data, so the other character's lines are
     taken, whatever the seed."""
-    scene = []
-    ann_items = []
-    for j in range(4):
-        scene.append(("Bob", f"Bob says {j}"))
-        ann_items.append(build.item(list(scene), f"Ann line {j}"))
-        scene.append(("Ann", f"Ann line {j}"))
-    other = [build.item([("Zed", f"z{j}")], f"Cy line {j}") for j in range(4)]
-    samples = extract_samples([build.record("ann", ann_items, name="Ann"),
-                               build.record("cy", other, name="Cy")]).samples
+    samples = _ann_one_scene_and_cy(build)
     for seed in range(50):
         split = split_train_val(samples, None, seed, 0.125)
         assert [s.user_hash for s in split.val] == ["cy"]
