@@ -37,9 +37,9 @@ def main(argv=None) -> int:
     corpus = data.extract_samples(records, args.input_file, for_prediction=True)
     if args.evaluate and not any(s.target for s in corpus.samples):
         raise UserError(f"--evaluate: {args.input_file} has no continuations to score against")
-    tokenizer = model_loading.shared_tokenizer(model_dirs, config.model["tokenizer"], warn=dist.warn)
+    tokenizer = model_loading.shared_tokenizer(model_dirs, config.model.tokenizer, warn=dist.warn)
     history = prediction.history_index(ablation, config, args)
-    builder = prompts.PromptBuilder(ablation, args.prompt_style, history, config.training["max_context_turns"],
+    builder = prompts.PromptBuilder(ablation, args.prompt_style, history, config.training.max_context_turns,
                                     args.template_filename)
     for line in prediction.training_run_warnings(model_dirs, args, ablation):  # all input is valid by now
         dist.warn(line)
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
 
     # Build prompts: the training encoder, prompt only.
     fmt = encoding.ChatFormat(tokenizer)
-    max_length = args.max_length or config.training["max_length"]
+    max_length = args.max_length or config.training.max_length
     rows = prediction.build_prompts(corpus.samples, builder, tokenizer, fmt, max_length)
 
     shards.check_output(args.output_file, args.overwrite)  # last check: tries a write
@@ -141,7 +141,7 @@ def evaluate(args, config, corpus, builder, tokenizer, fmt, members, dist, resul
     """Rank 0 writes and prints the <output>.eval.json report: every member's loss on the
     targets, encoded as training encodes them, and BLEU/ROUGE-L of the first continuations."""
     scored, dropped, unlabelled = evaluation.supervised_rows(corpus.samples, builder, tokenizer, fmt,
-                                                             config.training["max_length"])
+                                                             config.training.max_length)
     member_rows = prediction.score_rows(scored, members, dist, args.batch_size)
     if not dist.is_main:
         return
@@ -149,7 +149,7 @@ def evaluate(args, config, corpus, builder, tokenizer, fmt, members, dist, resul
                 if data.is_training_sample(s) and s.sample_id in results]
     report = {
         "input_file": str(args.input_file),
-        "max_length": config.training["max_length"],
+        "max_length": config.training.max_length,
         "samples_scored": len(scored),
         "dropped_target_too_long": len(dropped),
         "unlabelled": unlabelled,

@@ -30,14 +30,14 @@ def main(argv=None) -> int:
 
     checks = training.check_run(args, config)
 
-    corpus = data.load_corpus(args.data_file or config.resolve_path(config.data["train_file"]))
+    corpus = data.load_corpus(args.data_file or config.resolve_path(config.data.train_file))
     data.require_samples(corpus)
     split = splitting.split_train_val(corpus.samples, args.max_samples_per_user, args.sample_seed,
                                       args.val_ratio, args.val_seed, args.sample_group_by, args.val_leak_check)
-    tokenizer = encoding.load_tokenizer(config.model["tokenizer"])
+    tokenizer = encoding.load_tokenizer(config.model.tokenizer)
     builder = prompts.PromptBuilder(ablation, args.prompt_style, prompts.HistoryIndex(split.pool_samples()),
-                                    config.training["max_context_turns"], args.template_filename)
-    cache_dir = config.resolve_path(config.data["cache_dir"])
+                                    config.training.max_context_turns, args.template_filename)
+    cache_dir = config.resolve_path(config.data.cache_dir)
 
     if args.dry_run:
         encoded = encoding.encode_split(split, builder, tokenizer, config.training, cache_dir, args.resample_each_epoch)

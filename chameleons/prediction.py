@@ -228,7 +228,7 @@ def history_index(ablation, config, args):
     """use_history prompts draw on the TRAINING file's pool, split with the training flags."""
     if not ablation.use_history:
         return None
-    train = load_corpus(args.data_file or config.resolve_path(config.data["train_file"]))
+    train = load_corpus(args.data_file or config.resolve_path(config.data.train_file))
     split = split_train_val(train.samples, args.max_samples_per_user, args.sample_seed, args.val_ratio,
                             args.val_seed, args.sample_group_by, args.val_leak_check)
     return HistoryIndex(split.pool_samples())

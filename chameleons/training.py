@@ -139,32 +139,32 @@ def training_arguments(args, config, device, report_to):
     from transformers import TrainingArguments
 
     t = config.training
-    seed = t["seed"] if args.seed is None else args.seed
+    seed = t.seed if args.seed is None else args.seed
     kwargs = dict(
         output_dir=os.path.abspath(args.output_dir),  # checkpoint paths in trainer_state.json resolve from anywhere
-        per_device_train_batch_size=t["batch_size"],
-        per_device_eval_batch_size=t["eval_batch_size"],
-        gradient_accumulation_steps=t["gradient_accumulation_steps"],
-        learning_rate=t["learning_rate"],
-        weight_decay=t["weight_decay"],
-        warmup_steps=t["warmup_steps"],
-        lr_scheduler_type=t["lr_scheduler_type"],
-        max_grad_norm=t["max_grad_norm"],
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_steps,
+        lr_scheduler_type=t.lr_scheduler_type,
+        max_grad_norm=t.max_grad_norm,
         num_train_epochs=args.max_epochs,
         max_steps=args.max_steps,
         eval_strategy="steps",
         save_strategy="steps",
         eval_steps=1,  # set once the number of steps per epoch is known
         save_steps=1,
-        logging_steps=t["logging_steps"],
-        save_total_limit=t["save_total_limit"],
+        logging_steps=t.logging_steps,
+        save_total_limit=t.save_total_limit,
         load_best_model_at_end=True,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         bf16=device["bf16"],
         use_cpu=not device["on_gpu"],
         deepspeed=args.deepspeed,
-        activation_checkpointing=config.model["gradient_checkpointing"],
+        activation_checkpointing=config.model.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         report_to=report_to,
         run_name=args.wandb_run_name,
@@ -176,11 +176,11 @@ def training_arguments(args, config, device, report_to):
         disable_tqdm=launch.rank() != 0,
         log_level_replica="error",  # the Trainer resets transformers' verbosity: other ranks print errors only
         log_on_each_node=False,
-        dataloader_num_workers=t["dataloader_num_workers"],
-        ddp_timeout=t["ddp_timeout"],  # seconds a rank waits in a collective (e.g. for rank 0's final save)
+        dataloader_num_workers=t.dataloader_num_workers,
+        ddp_timeout=t.ddp_timeout,  # seconds a rank waits in a collective (e.g. for rank 0's final save)
         ddp_find_unused_parameters=True,  # experts a batch did not route to get no gradient
     )
-    kwargs.update(trainer_args_for_batching(t["batching"]))
+    kwargs.update(trainer_args_for_batching(t.batching))
     try:
         return TrainingArguments(**kwargs)
     except (ValueError, FileNotFoundError) as exc:
@@ -193,27 +193,27 @@ def build_model(config, device, deepspeed_zero3: bool):
     m = config.model
     dtype = torch.bfloat16 if device["bf16"] else torch.float32
     extra = {}
-    if m["experts_implementation"] != "auto":
-        extra["experts_implementation"] = m["experts_implementation"]
+    if m.experts_implementation != "auto":
+        extra["experts_implementation"] = m.experts_implementation
     if deepspeed_zero3 and not device["on_gpu"]:
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="gloo")
-    if m["random_init"]:
-        spec = dict(m["random_init"])
+    if m.random_init:
+        spec = dict(m.random_init)
         model_config = AutoConfig.for_model(spec.pop("model_type"), **spec)
-        _router_settings(model_config, m["router_aux_loss_coef"])
+        _router_settings(model_config, m.router_aux_loss_coef)
         model = AutoModelForCausalLM.from_config(model_config, dtype=dtype,
                                                  attn_implementation=device["attn_implementation"], **extra)
     else:
         try:
-            model_config = AutoConfig.from_pretrained(m["name_or_path"], trust_remote_code=m["trust_remote_code"])
+            model_config = AutoConfig.from_pretrained(m.name_or_path, trust_remote_code=m.trust_remote_code)
         except OSError as exc:
-            raise UserError(f"model {m['name_or_path']!r} could not be loaded: {str(exc).splitlines()[0]}") from None
-        _router_settings(model_config, m["router_aux_loss_coef"])
-        model = AutoModelForCausalLM.from_pretrained(m["name_or_path"], config=model_config, dtype=dtype,
+            raise UserError(f"model {m.name_or_path!r} could not be loaded: {str(exc).splitlines()[0]}") from None
+        _router_settings(model_config, m.router_aux_loss_coef)
+        model = AutoModelForCausalLM.from_pretrained(m.name_or_path, config=model_config, dtype=dtype,
                                                      attn_implementation=device["attn_implementation"],
-                                                     trust_remote_code=m["trust_remote_code"], **extra)
+                                                     trust_remote_code=m.trust_remote_code, **extra)
     if deepspeed_zero3:
         register_moe_leaves(model)
     model.config.use_cache = False
@@ -238,11 +238,11 @@ def register_moe_leaves(model):
     return classes
 
 
-def apply_lora(model, lora: dict):
+def apply_lora(model, lora):
     from peft import LoraConfig, get_peft_model
 
-    return get_peft_model(model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                                            target_modules=lora["target_modules"], task_type="CAUSAL_LM"))
+    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                            target_modules=lora.target_modules, task_type="CAUSAL_LM"))
 
 
 class ChameleonsTrainer(Trainer):
@@ -433,16 +433,16 @@ def check_run(args, config) -> RunChecks:
     """Everything a run needs that can be wrong, checked before the first byte is written (the
     dry run calls this too, so a plan it makes does not fail at training start)."""
     resume = checkpoints.resolve_resume(args.resume_from_checkpoint, args.output_dir)
-    device = device_settings(args.disable_flash_attn, config.model["attn_implementation"], config.training["batching"])
-    if config.training["batching"] == "packed":
+    device = device_settings(args.disable_flash_attn, config.model.attn_implementation, config.training.batching)
+    if config.training.batching == "packed":
         check_packing_supported(device["attn_implementation"])
     _zero_stage(args.deepspeed)
-    if not config.model["random_init"]:
-        source = sources.require_source(config.model["name_or_path"], "model")
+    if not config.model.random_init:
+        source = sources.require_source(config.model.name_or_path, "model")
         if os.path.isdir(source):
             sources.check_model_folder(source)
-    if config.model["trust_remote_code"]:
-        device["notices"].append(f"model.trust_remote_code is on: Python code from {config.model['name_or_path']} "
+    if config.model.trust_remote_code:
+        device["notices"].append(f"model.trust_remote_code is on: Python code from {config.model.name_or_path} "
                                  f"will run in this process")
     report_to, wandb_notice = tracking.wandb_settings(args.wandb_project, args.wandb_run_name, args.output_dir)
     if args.tensorboard:
@@ -514,7 +514,7 @@ def encode_and_plan(args, config, targs, corpus, split, builder, tokenizer, cach
     if steps_per_epoch == 0 or not encoded.val_rows:
         raise UserError(f"{corpus.path}: not enough samples to train ({len(encoded.train_rows(0))} training, "
                         f"{len(encoded.val_rows)} validation)")
-    evals = args.evals_per_epoch or config.training["evals_per_epoch"]
+    evals = args.evals_per_epoch or config.training.evals_per_epoch
     targs.eval_steps = targs.save_steps = max(1, steps_per_epoch // evals)
     return encoded, plan
 
@@ -529,7 +529,7 @@ def open_run_log(args, config, checks, targs, encoded, plan, tokenizer) -> RunLo
     runlog.line(f"versions: {versions()} | world size {targs.world_size} | device "
                 f"{'cuda' if device['on_gpu'] else 'cpu'} | dtype {'bf16' if device['bf16'] else 'fp32'} | "
                 f"attention {device['attn_implementation']} | deepspeed {args.deepspeed or 'off'} | "
-                f"batching {config.training['batching']}")
+                f"batching {config.training.batching}")
     for notice in checks.notices:
         runlog.line(f"notice: {notice}")
         if main:
@@ -553,7 +553,7 @@ def make_trainer(args, config, targs, model, encoded, tokenizer, runlog, stop):
     from transformers import EarlyStoppingCallback
 
     train_rows = EpochRows(encoded)
-    collate = make_collator(config.training["batching"], tokenizer.pad_token_id)
+    collate = make_collator(config.training.batching, tokenizer.pad_token_id)
     throughput = Throughput()
     trace = []
     early = EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold) \
@@ -566,9 +566,9 @@ def make_trainer(args, config, targs, model, encoded, tokenizer, runlog, stop):
     trainer = ChameleonsTrainer(
         model=model, args=targs, train_dataset=train_rows, data_collator=with_row_meta(collate),
         processing_class=tokenizer, callbacks=callbacks, throughput=throughput, stop=stop,
-        eval_dataset=encoded.val_rows, collate=collate, batching=config.training["batching"],
-        router_aux_loss_coef=config.model["router_aux_loss_coef"], trace=trace,
-        max_tokens_per_micro_batch=config.training["max_tokens_per_micro_batch"])
+        eval_dataset=encoded.val_rows, collate=collate, batching=config.training.batching,
+        router_aux_loss_coef=config.model.router_aux_loss_coef, trace=trace,
+        max_tokens_per_micro_batch=config.training.max_tokens_per_micro_batch)
     return trainer, tally, trace
 
 

@@ -65,7 +65,7 @@ def fill_auto(ds_config: dict, model) -> dict:
     return filled
 
 
-def parameter_count(model_cfg: dict):
+def parameter_count(model_cfg):
     """Parameters of the configured model, built on the meta device by its class itself (not through
     `from_config`, which would partition it with zero.Init once a ZeRO-3 run has started); None
     when its config is not on this machine or its class is not one transformers ships."""
@@ -73,12 +73,12 @@ def parameter_count(model_cfg: dict):
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
 
     try:
-        if model_cfg["random_init"]:
-            spec = dict(model_cfg["random_init"])
+        if model_cfg.random_init:
+            spec = dict(model_cfg.random_init)
             config = AutoConfig.for_model(spec.pop("model_type"), **spec)
         else:
-            config = AutoConfig.from_pretrained(model_cfg["name_or_path"], local_files_only=True,
-                                                trust_remote_code=model_cfg["trust_remote_code"])
+            config = AutoConfig.from_pretrained(model_cfg.name_or_path, local_files_only=True,
+                                                trust_remote_code=model_cfg.trust_remote_code)
         with torch.device("meta"):
             model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
     except (OSError, ValueError, KeyError):

@@ -14,7 +14,7 @@ import pytest
 from conftest import simple_corpus, tiny_config, write_data
 from test_cli_errors import check_one_error_line
 
-from chameleons.config import SCHEMA, load_config, parse_override_value
+from chameleons.config import SCHEMA, LoraConfig, load_config, parse_override_value
 from chameleons.errors import UserError
 
 
@@ -78,7 +78,7 @@ GOOD = [
 def test_good_override(cfg, override, section, key, expected):
     before = json.loads(cfg.read_text())
     config = load_config(cfg, [override])
-    assert getattr(config, section)[key] == expected
+    assert getattr(getattr(config, section), key) == expected
     assert config.overrides == [override]
     resolved = config.resolved()
     assert resolved[section][key] == expected and resolved["overrides"] == [override]
@@ -92,7 +92,7 @@ def test_every_schema_key_has_a_good_override():
 
 def test_lora_section_created_by_overrides(cfg):
     config = load_config(cfg, ["lora.r=8", "lora.alpha=16", "lora.dropout=0.05", 'lora.target_modules=["q_proj","v_proj"]'])
-    assert config.lora == {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
+    assert config.lora == LoraConfig(r=8, alpha=16, dropout=0.05, target_modules=["q_proj", "v_proj"])
 
 
 def test_ablation_override(cfg):
@@ -106,7 +106,7 @@ def test_ablation_override(cfg):
 def test_later_override_wins_and_all_are_listed(cfg):
     overrides = ["training.learning_rate=1e-4", "training.batch_size=3", "training.learning_rate=5e-5"]
     config = load_config(cfg, overrides)
-    assert config.training["learning_rate"] == 5e-5 and config.training["batch_size"] == 3
+    assert config.training.learning_rate == 5e-5 and config.training.batch_size == 3
     assert config.resolved()["overrides"] == overrides
 
 

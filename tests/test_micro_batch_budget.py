@@ -122,5 +122,5 @@ def test_budget_config_checks(tmp_path, setting, message):
 
 def test_production_config_is_16_by_1_with_a_budget():
     t = load_config(ROOT / "config_Chameleons_30B.json").training
-    assert (t["batch_size"], t["gradient_accumulation_steps"], t["batching"]) == (16, 1, "packed")
-    assert t["max_tokens_per_micro_batch"] >= t["max_length"]
+    assert (t.batch_size, t.gradient_accumulation_steps, t.batching) == (16, 1, "packed")
+    assert t.max_tokens_per_micro_batch >= t.max_length

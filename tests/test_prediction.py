@@ -224,7 +224,7 @@ def test_prediction_prompt_ids_equal_training_prompt_ids(env, qwen_tok, ablation
     abl = config.ablation(ablation)
     args = prediction.parse_predict_args(_argv(env, env["root"] / "unused.json", ablation=ablation))
     history = prediction.history_index(abl, config, args)
-    builder = prompts.PromptBuilder(abl, style, history, config.training["max_context_turns"])
+    builder = prompts.PromptBuilder(abl, style, history, config.training.max_context_turns)
     fmt = ChatFormat(qwen_tok)
     samples = [s for s in load_corpus(env["input"], for_prediction=True).samples if s.target]
     max_length = 4096
@@ -331,7 +331,7 @@ def test_every_item_gets_its_own_answer(env, tmp_path, monkeypatch, qwen_tok):
     gets exactly its own answer, problems are reported under that item's id, nothing patched."""
     config = load_config(env["config"])
     abl = config.ablation("context_only")
-    builder = prompts.PromptBuilder(abl, "simple", None, config.training["max_context_turns"])
+    builder = prompts.PromptBuilder(abl, "simple", None, config.training.max_context_turns)
     samples = load_corpus(env["input"], for_prediction=True).samples
     rows = prediction.build_prompts(samples, builder, qwen_tok, ChatFormat(qwen_tok), 512)
     id_of = {tuple(r.ids): r.sample_id for r in rows}

@@ -107,11 +107,11 @@ from chameleons.loss import causal_lm_loss
 cfg = load_config({str(config)!r})
 manifest = json.load(open({str(output_dir)!r} + "/split_manifest.json"))
 val_ids = set(manifest["validation"])
-corpus = load_corpus(cfg.data["train_file"])
+corpus = load_corpus(cfg.data.train_file)
 samples = [s for s in corpus.samples if s.sample_id in val_ids]
 tok = load_tokenizer({str(model_dir)!r})
-builder = PromptBuilder(cfg.ablation("context_only"), "simple", None, cfg.training["max_context_turns"])
-enc = encode_samples(samples, builder, tok, ChatFormat(tok), cfg.training["max_length"])
+builder = PromptBuilder(cfg.ablation("context_only"), "simple", None, cfg.training.max_context_turns)
+enc = encode_samples(samples, builder, tok, ChatFormat(tok), cfg.training.max_length)
 rows = [dict(input_ids=i, prompt_len=p) for i, p in zip(enc["input_ids"], enc["prompt_len"])]
 model = AutoModelForCausalLM.from_pretrained({str(model_dir)!r}, dtype=torch.float32).eval()
 collate = make_collator("padded", tok.pad_token_id)

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from chameleons import zero3
-from chameleons.config import load_config
+from chameleons.config import ModelConfig, load_config
 from chameleons.errors import UserError
 from test_batching_equality import tiny_model
 
@@ -59,16 +59,15 @@ def test_checkpoint_cost_and_plan_line():
 def test_parameter_count_on_the_meta_device():
     cfg = load_config(ROOT / "config_tiny_cpu.json")
     n = zero3.parameter_count(cfg.model)
-    spec = cfg.model["random_init"]
+    spec = cfg.model.random_init
     embed = spec["vocab_size"] * spec["hidden_size"]  # tied with lm_head: counted once
     assert embed < n < embed + 200_000
-    assert zero3.parameter_count({"random_init": None, "name_or_path": "/nonexistent/model",
-                                  "trust_remote_code": False}) is None
+    assert zero3.parameter_count(ModelConfig(name_or_path="/nonexistent/model")) is None
 
 
 def test_ddp_timeout_setting(tmp_path):
     cfg = json.loads((ROOT / "config_tiny_cpu.json").read_text())
-    assert load_config(ROOT / "config_tiny_cpu.json").training["ddp_timeout"] == 1800
+    assert load_config(ROOT / "config_tiny_cpu.json").training.ddp_timeout == 1800
     cfg["training"]["ddp_timeout"] = 10
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
