@@ -13,7 +13,7 @@ from pathlib import Path
 from .encoding import load_tokenizer
 from .errors import UserError
 from .generation import prepare_for_inference
-from .sources import check_model_folder, require_source
+from .sources import check_model_folder, require_source, safetensors_header
 
 
 _WEIGHTS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json",
@@ -70,15 +70,6 @@ def check_model_dirs(dirs) -> list:
     return out
 
 
-def _safetensors_shapes(path) -> dict:
-    import struct
-
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
-
-
 def check_weight_shapes(model_dir: Path, config):
     """Weights saved for another config (say a different hidden size) fail at load; find them now,
     from the files' headers and the model built on the meta device (no memory). Only names the
@@ -95,7 +86,8 @@ def check_weight_shapes(model_dir: Path, config):
     except Exception:  # noqa: BLE001 - a model class that cannot be built on meta: the load will tell
         return
     for f in files:
-        for key, shape in _safetensors_shapes(f).items():
+        for key, tensor in safetensors_header(f).items():
+            shape = tuple(tensor["shape"])
             if key in expected and expected[key] != shape:
                 raise UserError(f"--model {model_dir}: {f.name} holds {key} of shape {list(shape)}, config.json "
                                 f"needs {list(expected[key])}: the weights are not the model config.json describes")

@@ -43,8 +43,9 @@ def require_source(name: str, what: str) -> str:
     return name
 
 
-def check_safetensors(path):
-    """A truncated or garbled weights file fails here, in a line, instead of deep in a load."""
+def safetensors_header(path) -> dict:
+    """The tensors a safetensors file declares (name -> dtype, shape, offsets), after checking the
+    file holds all of them: a truncated or garbled file fails here, in a line, not deep in a load."""
     path = Path(path)
     size = path.stat().st_size
     try:
@@ -53,11 +54,13 @@ def check_safetensors(path):
             if header_len > size - 8:
                 raise ValueError("header runs past the end of the file")
             header = json.loads(f.read(header_len))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
     except (struct.error, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
     if 8 + header_len + end > size:
         raise UserError(f"{path}: truncated ({size:,} bytes, the header promises {8 + header_len + end:,})")
+    return tensors
 
 
 def check_model_folder(folder):
@@ -70,4 +73,4 @@ def check_model_folder(folder):
         except (ValueError, UnicodeDecodeError) as exc:
             raise UserError(f"{config}: not valid JSON ({exc})") from None
     for weights in sorted(folder.glob("*.safetensors")):
-        check_safetensors(weights)
+        safetensors_header(weights)
