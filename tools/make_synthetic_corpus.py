@@ -198,20 +198,24 @@ def _item(rng: random.Random, line: _Lines, char_src: str, others: list[str], un
     return {"context": context, "continuation": continuation}
 
 
+def _character_plan(rng, n_records: int, n_hashes: int, n_items: int):
+    """Records per character, items per character (a heavy tail: log-normal weights, median ~5
+    items) and which item positions are unusable; both corpus shapes draw these the same way."""
+    per_hash = _records_per_hash(rng, n_records, n_hashes)
+    char_weights = [rng.lognormvariate(0.0, 1.3) for _ in range(n_hashes)]
+    extra = _allocate(rng, char_weights, n_items - n_records)
+    char_items = [r + e for r, e in zip(per_hash, extra)]
+    unusable_at = set(rng.sample(range(n_items), round(n_items * UNUSABLE_FRACTION)))
+    return per_hash, char_items, unusable_at
+
+
 def make_corpus(seed: int = 0, n_records: int = FULL_RECORDS, n_hashes: int = FULL_HASHES,
                 n_items: int = FULL_ITEMS) -> list[dict]:
     """Build the corpus in memory; same seed and counts give identical output."""
     if not (1 <= n_hashes <= n_records <= n_items):
         raise ValueError("need 1 <= n_hashes <= n_records <= n_items")
     rng = random.Random(seed)
-    per_hash = _records_per_hash(rng, n_records, n_hashes)
-    # Heavy tail of items per character: log-normal weights, median ~5 items.
-    char_weights = [rng.lognormvariate(0.0, 1.3) for _ in range(n_hashes)]
-    extra = _allocate(rng, char_weights, n_items - n_records)
-    char_items = [r + e for r, e in zip(per_hash, extra)]
-
-    n_unusable = round(n_items * UNUSABLE_FRACTION)
-    unusable_at = set(rng.sample(range(n_items), n_unusable))
+    per_hash, char_items, unusable_at = _character_plan(rng, n_records, n_hashes, n_items)
 
     hashes: list[str] = []
     seen: set[str] = set()
@@ -305,11 +309,7 @@ def make_scene_corpus(seed: int = 0, n_records: int = FULL_RECORDS, n_hashes: in
     if not 0 <= generic_share <= 1:
         raise ValueError("generic_share must be between 0 and 1")
     rng = random.Random(seed)
-    per_hash = _records_per_hash(rng, n_records, n_hashes)
-    char_weights = [rng.lognormvariate(0.0, 1.3) for _ in range(n_hashes)]
-    extra = _allocate(rng, char_weights, n_items - n_records)
-    char_items = [r + e for r, e in zip(per_hash, extra)]
-    unusable_at = set(rng.sample(range(n_items), round(n_items * UNUSABLE_FRACTION)))
+    per_hash, char_items, unusable_at = _character_plan(rng, n_records, n_hashes, n_items)
 
     recs: list[dict] = []
     for n_rec, n_it in zip(per_hash, char_items):
