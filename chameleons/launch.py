@@ -57,12 +57,17 @@ def local_world_size() -> int:
     return env_int("LOCAL_WORLD_SIZE", world_size())
 
 
+def launched() -> bool:
+    """Started by torchrun or srun (a worker process), not by plain python."""
+    return "LOCAL_RANK" in os.environ
+
+
 def exit_worker(code: int):
     """Ends the process with `code`. A worker started by torchrun or srun skips interpreter
     teardown: after a complete ZeRO-3 run, native threads destroyed there abort some runs
     (`terminate called without an active exception`), and the launcher then reports a finished
     run as failed. By now every file is written and closed and wandb is finished."""
-    if "LOCAL_RANK" not in os.environ:
+    if not launched():
         sys.exit(code)
     logging.shutdown()
     sys.stdout.flush()

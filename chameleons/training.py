@@ -98,7 +98,7 @@ def device_settings(disable_flash_attn: bool, attn_config: str, batching: str = 
     SDPA per sample (`sdpa_varlen`) on CPU, where flex_attention has no backward."""
     notices = []
     on_gpu = torch.cuda.is_available()
-    if on_gpu and torch.cuda.device_count() > 1 and "LOCAL_RANK" not in os.environ:
+    if on_gpu and torch.cuda.device_count() > 1 and not launch.launched():
         raise UserError(f"{torch.cuda.device_count()} GPUs are visible but the trainer was not started by torchrun "
                         f"or srun: HF Trainer would run nn.DataParallel with a {torch.cuda.device_count()}x batch; "
                         f"launch with torchrun --nproc_per_node={torch.cuda.device_count()}, or set "
