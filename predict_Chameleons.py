@@ -25,91 +25,92 @@ from chameleons.outputs import write_json, write_records, write_text
 
 def main(argv=None) -> int:
     started = time.time()
-    args = prediction.parse_predict_args(argv)
+    opts = prediction.parse_predict_args(argv)
     dist = prediction.Distributed.from_env()
-    config = load_config(args.config)
-    ablation = config.ablation(args.ablation_config)
-    paths = shards.output_paths(args.output_file)
-    model_dirs = check_run(args, dist)
+    config = load_config(opts.config)
+    ablation = config.ablation(opts.ablation_config)
+    paths = shards.output_paths(opts.output_file)
+    model_dirs = check_run(opts, dist)
 
     # Load: the input, the shared tokenizer, the history pool of the training file.
-    records, jsonl = prediction.read_input(args.input_file)
-    corpus = data.extract_samples(records, args.input_file, for_prediction=True)
-    if args.evaluate and not any(s.target for s in corpus.samples):
-        raise UserError(f"--evaluate: {args.input_file} has no continuations to score against")
+    records, jsonl = prediction.read_input(opts.input_file)
+    corpus = data.extract_samples(records, opts.input_file, for_prediction=True)
+    if opts.evaluate and not any(s.target for s in corpus.samples):
+        raise UserError(f"--evaluate: {opts.input_file} has no continuations to score against")
     tokenizer = model_loading.shared_tokenizer(model_dirs, config.model.tokenizer, warn=dist.warn)
-    history = prediction.history_index(ablation, config, args)
-    builder = prompts.PromptBuilder(ablation, args.prompt_style, history, config.training.max_context_turns,
-                                    args.template_filename)
-    for line in prediction.training_run_warnings(model_dirs, args, ablation):  # all input is valid by now
+    history = prediction.history_index(ablation, config, opts)
+    builder = prompts.PromptBuilder(ablation, opts.prompt_style, history, config.training.max_context_turns,
+                                    opts.template_filename)
+    for line in prediction.training_run_warnings(model_dirs, opts, ablation):  # all input is valid by now
         dist.warn(line)
-    sampling = generation.Sampling.from_args(args)
-    if sampling.greedy and args.num_samples > 1 and len(model_dirs) == 1:
+    sampling = generation.Sampling.from_options(opts)
+    if sampling.greedy and opts.num_samples > 1 and len(model_dirs) == 1:
         dist.warn("--temperature 0 is greedy: the --num_samples continuations of an item will be identical")
 
     # Build prompts: the training encoder, prompt only.
     fmt = encoding.ChatFormat(tokenizer)
-    max_length = args.max_length or config.training.max_length
+    max_length = opts.max_length or config.training.max_length
     rows = prediction.build_prompts(corpus.samples, builder, tokenizer, fmt, max_length)
 
-    shards.check_output(args.output_file, args.overwrite)  # last check: tries a write
+    shards.check_output(opts.output_file, opts.overwrite)  # last check: tries a write
 
     # Generate: every rank takes its share of the items not already in the shards. Models are
     # loaded when first needed, one at a time (an ensemble never holds two members).
     dist.init()
-    members = prediction.make_members(model_dirs, args.backend, tokenizer, fmt, sampling, dist,
-                                      max_length + args.max_new_tokens, args.tensor_parallel_size, args.device_map)
-    predictor = prediction.Predictor(members, sampling, args.batch_size)
-    store = shards.PartStore(args.output_file, dist.rank)
-    meta = shards.run_meta(args, model_dirs, rows, max_length, sampling)
-    results, stats = prediction.generate_all(rows, predictor, store, dist, meta, args.overwrite)
+    members = prediction.make_members(model_dirs, opts.backend, tokenizer, fmt, sampling, dist,
+                                      max_length + opts.max_new_tokens, opts.tensor_parallel_size, opts.device_map)
+    predictor = prediction.Predictor(members, sampling, opts.batch_size)
+    store = shards.PartStore(opts.output_file, dist.rank)
+    meta = shards.run_meta(model_dirs, rows, max_length, sampling, opts.backend, opts.ablation_config,
+                            opts.prompt_style)
+    results, stats = prediction.generate_all(rows, predictor, store, dist, meta, opts.overwrite)
 
     # Extract and write: answers were extracted per item; the output gets each item's own.
     summary = None
     if dist.is_main:
         prediction.attach_continuations(records, results)
         write_records(paths["output"], records, jsonl)
-        write_text(paths["examples"], prediction.examples_log(rows, results, tokenizer, args.log_examples))
-        summary = run_summary(args, paths, model_dirs, dist.world, max_length, sampling, corpus, rows, results,
+        write_text(paths["examples"], prediction.examples_log(rows, results, tokenizer, opts.log_examples))
+        summary = run_summary(opts, paths, model_dirs, dist.world, max_length, sampling, corpus, rows, results,
                               stats, time.time() - started)
 
     # Evaluate: loss as training computes it (split across ranks), metrics of the first continuations.
-    if args.evaluate:
-        evaluate(args, config, corpus, builder, tokenizer, fmt, members, dist, results, paths["eval"])
+    if opts.evaluate:
+        evaluate(opts, config, corpus, builder, tokenizer, fmt, members, dist, results, paths["eval"])
         if dist.is_main:
             summary["evaluation_file"] = str(paths["eval"])
 
     if dist.is_main:
-        finish(args, paths, summary, started, store)
+        finish(opts, paths, summary, started, store)
     dist.close()
     return 0
 
 
-def check_run(args, dist) -> list:
+def check_run(opts, dist) -> list:
     """The checks that need no input read: the output can be placed, the backend fits the flags,
     every model folder is whole. The model folders, as paths."""
-    shards.check_output(args.output_file, args.overwrite, probe=False)
-    generation.check_backend(args.backend, len(args.model), dist.world, args.evaluate, args.tensor_parallel_size,
-                             args.device_map)
-    model_dirs = model_loading.check_model_dirs(args.model)
-    if len(model_dirs) * args.candidates_per_member < args.num_samples:
-        raise UserError(f"--candidates_per_member {args.candidates_per_member} x {len(model_dirs)} models gives fewer "
-                        f"candidates than --num_samples {args.num_samples}")
+    shards.check_output(opts.output_file, opts.overwrite, probe=False)
+    generation.check_backend(opts.backend, len(opts.model), dist.world, opts.evaluate, opts.tensor_parallel_size,
+                             opts.device_map)
+    model_dirs = model_loading.check_model_dirs(opts.model)
+    if len(model_dirs) * opts.candidates_per_member < opts.num_samples:
+        raise UserError(f"--candidates_per_member {opts.candidates_per_member} x {len(model_dirs)} models gives fewer "
+                        f"candidates than --num_samples {opts.num_samples}")
     return model_dirs
 
 
-def run_summary(args, paths, model_dirs, world, max_length, sampling, corpus, rows, results, stats,
+def run_summary(opts, paths, model_dirs, world, max_length, sampling, corpus, rows, results, stats,
                 seconds) -> dict:
     """<output>.summary.json: the settings, the counts, extraction problems, time and throughput."""
     own_turn_last = prediction.ends_on_character(corpus.samples)
     return {
-        "input_file": str(args.input_file),
+        "input_file": str(opts.input_file),
         "output_file": str(paths["output"]),
         "models": [str(d) for d in model_dirs],
-        "backend": args.backend,
+        "backend": opts.backend,
         "world_size": world,
-        "ablation_config": args.ablation_config,
-        "prompt_style": args.prompt_style,
+        "ablation_config": opts.ablation_config,
+        "prompt_style": opts.prompt_style,
         "max_length": max_length,
         "sampling": asdict(sampling),
         "counts": {
@@ -137,18 +138,18 @@ def run_summary(args, paths, model_dirs, world, max_length, sampling, corpus, ro
     }
 
 
-def evaluate(args, config, corpus, builder, tokenizer, fmt, members, dist, results, eval_path):
+def evaluate(opts, config, corpus, builder, tokenizer, fmt, members, dist, results, eval_path):
     """Rank 0 writes and prints the <output>.eval.json report: every member's loss on the
     targets, encoded as training encodes them, and BLEU/ROUGE-L of the first continuations."""
     scored, dropped, unlabelled = evaluation.supervised_rows(corpus.samples, builder, tokenizer, fmt,
                                                              config.training.max_length)
-    member_rows = prediction.score_rows(scored, members, dist, args.batch_size)
+    member_rows = prediction.score_rows(scored, members, dist, opts.batch_size)
     if not dist.is_main:
         return
     labelled = [(results[s.sample_id]["continuations"][0], s.target) for s in corpus.samples
                 if data.is_training_sample(s) and s.sample_id in results]
     report = {
-        "input_file": str(args.input_file),
+        "input_file": str(opts.input_file),
         "max_length": config.training.max_length,
         "samples_scored": len(scored),
         "dropped_target_too_long": len(dropped),
@@ -160,13 +161,13 @@ def evaluate(args, config, corpus, builder, tokenizer, fmt, members, dist, resul
     print(evaluation.format_report(report), flush=True)
 
 
-def finish(args, paths, summary, started, store):
+def finish(opts, paths, summary, started, store):
     """Rank 0: the summary written, the shards removed (the output is whole), one line printed."""
     summary["time"]["total_s"] = round(time.time() - started, 3)
     write_json(paths["summary"], summary)
     store.remove()
     c = summary["counts"]
-    print(f"wrote {paths['output']}: {c['predicted']} items x {args.num_samples} continuations "
+    print(f"wrote {paths['output']}: {c['predicted']} items x {opts.num_samples} continuations "
           f"({c['resumed']} resumed, {c['generated_now']} generated); "
           f"{summary['extraction_problems']['continuations_with_problems']} extraction problems; "
           f"summary {paths['summary']}", flush=True)

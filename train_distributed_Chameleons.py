@@ -18,37 +18,37 @@ from chameleons.errors import user_errors_exit
 def main(argv=None) -> int:
     launch.adopt_slurm_ranks()
     quiet.quiet_console()
-    args = cli.parse_train_args(argv)
-    config = load_config(args.config, args.overrides)
-    ablation = config.ablation(args.ablation_config)
-    if outputs.check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir,
-                                resume=args.resume_from_checkpoint, dry_run=args.dry_run):
+    opts = cli.parse_train_args(argv)
+    config = load_config(opts.config, opts.overrides, opts.config_flags())
+    ablation = config.ablation(opts.ablation_config)
+    if outputs.check_output_dir(opts.output_dir, overwrite=opts.overwrite_output_dir,
+                                resume=opts.resume_from_checkpoint, dry_run=opts.dry_run):
         if launch.rank() == 0:
-            print(f"already finished: {args.output_dir}", flush=True)
+            print(f"already finished: {opts.output_dir}", flush=True)
         return 0
     from chameleons import training
 
-    checks = training.check_run(args, config)
+    checks = training.check_run(opts, config)
 
-    corpus = data.load_corpus(args.data_file or config.resolve_path(config.data.train_file))
+    corpus = data.load_corpus(opts.data_file or config.resolve_path(config.data.train_file))
     data.require_samples(corpus)
-    split = splitting.split_train_val(corpus.samples, args.max_samples_per_user, args.sample_seed,
-                                      args.val_ratio, args.val_seed, args.sample_group_by, args.val_leak_check)
+    split = splitting.split_train_val(corpus.samples, opts.max_samples_per_user, opts.sample_seed, opts.val_ratio,
+                                      opts.val_seed, opts.sample_group_by, opts.val_leak_check)
     tokenizer = encoding.load_tokenizer(config.model.tokenizer)
-    builder = prompts.PromptBuilder(ablation, args.prompt_style, prompts.HistoryIndex(split.pool_samples()),
-                                    config.training.max_context_turns, args.template_filename)
+    builder = prompts.PromptBuilder(ablation, opts.prompt_style, prompts.HistoryIndex(split.pool_samples()),
+                                    config.training.max_context_turns, opts.template_filename)
     cache_dir = config.resolve_path(config.data.cache_dir)
 
-    if args.dry_run:
-        encoded = encoding.encode_split(split, builder, tokenizer, config.training, cache_dir, args.resample_each_epoch)
-        plan = {**planning.make_plan(corpus, split, encoded, config.training, args, args.nproc_per_node,
-                                      config=config),
+    if opts.dry_run:
+        encoded = encoding.encode_split(split, builder, tokenizer, config.training, cache_dir, opts.resample_each_epoch)
+        plan = {**planning.make_plan(corpus, split, encoded, config.training, opts.nproc_per_node, opts.max_epochs,
+                                      opts.sec_per_step, planning.checkpoint_cost(config, checks.zero_stage)),
                 "config": config.resolved()}
         print(planning.format_plan(plan), flush=True)
-        outputs.write_json(outputs.run_path(args.output_dir, "plan.json"), plan)
+        outputs.write_json(outputs.run_path(opts.output_dir, "plan.json"), plan)
         return 0
 
-    return training.run(args, config, checks, corpus, split, builder, tokenizer, cache_dir)
+    return training.run(opts, config, checks, corpus, split, builder, tokenizer, cache_dir)
 
 
 if __name__ == "__main__":

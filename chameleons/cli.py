@@ -1,8 +1,16 @@
-"""Command-line flags of the trainer; the names are the ones users' scripts already pass."""
+"""Command-line flags, as typed options: each flag is a field of a frozen dataclass (its type,
+default and help written once), and the parser is built from the fields. The names are the ones
+users' scripts already pass. Library code receives these objects or single fields, never the
+parser's Namespace.
+
+Not `transformers.HfArgumentParser`: it replaces each field's `type` with the annotation, so the
+range checks below (`positive_int`...) and `--set`'s repeatable append cannot be expressed."""
 
 import argparse
+import dataclasses
 import math
 import sys
+from dataclasses import dataclass
 
 from .errors import EXIT_BAD_INPUT
 from .launch import world_size
@@ -64,64 +72,109 @@ def positive_float(text):
     return value
 
 
-def _default_world_size():
-    return world_size()
+def flag(default=dataclasses.MISSING, help=None, *, name=None, **argparse_kwargs):
+    """A field that is also the flag `--<field name>` (or `name`); a field without a default is a
+    required flag. `argparse_kwargs` go to `add_argument` (type, choices, action, metavar)."""
+    metadata = {"flag": name, "help": help, **argparse_kwargs}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
-def add_data_args(p):
-    p.add_argument("--config", required=True, help="model/data config, e.g. config_Chameleons_30B.json")
-    p.add_argument("--data_file", help="Chameleons file to train on (default: the config's data.train_file)")
-    p.add_argument("--ablation_config", default="context_only", help="one of the config's ablation_configs")
-    p.add_argument("--prompt_style", default="simple", choices=["simple", "detailed"])
-    p.add_argument("--template_filename", help="template for --prompt_style detailed (default templates/detailed.txt)")
-    p.add_argument("--max_samples_per_user", type=optional_positive_int, default=None,
-                   help="keep at most N samples per character (default: all)")
-    p.add_argument("--sample_seed", type=int, default=42)
-    p.add_argument("--sample_group_by", choices=["user_hash", "record"], default="user_hash")
-    p.add_argument("--val_ratio", type=ratio, default=0.1)
-    p.add_argument("--val_seed", type=int, default=None, help="seed of the validation split (default: --sample_seed)")
-    p.add_argument("--val_leak_check", choices=["conversation", "text"], default="conversation",
-                   help="how validation lines are kept out of training: whole conversations go to validation (a line "
-                        "is identified by its place in the scene), or 'text': drop every training sample showing a "
-                        "validation line's text (strict, loses much scene data)")
+def add_flags(parser, options_class):
+    for f in dataclasses.fields(options_class):
+        kwargs = {k: v for k, v in f.metadata.items() if k != "flag"}
+        if f.default is not dataclasses.MISSING:
+            kwargs["default"] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            kwargs["default"] = f.default_factory()
+        else:
+            kwargs["required"] = True
+        parser.add_argument(f.metadata["flag"] or f"--{f.name}", dest=f.name, **kwargs)
+    return parser
+
+
+def parse_options(options_class, parser, argv=None, **fill):
+    """The flags of `argv` as an `options_class`; `fill` sets fields left at None (a default that
+    depends on the environment or on another flag)."""
+    values = vars(parser.parse_args(argv))
+    for key, value in fill.items():
+        if values[key] is None:
+            values[key] = value(values) if callable(value) else value
+    return options_class(**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataOptions:
+    """Which file, prompts and per-character sample a run uses: shared by training and
+    prediction (whose history pool must be split exactly as training split it)."""
+
+    config: str = flag(help="model/data config, e.g. config_Chameleons_30B.json")
+    data_file: str | None = flag(None, "Chameleons file to train on (default: the config's data.train_file)")
+    ablation_config: str = flag("context_only", "one of the config's ablation_configs")
+    prompt_style: str = flag("simple", choices=["simple", "detailed"])
+    template_filename: str | None = flag(None, "template for --prompt_style detailed (default templates/detailed.txt)")
+    max_samples_per_user: int | None = flag(None, "keep at most N samples per character (default: all)",
+                                            type=optional_positive_int)
+    sample_seed: int = flag(42, type=int)
+    sample_group_by: str = flag("user_hash", choices=["user_hash", "record"])
+    val_ratio: float = flag(0.1, type=ratio)
+    val_seed: int | None = flag(None, "seed of the validation split (default: --sample_seed)", type=int)
+    val_leak_check: str = flag(
+        "conversation", "how validation lines are kept out of training: whole conversations go to validation (a line "
+        "is identified by its place in the scene), or 'text': drop every training sample showing a validation "
+        "line's text (strict, loses much scene data)", choices=["conversation", "text"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainOptions(DataOptions):
+    """Every flag of train_distributed_Chameleons.py. `--seed` and `--evals_per_epoch` are
+    shorthands for `--set training.seed=...` / `--set training.evals_per_epoch=...`: the run
+    reads both from the config (see `config_flags`)."""
+
+    deepspeed: str | None = flag(None, "DeepSpeed config JSON (ZeRO-2/3)")
+    output_dir: str = flag()
+    overwrite_output_dir: bool = flag(False, "allow writing over a finished run", action="store_true")
+    max_epochs: int = flag(3, type=positive_int)
+    max_steps: int = flag(-1, "stop after this many optimizer steps (for smoke tests)", type=int)
+    early_stopping_patience: int = flag(3, "evaluations without improvement; 0 disables", type=non_negative_int)
+    early_stopping_threshold: float = flag(0.001, type=non_negative_float)
+    evals_per_epoch: int | None = flag(None, "default: the config's (2)", type=positive_int)
+    resample_each_epoch: bool = flag(False, "draw a fresh per-character subset every epoch (epoch 0 = the plain "
+                                            "sample)", action="store_true")
+    resume_from_checkpoint: str | None = flag(None, "'auto' (newest complete checkpoint) or a path")
+    wandb_project: str = flag("none", "'none' turns wandb off")
+    tensorboard: bool = flag(False, "also log to TensorBoard under <output_dir>/runs (needs `pip install "
+                                    "tensorboard`)", action="store_true")
+    wandb_run_name: str | None = flag(None)
+    wandb_group: str | None = flag(None, "wandb group (default: <ablation>_N<max_samples_per_user>, e.g. "
+                                         "context_only_N2)")
+    disable_flash_attn: bool = flag(False, "use SDPA attention instead of flash-attention 2", action="store_true")
+    dry_run: bool = flag(False, "load, sample, split and tokenize; write plan.json; no model", action="store_true")
+    sec_per_step: float = flag(16.0, "seconds per optimizer step for the dry run's time estimates (16: measured "
+                                     "on 8 GPUs)", type=non_negative_float)
+    nproc_per_node: int | None = flag(None, "world size for the dry run's step counts (default: WORLD_SIZE or 1)",
+                                      type=positive_int)
+    seed: int | None = flag(None, "training seed (default: the config's training.seed)", type=int)
+    overrides: list = flag(
+        [], "override one config key, repeatable (e.g. --set training.learning_rate=2e-5); the value is read as "
+            "JSON where it parses (2e-5, true, null, [\"q_proj\"]), else as a plain string",
+        name="--set", action="append", metavar="SECTION.KEY=VALUE")
+
+    def config_flags(self) -> list:
+        """The flags that stand for a config key, as `config.load_config` takes them."""
+        return [(f"--{key} {value}", f"training.{key}", value) for key, value in
+                (("seed", self.seed), ("evals_per_epoch", self.evals_per_epoch)) if value is not None]
+
+    def as_record(self) -> dict:
+        """Every flag by name, as run files record them (training_config.json's `args`)."""
+        return dataclasses.asdict(self)
 
 
 def train_parser():
-    p = OneLineParser(prog="train_distributed_Chameleons.py",
-                      description="Fine-tune a causal LM to speak like a film character.")
-    add_data_args(p)
-    p.add_argument("--deepspeed", help="DeepSpeed config JSON (ZeRO-2/3)")
-    p.add_argument("--output_dir", required=True)
-    p.add_argument("--overwrite_output_dir", action="store_true", help="allow writing over a finished run")
-    p.add_argument("--max_epochs", type=positive_int, default=3)
-    p.add_argument("--max_steps", type=int, default=-1, help="stop after this many optimizer steps (for smoke tests)")
-    p.add_argument("--early_stopping_patience", type=non_negative_int, default=3, help="evaluations without improvement; 0 disables")
-    p.add_argument("--early_stopping_threshold", type=non_negative_float, default=0.001)
-    p.add_argument("--evals_per_epoch", type=positive_int, default=None, help="default: the config's (2)")
-    p.add_argument("--resample_each_epoch", action="store_true",
-                   help="draw a fresh per-character subset every epoch (epoch 0 = the plain sample)")
-    p.add_argument("--resume_from_checkpoint", default=None, help="'auto' (newest complete checkpoint) or a path")
-    p.add_argument("--wandb_project", default="none", help="'none' turns wandb off")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="also log to TensorBoard under <output_dir>/runs (needs `pip install tensorboard`)")
-    p.add_argument("--wandb_run_name", default=None)
-    p.add_argument("--wandb_group", default=None,
-                   help="wandb group (default: <ablation>_N<max_samples_per_user>, e.g. context_only_N2)")
-    p.add_argument("--disable_flash_attn", action="store_true", help="use SDPA attention instead of flash-attention 2")
-    p.add_argument("--dry_run", action="store_true", help="load, sample, split and tokenize; write plan.json; no model")
-    p.add_argument("--sec_per_step", type=non_negative_float, default=16.0,
-                   help="seconds per optimizer step for the dry run's time estimates (16: measured on 8 GPUs)")
-    p.add_argument("--nproc_per_node", type=positive_int, default=None,
-                   help="world size for the dry run's step counts (default: WORLD_SIZE or 1)")
-    p.add_argument("--seed", type=int, default=None, help="training seed (default: the config's training.seed)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config key, repeatable (e.g. --set training.learning_rate=2e-5); the value "
-                        "is read as JSON where it parses (2e-5, true, null, [\"q_proj\"]), else as a plain string")
-    return p
+    return add_flags(OneLineParser(prog="train_distributed_Chameleons.py",
+                                   description="Fine-tune a causal LM to speak like a film character."), TrainOptions)
 
 
-def parse_train_args(argv=None):
-    args = train_parser().parse_args(argv)
-    if args.nproc_per_node is None:
-        args.nproc_per_node = _default_world_size()
-    return args
+def parse_train_args(argv=None) -> TrainOptions:
+    return parse_options(TrainOptions, train_parser(), argv, nproc_per_node=lambda _: world_size())

@@ -13,7 +13,6 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import UserError
-from .prompts import ABLATION_KEYS, Ablation
 
 BATCHING_KINDS = ("packed", "length_grouped", "padded")  # see chameleons/batching.py
 # transformers schedulers that need `lr_scheduler_kwargs`, which the config has no key for: they
@@ -26,6 +25,20 @@ _NUM = (int, float)
 def setting(types, doc: str, default=MISSING):
     """A config key: its JSON types, what it means, and its default (none: the key is required)."""
     return field(default=default, metadata={"types": types, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """One entry of `ablation_configs`: which parts of a character's material the prompt shows
+    (`prompts.PromptBuilder` reads it)."""
+
+    name: str
+    use_profile: bool = setting(bool, "the character's profile and personality fields")
+    use_history: bool = setting(bool, "lines the character says elsewhere in the training pool")
+    use_context: bool = setting(bool, "the scene so far")
+
+
+ABLATION_KEYS = tuple(f.name for f in fields(Ablation) if f.name != "name")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,12 +149,12 @@ class _Where:
 
     def __init__(self, path, origins):
         self.path = path
-        self.origins = origins  # [(dotted key, override text)], in command-line order
+        self.origins = origins  # [(dotted key, the flag that set it)], in the order applied
 
     def __call__(self, key: str) -> str:
         texts = [text for dotted, text in self.origins
                  if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + ".")]
-        return f"{self.path}, --set {texts[-1]}" if texts else str(self.path)
+        return f"{self.path}, {texts[-1]}" if texts else str(self.path)
 
 
 def parse_override_value(text: str):
@@ -152,11 +165,18 @@ def parse_override_value(text: str):
         return text
 
 
-def apply_overrides(path, raw: dict, overrides) -> tuple:
+def apply_overrides(path, raw: dict, overrides, flags=()) -> tuple:
     """The file's JSON with each `section.key=value` set in it (later ones win), and where each
-    value came from. Keys are checked here against the schema; values by the normal validation."""
+    value came from. `flags` ((flag as typed, section.key, value), e.g. `--seed 7`) are set first,
+    so an explicit `--set` of the same key wins. Keys are checked here against the schema; values
+    by the normal validation."""
     raw = copy.deepcopy(raw)
     origins = []
+    for flag_text, dotted, value in flags:
+        section, key = dotted.split(".")
+        if isinstance(raw.get(section), dict):  # else the section's own error comes first
+            raw[section][key] = value
+            origins.append((dotted, flag_text))
     for text in overrides:
         m = _OVERRIDE.match(text)
         if not m:
@@ -182,7 +202,7 @@ def apply_overrides(path, raw: dict, overrides) -> tuple:
                 node[part] = {}
             node = node[part]
         node[parts[-1]] = parse_override_value(m["value"])
-        origins.append((dotted, text))
+        origins.append((dotted, f"--set {text}"))
     return raw, origins
 
 
@@ -295,7 +315,9 @@ def _check_lora(where, lora):
            "a non-empty list of module names")
 
 
-def load_config(path, overrides=()) -> Config:
+def load_config(path, overrides=(), flags=()) -> Config:
+    """The validated config: the file, then `flags` (flags that stand for a key, see
+    `apply_overrides`), then the `--set` overrides; `Config.overrides` lists the latter."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
@@ -307,7 +329,7 @@ def load_config(path, overrides=()) -> Config:
         raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: must be a JSON object with sections {', '.join(SECTIONS_REQUIRED)}")
-    raw, origins = apply_overrides(path, raw, overrides)
+    raw, origins = apply_overrides(path, raw, overrides, flags)
     where = _Where(path, origins)
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:

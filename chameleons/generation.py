@@ -10,7 +10,7 @@ which items share its batch, the batch size, the world size, or whether the run 
 
 import hashlib
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from .errors import UserError
 
@@ -33,9 +33,9 @@ class Sampling:
     seed: int
 
     @classmethod
-    def from_args(cls, args):
-        return cls(args.temperature, args.top_p, args.top_k, args.repetition_penalty, args.max_new_tokens,
-                   args.num_samples, args.candidates_per_member, args.seed)
+    def from_options(cls, opts):
+        """From `prediction.PredictOptions`: its fields of the same names."""
+        return cls(**{f.name: getattr(opts, f.name) for f in fields(cls)})
 
     @property
     def greedy(self) -> bool:

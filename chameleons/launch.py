@@ -45,6 +45,15 @@ def rank() -> int:
     return env_int("RANK", 0)
 
 
+def maybe_rank_zero() -> bool:
+    """For use before RANK is validated: a bad value counts as rank 0, so its error line is not
+    silenced on the one process that prints."""
+    try:
+        return rank() <= 0
+    except UserError:
+        return True
+
+
 def world_size() -> int:
     return env_int("WORLD_SIZE", 1)
 

@@ -53,28 +53,31 @@ def encoded_token_stats(encoded) -> dict:
     return token_stats([lengths[i] for i in rows], [prompt_lens[i] for i in rows], [truncated[i] for i in rows])
 
 
-def guide_splits(corpus, split, args) -> dict:
+def guide_splits(corpus, split) -> dict:
     """The split for every N of the guide table, by the same rule as the run's own split (the
     run's own for its N), so the table promises what training will get."""
     out = {}
     for n in GUIDE_SIZES:
-        if n == args.max_samples_per_user:
+        if n == split.max_per_user:
             out[n] = split.stats
         else:
-            out[n] = splitting.split_train_val(corpus.samples, n, split.sample_seed, args.val_ratio,
+            out[n] = splitting.split_train_val(corpus.samples, n, split.sample_seed, split.val_ratio,
                                                split.stats["val_seed"], split.group_by, split.stats["leak_check"],
                                                index=split.index).stats
     return out
 
 
-def make_plan(corpus, split, encoded, training, args, world_size: int, config=None) -> dict:
+def make_plan(corpus, split, encoded, training, world_size: int, max_epochs: int, sec_per_step: float,
+              checkpoints=None) -> dict:
+    """plan.json: the data, the split, token lengths, the schedule and its hours at
+    `sec_per_step`, micro-batch sizes, `checkpoints` (from `checkpoint_cost`) and the guide table."""
     tokens = encoded_token_stats(encoded)
     n_train, n_val = len(encoded.train_rows(0)), len(encoded.val_rows)
     bs, ga = training.batch_size, training.gradient_accumulation_steps
     per_epoch = steps_per_epoch(n_train, bs, world_size, ga)
     by_record = sampled_counts(corpus.samples, "record", GUIDE_SIZES)
     table = []
-    for n, stats in guide_splits(corpus, split, args).items():
+    for n, stats in guide_splits(corpus, split).items():
         key = "all" if n is None else n
         train = stats["train"]
         steps = steps_per_epoch(train, bs, world_size, ga)
@@ -87,18 +90,18 @@ def make_plan(corpus, split, encoded, training, args, world_size: int, config=No
             "train_samples": train,
             "lost_to_split": stats["lost_to_split"],
             "steps_per_epoch": steps,
-            "hours_per_epoch": round(steps * args.sec_per_step / 3600, 2),
-            "hours_max_epochs": round(steps * args.sec_per_step * args.max_epochs / 3600, 1),
+            "hours_per_epoch": round(steps * sec_per_step / 3600, 2),
+            "hours_max_epochs": round(steps * sec_per_step * max_epochs / 3600, 1),
         })
     return {
         "data": corpus.summary(),
         "sampling": {
-            "max_samples_per_user": args.max_samples_per_user,
-            "sample_seed": args.sample_seed,
-            "group_by": args.sample_group_by,
-            "resample_each_epoch": bool(getattr(args, "resample_each_epoch", False)),
+            "max_samples_per_user": split.max_per_user,
+            "sample_seed": split.sample_seed,
+            "group_by": split.group_by,
+            "resample_each_epoch": encoded.resample,
         },
-        "split": {**split.stats, "val_ratio": args.val_ratio, "train_encoded": n_train, "validation_encoded": n_val},
+        "split": {**split.stats, "val_ratio": split.val_ratio, "train_encoded": n_train, "validation_encoded": n_val},
         "tokens": tokens,
         "schedule": {
             "world_size": world_size,
@@ -106,24 +109,23 @@ def make_plan(corpus, split, encoded, training, args, world_size: int, config=No
             "gradient_accumulation_steps": ga,
             "samples_per_optimizer_step": bs * world_size * ga,
             "steps_per_epoch": per_epoch,
-            "max_epochs": args.max_epochs,
-            "max_steps": per_epoch * args.max_epochs,
-            "sec_per_step": args.sec_per_step,
-            "hours_per_epoch": round(per_epoch * args.sec_per_step / 3600, 2),
+            "max_epochs": max_epochs,
+            "max_steps": per_epoch * max_epochs,
+            "sec_per_step": sec_per_step,
+            "hours_per_epoch": round(per_epoch * sec_per_step / 3600, 2),
         },
         "micro_batches": micro_batch_plan([encoded.lengths[r] for r in encoded.train_rows(0)], bs, world_size, ga,
                                           training.batching == "packed", training.max_tokens_per_micro_batch,
                                           training.seed),
-        "checkpoints": _checkpoints(config, args) if config else None,
+        "checkpoints": checkpoints,
         "guide_table": table,
     }
 
 
-def _checkpoints(config, args):
-    from .training import _zero_stage  # training imports this module
-
-    return zero3.checkpoint_cost(None if config.lora else zero3.parameter_count(config.model),
-                                 _zero_stage(args.deepspeed), config.training.save_total_limit)
+def checkpoint_cost(config, zero_stage) -> dict:
+    """The plan's disk and host-memory figures of checkpoints (see `zero3.checkpoint_cost`)."""
+    return zero3.checkpoint_cost(None if config.lora else zero3.parameter_count(config.model), zero_stage,
+                                 config.training.save_total_limit)
 
 
 def _checkpoint_line(ck) -> str:

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import launch, model_loading
-from .cli import (OneLineParser, add_data_args, non_negative_float, non_negative_int, positive_float, positive_int,
-                  probability)
+from .cli import (DataOptions, OneLineParser, add_flags, flag, non_negative_float, non_negative_int, parse_options,
+                  positive_float, positive_int, probability)
 from .data import load_corpus, read_records
 from .encoding import encode_samples
 from .errors import UserError
@@ -51,50 +51,50 @@ TRAINING_CONFIG = "training_config.json"
 
 # ---------------------------------------------------------------- flags
 
+@dataclass(frozen=True, kw_only=True)
+class PredictOptions(DataOptions):
+    """Every flag of predict_Chameleons.py; the data flags must match the training run's (the
+    history pool is split as training split it)."""
+
+    data_file: str | None = flag(None, "the TRAINING file, for use_history prompts (default: the config's "
+                                       "data.train_file); the sampling flags below must match the training run's")
+    input_file: str = flag(help="Chameleons file to predict, e.g. test_leaderboard.json")
+    model: list = flag(help="trained model folder (the trainer's --output_dir); repeat for an ensemble",
+                       action="append", metavar="DIR")
+    output_file: str = flag(help="the input with `continuations` added to every data item")
+    overwrite: bool = flag(False, "replace an existing output (and partial results made with other settings)",
+                           action="store_true")
+    evaluate: bool = flag(False, "the input has continuations: also score loss/perplexity and BLEU/ROUGE-L "
+                                 "(<output>.eval.json)", action="store_true")
+    backend: str = flag("hf", "hf (default) or vllm (needs vllm and a GPU)", choices=BACKENDS)
+    tensor_parallel_size: int = flag(1, "--backend vllm: GPUs one model is split over (one process)",
+                                     type=positive_int)
+    device_map: str = flag("rank", "--backend hf: 'rank' puts the model on this rank's device; 'auto' spreads one "
+                                   "model over every visible GPU (one process, for a model too big for one GPU)",
+                           choices=DEVICE_MAPS)
+    num_samples: int = flag(1, "continuations per data item", type=positive_int)
+    candidates_per_member: int | None = flag(None, "ensembles: candidates each member proposes per item (default: "
+                                                   "--num_samples)", type=positive_int)
+    temperature: float = flag(0.7, "0 = greedy", type=non_negative_float)
+    top_p: float = flag(0.9, type=probability)
+    top_k: int = flag(50, "0 = off", type=non_negative_int)
+    repetition_penalty: float = flag(1.0, type=positive_float)
+    max_new_tokens: int = flag(128, type=positive_int)
+    seed: int = flag(42, type=int)
+    batch_size: int = flag(8, "prompts per generate call (per rank)", type=positive_int)
+    max_length: int | None = flag(None, "prompt token budget (default: the config's training.max_length)",
+                                  type=positive_int)
+    log_examples: int = flag(5, "prompts and raw outputs written to <output>.examples.log", type=non_negative_int)
+
+
 def predict_parser():
-    p = OneLineParser(prog="predict_Chameleons.py",
-                      description="Generate continuations for a Chameleons file with one or more trained models.")
-    add_data_args(p)  # --config, --ablation_config, --prompt_style and the training flags the history pool needs
-    for action in p._actions:
-        if action.dest == "data_file":
-            action.help = ("the TRAINING file, for use_history prompts (default: the config's data.train_file); "
-                           "the sampling flags below must match the training run's")
-    p.add_argument("--input_file", required=True, help="Chameleons file to predict, e.g. test_leaderboard.json")
-    p.add_argument("--model", action="append", required=True, metavar="DIR",
-                   help="trained model folder (the trainer's --output_dir); repeat for an ensemble")
-    p.add_argument("--output_file", required=True, help="the input with `continuations` added to every data item")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing output (and partial results made with other settings)")
-    p.add_argument("--evaluate", action="store_true",
-                   help="the input has continuations: also score loss/perplexity and BLEU/ROUGE-L (<output>.eval.json)")
-    p.add_argument("--backend", choices=BACKENDS, default="hf", help="hf (default) or vllm (needs vllm and a GPU)")
-    p.add_argument("--tensor_parallel_size", type=positive_int, default=1,
-                   help="--backend vllm: GPUs one model is split over (one process)")
-    p.add_argument("--device_map", choices=DEVICE_MAPS, default="rank",
-                   help="--backend hf: 'rank' puts the model on this rank's device; 'auto' spreads one model over "
-                        "every visible GPU (one process, for a model too big for one GPU)")
-    p.add_argument("--num_samples", type=positive_int, default=1, help="continuations per data item")
-    p.add_argument("--candidates_per_member", type=positive_int, default=None,
-                   help="ensembles: candidates each member proposes per item (default: --num_samples)")
-    p.add_argument("--temperature", type=non_negative_float, default=0.7, help="0 = greedy")
-    p.add_argument("--top_p", type=probability, default=0.9)
-    p.add_argument("--top_k", type=non_negative_int, default=50, help="0 = off")
-    p.add_argument("--repetition_penalty", type=positive_float, default=1.0)
-    p.add_argument("--max_new_tokens", type=positive_int, default=128)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--batch_size", type=positive_int, default=8, help="prompts per generate call (per rank)")
-    p.add_argument("--max_length", type=positive_int, default=None,
-                   help="prompt token budget (default: the config's training.max_length)")
-    p.add_argument("--log_examples", type=non_negative_int, default=5,
-                   help="prompts and raw outputs written to <output>.examples.log")
-    return p
+    return add_flags(OneLineParser(prog="predict_Chameleons.py", description="Generate continuations for a "
+                                   "Chameleons file with one or more trained models."), PredictOptions)
 
 
-def parse_predict_args(argv=None):
-    args = predict_parser().parse_args(argv)
-    if args.candidates_per_member is None:
-        args.candidates_per_member = args.num_samples
-    return args
+def parse_predict_args(argv=None) -> PredictOptions:
+    return parse_options(PredictOptions, predict_parser(), argv,
+                         candidates_per_member=lambda values: values["num_samples"])
 
 
 # ---------------------------------------------------------------- ranks
@@ -180,7 +180,7 @@ class Distributed:
 
 # ---------------------------------------------------------------- inputs
 
-def training_run_warnings(model_dirs, args, ablation) -> list:
+def training_run_warnings(model_dirs, opts: PredictOptions, ablation) -> list:
     """Where the flags differ from a member's own training run (training_config.json, if present)."""
     warnings = []
     checked = ["ablation_config", "prompt_style", "template_filename"]
@@ -199,9 +199,9 @@ def training_run_warnings(model_dirs, args, ablation) -> list:
         if not isinstance(trained, dict):
             continue
         for key in checked:
-            if key in trained and trained[key] != getattr(args, key, None):
+            if key in trained and trained[key] != getattr(opts, key):
                 warnings.append(f"--model {d} was trained with --{key} {trained[key]}, predicting with "
-                                f"--{key} {getattr(args, key, None)}")
+                                f"--{key} {getattr(opts, key)}")
     return warnings
 
 
@@ -224,13 +224,13 @@ def all_item_ids(records) -> list:
     return ids
 
 
-def history_index(ablation, config, args):
+def history_index(ablation, config, opts: DataOptions):
     """use_history prompts draw on the TRAINING file's pool, split with the training flags."""
     if not ablation.use_history:
         return None
-    train = load_corpus(args.data_file or config.resolve_path(config.data.train_file))
-    split = split_train_val(train.samples, args.max_samples_per_user, args.sample_seed, args.val_ratio,
-                            args.val_seed, args.sample_group_by, args.val_leak_check)
+    train = load_corpus(opts.data_file or config.resolve_path(config.data.train_file))
+    split = split_train_val(train.samples, opts.max_samples_per_user, opts.sample_seed, opts.val_ratio,
+                            opts.val_seed, opts.sample_group_by, opts.val_leak_check)
     return HistoryIndex(split.pool_samples())
 
 

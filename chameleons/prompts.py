@@ -7,9 +7,9 @@ a plain-language template file so the wording can be tried without code changes.
 import hashlib
 import re
 import string
-from dataclasses import dataclass
 from pathlib import Path
 
+from .config import Ablation
 from .errors import UserError
 
 TASK_TEXT = ("Given the historical dialogue of a character in a movie, model the character's speaking "
@@ -21,16 +21,7 @@ MAX_HISTORY_LINES = 15
 MAX_HISTORY_CHARS = 200
 HISTORY_CANDIDATES = 200  # relevance is scored over at most this many lines per character
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "detailed.txt"
-ABLATION_KEYS = ("use_profile", "use_history", "use_context")
 PROMPT_STYLES = ("simple", "detailed")
-
-
-@dataclass(frozen=True)
-class Ablation:
-    name: str
-    use_profile: bool
-    use_history: bool
-    use_context: bool
 
 
 def target_text(continuation: str) -> str:

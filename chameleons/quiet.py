@@ -4,8 +4,9 @@ and ranks other than 0 print errors only (rank 0 prints the same warnings once).
 """
 
 import logging
-import os
 import warnings
+
+from .launch import maybe_rank_zero
 
 # torch renamed these collectives; DeepSpeed ZeRO-3 calls the old names every step, and the
 # warnings registry is reset often enough that a 2-process demo printed them ~1,800 times
@@ -37,20 +38,13 @@ LOG_NOTICES = (("accelerate.accelerator", _DropText("Gradient accumulation steps
 _ERRORS_ONLY = _ErrorsOnly()
 
 
-def is_rank_zero() -> bool:
-    """From the launcher's RANK before anything validates it (a bad value counts as rank 0, so
-    its error line is not silenced)."""
-    text = os.environ.get("RANK", "").strip()
-    return not text.isdigit() or int(text) == 0
-
-
 def quiet_console():
     """First thing in main(), before the libraries log anything (calling it again adds nothing)."""
     for message, category, module in DEPRECATED_COLLECTIVES:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
     for logger, notice in LOG_NOTICES:
         logging.getLogger(logger).addFilter(notice)
-    if is_rank_zero():
+    if maybe_rank_zero():
         return
     warnings.simplefilter("ignore")
     # DeepSpeed resets its logger's level when imported; a filter on the logger survives that

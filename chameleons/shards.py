@@ -185,7 +185,8 @@ class PartStore:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def run_meta(args, model_dirs, rows, max_length: int, sampling: Sampling) -> dict:
+def run_meta(model_dirs, rows, max_length: int, sampling: Sampling, backend: str, ablation_config: str,
+             prompt_style: str) -> dict:
     """What the shard lines depend on; a rerun resumes only when all of it matches."""
     h = hashlib.sha256()
     for r in rows:
@@ -195,9 +196,9 @@ def run_meta(args, model_dirs, rows, max_length: int, sampling: Sampling) -> dic
         "input": h.hexdigest()[:24],
         "models": [str(Path(d).resolve()) for d in model_dirs],
         "model_fingerprints": [model_fingerprint(d) for d in model_dirs],
-        "backend": args.backend,
-        "ablation_config": args.ablation_config,
-        "prompt_style": args.prompt_style,
+        "backend": backend,
+        "ablation_config": ablation_config,
+        "prompt_style": prompt_style,
         "max_length": max_length,
         "sampling": asdict(sampling),
     }

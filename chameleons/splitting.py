@@ -412,7 +412,12 @@ def choose_validation(sampled, val_ratio: float, seed: int, group_by: str = "use
 
 @dataclass
 class Split:
+    """A run's validation set and training pool, and the settings that made it (the plan's guide
+    table re-splits the corpus with them for other N)."""
+
+    max_per_user: int | None
     sample_seed: int
+    val_ratio: float
     group_by: str
     val: list
     pool: dict  # group -> training-eligible samples
@@ -460,7 +465,8 @@ def split_train_val(samples, max_per_user, sample_seed: int, val_ratio: float, v
     sampled_per_group = {g: len(m) for g, m in group_samples(sampled, group_by).items()}
     pool, sizes, leaked = _training_pool(samples, val, leaking, sampled_per_group, max_per_user, group_by)
 
-    split = Split(sample_seed=sample_seed, group_by=group_by, val=val, pool=pool, sizes=sizes, index=index)
+    split = Split(max_per_user=max_per_user, sample_seed=sample_seed, val_ratio=val_ratio, group_by=group_by, val=val,
+                  pool=pool, sizes=sizes, index=index)
     train_groups = set(sizes)
     val_groups = {s.group_key(group_by) for s in val}
     n_train = sum(sizes.values())

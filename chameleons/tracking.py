@@ -43,42 +43,42 @@ def size_label(max_samples_per_user) -> str:
     return f"N{'all' if max_samples_per_user is None else max_samples_per_user}"
 
 
-def wandb_group(args) -> str:
+def wandb_group(opts) -> str:
     """`--wandb_group`, else ablation and N (`context_only_N2`): the seeds of one setting."""
-    return args.wandb_group or f"{args.ablation_config}_{size_label(args.max_samples_per_user)}"
+    return opts.wandb_group or f"{opts.ablation_config}_{size_label(opts.max_samples_per_user)}"
 
 
-def wandb_tags(args) -> list:
-    return [args.ablation_config, size_label(args.max_samples_per_user), f"seed{args.sample_seed}"]
+def wandb_tags(opts) -> list:
+    return [opts.ablation_config, size_label(opts.max_samples_per_user), f"seed{opts.sample_seed}"]
 
 
-def run_config(args, config) -> dict:
+def run_config(opts, config) -> dict:
     """What goes to `wandb.config`: the flags that define a setting at the top level (filterable
-    columns in the UI), the resolved config sections, and every flag under `args`."""
+    columns in the UI), the resolved config sections, and every flag under `args` (`TrainOptions`)."""
     return {
-        "ablation": args.ablation_config,
-        "prompt_style": args.prompt_style,
-        "max_samples_per_user": "all" if args.max_samples_per_user is None else args.max_samples_per_user,
-        "sample_seed": args.sample_seed,
-        "val_seed": args.sample_seed if args.val_seed is None else args.val_seed,
-        "val_ratio": args.val_ratio,
-        "sample_group_by": args.sample_group_by,
-        "resample_each_epoch": args.resample_each_epoch,
-        "wandb_group": wandb_group(args),
+        "ablation": opts.ablation_config,
+        "prompt_style": opts.prompt_style,
+        "max_samples_per_user": "all" if opts.max_samples_per_user is None else opts.max_samples_per_user,
+        "sample_seed": opts.sample_seed,
+        "val_seed": opts.sample_seed if opts.val_seed is None else opts.val_seed,
+        "val_ratio": opts.val_ratio,
+        "sample_group_by": opts.sample_group_by,
+        "resample_each_epoch": opts.resample_each_epoch,
+        "wandb_group": wandb_group(opts),
         "config_file": str(config.path),
         **config.resolved(),  # model, data, training, lora, ablation_configs, overrides
-        "args": dict(vars(args)),
+        "args": opts.as_record(),
     }
 
 
-def start_wandb(args, config, report_to):
+def start_wandb(opts, config, report_to):
     """Start the wandb run on rank 0 (call it there only), before the Trainer exists; project,
     run name, folder and mode come from the environment `wandb_settings` set."""
     if "wandb" not in report_to:
         return None
     import wandb
 
-    settings = dict(group=wandb_group(args), tags=wandb_tags(args), config=run_config(args, config))
+    settings = dict(group=wandb_group(opts), tags=wandb_tags(opts), config=run_config(opts, config))
     try:
         return wandb.init(**settings)
     except wandb.errors.CommError as exc:  # a rejected key or no network: the run goes on, logged offline

@@ -135,13 +135,12 @@ def _flash_attn_installed() -> bool:
     return True
 
 
-def training_arguments(args, config, device, report_to):
+def training_arguments(opts, config, device, report_to):
     from transformers import TrainingArguments
 
     t = config.training
-    seed = t.seed if args.seed is None else args.seed
     kwargs = dict(
-        output_dir=os.path.abspath(args.output_dir),  # checkpoint paths in trainer_state.json resolve from anywhere
+        output_dir=os.path.abspath(opts.output_dir),  # checkpoint paths in trainer_state.json resolve from anywhere
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
@@ -150,8 +149,8 @@ def training_arguments(args, config, device, report_to):
         warmup_steps=t.warmup_steps,
         lr_scheduler_type=t.lr_scheduler_type,
         max_grad_norm=t.max_grad_norm,
-        num_train_epochs=args.max_epochs,
-        max_steps=args.max_steps,
+        num_train_epochs=opts.max_epochs,
+        max_steps=opts.max_steps,
         eval_strategy="steps",
         save_strategy="steps",
         eval_steps=1,  # set once the number of steps per epoch is known
@@ -163,13 +162,13 @@ def training_arguments(args, config, device, report_to):
         greater_is_better=False,
         bf16=device["bf16"],
         use_cpu=not device["on_gpu"],
-        deepspeed=args.deepspeed,
+        deepspeed=opts.deepspeed,
         activation_checkpointing=config.model.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         report_to=report_to,
-        run_name=args.wandb_run_name,
-        seed=seed,
-        data_seed=seed,
+        run_name=opts.wandb_run_name,
+        seed=t.seed,
+        data_seed=t.seed,
         logging_nan_inf_filter=False,
         restore_callback_states_from_checkpoint=True,  # early-stopping patience and the loss tally resume exactly
         remove_unused_columns=False,
@@ -425,18 +424,19 @@ class RunChecks:
 
     resume: str
     device: dict
+    zero_stage: int | None
     report_to: list
     notices: list
 
 
-def check_run(args, config) -> RunChecks:
+def check_run(opts, config) -> RunChecks:
     """Everything a run needs that can be wrong, checked before the first byte is written (the
     dry run calls this too, so a plan it makes does not fail at training start)."""
-    resume = checkpoints.resolve_resume(args.resume_from_checkpoint, args.output_dir)
-    device = device_settings(args.disable_flash_attn, config.model.attn_implementation, config.training.batching)
+    resume = checkpoints.resolve_resume(opts.resume_from_checkpoint, opts.output_dir)
+    device = device_settings(opts.disable_flash_attn, config.model.attn_implementation, config.training.batching)
     if config.training.batching == "packed":
         check_packing_supported(device["attn_implementation"])
-    _zero_stage(args.deepspeed)
+    zero_stage = _zero_stage(opts.deepspeed)
     if not config.model.random_init:
         source = sources.require_source(config.model.name_or_path, "model")
         if os.path.isdir(source):
@@ -444,39 +444,39 @@ def check_run(args, config) -> RunChecks:
     if config.model.trust_remote_code:
         device["notices"].append(f"model.trust_remote_code is on: Python code from {config.model.name_or_path} "
                                  f"will run in this process")
-    report_to, wandb_notice = tracking.wandb_settings(args.wandb_project, args.wandb_run_name, args.output_dir)
-    if args.tensorboard:
+    report_to, wandb_notice = tracking.wandb_settings(opts.wandb_project, opts.wandb_run_name, opts.output_dir)
+    if opts.tensorboard:
         tracking.require_tensorboard()
         report_to = report_to + ["tensorboard"]
-    return RunChecks(resume=resume, device=device, report_to=report_to,
+    return RunChecks(resume=resume, device=device, zero_stage=zero_stage, report_to=report_to,
                      notices=device["notices"] + ([wandb_notice] if wandb_notice else []))
 
 
-def start_run_folder(args, resume, main: bool):
+def start_run_folder(output_dir, overwrite: bool, resume, main: bool):
     """The first write to the output folder, once every check has passed: an overwrite clears
     the old run, a fresh start sets old logs aside, a resume appends."""
     if resume is None and main:
-        if args.overwrite_output_dir:
-            outputs.clear_previous_run(args.output_dir)
+        if overwrite:
+            outputs.clear_previous_run(output_dir)
         else:
-            outputs.set_aside_previous_logs(args.output_dir)
+            outputs.set_aside_previous_logs(output_dir)
 
 
-def run(args, config, checks, corpus, split, builder, tokenizer, cache_dir) -> int:
+def run(opts, config, checks, corpus, split, builder, tokenizer, cache_dir) -> int:
     """The training half of the recipe: tokenize, open the run folder, build the model and the
     Trainer, train, then either stop cleanly or evaluate and save. Returns the exit code."""
     from transformers import set_seed
 
-    targs = training_arguments(args, config, checks.device, checks.report_to)
+    targs = training_arguments(opts, config, checks.device, checks.report_to)
     stop = StopRequest()
     stop.install()
-    encoded, plan = encode_and_plan(args, config, targs, corpus, split, builder, tokenizer, cache_dir)
+    encoded, plan = encode_and_plan(opts, config, checks, targs, corpus, split, builder, tokenizer, cache_dir)
 
-    start_run_folder(args, checks.resume, targs.process_index == 0)
-    runlog = open_run_log(args, config, checks, targs, encoded, plan, tokenizer)
+    start_run_folder(opts.output_dir, opts.overwrite_output_dir, checks.resume, targs.process_index == 0)
+    runlog = open_run_log(opts, config, checks, targs, encoded, plan, tokenizer)
 
     set_seed(targs.seed)
-    model = build_model(config, checks.device, deepspeed_zero3=_zero_stage(args.deepspeed) == 3)
+    model = build_model(config, checks.device, deepspeed_zero3=checks.zero_stage == 3)
     if config.lora:
         model = apply_lora(model, config.lora)
     runlog.line(describe_model(model))
@@ -485,50 +485,50 @@ def run(args, config, checks, corpus, split, builder, tokenizer, cache_dir) -> i
         if sizes:
             runlog.line("ZeRO-3 sizes from the largest unit gathered at once (chameleons/zero3.py): "
                         + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
-    trainer, tally, trace = make_trainer(args, config, targs, model, encoded, tokenizer, runlog, stop)
+    trainer, tally, trace = make_trainer(opts, config, targs, model, encoded, tokenizer, runlog, stop)
 
     runlog.line(f"resuming from {checks.resume}" if checks.resume else "starting fresh")
     started = time.time()
     trainer.train(resume_from_checkpoint=checks.resume)
-    write_trace(args.output_dir, targs.process_index, trace)
+    write_trace(opts.output_dir, targs.process_index, trace)
     if trainer.max_tokens_per_micro_batch:
         runlog.line(f"token budget {trainer.max_tokens_per_micro_batch}: {trainer.split_micro_batches} micro-batches "
                     f"ran in parts")
     stop.agree(targs.device)  # a signal during the last step's save reaches one rank only
 
     code = report_stop(trainer, stop, runlog) if stop.exit_code else \
-        save_result(args, config, checks, trainer, tally, runlog, plan, tokenizer, started)
+        save_result(opts, config, checks, trainer, tally, runlog, plan, tokenizer, started)
     tracking.finish_wandb(code)
     finish_distributed()
     return code
 
 
-def encode_and_plan(args, config, targs, corpus, split, builder, tokenizer, cache_dir):
+def encode_and_plan(opts, config, checks, targs, corpus, split, builder, tokenizer, cache_dir):
     """Tokenized rows (rank 0 first, the others reuse its cache) and the plan; sets the
     evaluation and checkpoint interval from the steps per epoch."""
     with targs.main_process_first(local=False, desc="tokenizing"):
-        encoded = encode_split(split, builder, tokenizer, config.training, cache_dir, args.resample_each_epoch,
+        encoded = encode_split(split, builder, tokenizer, config.training, cache_dir, opts.resample_each_epoch,
                                progress=targs.process_index == 0)
-    plan = planning.make_plan(corpus, split, encoded, config.training, args, targs.world_size, config=config)
+    plan = planning.make_plan(corpus, split, encoded, config.training, targs.world_size, opts.max_epochs,
+                              opts.sec_per_step, planning.checkpoint_cost(config, checks.zero_stage))
     steps_per_epoch = plan["schedule"]["steps_per_epoch"]
     if steps_per_epoch == 0 or not encoded.val_rows:
         raise UserError(f"{corpus.path}: not enough samples to train ({len(encoded.train_rows(0))} training, "
                         f"{len(encoded.val_rows)} validation)")
-    evals = args.evals_per_epoch or config.training.evals_per_epoch
-    targs.eval_steps = targs.save_steps = max(1, steps_per_epoch // evals)
+    targs.eval_steps = targs.save_steps = max(1, steps_per_epoch // config.training.evals_per_epoch)
     return encoded, plan
 
 
-def open_run_log(args, config, checks, targs, encoded, plan, tokenizer) -> RunLog:
+def open_run_log(opts, config, checks, targs, encoded, plan, tokenizer) -> RunLog:
     """The detailed log's head (command, versions, notices, config, plan, three decoded samples),
     the split manifest and the wandb run."""
     main = targs.process_index == 0
     device = checks.device
-    runlog = RunLog(args.output_dir, enabled=main)
+    runlog = RunLog(opts.output_dir, enabled=main)
     runlog.line(f"command: {shlex.join([sys.executable, *sys.argv])}")
     runlog.line(f"versions: {versions()} | world size {targs.world_size} | device "
                 f"{'cuda' if device['on_gpu'] else 'cpu'} | dtype {'bf16' if device['bf16'] else 'fp32'} | "
-                f"attention {device['attn_implementation']} | deepspeed {args.deepspeed or 'off'} | "
+                f"attention {device['attn_implementation']} | deepspeed {opts.deepspeed or 'off'} | "
                 f"batching {config.training.batching}")
     for notice in checks.notices:
         runlog.line(f"notice: {notice}")
@@ -538,8 +538,8 @@ def open_run_log(args, config, checks, targs, encoded, plan, tokenizer) -> RunLo
     runlog.block("plan", planning.format_plan(plan))
     if main:
         print(planning.format_plan(plan), flush=True)  # the console shows the plan once, then progress
-        tracking.start_wandb(args, config, checks.report_to)
-        write_manifest(args, encoded)
+        tracking.start_wandb(opts, config, checks.report_to)
+        write_manifest(opts.output_dir, encoded, opts.max_epochs)
         for n, row in enumerate(encoded.train_rows(0)[:3], 1):
             item = encoded.dataset[row]
             runlog.block(f"training sample {n} ({item['sample_id']}), supervised span between <<< and >>>",
@@ -547,7 +547,7 @@ def open_run_log(args, config, checks, targs, encoded, plan, tokenizer) -> RunLo
     return runlog
 
 
-def make_trainer(args, config, targs, model, encoded, tokenizer, runlog, stop):
+def make_trainer(opts, config, targs, model, encoded, tokenizer, runlog, stop):
     """The Trainer with its callbacks: epoch rows, the per-step stop/loss reduction, early
     stopping and the detailed log. Returns (trainer, loss tally, data-order trace)."""
     from transformers import EarlyStoppingCallback
@@ -556,8 +556,8 @@ def make_trainer(args, config, targs, model, encoded, tokenizer, runlog, stop):
     collate = make_collator(config.training.batching, tokenizer.pad_token_id)
     throughput = Throughput()
     trace = []
-    early = EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold) \
-        if args.early_stopping_patience > 0 else None
+    early = EarlyStoppingCallback(opts.early_stopping_patience, opts.early_stopping_threshold) \
+        if opts.early_stopping_patience > 0 else None
     tally = StopCallback(stop)
     peak, peak_note = flops.peak_flops(targs.device)
     runlog.line(f"MFU: model FLOPs of active parameters only (chameleons/flops.py) against {peak_note}")
@@ -588,17 +588,17 @@ def report_stop(trainer, stop, runlog) -> int:
     return stop.exit_code
 
 
-def save_result(args, config, checks, trainer, tally, runlog, plan, tokenizer, started) -> int:
+def save_result(opts, config, checks, trainer, tally, runlog, plan, tokenizer, started) -> int:
     """Final evaluation of the restored best model, the model and tokenizer, the summary, the
     loss plot, and training_config.json last: its presence marks the run finished."""
     final = trainer.evaluate(metric_key_prefix="final")
     best = trainer.state.best_metric
     runlog.line(f"best model restored from {trainer.state.best_model_checkpoint}: final eval_loss "
                 f"{final['final_loss']:.4f} (best recorded {best:.4f})")
-    trainer.save_model(args.output_dir)
+    trainer.save_model(opts.output_dir)
     if trainer.args.process_index != 0:
         return 0
-    tokenizer.save_pretrained(args.output_dir)
+    tokenizer.save_pretrained(opts.output_dir)
     summary = {
         "global_step": trainer.state.global_step,
         "epochs": trainer.state.epoch,
@@ -612,10 +612,10 @@ def save_result(args, config, checks, trainer, tally, runlog, plan, tokenizer, s
     runlog.metrics("summary", **summary)
     plotted = plot_losses(runlog.metrics_path, runlog.dir / PLOT_NAME)
     runlog.block("summary", json.dumps(summary, indent=2))
-    runlog.line(f"model and tokenizer: {args.output_dir}; log: {runlog.log_path}"
+    runlog.line(f"model and tokenizer: {opts.output_dir}; log: {runlog.log_path}"
                 + (f"; loss curve: {runlog.dir / PLOT_NAME}" if plotted else ""))
-    outputs.write_json(outputs.run_path(args.output_dir, outputs.FINISHED_MARKER), {
-        "args": vars(args), "config": config.resolved(), "versions": versions(), "world_size": trainer.args.world_size,
+    outputs.write_json(outputs.run_path(opts.output_dir, outputs.FINISHED_MARKER), {
+        "args": opts.as_record(), "config": config.resolved(), "versions": versions(), "world_size": trainer.args.world_size,
         "device": {k: v for k, v in checks.device.items() if k != "notices"}, "plan": plan, "summary": summary,
     })
     return 0
@@ -678,10 +678,10 @@ def resume_command() -> str:
     return "the same launcher (torchrun/srun) with " + shlex.join(argv)
 
 
-def write_manifest(args, encoded):
+def write_manifest(output_dir, encoded, max_epochs: int):
     """Which samples are validation and which train, for every epoch this run may train."""
     ids = encoded.dataset_ids
-    epochs = range(args.max_epochs) if args.resample_each_epoch else [0]
+    epochs = range(max_epochs) if encoded.resample else [0]
     seen, per_epoch = set(), []
     for e in epochs:
         rows = encoded.train_rows(e)
@@ -689,7 +689,7 @@ def write_manifest(args, encoded):
         seen.update(rows)
         per_epoch.append({"epoch": e, "train": [ids[r] for r in rows], "new_samples": len(new),
                           "pool_coverage": round(len(seen) / max(1, sum(len(m) for m in encoded.split.pool.values())), 4)})
-    outputs.write_json(outputs.run_path(args.output_dir, MANIFEST_NAME), {
+    outputs.write_json(outputs.run_path(output_dir, MANIFEST_NAME), {
         "validation": [ids[r] for r in encoded.val_rows],
         "epochs": per_epoch,
         "split": encoded.split.stats,

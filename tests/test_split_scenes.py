@@ -17,7 +17,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -276,9 +275,7 @@ def test_guide_table_uses_the_real_split(check, run_n):
     the split gave. Every row is now the split that N would really get."""
     corpus = load_corpus(SAMPLE)
     split = split_train_val(corpus.samples, run_n, 42, 0.1, None, "user_hash", check)
-    args = Namespace(max_samples_per_user=run_n, sample_seed=42, val_ratio=0.1, val_seed=None,
-                     sample_group_by="user_hash", val_leak_check=check)
-    rows = guide_splits(corpus, split, args)
+    rows = guide_splits(corpus, split)
     assert list(rows) == list(GUIDE_SIZES)
     for n, stats in rows.items():
         real = split_train_val(corpus.samples, n, 42, 0.1, None, "user_hash", check).stats

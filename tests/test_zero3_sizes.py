@@ -3,7 +3,6 @@ timeout setting, and checkpoints that skip the gathered model under ZeRO-3."""
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -76,9 +75,9 @@ def test_ddp_timeout_setting(tmp_path):
     cfg["training"]["ddp_timeout"] = 7200
     path.write_text(json.dumps(cfg))
     config = load_config(path)
+    from chameleons.cli import parse_train_args
     from chameleons.training import training_arguments
 
-    args = SimpleNamespace(output_dir=str(tmp_path / "out"), seed=None, max_epochs=1, max_steps=-1, deepspeed=None,
-                           wandb_run_name=None)
-    targs = training_arguments(args, config, {"bf16": False, "on_gpu": False}, [])
+    opts = parse_train_args(["--config", str(path), "--output_dir", str(tmp_path / "out"), "--max_epochs", "1"])
+    targs = training_arguments(opts, config, {"bf16": False, "on_gpu": False}, [])
     assert targs.ddp_timeout == 7200
