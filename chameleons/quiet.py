@@ -9,8 +9,8 @@ import warnings
 from .launch import maybe_rank_zero
 
 # torch renamed these collectives; DeepSpeed ZeRO-3 calls the old names every step, and the
-# warnings registry is reset often enough that a 2-process demo printed them ~1,800 times
-# (attributed to torch's c10d_logger wrapper, which calls the deprecated function).
+# warnings registry is reset often enough that they repeat all run long (attributed to torch's
+# c10d_logger wrapper, which calls the deprecated function; tests/test_quiet.py).
 DEPRECATED_COLLECTIVES = (
     (r"`torch\.distributed\.reduce_scatter_tensor` is deprecated", FutureWarning, r"torch\.distributed\.c10d_logger"),
     (r"`torch\.distributed\.all_gather_into_tensor` is deprecated", FutureWarning, r"torch\.distributed\.c10d_logger"),
