@@ -315,6 +315,25 @@ def _check_lora(where, lora):
            "a non-empty list of module names")
 
 
+def _ablations(where, section) -> dict:
+    if not isinstance(section, dict) or not section:
+        raise UserError(f"{where('ablation_configs')}: section 'ablation_configs' must be a non-empty object")
+    ablations = {}
+    for name, spec in section.items():
+        if not isinstance(spec, dict):
+            raise UserError(f"{where('ablation_configs.' + name)}: ablation_configs.{name} must be an object")
+        unknown = sorted(set(spec) - set(ABLATION_KEYS))
+        if unknown:
+            raise UserError(f"{where('ablation_configs.' + name)}: unknown key ablation_configs.{name}.{unknown[0]} "
+                            f"(allowed: {', '.join(ABLATION_KEYS)})")
+        for key in ABLATION_KEYS:
+            if not isinstance(spec.get(key), bool):
+                raise UserError(f"{where(f'ablation_configs.{name}.{key}')}: key ablation_configs.{name}.{key} "
+                                f"must be true or false")
+        ablations[name] = Ablation(name=name, **{k: spec[k] for k in ABLATION_KEYS})
+    return ablations
+
+
 def load_config(path, overrides=(), flags=()) -> Config:
     """The validated config: the file, then `flags` (flags that stand for a key, see
     `apply_overrides`), then the `--set` overrides; `Config.overrides` lists the latter."""
@@ -354,22 +373,7 @@ def load_config(path, overrides=(), flags=()) -> Config:
     if training["eval_batch_size"] is None:
         training["eval_batch_size"] = training["batch_size"]
     _check_packing(where, model, training)
-    ablations_raw = raw["ablation_configs"]
-    if not isinstance(ablations_raw, dict) or not ablations_raw:
-        raise UserError(f"{where('ablation_configs')}: section 'ablation_configs' must be a non-empty object")
-    ablations = {}
-    for name, spec in ablations_raw.items():
-        if not isinstance(spec, dict):
-            raise UserError(f"{where('ablation_configs.' + name)}: ablation_configs.{name} must be an object")
-        unknown = sorted(set(spec) - set(ABLATION_KEYS))
-        if unknown:
-            raise UserError(f"{where('ablation_configs.' + name)}: unknown key ablation_configs.{name}.{unknown[0]} "
-                            f"(allowed: {', '.join(ABLATION_KEYS)})")
-        for key in ABLATION_KEYS:
-            if not isinstance(spec.get(key), bool):
-                raise UserError(f"{where(f'ablation_configs.{name}.{key}')}: key ablation_configs.{name}.{key} "
-                                f"must be true or false")
-        ablations[name] = Ablation(name=name, **{k: spec[k] for k in ABLATION_KEYS})
+    ablations = _ablations(where, raw["ablation_configs"])
     lora = None
     if raw.get("lora") is not None:
         lora = _section(where, "lora", raw["lora"], SCHEMA["lora"])

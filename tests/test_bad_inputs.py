@@ -155,6 +155,7 @@ CASES = [
     ("flag-set-unknown-key", _args("--set", "training.nope=1"), ["training.nope"]),
     ("flag-set-wrong-type", _args("--set", "training.batch_size=many"), ["training.batch_size"]),
     ("flag-tensorboard-not-installed", _args("--tensorboard"), ["--tensorboard", "pip install tensorboard"]),
+    ("flag-seed-out-of-range", _args("--seed", "99999999999"), ["--seed 99999999999", "training.seed"]),
     # prompt templates
     ("template-unknown-placeholder",
      lambda tmp, cfg: (["--prompt_style", "detailed", "--template_filename", _template(tmp, ("{name}", "{nickname}"))],
@@ -173,6 +174,8 @@ CASES = [
      ["no_template.txt", "not found"]),
     # paths
     ("output-dir-is-a-file", lambda tmp, cfg: ((tmp / "out").write_text("x") and [], {}, None), ["is a file"]),
+    ("output-dir-unwritable", _args("--output_dir", "/proc/chameleons_out"),  # unwritable even for root (CI)
+     ["--output_dir /proc/chameleons_out", "cannot write"]),
     ("deepspeed-config-missing", _args("--deepspeed", "no_ds.json"), ["no_ds.json"]),
     ("deepspeed-config-not-json", lambda tmp, cfg: ((tmp / "ds.json").write_text("{oops") and ["--deepspeed", "ds.json"],
                                                     {}, None), ["ds.json"]),
