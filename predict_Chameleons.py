@@ -6,8 +6,8 @@ tokenizer, build every prompt exactly as training built it, generate (resuming a
 from its shards), extract the answers, and write the output, its summary and an examples log;
 with --evaluate, also score loss/perplexity on the targets and BLEU/ROUGE-L of the generations.
 
-    python predict_Chameleons.py --config config_Chameleons_30B.json --ablation_config context_only \
-        --model outputs/run --input_file test_leaderboard.json --output_file outputs/run/test_pred.json
+    python predict_Chameleons.py --model outputs/run --input_file test_leaderboard.json \
+        --output_file outputs/run/test_pred.json   # settings from the model's run record
     torchrun --nproc_per_node=8 predict_Chameleons.py ...   # items split across ranks
 
 See docs/PREDICTION.md.
@@ -17,8 +17,8 @@ import sys
 import time
 from dataclasses import asdict
 
-from chameleons import data, encoding, evaluation, generation, model_loading, prediction, prompts, shards
-from chameleons.config import load_config
+from chameleons import (data, encoding, evaluation, generation, model_loading, prediction, prompts, run_record,
+                        shards)
 from chameleons.errors import UserError, user_errors_exit
 from chameleons.outputs import write_json, write_records, write_text
 
@@ -27,10 +27,11 @@ def main(argv=None) -> int:
     started = time.time()
     opts = prediction.parse_predict_args(argv)
     dist = prediction.Distributed.from_env()
-    config = load_config(opts.config)
-    ablation = config.ablation(opts.ablation_config)
     paths = shards.output_paths(opts.output_file)
     model_dirs = check_run(opts, dist)
+    settings = run_record.resolve(opts, model_dirs)  # the models' run records, and the flags typed over them
+    opts, config = settings.opts, settings.config
+    ablation = config.ablation(opts.ablation_config)
 
     # Load: the input, the shared tokenizer, the history pool of the training file.
     records, jsonl = prediction.read_input(opts.input_file)
@@ -38,10 +39,13 @@ def main(argv=None) -> int:
     if opts.evaluate and not any(s.target for s in corpus.samples):
         raise UserError(f"--evaluate: {opts.input_file} has no continuations to score against")
     tokenizer = model_loading.shared_tokenizer(model_dirs, config.model.tokenizer, warn=dist.warn)
-    history = prediction.history_index(ablation, config, opts)
+    history = prediction.history_index(ablation, config, opts, settings.pool)
     builder = prompts.PromptBuilder(ablation, opts.prompt_style, history, config.training.max_context_turns,
-                                    opts.template_filename)
-    for line in prediction.training_run_warnings(model_dirs, opts, ablation):  # all input is valid by now
+                                    opts.template_filename, settings.template_text)
+    for line in settings.notices:  # all input is valid by now
+        dist.notice(line)
+    unrecorded = [d for d in model_dirs if settings.records[str(d)] is None]
+    for line in prediction.training_run_warnings(unrecorded, opts, ablation):
         dist.warn(line)
     sampling = generation.Sampling.from_options(opts)
     if sampling.greedy and opts.num_samples > 1 and len(model_dirs) == 1:

@@ -81,13 +81,17 @@ def flag(default=dataclasses.MISSING, help=None, *, name=None, **argparse_kwargs
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def add_flags(parser, options_class):
+def add_flags(parser, options_class, defaults: bool = True):
+    """One flag per `flag()` field (other fields are not flags); without `defaults`, a flag not
+    given is left out of the parsed values."""
     for f in dataclasses.fields(options_class):
+        if "flag" not in f.metadata:
+            continue
         kwargs = {k: v for k, v in f.metadata.items() if k != "flag"}
         if f.default is not dataclasses.MISSING:
-            kwargs["default"] = f.default
+            kwargs["default"] = f.default if defaults else argparse.SUPPRESS
         elif f.default_factory is not dataclasses.MISSING:
-            kwargs["default"] = f.default_factory()
+            kwargs["default"] = f.default_factory() if defaults else argparse.SUPPRESS
         else:
             kwargs["required"] = True
         parser.add_argument(f.metadata["flag"] or f"--{f.name}", dest=f.name, **kwargs)
@@ -102,6 +106,12 @@ def parse_options(options_class, parser, argv=None, **fill):
         if values[key] is None:
             values[key] = value(values) if callable(value) else value
     return options_class(**values)
+
+
+def typed_flags(options_class, argv=None) -> frozenset:
+    """The fields whose flags `argv` gives (call after a full parse has checked it): where a run
+    record and the command line disagree, only these win."""
+    return frozenset(vars(add_flags(OneLineParser(), options_class, defaults=False).parse_args(argv)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,6 +134,10 @@ class DataOptions:
         "conversation", "how validation lines are kept out of training: whole conversations go to validation (a line "
         "is identified by its place in the scene), or 'text': drop every training sample showing a validation "
         "line's text (strict, loses much scene data)", choices=["conversation", "text"])
+    overrides: list = flag(
+        [], "override one config key, repeatable (e.g. --set training.learning_rate=2e-5); the value is read as "
+            "JSON where it parses (2e-5, true, null, [\"q_proj\"]), else as a plain string",
+        name="--set", action="append", metavar="SECTION.KEY=VALUE")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,10 +170,6 @@ class TrainOptions(DataOptions):
     nproc_per_node: int | None = flag(None, "world size for the dry run's step counts (default: WORLD_SIZE or 1)",
                                       type=positive_int)
     seed: int | None = flag(None, "training seed (default: the config's training.seed)", type=int)
-    overrides: list = flag(
-        [], "override one config key, repeatable (e.g. --set training.learning_rate=2e-5); the value is read as "
-            "JSON where it parses (2e-5, true, null, [\"q_proj\"]), else as a plain string",
-        name="--set", action="append", metavar="SECTION.KEY=VALUE")
 
     def config_flags(self) -> list:
         """The flags that stand for a config key, as `config.load_config` takes them."""

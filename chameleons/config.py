@@ -346,6 +346,13 @@ def load_config(path, overrides=(), flags=()) -> Config:
         raise UserError(f"{path}: not a UTF-8 text file (byte {exc.start}); expected a JSON object") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    return config_from_raw(path, raw, overrides, flags)
+
+
+def config_from_raw(path, raw, overrides=(), flags=()) -> Config:
+    """`load_config` of JSON already read: `path` names its source in errors (a config file, or
+    the run record a model folder carries)."""
+    path = Path(path)
     if not isinstance(raw, dict):
         raise UserError(f"{path}: must be a JSON object with sections {', '.join(SECTIONS_REQUIRED)}")
     raw, origins = apply_overrides(path, raw, overrides, flags)

@@ -20,7 +20,7 @@ SKIP_ENDS_WITH_CHARACTER = "context_ends_with_character_turn"
 
 @dataclass(frozen=True)
 class Sample:
-    sample_id: str  # position in the file: r<record>.c<collection>.i<item>
+    sample_id: str  # position in the file, see `item_id`
     uid: str  # content hash: stable when the file is reordered
     record_index: int
     record_key: str  # content hash of the record: grouping by record must not depend on file order
@@ -52,6 +52,16 @@ class Corpus:
             "samples": len(self.samples),
             "skipped": dict(sorted(self.skipped.items())),
         }
+
+
+def item_id(r: int, c: int, i: int) -> str:
+    """A data item's id, its place in the file: `r<record>.c<collection>.i<item>` (0-based)."""
+    return f"r{r}.c{c}.i{i}"
+
+
+def item_position(sample_id: str) -> tuple:
+    """(record, collection, item) of an `item_id`."""
+    return tuple(int(p[1:]) for p in sample_id.split("."))
 
 
 def _loads(text, path, where_prefix=""):
@@ -216,7 +226,7 @@ def extract_samples(records, path="<data>", for_prediction: bool = False) -> Cor
                 if reason and not for_prediction:
                     corpus.skipped[reason] += 1
                     continue
-                pending.append(dict(sample_id=f"r{r}.c{c}.i{i}", uid=_content_uid(user_hash, context, target),
+                pending.append(dict(sample_id=item_id(r, c, i), uid=_content_uid(user_hash, context, target),
                                     record_index=r, user_hash=user_hash, profile=profile,
                                     personality=personality, context=context, target=target))
         content_key = hashlib.blake2b("".join(p["uid"] for p in pending).encode(), digest_size=6).hexdigest()
@@ -235,9 +245,14 @@ def skip_reason(context, target: str):
     not ending on the character (the model answers someone else's line)."""
     if not target:
         return SKIP_EMPTY_CONTINUATION
-    if context and context[-1][0] == "assistant":
+    if ends_on_character(context):
         return SKIP_ENDS_WITH_CHARACTER
     return None
+
+
+def ends_on_character(context) -> bool:
+    """The scene's last turn is the character's own: the model would answer its own line."""
+    return bool(context) and context[-1][0] == "assistant"
 
 
 def is_training_sample(sample: Sample) -> bool:

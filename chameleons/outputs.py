@@ -9,6 +9,8 @@ from pathlib import Path
 from .errors import UserError
 
 FINISHED_MARKER = "training_config.json"
+MANIFEST_NAME = "split_manifest.json"
+RUN_RECORD = "run_record.json"  # see chameleons/run_record.py
 
 
 def run_path(output_dir, *parts) -> Path:
@@ -44,7 +46,7 @@ def is_finished_run(output_dir) -> bool:
     return run_path(output_dir, FINISHED_MARKER).is_file()
 
 
-RUN_FILES = (FINISHED_MARKER, "split_manifest.json", "training_logs", "model.safetensors",
+RUN_FILES = (FINISHED_MARKER, MANIFEST_NAME, RUN_RECORD, "training_logs", "model.safetensors",
              "model.safetensors.index.json", "adapter_model.safetensors", "adapter_config.json", "config.json",
              "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
              "special_tokens_map.json", "vocab.json", "merges.txt", "training_args.bin")

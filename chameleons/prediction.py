@@ -29,13 +29,13 @@ its samples are kept in the order they were drawn.
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import launch, model_loading
+from . import data, launch, model_loading
 from .cli import (DataOptions, OneLineParser, add_flags, flag, non_negative_float, non_negative_int, parse_options,
-                  positive_float, positive_int, probability)
-from .data import load_corpus, read_records
+                  positive_float, positive_int, probability, typed_flags)
+from .data import item_id, item_position, load_corpus, read_records
 from .encoding import encode_samples
 from .errors import UserError
 from .evaluation import ensemble_token_logprobs, mean_loglik, token_logprobs
@@ -53,11 +53,13 @@ TRAINING_CONFIG = "training_config.json"
 
 @dataclass(frozen=True, kw_only=True)
 class PredictOptions(DataOptions):
-    """Every flag of predict_Chameleons.py; the data flags must match the training run's (the
-    history pool is split as training split it)."""
+    """Every flag of predict_Chameleons.py. The config, prompt and data flags default to what
+    each model's run record says (`run_record`); `typed` names the flags the command line gave."""
 
-    data_file: str | None = flag(None, "the TRAINING file, for use_history prompts (default: the config's "
-                                       "data.train_file); the sampling flags below must match the training run's")
+    config: str | None = flag(None, "model/data config (default: the one in the models' run record; needed for "
+                                    "models without one)")
+    data_file: str | None = flag(None, "the TRAINING file, for use_history prompts (default: the run record's, "
+                                       "else the config's data.train_file)")
     input_file: str = flag(help="Chameleons file to predict, e.g. test_leaderboard.json")
     model: list = flag(help="trained model folder (the trainer's --output_dir); repeat for an ensemble",
                        action="append", metavar="DIR")
@@ -85,6 +87,7 @@ class PredictOptions(DataOptions):
     max_length: int | None = flag(None, "prompt token budget (default: the config's training.max_length)",
                                   type=positive_int)
     log_examples: int = flag(5, "prompts and raw outputs written to <output>.examples.log", type=non_negative_int)
+    typed: frozenset = field(default=frozenset())
 
 
 def predict_parser():
@@ -93,8 +96,9 @@ def predict_parser():
 
 
 def parse_predict_args(argv=None) -> PredictOptions:
-    return parse_options(PredictOptions, predict_parser(), argv,
+    opts = parse_options(PredictOptions, predict_parser(), argv,
                          candidates_per_member=lambda values: values["num_samples"])
+    return replace(opts, typed=typed_flags(PredictOptions, argv))
 
 
 # ---------------------------------------------------------------- ranks
@@ -177,11 +181,16 @@ class Distributed:
         if self.is_main:
             print(f"warning: {message}", file=sys.stderr, flush=True)
 
+    def notice(self, message: str):
+        if self.is_main:
+            print(f"notice: {message}", file=sys.stderr, flush=True)
+
 
 # ---------------------------------------------------------------- inputs
 
 def training_run_warnings(model_dirs, opts: PredictOptions, ablation) -> list:
-    """Where the flags differ from a member's own training run (training_config.json, if present)."""
+    """Where the flags differ from the training run of a member without a run record (an older
+    run's training_config.json, if present)."""
     warnings = []
     checked = ["ablation_config", "prompt_style", "template_filename"]
     if ablation.use_history:  # the history pool depends on how training split its file
@@ -214,24 +223,35 @@ def read_input(path):
 
 
 def all_item_ids(records) -> list:
-    """`r<record>.c<collection>.i<item>` of every data item, as `Sample.sample_id` names them."""
+    """The `data.item_id` of every data item, as `Sample.sample_id` names them."""
     ids = []
     for r, record in enumerate(records):
         task = record.get("task") or {}
         for c, collection in enumerate(task.get("task_behavior_collections") or []):
             for i, _ in enumerate((collection or {}).get("data") or []):
-                ids.append(f"r{r}.c{c}.i{i}")
+                ids.append(item_id(r, c, i))
     return ids
 
 
-def history_index(ablation, config, opts: DataOptions):
-    """use_history prompts draw on the TRAINING file's pool, split with the training flags."""
+def history_index(ablation, config, opts: DataOptions, pool=None):
+    """use_history prompts draw on the TRAINING file's pool: the run record's (`pool`, a
+    `run_record.RecordedPool`: its samples by id, each checked by content), else the file split
+    with the training flags."""
     if not ablation.use_history:
         return None
-    train = load_corpus(opts.data_file or config.resolve_path(config.data.train_file))
-    split = split_train_val(train.samples, opts.max_samples_per_user, opts.sample_seed, opts.val_ratio,
-                            opts.val_seed, opts.sample_group_by, opts.val_leak_check)
-    return HistoryIndex(split.pool_samples())
+    path = opts.data_file or config.resolve_path(config.data.train_file)
+    train = load_corpus(path)
+    if pool is None:
+        split = split_train_val(train.samples, opts.max_samples_per_user, opts.sample_seed, opts.val_ratio,
+                                opts.val_seed, opts.sample_group_by, opts.val_leak_check)
+        return HistoryIndex(split.pool_samples())
+    by_id = {s.sample_id: s for s in train.samples}
+    for sid, uid in pool.uids.items():
+        if sid not in by_id or by_id[sid].uid != uid:
+            raise UserError(f"{path}: sample {sid} is not the one --model {pool.model_dir} was trained on (its "
+                            f"split_manifest.json history pool): pass --data_file with the run's training file, "
+                            f"or the data flags to split this one afresh")
+    return HistoryIndex([by_id[sid] for sid in pool.uids])
 
 
 @dataclass
@@ -513,19 +533,19 @@ def attach_continuations(records, results: dict):
     """Add `continuations` to every data item, from that item's own result only. Every item is
     predicted (the loader keeps them all for prediction), so a missing result is a bug: it stops
     the run rather than leave an item silently empty."""
-    missing = [item_id for item_id in all_item_ids(records) if item_id not in results]
+    missing = [sid for sid in all_item_ids(records) if sid not in results]
     if missing:
         raise RuntimeError(f"no prediction for {len(missing)} items (first: {missing[0]})")
-    for item_id in all_item_ids(records):
-        r, c, i = (int(p[1:]) for p in item_id.split("."))
+    for sid in all_item_ids(records):
+        r, c, i = item_position(sid)
         records[r]["task"]["task_behavior_collections"][c]["data"][i]["continuations"] = \
-            list(results[item_id]["continuations"])
+            list(results[sid]["continuations"])
 
 
 def ends_on_character(samples) -> list:
     """Items whose context ends on the character's own turn: predicted (the character goes on
     after its own line) but not what training counts as a sample, and not scored by --evaluate."""
-    return [s.sample_id for s in samples if s.context and s.context[-1][0] == "assistant"]
+    return [s.sample_id for s in samples if data.ends_on_character(s.context)]
 
 
 def extraction_summary(results: dict) -> dict:

@@ -127,15 +127,20 @@ TEMPLATE_FIELDS = {
 }
 
 
-def load_template(path) -> dict:
-    """Sections of a detailed template: `[name]` lines start a section, the text follows."""
+def read_template(path) -> str:
+    """A detailed template's text (the run record keeps it, so prediction needs no file)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: prompt template not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not a UTF-8 text file (byte {exc.start}); expected a prompt template") from None
+
+
+def parse_template(text: str, path) -> dict:
+    """Sections of a detailed template: `[name]` lines start a section, the text follows; `path`
+    names where the text came from in errors."""
     sections, name = {}, None
     for line in text.splitlines():
         m = re.fullmatch(r"\[([a-z_]+)\]", line.strip())
@@ -171,14 +176,19 @@ class PromptBuilder:
     """Renders a sample's system message; `n_turns` and `n_history` let encoding truncate."""
 
     def __init__(self, ablation: Ablation, style: str = "simple", history: HistoryIndex = None,
-                 max_context_turns: int = None, template_path=None):
+                 max_context_turns: int = None, template_path=None, template_text: str = None):
+        """`template_text` (a run record's copy) takes the place of reading `template_path`."""
         if style not in PROMPT_STYLES:
             raise UserError(f"--prompt_style: unknown style {style!r} (choose from {', '.join(PROMPT_STYLES)})")
         self.ablation = ablation
         self.style = style
         self.history = history if ablation.use_history else None
         self.max_context_turns = max_context_turns
-        self.template = load_template(template_path or DEFAULT_TEMPLATE) if style == "detailed" else None
+        self.template_text, self.template = None, None
+        if style == "detailed":
+            source = template_path or DEFAULT_TEMPLATE
+            self.template_text = read_template(source) if template_text is None else template_text
+            self.template = parse_template(self.template_text, source if template_text is None else "run record")
 
     def turns(self, sample) -> list:
         if not self.ablation.use_context:

@@ -21,6 +21,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .data import item_position
 from .sampling import group_samples, ranked, sample_per_character
 
 LEAK_CHECKS = ("conversation", "text")
@@ -36,7 +37,7 @@ def _val_rank(seed: int, uid: str) -> bytes:
 
 def _item_position(s):
     """(record, collection, item) from the sample id: the item's place in its record."""
-    return tuple(int(p[1:]) for p in s.sample_id.split("."))
+    return item_position(s.sample_id)
 
 
 # --------------------------------------------------------------------------- conversation split

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from transformers import Trainer, TrainerCallback
 
-from . import attention, checkpoints, flops, launch, outputs, planning, sources, tracking, zero3
+from . import attention, checkpoints, flops, launch, outputs, planning, run_record, sources, tracking, zero3
 from .batching import (LengthGroupedRowSampler, check_packing_supported, make_collator, split_to_budget,
                        trainer_args_for_batching)
 from .encoding import encode_split
@@ -25,8 +25,6 @@ from .errors import UserError
 from .loss import causal_lm_loss, causal_lm_of
 from .runlog import PLOT_NAME, DetailedLogCallback, RunLog, Throughput, decode_with_span, plot_losses
 from .stopping import StopCallback, StopRequest
-
-MANIFEST_NAME = "split_manifest.json"
 
 
 class EpochRows(torch.utils.data.Dataset):
@@ -474,6 +472,8 @@ def run(opts, config, checks, corpus, split, builder, tokenizer, cache_dir) -> i
 
     start_run_folder(opts.output_dir, opts.overwrite_output_dir, checks.resume, targs.process_index == 0)
     runlog = open_run_log(opts, config, checks, targs, encoded, plan, tokenizer)
+    if targs.process_index == 0:
+        run_record.write_run_record(opts.output_dir, corpus.path, builder)
 
     set_seed(targs.seed)
     model = build_model(config, checks.device, deepspeed_zero3=checks.zero_stage == 3)
@@ -689,10 +689,11 @@ def write_manifest(output_dir, encoded, max_epochs: int):
         seen.update(rows)
         per_epoch.append({"epoch": e, "train": [ids[r] for r in rows], "new_samples": len(new),
                           "pool_coverage": round(len(seen) / max(1, sum(len(m) for m in encoded.split.pool.values())), 4)})
-    outputs.write_json(outputs.run_path(output_dir, MANIFEST_NAME), {
+    outputs.write_json(outputs.run_path(output_dir, outputs.MANIFEST_NAME), {
         "validation": [ids[r] for r in encoded.val_rows],
         "epochs": per_epoch,
         "split": encoded.split.stats,
+        "history_pool": run_record.history_pool(encoded.split),
     })
 
 
