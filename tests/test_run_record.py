@@ -151,7 +151,8 @@ def test_item_ids_have_one_format():
 
 def test_predict_with_only_model_gets_the_training_prompt_ids(tmp_path, build, run_in_process, monkeypatch, tokenizer):
     """Train (one step) with two --set overrides, non-default data flags and a custom template;
-    move the template away; predict with only --model: every prompt is training's."""
+    move the template and the config away, add lines to the training file; predict with only
+    --model: every prompt is training's."""
     from datasets import Dataset
 
     from chameleons import generation
@@ -173,6 +174,9 @@ def test_predict_with_only_model_gets_the_training_prompt_ids(tmp_path, build, r
     assert proc.returncode == 0, proc.stderr[-3000:]
     template.rename(tmp_path / "moved.txt")
     cfg.rename(tmp_path / "moved.json")
+    # the training file grew since (more lines of the same characters): a re-split would draw
+    # history from them, the run's recorded pool does not
+    build.write_data(train, json.loads(train.read_text()) + build.scene_corpus(seed=1))
     (encoded,) = (tmp_path / "cache").glob("encoded-*.arrow")
     trained = Dataset.from_file(str(encoded)).to_dict()
 
