@@ -128,8 +128,7 @@ def _member(opts, record: RunRecord | None, config_file) -> dict:
     if record is None or "config" in typed:
         config = config_file()
     else:
-        raw = {k: v for k, v in record.config.items() if k != "overrides"}
-        config = config_from_raw(record.source, raw, opts.overrides)
+        config = config_from_raw(record.source, _sections(record.config), opts.overrides)
     values = {name: pick(name) for name in PROMPT_FLAGS + SPLIT_FLAGS}
     ablation = config.ablation(values["ablation_config"])
     template, recorded = None, False
@@ -178,29 +177,56 @@ def _agree(model_dirs, members):
                                 f"({shown}); pass {settle} to predict with one")
 
 
-def _notices(opts, records: dict, members) -> list:
+def _notices(opts, pairs: list, members) -> list:
     """One line for each typed flag or --set that changes what a record says."""
+    recorded = [(d, r, m) for (d, r), m in zip(pairs, members) if r is not None]
     lines = []
-    recorded = [(d, r, m) for (d, r), m in zip(records.items(), members) if r is not None]
-    if not recorded:
-        return lines
-    if "config" in opts.typed:
-        lines.append(f"--config {opts.config} replaces the config in the run record of "
-                     + ", ".join(f"--model {d}" for d, _, _ in recorded))
-    history = any(m["ablation"].use_history for _, _, m in recorded)
-    names = PROMPT_FLAGS + ("template_filename",) + (("data_file",) + SPLIT_FLAGS if history else ())
-    for name in names:
-        if name in opts.typed:
-            was = [f"--model {d}: {r.args.get(name)!r}" for d, r, _ in recorded if r.args.get(name) != getattr(opts, name)]
-            if was:
-                lines.append(f"--{name} {getattr(opts, name)} overrides the run record ({'; '.join(was)})")
-    for text in opts.overrides:
-        dotted, value = text.split("=", 1)
-        was = [f"--model {d}: {_lookup(r.config, dotted)!r}" for d, r, m in recorded if "config" not in opts.typed
-               and _lookup(r.config, dotted) != _lookup(m["config"].resolved(), dotted)]
+
+    def changed(text, pairs):
+        was = [f"--model {d}: {old!r}" for d, old, new in pairs if old != new]
         if was:
-            lines.append(f"--set {text} overrides the run record ({'; '.join(was)})")
-    return lines
+            lines.append(f"{text} overrides the run record ({'; '.join(was)})")
+
+    if "config" in opts.typed:
+        for d, r, m in recorded:
+            keys = _changed_keys(_sections(r.config), _sections(m["config"].resolved()))
+            if keys:
+                lines.append(f"--config {opts.config} replaces the config in the run record of --model {d} "
+                             f"({', '.join(keys)} differ)")
+    for name in PROMPT_FLAGS + SPLIT_FLAGS:
+        if name in opts.typed and (name in PROMPT_FLAGS or any(m["ablation"].use_history for _, _, m in recorded)):
+            changed(f"--{name} {getattr(opts, name)}", [(d, r.args.get(name), getattr(opts, name))
+                                                        for d, r, _ in recorded])
+    if "data_file" in opts.typed:
+        changed(f"--data_file {opts.data_file}", [(d, r.training_file, str(Path(opts.data_file).resolve()))
+                                                  for d, r, m in recorded if m["ablation"].use_history])
+    if "template_filename" in opts.typed:
+        differ = [f"--model {d}" for d, r, m in recorded if m["template"] is not None and m["template"] != r.template]
+        if differ:
+            lines.append(f"--template_filename {opts.template_filename} overrides the template in the run record of "
+                         f"{', '.join(differ)}")
+    if "config" not in opts.typed:
+        for text in opts.overrides:
+            dotted = text.split("=", 1)[0]
+            changed(f"--set {text}", [(d, _lookup(r.config, dotted), _lookup(m["config"].resolved(), dotted))
+                                      for d, r, m in recorded])
+    return list(dict.fromkeys(lines))  # a folder given twice says it once
+
+
+def _sections(resolved: dict) -> dict:
+    return {k: v for k, v in resolved.items() if k != "overrides"}
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list:
+    """The dotted keys whose values differ between two configs."""
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(prefix + key)
+    return keys
 
 
 def _lookup(tree: dict, dotted: str):
@@ -212,22 +238,22 @@ def _lookup(tree: dict, dotted: str):
 def resolve(opts, model_dirs) -> Settings:
     """The settings every model is prompted with (see the module docstring); `opts.typed` names
     the flags given on the command line."""
-    records = {str(d): read_record(d) for d in model_dirs}
+    pairs = [(str(d), read_record(d)) for d in model_dirs]  # a folder may be given twice
     cache = []
 
     def config_file():
         if opts.config is None:
-            missing = next(d for d, r in records.items() if r is None)
+            missing = next(d for d, r in pairs if r is None)
             raise UserError(f"--model {missing}: no run record ({RECORD_NAME}); pass --config and the flags it was "
                             f"trained with")
         if not cache:
             cache.append(load_config(opts.config, opts.overrides))
         return cache[0]
 
-    members = [_member(opts, records[str(d)], config_file) for d in model_dirs]
-    _agree([str(d) for d in model_dirs], members)
+    members = [_member(opts, r, config_file) for _, r in pairs]
+    _agree([d for d, _ in pairs], members)
     first = members[0]
     resolved_opts = dataclasses.replace(opts, data_file=first["data_file"], **first["values"])
     template = first["template"] if first["template_recorded"] else None
     return Settings(opts=resolved_opts, config=first["config"], template_text=template, pool=first["pool"],
-                    notices=_notices(opts, records, members), records=records)
+                    notices=_notices(opts, pairs, members), records=dict(pairs))

@@ -85,6 +85,10 @@ def test_a_typed_flag_wins_with_one_notice(tmp_path, cfg):
     assert s.config.training.max_context_turns == 2 and s.config.overrides == ["training.max_context_turns=2"]
     assert s.notices == [f"--sample_seed 7 overrides the run record (--model {run}: 5)",
                          f"--set training.max_context_turns=2 overrides the run record (--model {run}: 4)"]
+    s = run_record.resolve(_opts("--model", run, "--model", run, "--config", cfg), [run, run])
+    assert s.config.training.max_context_turns == 6 and s.opts.ablation_config == "history_and_context"
+    assert s.notices == [f"--config {cfg} replaces the config in the run record of --model {run} "
+                         f"(training.max_context_turns differ)"]
 
 
 def test_models_without_a_record_need_the_flags(tmp_path, cfg):
