@@ -116,8 +116,8 @@ def typed_flags(options_class, argv=None) -> frozenset:
 
 @dataclass(frozen=True, kw_only=True)
 class DataOptions:
-    """Which file, prompts and per-character sample a run uses: shared by training and
-    prediction (whose history pool must be split exactly as training split it)."""
+    """Which config, file, prompts and per-character sample a run uses: shared by training and
+    prediction (which takes them from a model's run record where they are not typed)."""
 
     config: str = flag(help="model/data config, e.g. config_Chameleons_30B.json")
     data_file: str | None = flag(None, "Chameleons file to train on (default: the config's data.train_file)")

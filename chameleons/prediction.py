@@ -92,7 +92,9 @@ class PredictOptions(DataOptions):
 
 def predict_parser():
     return add_flags(OneLineParser(prog="predict_Chameleons.py", description="Generate continuations for a "
-                                   "Chameleons file with one or more trained models."), PredictOptions)
+                                   "Chameleons file with one or more trained models. The flags shared with "
+                                   "training (--config, --set, the prompt and data flags) default to what each "
+                                   "model's run record says (docs/PREDICTION.md)."), PredictOptions)
 
 
 def parse_predict_args(argv=None) -> PredictOptions:
