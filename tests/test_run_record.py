@@ -161,7 +161,8 @@ def test_predict_with_only_model_gets_the_training_prompt_ids(tmp_path, build, r
 
     from chameleons import generation
 
-    train = build.write_data(tmp_path / "data.json", build.scene_corpus())
+    scenes = {"n_chars": 4, "scenes": 3, "lines_per_scene": 6}
+    train = build.write_data(tmp_path / "data.json", build.scene_corpus(**scenes))
     cfg = build.tiny_config(tmp_path, train_file=train, max_length=2048, ablations=ABLATIONS)
     raw = json.loads(cfg.read_text())
     raw["model"]["random_init"] = {"model_type": "qwen3", "vocab_size": 151936, "hidden_size": 32,
@@ -180,7 +181,7 @@ def test_predict_with_only_model_gets_the_training_prompt_ids(tmp_path, build, r
     cfg.rename(tmp_path / "moved.json")
     # the training file grew since (more lines of the same characters): a re-split would draw
     # history from them, the run's recorded pool does not
-    build.write_data(train, json.loads(train.read_text()) + build.scene_corpus(seed=1))
+    build.write_data(train, json.loads(train.read_text()) + build.scene_corpus(**scenes, seed=1))
     (encoded,) = (tmp_path / "cache").glob("encoded-*.arrow")
     trained = Dataset.from_file(str(encoded)).to_dict()
 
