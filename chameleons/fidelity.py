@@ -270,12 +270,7 @@ def rank_score(rank, n):
 
 def _kind_figures(rows, kind: str) -> list:
     """The first figures of `kind` per attributed item (the first continuation for generated)."""
-    out = []
-    for r in rows:
-        figures = (r["generated"][:1] or [None])[0] if kind == "generated" else r[kind]
-        if r["attributed"] and figures is not None:
-            out.append((r, figures))
-    return out
+    return [(r, _first(r, kind)) for r in rows if r["attributed"] and _first(r, kind) is not None]
 
 
 def summarize_kind(rows, kind: str, n_all: int) -> dict:
@@ -321,14 +316,16 @@ def _first(row, kind: str):
 
 def style_summary(rows, items, kind: str) -> dict:
     """Length ratio and copy rate of the first line of `kind` per item (all items, attributed
-    or not: they need no classifier), and distinct-1/2 over those lines."""
+    or not: they need no classifier), and distinct-1/2 over those lines. Empty lines (an answer
+    that could not be extracted) are counted: the classifier scores them at its prior."""
     texts = {"generated": lambda it: it.generated[0] if it.generated else None,
              "reference": lambda it: it.reference or None, "baseline": lambda it: it.baseline or None}[kind]
     figures = [_first(r, kind) for r in rows if r["attributed"]]
     figures = [f for f in figures if f]
     lines = [t for t in (texts(it) for it in items) if t is not None]
     copied = [copies_context(texts(it), it.context) for it in items if texts(it) is not None]
-    return {"lines": len(lines), "length_ratio": mean_ci([f["length_ratio"] for f in figures]),
+    return {"lines": len(lines), "empty": sum(1 for t in lines if not t.strip()),
+            "length_ratio": mean_ci([f["length_ratio"] for f in figures]),
             "distinct_1": round(distinct_n(lines, 1), 4), "distinct_2": round(distinct_n(lines, 2), 4),
             "copy_rate": mean_ci(copied)}
 
@@ -384,27 +381,29 @@ def _load_cached(path: Path, key: str):
     return cached if isinstance(cached, Attributor) and cached.key == key else None
 
 
-def cached_attributor(folder, lines_by_char: dict, warn=None) -> Attributor:
-    """Fitted once per run and set of training lines, cached in the run folder."""
-    import os
-    import tempfile
-
+def cached_attributor(folder, lines_by_char: dict) -> tuple:
+    """(classifier, whether it was fitted now): read from the run folder's cache when it was
+    fitted on exactly these lines and settings, else fitted."""
     key = lines_key(lines_by_char)
     path = Path(folder) / CACHE_NAME if folder else None
     cached = _load_cached(path, key) if path and path.is_file() else None
-    if cached is not None:
-        return cached
-    attributor = fit_attributor(lines_by_char)
-    if path is not None:
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{CACHE_NAME}.", dir=path.parent)
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump(attributor, f)
-            os.replace(tmp, path)
-        except OSError as exc:
-            if warn:
-                warn(f"fidelity: classifier not cached in {folder} ({exc.strerror or exc})")
-    return attributor
+    return (cached, False) if cached is not None else (fit_attributor(lines_by_char), True)
+
+
+def save_cache(folder, attributor: Attributor, warn=None):
+    """Written only once the run's output is (a run stopped by bad input leaves nothing); a
+    folder that cannot be written is a notice."""
+    import os
+    import tempfile
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{CACHE_NAME}.", dir=folder)
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(attributor, f)
+        os.replace(tmp, Path(folder) / CACHE_NAME)
+    except OSError as exc:
+        if warn:
+            warn(f"fidelity: classifier not cached in {folder} ({exc.strerror or exc})")
 
 
 @dataclass
@@ -414,6 +413,8 @@ class Setup:
     films: dict
     training_lines: int
     excluded_validation: int
+    run_dir: object = None
+    fitted_now: bool = False
 
 
 def setup(train_samples, pool_samples, conversations, held_out, run_dir=None, warn=None):
@@ -427,8 +428,10 @@ def setup(train_samples, pool_samples, conversations, held_out, run_dir=None, wa
             warn(f"fidelity: the run's training pool has lines of {len(lines)} character(s); a speaker classifier "
                  f"needs two: no fidelity figures")
         return None
-    return Setup(attributor=cached_attributor(run_dir, lines, warn), films=film_mates(train_samples, conversations),
-                 training_lines=sum(len(v) for v in lines.values()), excluded_validation=len(pool_samples) - len(pool))
+    attributor, fitted = cached_attributor(run_dir, lines)
+    return Setup(attributor=attributor, films=film_mates(train_samples, conversations),
+                 training_lines=sum(len(v) for v in lines.values()), excluded_validation=len(pool_samples) - len(pool),
+                 run_dir=run_dir, fitted_now=fitted)
 
 
 def evaluate_items(fid: Setup, items, warn=None) -> tuple:
@@ -439,8 +442,35 @@ def evaluate_items(fid: Setup, items, warn=None) -> tuple:
         notices.append(f"fidelity: {other_film} items' baselines come from another film's character (no other "
                        f"character of their film has a reference in the file)")
     summary = aggregate(rows, items, fid.attributor, notices)
-    summary["classifier"].update(training_lines=fid.training_lines, excluded_validation=fid.excluded_validation)
+    summary["classifier"].update(training_lines=fid.training_lines, excluded_validation=fid.excluded_validation,
+                                 cached=not fid.fitted_now)
     for line in notices:
         if warn:
             warn(line)
     return rows, summary
+
+
+def setup_from_file(train_file, opts, held_out, run_dir=None, warn=None):
+    """A run's Setup from its training file, split with the data flags as training split it
+    (`opts`: DataOptions); None, with one notice, when the file is not there."""
+    from .data import load_corpus
+    from .splitting import Conversations, make_index, split_train_val
+
+    if not Path(train_file).is_file():
+        if warn:
+            warn(f"fidelity: training file {train_file} not found: no fidelity figures (pass --data_file, or "
+                 f"--fidelity off)")
+        return None
+    train = load_corpus(train_file)
+    index = make_index(train.samples, opts.val_leak_check)
+    split = split_train_val(train.samples, opts.max_samples_per_user, opts.sample_seed, opts.val_ratio, opts.val_seed,
+                            opts.sample_group_by, opts.val_leak_check, index=index)
+    conversations = index if isinstance(index, Conversations) else Conversations(train.samples)
+    return setup(train.samples, split.pool_samples(), conversations, held_out, run_dir, warn)
+
+
+def prediction_items(samples, results: dict) -> list:
+    """An Item per predicted sample: its continuations, context lines and reference."""
+    return [Item(s.sample_id, s.uid, s.user_hash, [c for _, c in s.context],
+                 list(results[s.sample_id]["continuations"]), s.target)
+            for s in samples if s.sample_id in results]

@@ -85,6 +85,9 @@ class PredictOptions(DataOptions):
     max_length: int | None = flag(None, "prompt token budget (default: the config's training.max_length)",
                                   type=positive_int)
     log_examples: int = flag(5, "prompts and raw outputs written to <output>.examples.log", type=non_negative_int)
+    fidelity: str = flag("on", "on: speaker-attribution and style figures per item (<output>.fidelity.json) and in the "
+                               "summary, from a classifier of the training run's lines (chameleons/fidelity.py)",
+                         choices=["on", "off"])
 
 
 def predict_parser():
