@@ -130,7 +130,7 @@ def test_scoring_bad_items_is_notices_not_a_crash(attributor):
     assert "fidelity among 3 characters" in fidelity.format_summary(summary)
 
 
-def test_setup_excludes_manifest_validation_and_needs_two_characters(tmp_path):
+def test_setup_excludes_manifest_validation_and_needs_two_characters(tmp_path, monkeypatch):
     pool = [_sample(str(i), c, line) for i, (c, line) in
             enumerate((c, line) for c, lines in VOICES.items() for line in lines)]
     (tmp_path / "split_manifest.json").write_text(json.dumps({"validation": ["0", "1"]}))
@@ -144,6 +144,9 @@ def test_setup_excludes_manifest_validation_and_needs_two_characters(tmp_path):
     notices = []
     assert fidelity.setup(pool[:5], pool[:5], conversations, [], None, notices.append) is None
     assert len(notices) == 1 and "needs two" in notices[0]
+    monkeypatch.setattr(fidelity, "MAX_FIT_SIZE", 3 * 12)  # 3 characters x 13 lines is over it
+    assert fidelity.setup(pool, pool, conversations, [], None, notices.append) is None
+    assert len(notices) == 2 and "beyond what the speaker classifier fits" in notices[1]
 
 
 def _calibration_tool():
