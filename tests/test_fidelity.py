@@ -170,3 +170,32 @@ def test_calibration_reference_lines_score_above_other_characters_lines():
         assert summary["reference"]["all"]["score"]["mean"] > summary["baseline"]["all"]["score"]["mean"], seed
     margin = tool.pooled_margin(rows, n_all)
     assert margin["score"]["ci95"][0] > 0.05 and tool.verdict(margin, 0.05) == "separates"
+
+
+def test_validation_subset_is_fixed_by_content_and_keeps_record_fields(tmp_path):
+    spec = importlib.util.spec_from_file_location("validation_subset", REPO / "tools" / "validation_subset.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    item = lambda text: {"context": [{"source": "Partner", "content": f"say {text}"}], "continuation": text}  # noqa: E731
+    records = [{"user_hash": h, "user": {"profile": {"name": h}}, "extra": h,
+                "task": {"task_behavior_collections": [{"data": [item(f"{h}{i}") for i in range(3)]},
+                                                       {"data": [item(f"{h}x")]}]}} for h in ("a", "b")]
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps(records))
+    run = tmp_path / "run"
+    run.mkdir()
+    val = ["r0.c0.i1", "r1.c0.i2", "r1.c1.i0", "r0.c0.i0"]
+    (run / "split_manifest.json").write_text(json.dumps({"validation": val}))
+    out = tmp_path / "subset.json"
+    assert tool.main([str(run), "--data_file", str(data), "--n", "3", "--out", str(out)]) == 0
+    subset = json.loads(out.read_text())
+    kept = [it["continuation"] for r in subset for c in r["task"]["task_behavior_collections"] for it in c["data"]]
+    every = {"r0.c0.i1": "a1", "r1.c0.i2": "b2", "r1.c1.i0": "bx", "r0.c0.i0": "a0"}
+    assert len(kept) == 3 and set(kept) <= set(every.values()) and all(r["extra"] == r["user_hash"] for r in subset)
+    (run / "split_manifest.json").write_text(json.dumps({"validation": list(reversed(val))}))
+    again = tmp_path / "again.json"
+    tool.main([str(run), "--data_file", str(data), "--n", "3", "--out", str(again)])
+    assert json.loads(again.read_text()) == subset  # the order of the ids does not matter
+    (run / "split_manifest.json").write_text(json.dumps({"validation": ["r7.c0.i0"]}))
+    with pytest.raises(tool.UserError, match="r7.c0.i0 is not an item"):
+        tool.main([str(run), "--data_file", str(data), "--out", str(tmp_path / "x.json")])
