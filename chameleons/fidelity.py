@@ -18,9 +18,7 @@ conversations (`splitting.Conversations`), as the format names no film.
 
 import hashlib
 import json
-import math
 import pickle
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,6 +223,10 @@ def score_items(attributor: Attributor, films: dict, items) -> tuple:
     rows = [{"sample_id": it.sample_id, "character": it.character, "attributed": it.character in known,
              "film_characters": len(films.get(it.character, {it.character}) & known), "generated": [],
              "reference": None, "baseline": None} for it in items]
+    unattributed = {"p_film": None, "rank_film": None, "p_all": None, "rank_all": None}
+    for k, it in enumerate(items):
+        if it.character not in known:
+            rows[k]["generated"] = [{**unattributed, **style(t, it.context, None)} for t in it.generated]
     for (k, kind, j), p, text in zip(where, probs, lines):
         it = items[k]
         film = films.get(it.character, {it.character}) & known

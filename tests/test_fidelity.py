@@ -119,7 +119,7 @@ def test_scoring_bad_items_is_notices_not_a_crash(attributor):
     assert rows[0]["generated"][0]["rank_all"] == 1 and rows[0]["generated"][1]["rank_all"] > 1
     assert rows[0]["reference"]["rank_film"] == 1 and rows[0]["baseline"]["from"] == "2"
     assert rows[2]["generated"][0]["rank_film"] is None and rows[2]["generated"][0]["rank_all"] is not None
-    assert rows[3]["generated"] == [] and len(notices) == 2
+    assert rows[3]["generated"][0]["rank_all"] is None and rows[3]["generated"][0]["words"] == 3 and len(notices) == 2
     assert "1 of 4 items (1 characters) have no training lines" in notices[0] and "only character" in notices[1]
     summary = fidelity.aggregate(rows, items, attributor, notices)
     assert summary["generated"]["all"]["items"] == 3 and summary["generated"]["film"]["items"] == 2
