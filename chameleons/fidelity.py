@@ -75,9 +75,9 @@ def film_mates(samples, conversations) -> dict:
 
 def lines_key(lines_by_char: dict) -> str:
     """What the classifier depends on: its settings, scikit-learn's version and every line."""
-    import sklearn
+    from importlib.metadata import version
 
-    h = hashlib.sha256(json.dumps([SETTINGS, sklearn.__version__], sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps([SETTINGS, version("scikit-learn")], sort_keys=True).encode())
     for c in sorted(lines_by_char):
         h.update(b"\x00" + c.encode())
         for line in lines_by_char[c]:
