@@ -199,3 +199,18 @@ def test_validation_subset_is_fixed_by_content_and_keeps_record_fields(tmp_path)
     (run / "split_manifest.json").write_text(json.dumps({"validation": ["r7.c0.i0"]}))
     with pytest.raises(tool.UserError, match="r7.c0.i0 is not an item"):
         tool.main([str(run), "--data_file", str(data), "--out", str(tmp_path / "x.json")])
+
+
+def test_prediction_fidelity_flag_off_and_a_missing_training_file(tmp_path):
+    spec = importlib.util.spec_from_file_location("predict_script", REPO / "predict_Chameleons.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    notices = []
+    dist = SimpleNamespace(is_main=True, warn=notices.append)
+    corpus = SimpleNamespace(samples=[_sample("1", "a", "hi")])
+    config = SimpleNamespace(data=SimpleNamespace(train_file="unused.json"))
+    off = SimpleNamespace(fidelity="off", data_file=str(tmp_path / "missing.json"))
+    assert script.fidelity_setup(off, config, corpus, [tmp_path], dist) is None and notices == []
+    on = SimpleNamespace(fidelity="on", data_file=str(tmp_path / "missing.json"))
+    assert script.fidelity_setup(on, config, corpus, [tmp_path], dist) is None
+    assert len(notices) == 1 and "missing.json not found" in notices[0] and not list(tmp_path.iterdir())
