@@ -441,7 +441,12 @@ def setup(train_samples, pool_samples, conversations, held_out, run_dir=None, wa
                  f"speaker classifier fits on a CPU in about a minute (limit {MAX_FIT_SIZE:,}): no fidelity figures "
                  f"(--fidelity off silences this)")
         return None
-    attributor, fitted = cached_attributor(run_dir, lines)
+    try:
+        attributor, fitted = cached_attributor(run_dir, lines)
+    except ValueError as exc:  # e.g. scikit-learn's "empty vocabulary" for lines with no n-gram in common
+        if warn:
+            warn(f"fidelity: no speaker classifier could be fitted ({exc}): no fidelity figures")
+        return None
     return Setup(attributor=attributor, films=film_mates(train_samples, conversations),
                  training_lines=sum(len(v) for v in lines.values()), excluded_validation=len(pool_samples) - len(pool),
                  run_dir=run_dir, fitted_now=fitted)

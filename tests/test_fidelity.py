@@ -144,9 +144,12 @@ def test_setup_excludes_manifest_validation_and_needs_two_characters(tmp_path, m
     notices = []
     assert fidelity.setup(pool[:5], pool[:5], conversations, [], None, notices.append) is None
     assert len(notices) == 1 and "needs two" in notices[0]
+    odd = [_sample(str(i), "ab"[i % 2], chr(0x4e00 + i)) for i in range(60)]  # no n-gram twice: no vocabulary
+    assert fidelity.setup(odd, odd, conversations, [], None, notices.append) is None
+    assert len(notices) == 2 and "no speaker classifier could be fitted" in notices[1]
     monkeypatch.setattr(fidelity, "MAX_FIT_SIZE", 3 * 12)  # 3 characters x 13 lines is over it
     assert fidelity.setup(pool, pool, conversations, [], None, notices.append) is None
-    assert len(notices) == 2 and "beyond what the speaker classifier fits" in notices[1]
+    assert len(notices) == 3 and "beyond what the speaker classifier fits" in notices[2]
 
 
 def _calibration_tool():
