@@ -16,11 +16,13 @@ See docs/PREDICTION.md.
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 
-from chameleons import (data, encoding, evaluation, generation, model_loading, prediction, prompts, run_record,
-                        shards)
+from chameleons import (data, encoding, evaluation, fidelity, generation, model_loading, prediction, prompts,
+                        run_record, shards)
 from chameleons.errors import UserError, user_errors_exit
 from chameleons.outputs import write_json, write_records, write_text
+from chameleons.splitting import Conversations
 
 
 def main(argv=None) -> int:
@@ -57,6 +59,7 @@ def main(argv=None) -> int:
     rows = prediction.build_prompts(corpus.samples, builder, tokenizer, fmt, max_length)
 
     shards.check_output(opts.output_file, opts.overwrite)  # last check: tries a write
+    fid = fidelity_setup(opts, config, settings.pool, corpus, model_dirs, dist)
 
     # Generate: every rank takes its share of the items not already in the shards. Models are
     # loaded when first needed, one at a time (an ensemble never holds two members).
@@ -77,6 +80,8 @@ def main(argv=None) -> int:
         write_text(paths["examples"], prediction.examples_log(rows, results, tokenizer, opts.log_examples))
         summary = run_summary(opts, paths, model_dirs, dist.world, max_length, sampling, corpus, rows, results,
                               stats, time.time() - started)
+        if fid is not None:
+            summary["fidelity"], summary["fidelity_file"] = character_fidelity(fid, corpus, results, paths, dist)
 
     # Evaluate: loss as training computes it (split across ranks), metrics of the first continuations.
     if opts.evaluate:
@@ -101,6 +106,32 @@ def check_run(opts, dist) -> list:
         raise UserError(f"--candidates_per_member {opts.candidates_per_member} x {len(model_dirs)} models gives fewer "
                         f"candidates than --num_samples {opts.num_samples}")
     return model_dirs
+
+
+def fidelity_setup(opts, config, pool, corpus, model_dirs, dist):
+    """Rank 0, --fidelity on: the speaker classifier of the first model's run (its training pool,
+    never validation nor the input's references), cached in that model folder."""
+    if opts.fidelity == "off" or not dist.is_main:
+        return None
+    train_file = opts.data_file or config.resolve_path(config.data.train_file)
+    if not Path(train_file).is_file():
+        dist.warn(f"fidelity: training file {train_file} not found: no fidelity figures (pass --data_file, or "
+                  f"--fidelity off)")
+        return None
+    train, train_pool = prediction.training_pool(config, opts, pool)
+    return fidelity.setup(train, train_pool, Conversations(train), [s.target for s in corpus.samples if s.target],
+                          model_dirs[0], dist.warn)
+
+
+def character_fidelity(fid, corpus, results, paths, dist):
+    """Per-item fidelity figures to <output>.fidelity.json; the run's summary, also printed."""
+    rows, summary = fidelity.evaluate_items(fid, fidelity.prediction_items(corpus.samples, results), dist.warn)
+    path = f"{paths['output']}.fidelity.json"
+    write_json(path, {"summary": summary, "items": rows})
+    print(fidelity.format_summary(summary), flush=True)
+    if fid.fitted_now:
+        fidelity.save_cache(fid.run_dir, fid.attributor, dist.warn)
+    return summary, path
 
 
 def run_summary(opts, paths, model_dirs, world, max_length, sampling, corpus, rows, results, stats,

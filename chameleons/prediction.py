@@ -87,6 +87,9 @@ class PredictOptions(DataOptions):
     max_length: int | None = flag(None, "prompt token budget (default: the config's training.max_length)",
                                   type=positive_int)
     log_examples: int = flag(5, "prompts and raw outputs written to <output>.examples.log", type=non_negative_int)
+    fidelity: str = flag("on", "on: speaker-attribution and style figures per item (<output>.fidelity.json) and in the "
+                               "summary, from a classifier of the training run's lines (chameleons/fidelity.py)",
+                         choices=["on", "off"])
     typed: frozenset = field(default=frozenset())
 
 
@@ -236,24 +239,29 @@ def all_item_ids(records) -> list:
 
 
 def history_index(ablation, config, opts: DataOptions, pool=None):
-    """use_history prompts draw on the TRAINING file's pool: the run record's (`pool`, a
-    `run_record.RecordedPool`: its samples by id, each checked by content), else the file split
-    with the training flags."""
+    """use_history prompts draw on the training run's pool (`training_pool`)."""
     if not ablation.use_history:
         return None
+    return HistoryIndex(training_pool(config, opts, pool)[1])
+
+
+def training_pool(config, opts: DataOptions, pool=None):
+    """The TRAINING file's samples and the run's pool of them: the run record's (`pool`, a
+    `run_record.RecordedPool`: its samples by id, each checked by content), else the file split
+    with the training flags."""
     path = opts.data_file or config.resolve_path(config.data.train_file)
     train = load_corpus(path)
     if pool is None:
         split = split_train_val(train.samples, opts.max_samples_per_user, opts.sample_seed, opts.val_ratio,
                                 opts.val_seed, opts.sample_group_by, opts.val_leak_check)
-        return HistoryIndex(split.pool_samples())
+        return train.samples, split.pool_samples()
     by_id = {s.sample_id: s for s in train.samples}
     for sid, uid in pool.uids.items():
         if sid not in by_id or by_id[sid].uid != uid:
             raise UserError(f"{path}: sample {sid} is not the one --model {pool.model_dir} was trained on (its "
                             f"split_manifest.json history pool): pass --data_file with the run's training file, "
                             f"or the data flags to split this one afresh")
-    return HistoryIndex([by_id[sid] for sid in pool.uids])
+    return train.samples, [by_id[sid] for sid in pool.uids]
 
 
 @dataclass

@@ -105,7 +105,8 @@ def test_table_numbers(three_runs, tmp_path):
     md = (out / "runs.md").read_text()
     assert "| context_only simple N2 | A | 2 | 1 2 | 2.2500 ± 0.3536 |" in md
     assert "| profile_only simple N2 | A | 1 | 1 | 3.0000 |" in md
-    assert "Not comparable" not in md
+    assert "Not comparable" not in md and "Character fidelity" not in md
+    assert not (out / "fidelity.png").exists()  # no run has fidelity figures
     for png in ("eval_loss.png", "best_eval_loss.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
@@ -165,6 +166,34 @@ def test_prediction_scores_are_read(three_runs, tmp_path):
     rows = {r["run"]: r for r in compare_runs.compare(three_runs, tmp_path / "cmp")["runs"]}
     assert (rows["ctx_s1"]["pred_loss"], rows["ctx_s1"]["pred_bleu"], rows["ctx_s1"]["pred_rouge_l"]) == (1.75, 12.5, 30.25)
     assert rows["ctx_s2"]["pred_loss"] is None
+
+
+def _fidelity_summary(run, score, ceiling=0.7, baseline=0.45, input_file="data/dev.json"):
+    figures = lambda value: {"all": {"score": {"mean": value}, "top1": {"mean": value / 10}}}  # noqa: E731
+    (run / "dev_pred.json.summary.json").write_text(json.dumps({
+        "input_file": input_file, "counts": {},
+        "fidelity": {"generated": {**figures(score), "style": {"copy_rate": {"mean": 0.1}, "length_ratio": {"mean": 1.2}}},
+                     "reference": figures(ceiling), "baseline": figures(baseline)}}))
+
+
+def test_fidelity_columns_setting_mean_and_plot(three_runs, tmp_path):
+    _fidelity_summary(three_runs[0], 0.6)
+    _fidelity_summary(three_runs[1], 0.7, ceiling=0.8)
+    out = tmp_path / "cmp"
+    result = compare_runs.compare(three_runs, out)
+    rows = {r["run"]: r for r in result["runs"]}
+    assert (rows["ctx_s1"]["fid_score"], rows["ctx_s1"]["fid_top1"], rows["ctx_s1"]["fid_baseline"]) == (0.6, 0.06, 0.45)
+    assert rows["ctx_s1"]["fid_input"] == "dev.json" and rows["prof_s1"]["fid_score"] is None
+    ctx = {s["setting"]: s for s in result["settings"]}["context_only simple N2"]
+    assert ctx["fid_score"] == pytest.approx(0.65) and ctx["fid_score_std"] == pytest.approx(statistics.stdev([0.6, 0.7]))
+    assert ctx["fid_ceiling"] == pytest.approx(0.75) and ctx["fid_copy_rate"] == pytest.approx(0.1)
+    md = (out / "runs.md").read_text()
+    assert "| context_only simple N2 | dev.json | 0.650 ± 0.071 | 0.065 | 0.750 | 0.450 | 0.100 | 1.20 |" in md
+    data = (out / "fidelity.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    _fidelity_summary(three_runs[1], 0.7, input_file="data/other.json")  # seeds that predicted other files
+    ctx = {s["setting"]: s for s in compare_runs.compare(three_runs, out)["settings"]}["context_only simple N2"]
+    assert ctx["fid_score"] is None and ctx["fid_input"] == "dev.json other.json"
 
 
 def _run_tool(*args, cwd):

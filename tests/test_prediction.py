@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from chameleons import encoding, evaluation, generation, model_loading, prediction, prompts, shards  # noqa: E402
+from chameleons import encoding, evaluation, fidelity, generation, model_loading, prediction, prompts, shards  # noqa: E402
 from chameleons.config import load_config  # noqa: E402
 from chameleons.data import load_corpus  # noqa: E402
 from chameleons.encoding import ChatFormat, build_labels, encode_samples  # noqa: E402
@@ -320,6 +320,11 @@ def test_output_file_shape_summary_and_log(env, tmp_path, capsys):
     log = Path(f"{out}.examples.log").read_text()
     assert log.count("=== r0.c0.i") == 2 and "--- prompt ---" in log and "--- raw output 2 ---" in log
     assert not Path(f"{out}.parts").exists()
+    fid = json.loads(Path(f"{out}.fidelity.json").read_text())  # per item, every continuation scored
+    assert [r["sample_id"] for r in fid["items"]] == [sid for sid, _ in _items(original)]
+    assert all(r["attributed"] and len(r["generated"]) == 2 for r in fid["items"])
+    assert summary["fidelity"]["classifier"]["characters"] == 3 and summary["fidelity"]["reference"]["all"]["items"] == 6
+    assert (env["models"]["m1"] / fidelity.CACHE_NAME).is_file()  # cached in the run folder
     err = capsys.readouterr().err
     assert "trained with --ablation_config context_only" in err  # m1's training_config.json differs
     with pytest.raises(UserError, match="exists; pass --overwrite"):

@@ -6,8 +6,10 @@
 Reads each run folder as training leaves it, finished or not: `training_config.json` (settings,
 plan and summary of a finished run), else the command line and plan at the top of
 `training_logs/detailed_training_log.txt`; `training_logs/metrics.jsonl` (losses, tokens, times);
-`split_manifest.json` (the validation sample ids); and prediction `*.eval.json` files when
-present. Writes `runs.csv`, `runs.md`, `eval_loss.png` and `best_eval_loss.png` into --output.
+`split_manifest.json` (the validation sample ids); and prediction `*.eval.json` and
+`*.summary.json` files (character fidelity, chameleons/fidelity.py) when present. Writes
+`runs.csv`, `runs.md`, `eval_loss.png` and `best_eval_loss.png` into --output, and
+`fidelity.png` when some run has fidelity figures.
 
 A setting is ablation, prompt style, N, resampling and the `--set` overrides; its runs differ by
 seed. Eval losses compare only on one validation set (same data, N, val_seed and so the same
@@ -36,7 +38,9 @@ from chameleons.errors import UserError, user_errors_exit  # noqa: E402
 RUN_COLUMNS = ["kind", "run", "setting", "val_set", "ablation", "prompt_style", "N", "sample_seed", "val_seed",
                "overrides", "status", "steps", "epochs", "stopped_early", "best_eval_loss", "best_eval_loss_std",
                "best_perplexity", "best_perplexity_std", "train_tokens", "wall_s", "tokens_per_s", "runs",
-               "pred_loss", "pred_bleu", "pred_rouge_l", "path"]
+               "pred_loss", "pred_bleu", "pred_rouge_l", "fid_input", "fid_score", "fid_score_std", "fid_top1",
+               "fid_ceiling", "fid_baseline", "fid_copy_rate", "fid_length_ratio", "path"]
+FIDELITY_KEYS = ["fid_score", "fid_top1", "fid_ceiling", "fid_baseline", "fid_copy_rate", "fid_length_ratio"]
 _DATA_LINE = re.compile(r"\] data\s+(?P<file>.+?): (?P<records>[\d,]+) records, [\d,]+ data items, "
                         r"(?P<samples>[\d,]+) samples")
 
@@ -51,6 +55,7 @@ class Run:
     data: dict | None
     summary: dict | None
     prediction: dict | None
+    fidelity: dict | None = None
     val_set: str = "?"
     setting: str = ""
 
@@ -142,6 +147,32 @@ def _prediction(folder: Path):
             "rouge_l": generation.get("rouge_l")}
 
 
+def _dig(value, *keys):
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _fidelity(folder: Path):
+    """The newest prediction summary inside the run folder that has fidelity figures: the first
+    continuations' rank score (0.5 = chance) and top-1 among all characters, the reference
+    lines' score (ceiling), another character's lines' score (baseline), copy rate, length ratio."""
+    files = sorted((p for p in folder.rglob("*.summary.json") if not any(x.startswith("checkpoint-") for x in p.parts)),
+                   key=lambda p: p.stat().st_mtime)
+    for path in reversed(files):
+        report = _read_json(path)
+        fid = _dig(report, "fidelity")
+        if fid:
+            return {"fid_input": Path(str(report.get("input_file"))).name,
+                    "fid_score": _dig(fid, "generated", "all", "score", "mean"),
+                    "fid_top1": _dig(fid, "generated", "all", "top1", "mean"),
+                    "fid_ceiling": _dig(fid, "reference", "all", "score", "mean"),
+                    "fid_baseline": _dig(fid, "baseline", "all", "score", "mean"),
+                    "fid_copy_rate": _dig(fid, "generated", "style", "copy_rate", "mean"),
+                    "fid_length_ratio": _dig(fid, "generated", "style", "length_ratio", "mean")}
+    return None
+
+
 def read_run(folder) -> Run:
     folder = Path(folder)
     if not folder.is_dir():
@@ -160,7 +191,7 @@ def read_run(folder) -> Run:
     manifest_path = folder / "split_manifest.json"
     validation = _read_json(manifest_path).get("validation") if manifest_path.is_file() else None
     return Run(path=folder, args=args, status=status, events=events, validation=validation, data=data,
-               summary=summary, prediction=_prediction(folder))
+               summary=summary, prediction=_prediction(folder), fidelity=_fidelity(folder))
 
 
 def validation_key(run: Run):
@@ -219,7 +250,7 @@ def run_row(run: Run) -> dict:
         "train_tokens": sum(tokens) if tokens and all(isinstance(t, int) for t in tokens) else None,
         "wall_s": round(wall_seconds(run.events), 1), "tokens_per_s": statistics.fmean(rates) if rates else None,
         "runs": 1, "pred_loss": pred.get("loss"), "pred_bleu": pred.get("bleu"), "pred_rouge_l": pred.get("rouge_l"),
-        "path": str(run.path),
+        **{k: (run.fidelity or {}).get(k) for k in ["fid_input"] + FIDELITY_KEYS}, "path": str(run.path),
     }
 
 
@@ -262,7 +293,23 @@ def setting_rows(rows: list) -> list:
             agg[key] = statistics.fmean(values) if values else None
             if key in ("best_eval_loss", "best_perplexity"):
                 agg[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        agg.update(_fidelity_mean(members))
         out.append(agg)
+    return out
+
+
+def _fidelity_mean(members: list) -> dict:
+    """Fidelity figures averaged over the seeds that predicted the same file; runs scored on
+    different files are not averaged (blank figures, the files listed)."""
+    inputs = sorted({m["fid_input"] for m in members if m["fid_input"]})
+    out = {"fid_input": " ".join(inputs) or None, "fid_score_std": None, **{k: None for k in FIDELITY_KEYS}}
+    if len(inputs) != 1:
+        return out
+    for key in FIDELITY_KEYS:
+        values = [m[key] for m in members if m[key] is not None]
+        out[key] = statistics.fmean(values) if values else None
+        if key == "fid_score":
+            out["fid_score_std"] = statistics.stdev(values) if len(values) > 1 else None
     return out
 
 
@@ -314,10 +361,33 @@ def markdown(runs_rows: list, settings: list, sets: dict) -> str:
                                                 if s["best_perplexity_std"] is not None else "")
         lines.append(f"| {s['setting']} | {s['val_set']} | {s['runs']} | {s['sample_seed']} | {loss} | {ppl} | "
                      f"{_fmt(s['steps'], 1)} | {_fmt(s['epochs'], 2)} | {s['stopped_early']}/{s['runs']} |")
+    lines += _fidelity_markdown(runs_rows, settings)
     lines += ["", "## Validation sets", "", "| set | data | N | val seed | validation samples |", "|---|---|---|---|---|"]
     lines += [f"| {label} | {d['data']} | {d['N']} | {d['val_seed']} | {d['validation_samples']} |"
               for label, d in sets.items()]
     return "\n".join(lines) + "\n"
+
+
+def _fidelity_markdown(runs_rows: list, settings: list) -> list:
+    if not any(r["fid_score"] is not None for r in runs_rows):
+        return []
+    head = ("| {} | predicted file | fidelity score | top-1 | ceiling (reference) | baseline (other character) | "
+            "copy rate | length ratio |")
+    lines = ["", "## Character fidelity (rank score of the intended character among all: 1 = first, 0.5 = chance)", "",
+             head.format("run"), "|---|---|---|---|---|---|---|---|"]
+    for r in runs_rows:
+        if r["fid_score"] is not None:
+            lines.append(f"| {r['run']} | {r['fid_input']} | {_fmt(r['fid_score'], 3)} | {_fmt(r['fid_top1'], 3)} | "
+                         f"{_fmt(r['fid_ceiling'], 3)} | {_fmt(r['fid_baseline'], 3)} | {_fmt(r['fid_copy_rate'], 3)} | "
+                         f"{_fmt(r['fid_length_ratio'], 2)} |")
+    lines += ["", head.format("setting (mean ± std over seeds)"), "|---|---|---|---|---|---|---|---|"]
+    for s in settings:
+        if s["fid_score"] is not None:
+            std = f" ± {_fmt(s['fid_score_std'], 3)}" if s["fid_score_std"] is not None else ""
+            lines.append(f"| {s['setting']} | {s['fid_input']} | {_fmt(s['fid_score'], 3)}{std} | {_fmt(s['fid_top1'], 3)} | "
+                         f"{_fmt(s['fid_ceiling'], 3)} | {_fmt(s['fid_baseline'], 3)} | {_fmt(s['fid_copy_rate'], 3)} | "
+                         f"{_fmt(s['fid_length_ratio'], 2)} |")
+    return lines
 
 
 def panels(runs: list) -> dict:
@@ -329,7 +399,7 @@ def panels(runs: list) -> dict:
     return out
 
 
-def _plot(path: Path, groups: dict, draw, ylabel: str, xlabel: str):
+def _plot(path: Path, groups: dict, draw, ylabel: str, xlabel: str, title=None):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -339,8 +409,8 @@ def _plot(path: Path, groups: dict, draw, ylabel: str, xlabel: str):
     fig, axes = plt.subplots(1, n, figsize=(6.5 * n, 4.5), squeeze=False)
     for ax, (label, members) in zip(axes[0], groups.items()):
         draw(ax, members)
-        ax.set_title(f"validation set {label}" + (" (not comparable with the other panels)" if n > 1 else ""),
-                     fontsize=9)
+        ax.set_title((title or "validation set {}").format(label)
+                     + (" (not comparable with the other panels)" if n > 1 else ""), fontsize=9)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -385,6 +455,33 @@ def plot_best(path: Path, groups: dict, settings: list, rows: list, colours: dic
     _plot(path, groups, draw, "best eval loss (mean ± std over seeds)", "setting")
 
 
+def plot_fidelity(path: Path, settings: list, rows: list, colours: dict):
+    """Fidelity per setting (seeds as dots, mean ± std), with the reference ceiling and the
+    other-character baseline as lines; one panel per predicted file."""
+    groups = {}
+    for s in settings:
+        if s["fid_score"] is not None:
+            groups.setdefault(s["fid_input"], []).append(s)
+
+    def draw(ax, mine):
+        for x, s in enumerate(mine):
+            seeds = [r["fid_score"] for r in rows if r["setting"] == s["setting"] and r["val_set"] == s["val_set"]
+                     and r["fid_score"] is not None]
+            ax.scatter([x] * len(seeds), seeds, color=colours[s["setting"]], alpha=0.5, s=15)
+            ax.errorbar([x], [s["fid_score"]], yerr=[s["fid_score_std"] or 0], fmt="D", color=colours[s["setting"]],
+                        capsize=5)
+        xs = range(len(mine))
+        ax.plot(xs, [s["fid_ceiling"] for s in mine], "k--", marker="_", label="reference lines (ceiling)")
+        ax.plot(xs, [s["fid_baseline"] for s in mine], "k:", marker="_", label="another character's lines (baseline)")
+        ax.axhline(0.5, color="grey", lw=0.8, label="chance")
+        ax.set_xticks(list(xs), [f"{s['setting']} [{s['val_set']}]" for s in mine], rotation=20, ha="right", fontsize=7)
+        ax.set_xlim(-0.5, len(mine) - 0.5)
+        ax.legend(fontsize=7)
+
+    _plot(path, groups, draw, "fidelity rank score (mean ± std over seeds)", "setting",
+          title="predicted file {}")
+
+
 def compare(folders, output) -> dict:
     """Read every run first (any bad folder stops before anything is written), then write."""
     runs = [read_run(f) for f in folders]
@@ -406,6 +503,8 @@ def compare(folders, output) -> dict:
     groups = panels(runs)
     plot_eval_loss(output / "eval_loss.png", groups, colours)
     plot_best(output / "best_eval_loss.png", groups, settings, rows, colours)
+    if any(s["fid_score"] is not None for s in settings):
+        plot_fidelity(output / "fidelity.png", settings, rows, colours)
     return {"runs": rows, "settings": settings, "validation_sets": sets}
 
 
@@ -416,8 +515,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     result = compare(args.run_dirs, args.output)
     labels = sorted({r["val_set"] for r in result["runs"]})
+    fid = ", fidelity.png" if any(s["fid_score"] is not None for s in result["settings"]) else ""
     print(f"{len(result['runs'])} runs, {len(result['settings'])} settings: {args.output}/runs.md, runs.csv, "
-          f"eval_loss.png, best_eval_loss.png")
+          f"eval_loss.png, best_eval_loss.png{fid}")
     if len(labels) > 1:
         print(f"note: the runs use {len(labels)} validation sets ({', '.join(labels)}): eval losses compare only "
               f"within one set; see runs.md", file=sys.stderr)

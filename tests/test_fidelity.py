@@ -1,0 +1,219 @@
+"""chameleons/fidelity.py: speaker attribution, style statistics, baselines and aggregation as
+pure functions; the classifier fitted on tiny sets (milliseconds); and the calibration on the
+shipped real dialogue sample: reference lines must score clearly above other characters' lines."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from chameleons import fidelity  # noqa: E402
+from chameleons.data import load_corpus  # noqa: E402
+from chameleons.fidelity import Item  # noqa: E402
+
+
+def _sample(sid, user_hash, target, record_key=None, context=()):
+    return SimpleNamespace(sample_id=sid, uid=f"u{sid}", user_hash=user_hash, target=target,
+                           record_key=record_key or user_hash, context=tuple(("user", c) for c in context))
+
+
+VOICES = {"pirate": ["arr matey the sea be calling", "shiver me timbers arr", "the sea and the rum arr matey",
+                     "arr hoist the sails matey", "rum for every pirate arr"],
+          "robot": ["beep affirmative unit online", "processing beep beep", "affirmative human unit ready",
+                    "error beep recalibrating unit", "unit processing affirmative"],
+          "poet": ["the moonlight weeps on silver leaves", "o gentle night of quiet dreams",
+                   "the silver moon and gentle leaves", "dreams of night and moonlight weep", "o quiet leaves of night"]}
+
+
+@pytest.fixture(scope="module")
+def attributor():
+    return fidelity.fit_attributor(VOICES)
+
+
+def test_attribution_probability_is_renormalised_and_ties_count_against():
+    classes = ["a", "b", "c", "d"]
+    probs = [0.1, 0.4, 0.4, 0.1]
+    assert fidelity.attribution(probs, classes, "b") == {"p": 0.4, "rank": 2, "n": 4}  # tie with c
+    film = fidelity.attribution(probs, classes, "a", ["a", "d"])
+    assert film == {"p": 0.5, "rank": 2, "n": 2}
+    assert fidelity.attribution(probs, classes, "zzz")["rank"] is None
+    assert fidelity.rank_score(1, 4) == 1 and fidelity.rank_score(4, 4) == 0 and fidelity.rank_score(1, 1) is None
+
+
+def test_copies_context_needs_a_whole_line_of_five_words():
+    context = ["Where were you last night, John?", "I know."]
+    assert fidelity.copies_context("where were you  last night, john?", context)  # equal once normalised
+    assert fidelity.copies_context("Well. Where were you last night, John? Tell me.", context)  # holds it whole
+    assert fidelity.copies_context("I know.", context)  # equal, however short
+    assert not fidelity.copies_context("I know. Fine.", context)  # holds a short line: not a copy
+    assert not fidelity.copies_context("", context)
+
+
+def test_style_figures():
+    s = fidelity.style("a b a b", ["x"], 2.0)
+    assert s == {"words": 4, "length_ratio": 2.0, "distinct_1": 0.5, "distinct_2": round(2 / 3, 4),
+                 "copies_context": False}
+    assert fidelity.style("a", [], None)["length_ratio"] is None
+
+
+def test_training_lines_leave_out_the_evaluated_references():
+    samples = [_sample("1", "a", "Hello there."), _sample("2", "a", "Bye."), _sample("3", "b", "hello  THERE."),
+               _sample("4", "b", "")]
+    assert fidelity.training_lines(samples, held_out=["Hello there."]) == {"a": ["Bye."]}
+
+
+def test_film_mates_join_records_that_share_a_conversation():
+    s = [_sample("1", "a", "x", "ra"), _sample("2", "b", "y", "rb"), _sample("3", "c", "z", "rc"),
+         _sample("4", "a", "w", "ra2"), _sample("5", "d", "v", "rd")]
+    conversations = SimpleNamespace(members=[[s[0], s[1]], [s[2]], [s[3], s[4]], [s[4]]])
+    films = fidelity.film_mates(s, conversations)
+    assert films["b"] == {"a", "b"} and films["c"] == {"c"}
+    assert films["a"] == {"a", "b", "d"}  # in two films: both casts
+
+
+def test_baselines_prefer_the_same_film_and_are_deterministic():
+    items = [Item("1", "u1", "a", [], [], "line of a"), Item("2", "u2", "b", [], [], "line of b"),
+             Item("3", "u3", "c", [], [], "line of c"), Item("4", "u4", "d", [], [], "")]
+    films = {"a": {"a", "b"}, "b": {"a", "b"}, "c": {"c"}}
+    assert fidelity.pick_baselines(items, films) == 1  # c has no film-mate with a reference
+    assert items[0].baseline == "line of b" and items[1].baseline == "line of a"
+    assert items[2].baseline in ("line of a", "line of b") and items[3].baseline == ""
+    again = [Item(i.sample_id, i.uid, i.character, [], [], i.reference) for i in items]
+    fidelity.pick_baselines(again, films)
+    assert [i.baseline for i in again] == [i.baseline for i in items]
+
+
+def test_mean_ci_is_seeded_and_brackets_the_mean():
+    assert fidelity.mean_ci([2, 2, 2]) == {"mean": 2.0, "ci95": [2.0, 2.0], "n": 3}
+    assert fidelity.mean_ci([None]) == {"mean": None, "ci95": None, "n": 0}
+    values = [0, 1] * 50
+    ci = fidelity.mean_ci(values)
+    assert ci == fidelity.mean_ci(values) and ci["ci95"][0] < 0.5 < ci["ci95"][1] and ci["ci95"][1] - ci["ci95"][0] < 0.3
+
+
+def test_the_classifier_attributes_distinct_voices(attributor):
+    held_out = {"pirate": "arr the rum matey", "robot": "beep unit affirmative", "poet": "o silver moonlight"}
+    probs = attributor.probabilities(list(held_out.values()))
+    for (character, _), row in zip(held_out.items(), probs):
+        assert fidelity.attribution(row, attributor.classes, character)["rank"] == 1, character
+    with pytest.raises(ValueError, match="two characters"):
+        fidelity.fit_attributor({"pirate": VOICES["pirate"]})
+
+
+def test_scoring_bad_items_is_notices_not_a_crash(attributor):
+    films = {"pirate": {"pirate", "robot"}, "robot": {"pirate", "robot"}, "poet": {"poet"}}
+    items = [Item("1", "u1", "pirate", ["ahoy there"], ["arr matey", "beep"], "rum arr"),
+             Item("2", "u2", "robot", [], ["beep beep"], "affirmative unit"),
+             Item("3", "u3", "poet", [], ["the moon"], ""),  # alone in its film
+             Item("4", "u4", "stranger", [], ["who am i"], "nobody")]  # no training lines
+    fidelity.pick_baselines(items, films)
+    rows, notices = fidelity.score_items(attributor, films, items)
+    assert [r["attributed"] for r in rows] == [True, True, True, False]
+    assert rows[0]["generated"][0]["rank_all"] == 1 and rows[0]["generated"][1]["rank_all"] > 1
+    assert rows[0]["reference"]["rank_film"] == 1 and rows[0]["baseline"]["from"] == "2"
+    assert rows[2]["generated"][0]["rank_film"] is None and rows[2]["generated"][0]["rank_all"] is not None
+    assert rows[3]["generated"][0]["rank_all"] is None and rows[3]["generated"][0]["words"] == 3 and len(notices) == 2
+    assert "1 of 4 items (1 characters) have no training lines" in notices[0] and "only character" in notices[1]
+    summary = fidelity.aggregate(rows, items, attributor, notices)
+    assert summary["generated"]["all"]["items"] == 3 and summary["generated"]["film"]["items"] == 2
+    assert summary["generated"]["all"]["chance"]["top1"] == pytest.approx(1 / 3)
+    assert summary["generated"]["style"]["lines"] == 4  # style needs no classifier
+    assert summary["generated"]["style"]["empty"] == 0 and summary["baseline"]["style"]["lines"] == 3
+    json.dumps(summary)  # JSON-able as written
+    assert "fidelity among 3 characters" in fidelity.format_summary(summary)
+
+
+def test_setup_excludes_manifest_validation_and_needs_two_characters(tmp_path, monkeypatch):
+    pool = [_sample(str(i), c, line) for i, (c, line) in
+            enumerate((c, line) for c, lines in VOICES.items() for line in lines)]
+    (tmp_path / "split_manifest.json").write_text(json.dumps({"validation": ["0", "1"]}))
+    conversations = SimpleNamespace(members=[[s] for s in pool])
+    fid = fidelity.setup(pool, pool, conversations, [], tmp_path)
+    assert fid.excluded_validation == 2 and fid.training_lines == len(pool) - 2 and fid.fitted_now
+    fidelity.save_cache(tmp_path, fid.attributor)
+    assert not fidelity.setup(pool, pool, conversations, [], tmp_path).fitted_now  # read from the cache
+    (tmp_path / fidelity.CACHE_NAME).write_bytes(b"damaged")
+    assert fidelity.setup(pool, pool, conversations, [], tmp_path).fitted_now  # refitted, no error
+    notices = []
+    assert fidelity.setup(pool[:5], pool[:5], conversations, [], None, notices.append) is None
+    assert len(notices) == 1 and "needs two" in notices[0]
+    odd = [_sample(str(i), "ab"[i % 2], chr(0x4e00 + i)) for i in range(60)]  # no n-gram twice: no vocabulary
+    assert fidelity.setup(odd, odd, conversations, [], None, notices.append) is None
+    assert len(notices) == 2 and "no speaker classifier could be fitted" in notices[1]
+    monkeypatch.setattr(fidelity, "MAX_FIT_SIZE", 3 * 12)  # 3 characters x 13 lines is over it
+    assert fidelity.setup(pool, pool, conversations, [], None, notices.append) is None
+    assert len(notices) == 3 and "beyond what the speaker classifier fits" in notices[2]
+
+
+def _calibration_tool():
+    spec = importlib.util.spec_from_file_location("fidelity_calibration", REPO / "tools" / "fidelity_calibration.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_calibration_reference_lines_score_above_other_characters_lines():
+    """The shipped real dialogue (Chit-Chat, 50 characters): on held-out validation splits of
+    three seeds, the reference lines rank their own character clearly higher than another
+    character's lines rank it (docs/PREDICTION.md reports the figures of five seeds)."""
+    tool = _calibration_tool()
+    samples = load_corpus(REPO / "data" / "sample_chameleons.json").samples
+    rows, n_all = [], None
+    for seed in (0, 1, 2):
+        seed_rows, summary = tool.calibrate(samples, seed)
+        rows += seed_rows
+        n_all = summary["classifier"]["characters"]
+        assert summary["reference"]["all"]["score"]["mean"] > summary["baseline"]["all"]["score"]["mean"], seed
+    margin = tool.pooled_margin(rows, n_all)
+    assert margin["score"]["ci95"][0] > 0.05 and tool.verdict(margin, 0.05) == "separates"
+
+
+def test_validation_subset_is_fixed_by_content_and_keeps_record_fields(tmp_path):
+    spec = importlib.util.spec_from_file_location("validation_subset", REPO / "tools" / "validation_subset.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    item = lambda text: {"context": [{"source": "Partner", "content": f"say {text}"}], "continuation": text}  # noqa: E731
+    records = [{"user_hash": h, "user": {"profile": {"name": h}}, "extra": h,
+                "task": {"task_behavior_collections": [{"data": [item(f"{h}{i}") for i in range(3)]},
+                                                       {"data": [item(f"{h}x")]}]}} for h in ("a", "b")]
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps(records))
+    run = tmp_path / "run"
+    run.mkdir()
+    val = ["r0.c0.i1", "r1.c0.i2", "r1.c1.i0", "r0.c0.i0"]
+    (run / "split_manifest.json").write_text(json.dumps({"validation": val}))
+    out = tmp_path / "subset.json"
+    assert tool.main([str(run), "--data_file", str(data), "--n", "3", "--out", str(out)]) == 0
+    subset = json.loads(out.read_text())
+    kept = [it["continuation"] for r in subset for c in r["task"]["task_behavior_collections"] for it in c["data"]]
+    every = {"r0.c0.i1": "a1", "r1.c0.i2": "b2", "r1.c1.i0": "bx", "r0.c0.i0": "a0"}
+    assert len(kept) == 3 and set(kept) <= set(every.values()) and all(r["extra"] == r["user_hash"] for r in subset)
+    (run / "split_manifest.json").write_text(json.dumps({"validation": list(reversed(val))}))
+    again = tmp_path / "again.json"
+    tool.main([str(run), "--data_file", str(data), "--n", "3", "--out", str(again)])
+    assert json.loads(again.read_text()) == subset  # the order of the ids does not matter
+    (run / "split_manifest.json").write_text(json.dumps({"validation": ["r7.c0.i0"]}))
+    with pytest.raises(tool.UserError, match="r7.c0.i0 is not an item"):
+        tool.main([str(run), "--data_file", str(data), "--out", str(tmp_path / "x.json")])
+
+
+def test_prediction_fidelity_flag_off_and_a_missing_training_file(tmp_path):
+    spec = importlib.util.spec_from_file_location("predict_script", REPO / "predict_Chameleons.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    notices = []
+    dist = SimpleNamespace(is_main=True, warn=notices.append)
+    corpus = SimpleNamespace(samples=[_sample("1", "a", "hi")])
+    config = SimpleNamespace(data=SimpleNamespace(train_file="unused.json"))
+    off = SimpleNamespace(fidelity="off", data_file=str(tmp_path / "missing.json"))
+    assert script.fidelity_setup(off, config, None, corpus, [tmp_path], dist) is None and notices == []
+    on = SimpleNamespace(fidelity="on", data_file=str(tmp_path / "missing.json"))
+    assert script.fidelity_setup(on, config, None, corpus, [tmp_path], dist) is None
+    assert len(notices) == 1 and "missing.json not found" in notices[0] and not list(tmp_path.iterdir())

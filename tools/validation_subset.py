@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""A fixed subset of a training run's validation items, as a Chameleons file to predict: the
+same file for every seed and setting that share the validation set, so their fidelity (and
+BLEU/ROUGE-L) figures compare.
+
+    python tools/validation_subset.py outputs/ctx_N2_seed_42 --data_file data/train.json --n 200 \\
+        --out outputs/val_subset_200.json
+
+The validation ids come from the run's split_manifest.json (never re-split); the subset is the
+first --n of them in an order fixed by each item's content hash (not by file position or seed).
+Each record keeps its fields; its collections keep only the chosen items (a collection left
+empty is dropped).
+"""
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from chameleons.cli import OneLineParser, positive_int  # noqa: E402
+from chameleons.data import extract_samples, read_records  # noqa: E402
+from chameleons.errors import UserError, user_errors_exit  # noqa: E402
+from chameleons.outputs import write_json  # noqa: E402
+
+
+def manifest_validation(run_dir) -> list:
+    path = Path(run_dir) / "split_manifest.json"
+    if not path.is_file():
+        raise UserError(f"{path}: not found (is {run_dir} a training run folder?)")
+    try:
+        ids = json.loads(path.read_text(encoding="utf-8")).get("validation")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        ids = None
+    if not isinstance(ids, list) or not ids:
+        raise UserError(f"{path}: no list of validation ids")
+    return ids
+
+
+def choose(samples, validation_ids, n: int) -> list:
+    """The first n validation samples in content-hash order."""
+    by_id = {s.sample_id: s for s in samples}
+    missing = [i for i in validation_ids if i not in by_id]
+    if missing:
+        raise UserError(f"split_manifest.json: validation id {missing[0]} is not an item of the data file "
+                        f"({len(missing)} missing): pass the run's training file as --data_file")
+    chosen = sorted((by_id[i] for i in validation_ids), key=lambda s: hashlib.blake2b(s.uid.encode()).hexdigest())
+    return chosen[:n]
+
+
+def subset_records(records, chosen) -> list:
+    """The records holding chosen items, with only those items, in file order."""
+    keep = {}
+    for s in chosen:
+        r, c, i = (int(p[1:]) for p in s.sample_id.split("."))
+        keep.setdefault(r, {}).setdefault(c, set()).add(i)
+    out = []
+    for r in sorted(keep):
+        record = json.loads(json.dumps(records[r]))
+        collections = record["task"]["task_behavior_collections"]
+        record["task"]["task_behavior_collections"] = [
+            {**coll, "data": [it for i, it in enumerate(coll["data"]) if i in keep[r][c]]}
+            for c, coll in enumerate(collections) if c in keep[r]]
+        out.append(record)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = OneLineParser(prog="validation_subset.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--data_file", required=True, help="the run's training file")
+    parser.add_argument("--n", type=positive_int, default=200, help="items in the subset (default 200)")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    ids = manifest_validation(args.run_dir)
+    records = read_records(args.data_file)
+    chosen = choose(extract_samples(records, args.data_file).samples, ids, args.n)
+    if Path(args.out).exists():
+        raise UserError(f"--out {args.out}: exists")
+    write_json(args.out, subset_records(records, chosen))
+    print(f"wrote {args.out}: {len(chosen)} of {len(ids)} validation items of {args.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    with user_errors_exit():
+        sys.exit(main())
