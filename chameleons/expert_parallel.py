@@ -76,8 +76,12 @@ def plan_for_run(opts, zero_stage, config) -> dict:
     world = opts.nproc_per_node if opts.dry_run else launch.world_size()
     local_world = opts.nproc_per_node if opts.dry_run else launch.local_world_size()
     model_type, num_experts = moe_shape(config.model) if zero_stage == 3 else (None, None)
-    plan = resolve(config.training.expert_parallel_size, zero_stage, world, local_world, model_type, num_experts,
-                   bool(config.lora))
+    try:
+        plan = resolve(config.training.expert_parallel_size, zero_stage, world, local_world, model_type, num_experts,
+                       bool(config.lora))
+    except UserError as exc:
+        given = [o for o in config.overrides if o.startswith(SIZE_KEY + "=")]
+        raise UserError(f"{config.path}{', --set ' + given[-1] if given else ''}: {exc}") from None
     if plan["enabled"] and SECTION not in _read_json(opts.deepspeed):
         plan = {"enabled": False, "size": 1, "preset": None,
                 "reason": f"the DeepSpeed config {opts.deepspeed} has no {SECTION!r} section"}

@@ -132,3 +132,21 @@ def test_autoep_names_map_back_to_a_model_transformers_loads_strictly(tiny_moe, 
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
         experts = {k for k in f.keys() if ".experts." in k}
     assert len(experts) == 2 * 4 * 3 and "model.layers.1.mlp.experts.3.up_proj.weight" in experts
+
+
+def test_the_run_plan_names_the_config_and_the_override(tmp_path):
+    from types import SimpleNamespace
+
+    from chameleons.config import load_config
+
+    shipped = ROOT / "ds_config_zero3_optimized.json"
+    opts = SimpleNamespace(dry_run=True, nproc_per_node=2, deepspeed=str(shipped))
+    assert ep.plan_for_run(opts, 3, load_config(ROOT / "config_tiny_cpu.json", []))["size"] == 2
+    with pytest.raises(UserError, match=r"config_tiny_cpu.json, --set training.expert_parallel_size=4: "
+                                        r"training.expert_parallel_size 4 must divide the world size \(2\)"):
+        ep.plan_for_run(opts, 3, load_config(ROOT / "config_tiny_cpu.json", ["training.expert_parallel_size=4"]))
+    without = tmp_path / "ds.json"
+    without.write_text(json.dumps({k: v for k, v in _shipped().items() if k != "expert_parallel"}))
+    plan = ep.plan_for_run(SimpleNamespace(dry_run=True, nproc_per_node=2, deepspeed=str(without)), 3,
+                           load_config(ROOT / "config_tiny_cpu.json", []))
+    assert not plan["enabled"] and "has no 'expert_parallel' section" in plan["reason"]
