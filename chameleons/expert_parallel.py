@@ -88,6 +88,33 @@ def plan_for_run(opts, zero_stage, config) -> dict:
     return plan
 
 
+RECORD = "expert_parallel.json"
+
+
+def record(checkpoint_dir, model):
+    """Notes in a checkpoint the expert-parallel size its states were sharded with."""
+    layers = autoep_layers(model)
+    with open(f"{checkpoint_dir}/{RECORD}", "w") as f:
+        json.dump({"size": next(iter(layers.values())).ep_size if layers else 1}, f)
+
+
+def check_resume(checkpoint_dir, plan: dict):
+    """A checkpoint's DeepSpeed states only load with the expert-parallel size they were written
+    with (0 follows the GPUs of a node, so a resume on other nodes can change it)."""
+    if checkpoint_dir is None:
+        return
+    try:
+        with open(f"{checkpoint_dir}/{RECORD}") as f:
+            saved = json.load(f)["size"]
+    except (OSError, ValueError, KeyError):
+        return  # written before expert parallelism existed: trained without it, or not ours to judge
+    now = plan["size"] if plan["enabled"] else 1
+    if saved != now:
+        raise UserError(f"--resume_from_checkpoint {checkpoint_dir}: its states were written with expert parallelism "
+                        f"size {saved}, this run would use {now} ({plan['reason']}); resume with "
+                        f"--set {SIZE_KEY}={saved} on a world size it divides")
+
+
 def _read_json(path) -> dict:
     try:
         with open(path) as f:

@@ -419,6 +419,7 @@ class ChameleonsTrainer(Trainer):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
         if self.args.should_save and not (self.stop is not None and self.stop.nonfinite):
+            expert_parallel.record(folder, self.model)
             checkpoints.mark_complete(folder)
 
 
@@ -449,13 +450,15 @@ def check_run(opts, config) -> RunChecks:
     if config.model.trust_remote_code:
         device["notices"].append(f"model.trust_remote_code is on: Python code from {config.model.name_or_path} "
                                  f"will run in this process")
+    ep_plan = expert_parallel.plan_for_run(opts, zero_stage, config)
+    expert_parallel.check_resume(resume, ep_plan)
     report_to, wandb_notice = tracking.wandb_settings(opts.wandb_project, opts.wandb_run_name, opts.output_dir)
     if opts.tensorboard:
         tracking.require_tensorboard()
         report_to = report_to + ["tensorboard"]
     return RunChecks(resume=resume, device=device, zero_stage=zero_stage, report_to=report_to,
                      notices=device["notices"] + ([wandb_notice] if wandb_notice else []),
-                     expert_parallel=expert_parallel.plan_for_run(opts, zero_stage, config))
+                     expert_parallel=ep_plan)
 
 
 def start_run_folder(output_dir, overwrite: bool, resume, main: bool):

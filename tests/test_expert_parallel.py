@@ -150,3 +150,14 @@ def test_the_run_plan_names_the_config_and_the_override(tmp_path):
     plan = ep.plan_for_run(SimpleNamespace(dry_run=True, nproc_per_node=2, deepspeed=str(without)), 3,
                            load_config(ROOT / "config_tiny_cpu.json", []))
     assert not plan["enabled"] and "has no 'expert_parallel' section" in plan["reason"]
+
+
+def test_a_resume_with_another_expert_parallel_size_is_refused(tmp_path, tiny_moe):
+    ep.record(tmp_path, tiny_moe)  # no AutoEP layers: written without expert parallelism
+    assert json.loads((tmp_path / ep.RECORD).read_text()) == {"size": 1}
+    ep.check_resume(tmp_path, resolve(requested=1))
+    with pytest.raises(UserError, match=r"written with expert parallelism size 1, this run would use 2 "
+                                        r"\(the GPUs of a node\); resume with --set training.expert_parallel_size=1"):
+        ep.check_resume(tmp_path, resolve())
+    ep.check_resume(tmp_path / "older", resolve())  # no record: nothing to compare
+    ep.check_resume(None, resolve())
