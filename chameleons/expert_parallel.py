@@ -45,6 +45,8 @@ def resolve(requested: int, zero_stage, world: int, local_world: int, model_type
     off = None
     if zero_stage != 3:
         off = "ZeRO-3 only"
+    elif model_type is None:
+        off = "the model's config is not on this machine"
     elif not num_experts:
         off = "not a MoE model"
     elif model_type not in SAVABLE:

@@ -30,6 +30,7 @@ def test_on_by_default_with_the_gpus_of_a_node():
     (dict(zero_stage=2), "ZeRO-3 only"),
     (dict(zero_stage=None), "ZeRO-3 only"),
     (dict(num_experts=None, model_type="qwen3"), "not a MoE model"),
+    (dict(num_experts=None, model_type=None), "the model's config is not on this machine"),
     (dict(world=1, local_world=1), "one process"),
     (dict(lora=True), "not with LoRA"),
     (dict(model_type="mixtral"), "no AutoEP preset this trainer saves"),
