@@ -10,7 +10,7 @@ model, train with HF Trainer (DeepSpeed when asked) and save the best model.
         --output_dir outputs/run --max_samples_per_user 2 --sample_seed 42
 """
 
-from chameleons import cli, data, encoding, launch, outputs, planning, prompts, quiet, splitting
+from chameleons import cli, data, encoding, expert_parallel, launch, outputs, planning, prompts, quiet, splitting
 from chameleons.config import load_config
 from chameleons.errors import user_errors_exit
 
@@ -43,8 +43,9 @@ def main(argv=None) -> int:
         encoded = encoding.encode_split(split, builder, tokenizer, config.training, cache_dir, opts.resample_each_epoch)
         plan = {**planning.make_plan(corpus, split, encoded, config.training, opts.nproc_per_node, opts.max_epochs,
                                       opts.sec_per_step, planning.checkpoint_cost(config, checks.zero_stage)),
-                "config": config.resolved()}
+                "config": config.resolved(), "expert_parallel": checks.expert_parallel}
         print(planning.format_plan(plan), flush=True)
+        print(expert_parallel.describe(checks.expert_parallel), flush=True)
         outputs.write_json(outputs.run_path(opts.output_dir, "plan.json"), plan)
         return 0
 

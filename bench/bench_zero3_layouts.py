@@ -45,7 +45,8 @@ FULL_LAYERS = 48
 KINDS = {"all_gather_into_tensor": ("all-gather", "output_tensor"), "_all_gather_base": ("all-gather", "output_tensor"),
          "all_gather": ("all-gather", "tensor_list"), "reduce_scatter_tensor": ("reduce-scatter", "input"),
          "_reduce_scatter_base": ("reduce-scatter", "input"), "reduce_scatter": ("reduce-scatter", "input_list"),
-         "all_reduce": ("all-reduce", "tensor"), "broadcast": ("broadcast", "tensor")}
+         "all_reduce": ("all-reduce", "tensor"), "broadcast": ("broadcast", "tensor"),
+         "all_to_all_single": ("all-to-all", "input"), "all_to_all": ("all-to-all", "input_tensor_list")}
 COMM = collections.defaultdict(lambda: [0, 0])  # kind -> [calls, bytes] while RECORDING
 RECORDING = [False]
 
@@ -67,9 +68,11 @@ def count_collectives():
 
         def counted(*a, _fn=fn, _sig=signature, _kind=kind, _arg=arg, **kw):
             if RECORDING[0]:
-                entry = COMM[_kind]
-                entry[0] += 1
-                entry[1] += _bytes(_sig.bind(*a, **kw).arguments[_arg])
+                bound = _sig.bind(*a, **kw).arguments
+                if dist.get_world_size(bound.get("group")) > 1:  # a group of one rank moves nothing
+                    entry = COMM[_kind]
+                    entry[0] += 1
+                    entry[1] += _bytes(bound[_arg])
             return _fn(*a, **kw)
 
         setattr(dist, name, counted)
@@ -81,6 +84,11 @@ def model_config(preset: str, layers: int):
     dims = {
         "30b": dict(hidden_size=2048, num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128,
                     num_experts_per_tok=8, moe_intermediate_size=768, intermediate_size=6144, vocab_size=151936),
+        # Qwen3-30B-A3B's width (hidden size, heads, expert shape, 8 active) with 16 experts and a small
+        # vocabulary: a layer fits 2 CPU processes (bench_expert_parallel.py scales the experts to 128)
+        "30b-width": dict(hidden_size=2048, num_attention_heads=32, num_key_value_heads=4, head_dim=128,
+                          num_experts=16, num_experts_per_tok=8, moe_intermediate_size=768, intermediate_size=6144,
+                          vocab_size=1024),
         # bench_batching_cpu.py's model: lm_head about 10% of the FLOPs per token, as in Qwen3-30B-A3B
         "small": dict(hidden_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=64, num_experts=16,
                       num_experts_per_tok=2, moe_intermediate_size=256, intermediate_size=512, vocab_size=1024),
@@ -98,8 +106,16 @@ def n_params(cfg) -> int:
         return sum(p.numel() for p in Qwen3MoeForCausalLM(cfg).parameters())
 
 
-def ds_config(micro: int, accum: int, world: int, bf16: bool) -> dict:
+def ds_config(micro: int, accum: int, world: int, bf16: bool, ep_size: int = 1) -> dict:
+    """The shipped ZeRO-3 config with its `auto` values filled as training fills them; expert
+    parallelism of `ep_size` (1 = off)."""
+    from chameleons import expert_parallel
+
     ds = json.loads((REPO / "ds_config_zero3_optimized.json").read_text())
+    on = ep_size > 1
+    expert_parallel.fill_auto(ds, {"enabled": on, "size": ep_size, "preset": "qwen3_moe" if on else None})
+    if on:
+        expert_parallel.bridge_output_capture_registry()
     ds["bf16"] = {"enabled": bf16}
     ds.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum,
               train_batch_size=micro * accum * world, gradient_clipping=1.0)

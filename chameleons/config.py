@@ -85,6 +85,8 @@ class TrainingConfig:
     dataloader_num_workers: int = setting(int, "DataLoader worker processes", 0)
     max_tokens_per_micro_batch: int = setting(int, "packed micro-batches above it run in parts; null = no budget", None)
     ddp_timeout: int = setting(int, "seconds a rank waits in a collective", 1800)
+    expert_parallel_size: int = setting(int, "MoE under ZeRO-3: GPUs that share out each layer's experts "
+                                             "(DeepSpeed AutoEP); 0 = the GPUs of a node, 1 = off", 0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -275,7 +277,7 @@ def _check_training(where, t):
            "at least 2 (the best checkpoint and the latest, to resume from)")
     _check(where, "training", t, "learning_rate", t["learning_rate"] > 0, "above 0")
     _check(where, "training", t, "max_grad_norm", t["max_grad_norm"] > 0, "above 0")
-    for key in ("weight_decay", "warmup_steps", "dataloader_num_workers"):
+    for key in ("weight_decay", "warmup_steps", "dataloader_num_workers", "expert_parallel_size"):
         _check(where, "training", t, key, t[key] >= 0, "at least 0")
     _check(where, "training", t, "seed", 0 <= t["seed"] < 2 ** 32, "between 0 and 2**32 - 1 (numpy's seed range)")
     _check(where, "training", t, "batching", t["batching"] in BATCHING_KINDS, f"one of {', '.join(BATCHING_KINDS)}")

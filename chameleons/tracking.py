@@ -71,14 +71,15 @@ def run_config(opts, config) -> dict:
     }
 
 
-def start_wandb(opts, config, report_to):
+def start_wandb(opts, config, report_to, **extra):
     """Start the wandb run on rank 0 (call it there only), before the Trainer exists; project,
-    run name, folder and mode come from the environment `wandb_settings` set."""
+    run name, folder and mode come from the environment `wandb_settings` set; `extra`: facts decided
+    at start that the config does not show (expert parallelism's size)."""
     if "wandb" not in report_to:
         return None
     import wandb
 
-    settings = dict(group=wandb_group(opts), tags=wandb_tags(opts), config=run_config(opts, config))
+    settings = dict(group=wandb_group(opts), tags=wandb_tags(opts), config={**run_config(opts, config), **extra})
     try:
         return wandb.init(**settings)
     except wandb.errors.CommError as exc:  # a rejected key or no network: the run goes on, logged offline

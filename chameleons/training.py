@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from transformers import Trainer, TrainerCallback
 
-from . import attention, checkpoints, flops, launch, outputs, planning, run_record, sources, tracking, zero3
+from . import (attention, checkpoints, expert_parallel, flops, launch, outputs, planning, run_record, sources,
+               tracking, zero3)
 from .batching import (LengthGroupedRowSampler, check_packing_supported, make_collator, split_to_budget,
                        trainer_args_for_batching)
 from .encoding import encode_split
@@ -397,6 +398,10 @@ class ChameleonsTrainer(Trainer):
             if self.args.should_save:  # the folder must exist now: HF records the best checkpoint only if it does
                 self.model.config.save_pretrained(output_dir)
             return
+        if not _internal_call and self.is_deepspeed_enabled and expert_parallel.autoep_layers(self.model):
+            expert_parallel.save_hf_model(self.model, output_dir or self.args.output_dir, self.args.should_save)
+            torch.distributed.barrier()
+            return
         super().save_model(output_dir, _internal_call)
 
     def _save_checkpoint(self, model, trial):
@@ -413,6 +418,7 @@ class ChameleonsTrainer(Trainer):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
         if self.args.should_save and not (self.stop is not None and self.stop.nonfinite):
+            expert_parallel.record(folder, self.model)
             checkpoints.mark_complete(folder)
 
 
@@ -425,6 +431,7 @@ class RunChecks:
     zero_stage: int | None
     report_to: list
     notices: list
+    expert_parallel: dict
 
 
 def check_run(opts, config) -> RunChecks:
@@ -442,12 +449,15 @@ def check_run(opts, config) -> RunChecks:
     if config.model.trust_remote_code:
         device["notices"].append(f"model.trust_remote_code is on: Python code from {config.model.name_or_path} "
                                  f"will run in this process")
+    ep_plan = expert_parallel.plan_for_run(opts, zero_stage, config)
+    expert_parallel.check_resume(resume, ep_plan)
     report_to, wandb_notice = tracking.wandb_settings(opts.wandb_project, opts.wandb_run_name, opts.output_dir)
     if opts.tensorboard:
         tracking.require_tensorboard()
         report_to = report_to + ["tensorboard"]
     return RunChecks(resume=resume, device=device, zero_stage=zero_stage, report_to=report_to,
-                     notices=device["notices"] + ([wandb_notice] if wandb_notice else []))
+                     notices=device["notices"] + ([wandb_notice] if wandb_notice else []),
+                     expert_parallel=ep_plan)
 
 
 def start_run_folder(output_dir, overwrite: bool, resume, main: bool):
@@ -485,6 +495,7 @@ def run(opts, config, checks, corpus, split, builder, tokenizer, cache_dir) -> i
         if sizes:
             runlog.line("ZeRO-3 sizes from the largest unit gathered at once (chameleons/zero3.py): "
                         + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
+    runlog.line(expert_parallel.configure(getattr(targs, "hf_deepspeed_config", None), checks.expert_parallel))
     trainer, tally, trace = make_trainer(opts, config, targs, model, encoded, tokenizer, runlog, stop)
 
     runlog.line(f"resuming from {checks.resume}" if checks.resume else "starting fresh")
@@ -511,6 +522,7 @@ def encode_and_plan(opts, config, checks, targs, corpus, split, builder, tokeniz
                                progress=targs.process_index == 0)
     plan = planning.make_plan(corpus, split, encoded, config.training, targs.world_size, opts.max_epochs,
                               opts.sec_per_step, planning.checkpoint_cost(config, checks.zero_stage))
+    plan["expert_parallel"] = checks.expert_parallel
     steps_per_epoch = plan["schedule"]["steps_per_epoch"]
     if steps_per_epoch == 0 or not encoded.val_rows:
         raise UserError(f"{corpus.path}: not enough samples to train ({len(encoded.train_rows(0))} training, "
@@ -538,7 +550,7 @@ def open_run_log(opts, config, checks, targs, encoded, plan, tokenizer) -> RunLo
     runlog.block("plan", planning.format_plan(plan))
     if main:
         print(planning.format_plan(plan), flush=True)  # the console shows the plan once, then progress
-        tracking.start_wandb(opts, config, checks.report_to)
+        tracking.start_wandb(opts, config, checks.report_to, expert_parallel=plan["expert_parallel"])
         write_manifest(opts.output_dir, encoded, opts.max_epochs)
         for n, row in enumerate(encoded.train_rows(0)[:3], 1):
             item = encoded.dataset[row]

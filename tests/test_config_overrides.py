@@ -71,6 +71,7 @@ GOOD = [
     ("training.dataloader_num_workers=2", "training", "dataloader_num_workers", 2),
     ("training.max_tokens_per_micro_batch=4096", "training", "max_tokens_per_micro_batch", 4096),
     ("training.ddp_timeout=3600", "training", "ddp_timeout", 3600),
+    ("training.expert_parallel_size=1", "training", "expert_parallel_size", 1),
 ]
 
 
@@ -152,6 +153,7 @@ BAD = [
     # value checks apply to overrides too
     ("training.learning_rate=NaN", "key training.learning_rate must be a finite number"),
     ("training.weight_decay=-0.1", "key training.weight_decay must be at least 0"),
+    ("training.expert_parallel_size=-1", "key training.expert_parallel_size must be at least 0"),
 ]
 
 

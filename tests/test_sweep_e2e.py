@@ -107,6 +107,7 @@ def test_wandb_config_holds_flags_and_group(sweep_run):
     assert config["wandb_group"] == "context_only_N2"
     assert config["training"]["learning_rate"] == 0.002 and config["model"]["router_aux_loss_coef"] == 0.001
     assert config["learning_rate"] == 0.002  # the Trainer's own arguments are added, not replacing ours
+    assert config["expert_parallel"] == {"enabled": False, "size": 1, "preset": None, "reason": "ZeRO-3 only"}
     assert run.run_group == "context_only_N2" and list(run.tags) == ["context_only", "N2", "seed5"]
     assert run.display_name == "sweep_point" and run.project == "chameleons_ci"
     history = next(runs[0].glob("*.wandb")).read_bytes()  # the log's per-step figures reach wandb too
