@@ -242,8 +242,10 @@ def run_predict_in_process(monkeypatch, capsys):
 # The shared single-process run's flags; its two --set overrides are what tests/test_sweep_e2e.py
 # follows into the run's records (logging_steps=1 is not in the config file on purpose).
 SINGLE_RUN_OVERRIDES = ["training.learning_rate=0.002", "training.logging_steps=1"]
+SINGLE_RUN_EVALS_PER_EPOCH = 4  # patience 3 then stops it at the 4th evaluation, one epoch in
 SINGLE_RUN_ARGS = ["--max_samples_per_user", "2", "--sample_seed", "5", "--val_seed", "42", "--max_epochs", "4",
-                   "--evals_per_epoch", "2", "--early_stopping_patience", "3", "--early_stopping_threshold", "100",
+                   "--evals_per_epoch", str(SINGLE_RUN_EVALS_PER_EPOCH), "--early_stopping_patience", "3",
+                   "--early_stopping_threshold", "100",
                    *[a for o in SINGLE_RUN_OVERRIDES for a in ("--set", o)]]
 
 
