@@ -186,33 +186,104 @@ def run_trainer():
     return run
 
 
+def _main_in_process(main, args, cwd, env_extra, monkeypatch, capsys):
+    """`main(args)` as `python script.py args` would run it, minus the interpreter: exit code,
+    stdout and stderr in the shape of a CompletedProcess."""
+    import types
+
+    from chameleons.errors import user_errors_exit
+
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in (env_extra or {}).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    try:
+        with user_errors_exit():
+            rc = main([str(a) for a in args])
+    except SystemExit as exc:
+        rc = exc.code
+    except Exception as exc:  # what a user would see as a traceback
+        rc = 1
+        print(f"Traceback (most recent call last): {type(exc).__name__}: {exc}", file=sys.stderr)
+    captured = capsys.readouterr()
+    return types.SimpleNamespace(returncode=rc, stdout=captured.out, stderr=captured.err)
+
+
 @pytest.fixture
 def run_in_process(monkeypatch, capsys, tokenizer):
     """The trainer's main() in this process, with the session's tokenizer: same interface and
     result shape as `run_trainer`, for the slow cases (anything past tokenizer loading) that are
     not on the list of bad inputs the subprocess tests cover."""
-    import types
-
     import train_distributed_Chameleons as script
     from chameleons import encoding
-    from chameleons.errors import user_errors_exit
 
     def run(args, cwd, env_extra=None, timeout=None):
         monkeypatch.setattr(encoding, "load_tokenizer", lambda name: tokenizer)
-        monkeypatch.delenv("WORLD_SIZE", raising=False)
-        for k, v in (env_extra or {}).items():
-            monkeypatch.setenv(k, v)
-        monkeypatch.chdir(cwd)
-        capsys.readouterr()
-        try:
-            with user_errors_exit():
-                rc = script.main([str(a) for a in args])
-        except SystemExit as exc:
-            rc = exc.code
-        except Exception as exc:  # what a user would see as a traceback
-            rc = 1
-            print(f"Traceback (most recent call last): {type(exc).__name__}: {exc}", file=sys.stderr)
-        captured = capsys.readouterr()
-        return types.SimpleNamespace(returncode=rc, stdout=captured.out, stderr=captured.err)
+        return _main_in_process(script.main, args, cwd, env_extra, monkeypatch, capsys)
 
     return run
+
+
+@pytest.fixture
+def run_predict_in_process(monkeypatch, capsys):
+    """predict_Chameleons.py's main() in this process, same result shape as a subprocess run: a
+    Python start and the torch import (about 8 s of CPU each) saved for the bad-input cases; a
+    few cases per script still run as real processes, for what only a real process shows."""
+    import predict_Chameleons as script
+
+    def run(args, cwd=REPO, env_extra=None, timeout=None):
+        return _main_in_process(script.main, args, cwd, env_extra, monkeypatch, capsys)
+
+    return run
+
+
+# The shared single-process run's flags; its two --set overrides are what tests/test_sweep_e2e.py
+# follows into the run's records (logging_steps=1 is not in the config file on purpose).
+SINGLE_RUN_OVERRIDES = ["training.learning_rate=0.002", "training.logging_steps=1"]
+SINGLE_RUN_EVALS_PER_EPOCH = 4  # patience 3 then stops it at the 4th evaluation, one epoch in
+SINGLE_RUN_ARGS = ["--max_samples_per_user", "2", "--sample_seed", "5", "--val_seed", "42", "--max_epochs", "4",
+                   "--evals_per_epoch", str(SINGLE_RUN_EVALS_PER_EPOCH), "--early_stopping_patience", "3",
+                   "--early_stopping_threshold", "100",
+                   *[a for o in SINGLE_RUN_OVERRIDES for a in ("--set", o)]]
+
+
+def tiny_cpu_config(directory, **training):
+    """config_tiny_cpu.json on the sample data, its cache in `directory`, training keys replaced."""
+    config = json.loads((REPO / "config_tiny_cpu.json").read_text())
+    config["data"] = {"train_file": str(REPO / "data" / "sample_chameleons.json"), "cache_dir": str(Path(directory) / "cache")}
+    config["training"].update(training)
+    path = Path(directory) / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def train_single(config, output_dir, *extra, cwd=REPO, env_extra=None, timeout=1200):
+    """The training script in one process, no DeepSpeed, with SINGLE_RUN_ARGS and no wandb
+    settings from the caller's environment."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))}
+    env.update(env_extra or {})
+    cmd = [PYTHON, str(TRAIN_SCRIPT), "--config", str(config), "--output_dir", str(output_dir), *SINGLE_RUN_ARGS,
+           *map(str, extra)]
+    return subprocess.run(cmd, cwd=str(cwd), capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def early_stopped_run(tmp_path_factory):
+    """One single-process training shared by the suite: no DeepSpeed, length-grouped batches,
+    every step logged, every checkpoint kept, two --set overrides, wandb with no key (so offline,
+    into the run folder), and an early-stopping threshold no evaluation can beat, so patience 3
+    ends it at the 4th evaluation. tests/test_train_e2e.py checks the run and its early stop,
+    tests/test_resume_exact.py resumes it from the middle, tests/test_sweep_e2e.py follows the
+    overrides into its records. Returns (folder, config, run folder, CompletedProcess)."""
+    tmp = tmp_path_factory.mktemp("single")
+    config = tiny_cpu_config(tmp, save_total_limit=10, batching="length_grouped")
+    out = tmp / "a"
+    proc = train_single(config, out, "--wandb_project", "chameleons_ci", "--wandb_run_name", "sweep_point",
+                        env_extra={"HOME": str(tmp)})  # no ~/.netrc: wandb has no key and must fall back to offline
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, config, out, proc

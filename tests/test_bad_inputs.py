@@ -309,19 +309,22 @@ def test_malformed_wandb_key_falls_back_to_offline_with_one_notice(tmp_path, mon
     assert "malformed" in notice and "offline" in notice and "\n" not in notice
 
 
-def _model_dir(tmp: Path) -> Path:
-    """A real (tiny, random) model folder with the bundled tokenizer, as training saves one."""
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A real (tiny, random) model folder with the bundled tokenizer, as training saves one; one
+    for the module, outside each case's folder (which must stay as it was)."""
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
     from chameleons.encoding import builtin_tokenizer_dir
 
-    folder = tmp / "model"
+    folder = tmp_path_factory.mktemp("predict_model") / "model"
     Qwen3ForCausalLM(Qwen3Config(vocab_size=151936, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                  num_attention_heads=2, num_key_value_heads=1, head_dim=8)).save_pretrained(folder)
     AutoTokenizer.from_pretrained(str(builtin_tokenizer_dir())).save_pretrained(folder)
     return folder
 
 
+# The environment case runs as a real process; the others call the script's main() here.
 PREDICTION_CASES = [
     ("predict-item-without-context", _mutate_data(_del_item_field(1, 0, "context")), [], ["record 2", "context"]),
     ("predict-lone-surrogate", json.dumps(GOOD).replace("c2 answer 1", "\\udfff"), [], ["record 3", "lone surrogate"]),
@@ -333,14 +336,18 @@ PREDICTION_CASES = [
 
 
 @pytest.mark.parametrize("case_id, data, extra, needles", PREDICTION_CASES, ids=[c[0] for c in PREDICTION_CASES])
-def test_bad_prediction_input_is_one_line_and_writes_nothing(tmp_path, case_id, data, extra, needles):
-    model = _model_dir(tmp_path)
+def test_bad_prediction_input_is_one_line_and_writes_nothing(tmp_path, model_dir, run_predict_in_process, case_id,
+                                                             data, extra, needles):
     path = write_input(tmp_path / "test.json", data)
     env = dict(e[4:].split("=", 1) for e in extra if e.startswith("ENV:"))
     flags = [e for e in extra if not e.startswith("ENV:")]
     args = ["--config", tiny_config(tmp_path, train_file=path), "--input_file", path, "--output_file",
             tmp_path / "pred.json"]
-    args += flags if "--model" in flags else ["--model", model, *flags]
-    before = _tree(tmp_path)
-    check_rejected(_subprocess(args, tmp_path, env, script="predict_Chameleons.py"), needles)
-    assert _tree(tmp_path) == before
+    args += flags if "--model" in flags else ["--model", model_dir, *flags]
+    before = _tree(tmp_path), _tree(model_dir)
+    if env:
+        proc = _subprocess(args, tmp_path, env, script="predict_Chameleons.py")
+    else:
+        proc = run_predict_in_process(args, cwd=tmp_path)
+    check_rejected(proc, needles)
+    assert (_tree(tmp_path), _tree(model_dir)) == before

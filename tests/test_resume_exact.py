@@ -7,8 +7,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,41 +19,19 @@ from chameleons.checkpoints import is_complete, resolve_resume
 from chameleons.runlog import Throughput
 from chameleons.stopping import StopCallback, StopRequest
 from chameleons.training import ChameleonsTrainer
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "train_distributed_Chameleons.py"
+from conftest import REPO, SINGLE_RUN_ARGS, train_single
 
 
-def _config(tmp: Path) -> Path:
-    config = json.loads((ROOT / "config_tiny_cpu.json").read_text())
-    config["data"] = {"train_file": str(ROOT / "data" / "sample_chameleons.json"), "cache_dir": str(tmp / "cache")}
-    config["training"].update(logging_steps=1, save_total_limit=10)  # keep every checkpoint to resume from
-    path = tmp / "config.json"
-    path.write_text(json.dumps(config))
-    return path
-
-
-def _train(config, output_dir, *extra, cwd=ROOT):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RANK", "WORLD_SIZE"))}
-    cmd = [sys.executable, str(SCRIPT), "--config", str(config), "--output_dir", str(output_dir),
-           "--max_samples_per_user", "2", "--max_epochs", "4", "--evals_per_epoch", "2",
-           "--early_stopping_patience", "3", "--early_stopping_threshold", "100", *extra]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+@pytest.fixture(scope="module")
+def uninterrupted(early_stopped_run):
+    """The suite's single-process run (tests/conftest.py): patience 3, every checkpoint kept."""
+    tmp, config, out, _ = early_stopped_run
+    return tmp, config, out
 
 
 def _events(output_dir, event):
     path = Path(output_dir, "training_logs", "metrics.jsonl")
     return [r for r in map(json.loads, path.read_text().splitlines()) if r["event"] == event]
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("resume")
-    config = _config(tmp)
-    out = tmp / "a"
-    proc = _train(config, out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp, config, out
 
 
 def test_early_stopping_resumes_exactly_from_another_directory(uninterrupted):
@@ -75,7 +51,7 @@ def test_early_stopping_resumes_exactly_from_another_directory(uninterrupted):
         shutil.copytree(a / f"checkpoint-{step}", b / f"checkpoint-{step}")
     elsewhere = tmp / "elsewhere"
     elsewhere.mkdir()
-    proc = _train(config, Path("..") / "b", "--resume_from_checkpoint", "auto", cwd=elsewhere)
+    proc = train_single(config, Path("..") / "b", "--resume_from_checkpoint", "auto", cwd=elsewhere)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     summary_b = json.loads((b / "training_config.json").read_text())["summary"]
@@ -98,20 +74,22 @@ def _tree(folder):
             for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
-def test_auto_on_a_finished_run_touches_nothing_and_succeeds(uninterrupted):
+def test_auto_on_a_finished_run_touches_nothing_and_succeeds(uninterrupted, run_in_process):
     _, config, a = uninterrupted
     before = _tree(a)
-    proc = _train(config, a, "--resume_from_checkpoint", "auto")
+    proc = run_in_process(["--config", config, "--output_dir", a, *SINGLE_RUN_ARGS, "--resume_from_checkpoint", "auto"],
+                          cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == f"already finished: {a}"
     assert _tree(a) == before
 
 
-def test_explicit_checkpoint_of_a_finished_run_is_refused(uninterrupted):
+def test_explicit_checkpoint_of_a_finished_run_is_refused(uninterrupted, run_in_process):
     _, config, a = uninterrupted
     before = _tree(a)
     checkpoint = sorted(a.glob("checkpoint-*"))[0]
-    proc = _train(config, a, "--resume_from_checkpoint", str(checkpoint))
+    proc = run_in_process(["--config", config, "--output_dir", a, *SINGLE_RUN_ARGS, "--resume_from_checkpoint", checkpoint],
+                          cwd=REPO)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "--overwrite_output_dir" in lines[0]
@@ -124,10 +102,11 @@ def test_explicit_checkpoint_of_a_finished_run_is_refused(uninterrupted):
     ["--early_stopping_patience", "-3"],
     ["--deepspeed", "no_such_ds_config.json"],
 ])
-def test_overwrite_with_a_bad_setting_keeps_the_old_run(uninterrupted, bad):
+def test_overwrite_with_a_bad_setting_keeps_the_old_run(uninterrupted, run_in_process, bad):
     _, config, a = uninterrupted
     before = _tree(a)
-    proc = _train(config, a, "--overwrite_output_dir", *bad)
+    proc = run_in_process(["--config", config, "--output_dir", a, *SINGLE_RUN_ARGS, "--overwrite_output_dir", *bad],
+                          cwd=REPO)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr[-2000:]

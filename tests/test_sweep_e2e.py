@@ -1,10 +1,9 @@
-"""A sweep point end to end: one short single-process CPU run (2 optimizer steps) with a config
-override and wandb offline. The override reaches the run's settings and every record of them
+"""A sweep point end to end: the suite's short single-process CPU run (tests/conftest.py) with
+config overrides and wandb offline. The override reaches the run's settings and every record of them
 (training_config.json, the detailed log, wandb.config); wandb's config.yaml holds the project's
 flags and the group; tools/compare_runs.py reads the real run folder."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from chameleons import tracking
+from conftest import SINGLE_RUN_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "train_distributed_Chameleons.py"
 
 
 def test_group_and_tags_defaults():
@@ -31,26 +30,13 @@ def test_group_and_tags_defaults():
 
 
 @pytest.fixture(scope="module")
-def sweep_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sweep")
-    config = json.loads((ROOT / "config_tiny_cpu.json").read_text())
-    config["data"] = {"train_file": str(ROOT / "data" / "sample_chameleons.json"), "cache_dir": str(tmp / "cache")}
-    config_path = tmp / "config.json"
-    config_path.write_text(json.dumps(config))
-    out = tmp / "run"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(WANDB_MODE="offline", HOME=str(tmp))
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--config", str(config_path), "--output_dir", str(out),
-                           "--max_samples_per_user", "2", "--sample_seed", "5", "--val_seed", "42",
-                           "--max_steps", "2", "--evals_per_epoch", "6",
-                           "--set", "training.learning_rate=0.002", "--set", "training.logging_steps=1",
-                           "--wandb_project", "chameleons_ci", "--wandb_run_name", "sweep_point"],
-                          cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+def sweep_run(early_stopped_run):
+    """The suite's single-process run (tests/conftest.py) is the sweep point: --set overrides,
+    --sample_seed 5, --val_seed 42, wandb offline under project chameleons_ci."""
+    return early_stopped_run[2]
 
 
-OVERRIDES = ["training.learning_rate=0.002", "training.logging_steps=1"]
+OVERRIDES = SINGLE_RUN_OVERRIDES
 
 
 def test_override_reaches_the_run_and_its_records(sweep_run):
@@ -59,7 +45,8 @@ def test_override_reaches_the_run_and_its_records(sweep_run):
     assert info["config"]["overrides"] == OVERRIDES and info["args"]["overrides"] == OVERRIDES
     metrics = [json.loads(line) for line in (sweep_run / "training_logs" / "metrics.jsonl").read_text().splitlines()]
     train = [m for m in metrics if m["event"] == "train"]
-    assert [m["step"] for m in train] == [1, 2]  # logging_steps=1 took effect
+    steps = json.loads((sweep_run / "training_config.json").read_text())["summary"]["global_step"]
+    assert steps > 2 and [m["step"] for m in train] == list(range(1, steps + 1))  # logging_steps=1 took effect
     assert train[0]["learning_rate"] <= 0.002  # warmup from the overridden peak, not the file's 3e-3
     log = (sweep_run / "training_logs" / "detailed_training_log.txt").read_text()
     assert '"learning_rate": 0.002' in log and '"training.logging_steps=1"' in log
@@ -126,7 +113,8 @@ def test_compare_runs_reads_the_real_run(sweep_run, tmp_path):
     metrics = [json.loads(line) for line in (sweep_run / "training_logs" / "metrics.jsonl").read_text().splitlines()]
     evals = [m["eval_loss"] for m in metrics if m["event"] == "eval"]
     assert evals and float(run["best_eval_loss"]) == pytest.approx(min(evals))
-    assert (run["status"], run["steps"], run["N"], run["sample_seed"], run["val_seed"]) == ("finished", "2", "2", "5", "42")
+    steps = json.loads((sweep_run / "training_config.json").read_text())["summary"]["global_step"]
+    assert (run["status"], run["steps"], run["N"], run["sample_seed"], run["val_seed"]) == ("finished", str(steps), "2", "5", "42")
     assert run["setting"] == "context_only simple N2 training.learning_rate=0.002 training.logging_steps=1"
     assert int(run["train_tokens"]) == sum(m["tokens"] for m in metrics if m["event"] == "train") > 0
     assert run["val_set"] == "A"

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SINGLE_RUN_EVALS_PER_EPOCH
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train_distributed_Chameleons.py"
 TORCHRUN = Path(sys.executable).parent / "torchrun"
-COMMON = ["--max_samples_per_user", "4", "--max_epochs", "2", "--resample_each_epoch", "--sample_seed", "7"]
+COMMON = ["--max_samples_per_user", "2", "--max_epochs", "2", "--resample_each_epoch", "--sample_seed", "7"]
 
 
 def tiny_config(tmp: Path) -> Path:
@@ -46,7 +47,7 @@ def torchrun_cmd(config, output_dir, *extra):
             *COMMON, *extra]
 
 
-def run(cmd, timeout=600):
+def run(cmd, timeout=1200):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     return proc
 
@@ -139,8 +140,8 @@ def test_zero3_run_trains_logs_and_saves(run_a, workdir):
 
     log = (run_a / "training_logs" / "detailed_training_log.txt").read_text()
     for needle in ("command: ", "versions: ", "world size 2", "== plan", "supervised span between <<< and >>>",
-                   "<<<[ANSWER]", "[/ANSWER]<|im_end|>>>>", "step 1/24 | epoch", "tokens/s", "eta ",
-                   "eval step 6 | epoch", "patience left", "checkpoint saved: checkpoint-6",
+                   "<<<[ANSWER]", "[/ANSWER]<|im_end|>>>>", "step 1/12 | epoch", "tokens/s", "eta ",
+                   "eval step 3 | epoch", "patience left", "checkpoint saved: checkpoint-3",
                    "epoch 1: ", "not seen in earlier epochs", "best model restored", "== summary",
                    "model: Qwen3MoeForCausalLM", "attention sdpa_varlen", "experts grouped_mm", "padding 0.0%"):
         assert needle in log, needle
@@ -150,7 +151,7 @@ def test_zero3_run_trains_logs_and_saves(run_a, workdir):
     best = min(e["eval_loss"] for e in evals)
     assert summary["summary"]["best_eval_loss"] == pytest.approx(best, abs=1e-6)
     assert summary["summary"]["final_eval_loss"] == pytest.approx(best, abs=1e-4)
-    assert summary["args"]["max_samples_per_user"] == 4 and summary["world_size"] == 2
+    assert summary["args"]["max_samples_per_user"] == 2 and summary["world_size"] == 2
 
     manifest = json.loads((run_a / "split_manifest.json").read_text())
     epoch0, epoch1 = manifest["epochs"]
@@ -186,7 +187,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(run_a, workdir):
     proc = subprocess.Popen(torchrun_cmd(config, out), cwd=ROOT, stdout=console, stderr=subprocess.STDOUT)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
-        if any(step >= 15 for step in train_losses(out)):  # in the middle of epoch 2 (steps 13..24)
+        if any(step >= 8 for step in train_losses(out)):  # in the middle of epoch 2 (steps 7..12)
             break
         time.sleep(0.2)
     assert proc.poll() is None, "run B ended before it could be interrupted"
@@ -202,7 +203,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(run_a, workdir):
     stopped = [line for line in log.splitlines() if "stopped at step" in line]
     assert stopped, output[-3000:]
     step = int(stopped[-1].split("stopped at step ")[1].split(",")[0])
-    assert 15 <= step < 24
+    assert 8 <= step < 12
     assert "--resume_from_checkpoint auto" in stopped[-1]
     assert (out / f"checkpoint-{step}" / "chameleons_complete").is_file()
     assert not (out / "training_config.json").exists()  # an interrupted run is not a finished one
@@ -222,32 +223,21 @@ def test_sigterm_then_resume_matches_uninterrupted_run(run_a, workdir):
     assert data_order(out) == data_order(run_a)
 
 
-def test_single_process_early_stops_when_it_should(workdir):
-    """No DeepSpeed, one process, length-grouped batches: with a threshold no evaluation can beat, patience 2 stops
-    the run at the third evaluation, and the best model is what gets saved. wandb, with no key,
-    logs offline into the run folder with one notice."""
-    tmp, config = workdir
-    grouped = json.loads(config.read_text())
-    grouped["training"]["batching"] = "length_grouped"  # the ZeRO-3 runs cover packed batches
-    config = tmp / "config_length_grouped.json"
-    config.write_text(json.dumps(grouped))
-    out = tmp / "single"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["HOME"] = str(tmp)  # no ~/.netrc: wandb has no key and must fall back to offline
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--config", str(config), "--output_dir", str(out),
-                           "--max_samples_per_user", "3", "--max_epochs", "5", "--early_stopping_patience", "2",
-                           "--early_stopping_threshold", "100", "--wandb_project", "chameleons_ci",
-                           "--wandb_run_name", "early_stop"], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_single_process_early_stops_when_it_should(early_stopped_run):
+    """No DeepSpeed, one process, length-grouped batches (the suite's shared run, tests/conftest.py):
+    with a threshold no evaluation can beat, patience 3 stops the run at the fourth evaluation,
+    and the best model is what gets saved. wandb, with no key, logs offline into the run folder
+    with one notice."""
+    tmp, config, out, proc = early_stopped_run
     assert proc.stderr.count("wandb: no API key found, logging offline") == 1
     assert list((out / "wandb").glob("offline-run-*"))
     evals = [m for m in metrics(out) if m["event"] == "eval"]
-    assert len(evals) == 3
+    assert len(evals) == 4
     assert any(m["event"] == "early_stop" for m in metrics(out))
     plan = json.loads((out / "training_config.json").read_text())
+    assert plan["config"]["training"]["batching"] == "length_grouped"
     steps_per_epoch = plan["plan"]["schedule"]["steps_per_epoch"]
-    assert plan["summary"]["global_step"] == 3 * (steps_per_epoch // 2) < 5 * steps_per_epoch
+    assert plan["summary"]["global_step"] == 4 * (steps_per_epoch // SINGLE_RUN_EVALS_PER_EPOCH) < 4 * steps_per_epoch
     assert "early stopping: no improvement" in (out / "training_logs" / "detailed_training_log.txt").read_text()
     best = min(e["eval_loss"] for e in evals)
     assert plan["summary"]["final_eval_loss"] == pytest.approx(best, abs=1e-4)
@@ -255,19 +245,19 @@ def test_single_process_early_stops_when_it_should(workdir):
     assert fresh["loss"] == pytest.approx(best, abs=2e-4)
 
 
-def test_finished_run_is_not_overwritten(run_a, workdir):
+def test_finished_run_is_not_overwritten(run_a, workdir, run_in_process):
     tmp, config = workdir
     before = (run_a / "training_config.json").read_text()
-    proc = run([sys.executable, str(SCRIPT), "--config", str(config), "--output_dir", str(run_a)])
+    proc = run_in_process(["--config", config, "--output_dir", run_a], cwd=ROOT)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--overwrite_output_dir" in proc.stderr
     assert (run_a / "training_config.json").read_text() == before
 
 
-def test_unfinished_run_needs_resume_or_overwrite(tmp_path, workdir):
+def test_unfinished_run_needs_resume_or_overwrite(tmp_path, workdir, run_in_process):
     _, config = workdir
     out = tmp_path / "unfinished"
     (out / "checkpoint-3").mkdir(parents=True)
-    proc = run([sys.executable, str(SCRIPT), "--config", str(config), "--output_dir", str(out)])
+    proc = run_in_process(["--config", config, "--output_dir", out], cwd=ROOT)
     assert proc.returncode == 2 and "--resume_from_checkpoint auto" in proc.stderr
     assert (out / "checkpoint-3").is_dir()

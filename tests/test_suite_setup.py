@@ -1,0 +1,14 @@
+"""What CI runs: .ci/run calls scripts/test.sh, which runs the whole suite and lists its 10
+slowest tests at the end (README, "Keeping the suite fast")."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ci_runs_the_whole_suite_and_lists_the_slowest_tests():
+    assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+    command = [line for line in (ROOT / "scripts" / "test.sh").read_text().splitlines()
+               if "-m pytest" in line]
+    assert len(command) == 1 and "--durations=10" in command[0].split() and " tests " in command[0]
+    assert " -k " not in command[0] and " -m " not in command[0].replace("-m pytest", "")
