@@ -165,6 +165,41 @@ def test_zero3_run_trains_logs_and_saves(run_a, workdir):
     assert fresh["loss"] == pytest.approx(summary["summary"]["final_eval_loss"], abs=2e-4)
 
 
+def test_expert_parallel_matches_plain_zero3(run_a, workdir):
+    """run_a trains with expert parallelism (on by default for MoE under ZeRO-3); the same run with
+    it off gives the same per-step and eval losses and the same final weights, and the final folder
+    holds every expert in transformers' layout. (The exact resume with it on: the SIGTERM test.)"""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    tmp, config = workdir
+    off = tmp / "run_ep_off"
+    proc = run(torchrun_cmd(config, off, "--set", "training.expert_parallel_size=1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log_on = (run_a / "training_logs" / "detailed_training_log.txt").read_text()
+    log_off = (off / "training_logs" / "detailed_training_log.txt").read_text()
+    assert "expert parallelism: on, size 2 (DeepSpeed AutoEP, preset qwen3_moe; the GPUs of a node)" in log_on
+    assert "expert parallelism: off (training.expert_parallel_size is 1)" in log_off
+    assert json.loads((run_a / "training_config.json").read_text())["plan"]["expert_parallel"]["size"] == 2
+    assert json.loads((off / "training_config.json").read_text())["plan"]["expert_parallel"]["enabled"] is False
+
+    for event, key in (("train", "loss"), ("eval", "eval_loss")):
+        on_l = {m["step"]: m[key] for m in metrics(run_a) if m["event"] == event}
+        off_l = {m["step"]: m[key] for m in metrics(off) if m["event"] == event}
+        assert sorted(on_l) == sorted(off_l) and len(on_l) >= 4
+        for step in on_l:
+            assert off_l[step] == pytest.approx(on_l[step], rel=1e-5), (event, step)
+
+    on_w, off_w = load_file(str(run_a / "model.safetensors")), load_file(str(off / "model.safetensors"))
+    assert sorted(on_w) == sorted(off_w)
+    assert sum(".experts." in k for k in on_w) == 2 * 8 * 3  # config_tiny_cpu.json: 2 layers x 8 experts
+    for key, value in off_w.items():
+        torch.testing.assert_close(on_w[key], value, rtol=1e-5, atol=1e-5, msg=key)  # 12 Adam steps: ~2e-6 seen
+    model, info = AutoModelForCausalLM.from_pretrained(run_a, output_loading_info=True)
+    assert not any(info.values()), info
+    assert model.model.layers[1].mlp.experts.gate_up_proj.shape[0] == 8
+
+
 def _worker_pids(output_dir):
     pids = {}
     for proc in Path("/proc").iterdir():
