@@ -10,7 +10,7 @@ model, train with HF Trainer (DeepSpeed when asked) and save the best model.
         --output_dir outputs/run --max_samples_per_user 2 --sample_seed 42
 """
 
-from chameleons import cli, data, encoding, launch, outputs, planning, prompts, quiet, splitting
+from chameleons import cli, data, encoding, launch, outputs, planning, preflight, prompts, quiet, splitting
 from chameleons.config import load_config
 from chameleons.errors import user_errors_exit
 
@@ -26,24 +26,29 @@ def main(argv=None) -> int:
         if launch.rank() == 0:
             print(f"already finished: {opts.output_dir}", flush=True)
         return 0
-    from chameleons import training
 
-    checks = training.check_run(opts, config)
-
+    # Checks without torch (chameleons/preflight.py): a bad input is reported in well under a second.
+    inputs = preflight.check_inputs(opts, config)
     corpus = data.load_corpus(opts.data_file or config.resolve_path(config.data.train_file))
     data.require_samples(corpus)
     split = splitting.split_train_val(corpus.samples, opts.max_samples_per_user, opts.sample_seed, opts.val_ratio,
                                       opts.val_seed, opts.sample_group_by, opts.val_leak_check)
-    tokenizer = encoding.load_tokenizer(config.model.tokenizer)
+    preflight.require_trainable(corpus.path, split.stats["train"], split.stats["validation"])
     builder = prompts.PromptBuilder(ablation, opts.prompt_style, prompts.HistoryIndex(split.pool_samples()),
                                     config.training.max_context_turns, opts.template_filename)
+
+    from chameleons import training  # torch, transformers: the checks that need them, then the run
+
+    checks = training.check_run(opts, config, inputs)
+    tokenizer = encoding.load_tokenizer(config.model.tokenizer)
     cache_dir = config.resolve_path(config.data.cache_dir)
 
     if opts.dry_run:
         encoded = encoding.encode_split(split, builder, tokenizer, config.training, cache_dir, opts.resample_each_epoch)
         plan = {**planning.make_plan(corpus, split, encoded, config.training, opts.nproc_per_node, opts.max_epochs,
                                       opts.sec_per_step, planning.checkpoint_cost(config, checks.zero_stage)),
-                "config": config.resolved()}
+                "config": config.resolved(), "notices": checks.notices}
+        preflight.require_trainable(corpus.path, plan["split"]["train_encoded"], plan["split"]["validation_encoded"])
         print(planning.format_plan(plan), flush=True)
         outputs.write_json(outputs.run_path(opts.output_dir, "plan.json"), plan)
         return 0

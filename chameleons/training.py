@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from transformers import Trainer, TrainerCallback
 
-from . import attention, checkpoints, flops, launch, outputs, planning, sources, tracking, zero3
+from . import attention, checkpoints, flops, launch, model_spec, outputs, planning, preflight, tracking, zero3
 from .batching import (LengthGroupedRowSampler, check_packing_supported, make_collator, split_to_budget,
                        trainer_args_for_batching)
 from .encoding import encode_split
@@ -429,27 +429,17 @@ class RunChecks:
     notices: list
 
 
-def check_run(opts, config) -> RunChecks:
-    """Everything a run needs that can be wrong, checked before the first byte is written (the
-    dry run calls this too, so a plan it makes does not fail at training start)."""
-    resume = checkpoints.resolve_resume(opts.resume_from_checkpoint, opts.output_dir)
+def check_run(opts, config, inputs) -> RunChecks:
+    """The checks that need torch and transformers, after those of `preflight.check_inputs` (whose
+    findings `inputs` carries): everything is checked before the first byte is written (the dry
+    run calls this too, so a plan it makes does not fail at training start)."""
     device = device_settings(opts.disable_flash_attn, config.model.attn_implementation, config.training.batching)
     if config.training.batching == "packed":
         check_packing_supported(device["attn_implementation"])
-    zero_stage = _zero_stage(opts.deepspeed)
-    if not config.model.random_init:
-        source = sources.require_source(config.model.name_or_path, "model")
-        if os.path.isdir(source):
-            sources.check_model_folder(source)
-    if config.model.trust_remote_code:
-        device["notices"].append(f"model.trust_remote_code is on: Python code from {config.model.name_or_path} "
-                                 f"will run in this process")
-    report_to, wandb_notice = tracking.wandb_settings(opts.wandb_project, opts.wandb_run_name, opts.output_dir)
-    if opts.tensorboard:
-        tracking.require_tensorboard()
-        report_to = report_to + ["tensorboard"]
-    return RunChecks(resume=resume, device=device, zero_stage=zero_stage, report_to=report_to,
-                     notices=device["notices"] + ([wandb_notice] if wandb_notice else []))
+    if config.model.random_init:
+        model_spec.check_random_init(config)
+    return RunChecks(resume=inputs.resume, device=device, zero_stage=inputs.zero_stage, report_to=inputs.report_to,
+                     notices=inputs.notices + device["notices"])
 
 
 def start_run_folder(output_dir, overwrite: bool, resume, main: bool):
@@ -511,10 +501,8 @@ def encode_and_plan(opts, config, checks, targs, corpus, split, builder, tokeniz
                                progress=targs.process_index == 0)
     plan = planning.make_plan(corpus, split, encoded, config.training, targs.world_size, opts.max_epochs,
                               opts.sec_per_step, planning.checkpoint_cost(config, checks.zero_stage))
+    preflight.require_trainable(corpus.path, plan["split"]["train_encoded"], plan["split"]["validation_encoded"])
     steps_per_epoch = plan["schedule"]["steps_per_epoch"]
-    if steps_per_epoch == 0 or not encoded.val_rows:
-        raise UserError(f"{corpus.path}: not enough samples to train ({len(encoded.train_rows(0))} training, "
-                        f"{len(encoded.val_rows)} validation)")
     targs.eval_steps = targs.save_steps = max(1, steps_per_epoch // config.training.evals_per_epoch)
     return encoded, plan
 
@@ -630,16 +618,6 @@ def describe_model(model) -> str:
     return (f"model: {type(lm).__name__}, {total / 1e6:,.1f} M parameters ({trainable / 1e6:,.1f} M trainable), "
             f"attention {getattr(cfg, '_attn_implementation', 'n/a')}, "
             f"experts {getattr(cfg, '_experts_implementation', None) or 'n/a'}, dtype {lm.dtype}")
-
-
-def _zero_stage(path):
-    if not path:
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f).get("zero_optimization", {}).get("stage")
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"--deepspeed {path}: {exc}") from None
 
 
 def versions() -> str:
