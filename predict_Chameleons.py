@@ -37,10 +37,12 @@ def main(argv=None) -> int:
     corpus = data.extract_samples(records, opts.input_file, for_prediction=True)
     if opts.evaluate and not any(s.target for s in corpus.samples):
         raise UserError(f"--evaluate: {opts.input_file} has no continuations to score against")
-    tokenizer = model_loading.shared_tokenizer(model_dirs, config.model.tokenizer, warn=dist.warn)
     history = prediction.history_index(ablation, config, opts)
     builder = prompts.PromptBuilder(ablation, opts.prompt_style, history, config.training.max_context_turns,
                                     opts.template_filename)
+    # The checks above need no torch (a bad input is one line in well under a second); these do.
+    model_loading.check_model_configs(model_dirs)
+    tokenizer = model_loading.shared_tokenizer(model_dirs, config.model.tokenizer, warn=dist.warn)
     for line in prediction.training_run_warnings(model_dirs, opts, ablation):  # all input is valid by now
         dist.warn(line)
     sampling = generation.Sampling.from_options(opts)

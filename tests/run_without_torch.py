@@ -1,8 +1,9 @@
-"""Runs the trainer's main() on many argument lists in one process where torch, transformers and
+"""Runs the trainer's (or the predictor's) main() on many argument lists in one process where torch, transformers and
 deepspeed cannot be imported (each import raises ImportError): a case that reaches one of them
 fails instead of printing its error line. Used by tests/test_bad_inputs.py.
 
-Input (argv[1]): a JSON list of {"id", "args", "cwd", "env"}; output on stdout: one JSON list
+Input (argv[1]): a JSON list of {"id", "args", "cwd", "env", "script"} (script: the entry
+module, default train_distributed_Chameleons); output on stdout: one JSON list
 of {"id", "rc", "stderr", "seconds"}."""
 
 import contextlib
@@ -28,8 +29,12 @@ def main():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     cases = json.loads(Path(sys.argv[1]).read_text())
     started = time.perf_counter()
-    import train_distributed_Chameleons as script
+    import importlib
+
     from chameleons.errors import user_errors_exit
+
+    scripts = {name: importlib.import_module(name) for name in
+               sorted({c.get("script", "train_distributed_Chameleons") for c in cases})}
 
     import_seconds = time.perf_counter() - started
     results = []
@@ -42,7 +47,7 @@ def main():
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             try:
                 with user_errors_exit():
-                    rc = script.main(case["args"])
+                    rc = scripts[case.get("script", "train_distributed_Chameleons")].main(case["args"])
             except SystemExit as exc:
                 rc = exc.code
             except Exception as exc:  # noqa: BLE001 - reported to the test as a traceback

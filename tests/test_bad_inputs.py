@@ -442,6 +442,35 @@ PREDICTION_CASES = [
 ]
 
 
+def test_bad_prediction_inputs_fail_before_torch_is_imported(tmp_path):
+    """The prediction table's cases, with a model folder that passes the checks without torch
+    (config.json and a whole safetensors file): each ends with its line before torch is imported."""
+    import types
+
+    jobs, needles = [], {}
+    for case_id, data, extra, case_needles in PREDICTION_CASES:
+        folder = tmp_path / case_id
+        folder.mkdir()
+        _model_folder(folder, {}, _safetensors())
+        path = write_input(folder / "test.json", data)
+        flags = [e for e in extra if not e.startswith("ENV:")]
+        args = ["--config", tiny_config(folder, train_file=path), "--input_file", path, "--output_file",
+                folder / "pred.json"] + (flags if "--model" in flags else ["--model", folder / "model", *flags])
+        jobs.append({"id": case_id, "args": [str(a) for a in args], "cwd": str(folder), "script": "predict_Chameleons",
+                     "env": dict(e[4:].split("=", 1) for e in extra if e.startswith("ENV:"))})
+        needles[case_id] = case_needles
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
+    proc = subprocess.run([PYTHON, str(REPO / "tests" / "run_without_torch.py"), str(tmp_path / "jobs.json")],
+                          env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(proc.stdout)
+    print("prediction: " + ", ".join(f"{r['id']} {r['seconds']:.3f} s" for r in results))
+    for r in results:
+        check_rejected(types.SimpleNamespace(returncode=r["rc"], stderr=r["stderr"], stdout=""), needles[r["id"]])
+        assert r["seconds"] < 3.0, r
+
+
 @pytest.mark.parametrize("case_id, data, extra, needles", PREDICTION_CASES, ids=[c[0] for c in PREDICTION_CASES])
 def test_bad_prediction_input_is_one_line_and_writes_nothing(tmp_path, case_id, data, extra, needles):
     model = _model_dir(tmp_path)
