@@ -16,8 +16,9 @@ See docs/PREDICTION.md.
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 
-from chameleons import data, encoding, evaluation, generation, model_loading, prediction, prompts, shards
+from chameleons import data, diskspace, encoding, evaluation, generation, model_loading, prediction, prompts, shards
 from chameleons.config import load_config
 from chameleons.errors import UserError, user_errors_exit
 from chameleons.outputs import write_json, write_records, write_text
@@ -34,6 +35,8 @@ def main(argv=None) -> int:
 
     # Load: the input, the shared tokenizer, the history pool of the training file.
     records, jsonl = prediction.read_input(opts.input_file)
+    diskspace.check_output_space(opts.output_file, Path(opts.input_file).stat().st_size,
+                                 "the output holds every input record and its continuations")
     corpus = data.extract_samples(records, opts.input_file, for_prediction=True)
     if opts.evaluate and not any(s.target for s in corpus.samples):
         raise UserError(f"--evaluate: {opts.input_file} has no continuations to score against")
@@ -176,5 +179,7 @@ def finish(opts, paths, summary, started, store):
 
 
 if __name__ == "__main__":
-    with user_errors_exit():
+    with user_errors_exit(), diskspace.full_disk_is_one_line(
+            "the output", "the items generated so far are kept in <output_file>.parts; free space and rerun the "
+                          "same command to resume from them"):
         sys.exit(main())

@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     if opts.dry_run:
         encoded = encoding.encode_split(split, builder, tokenizer, config.training, cache_dir, opts.resample_each_epoch)
         plan = {**planning.make_plan(corpus, split, encoded, config.training, opts.nproc_per_node, opts.max_epochs,
-                                      opts.sec_per_step, planning.checkpoint_cost(config, checks.zero_stage)),
+                                      opts.sec_per_step, checks.checkpoints),
                 "config": config.resolved(), "notices": checks.notices}
         preflight.require_trainable(corpus.path, plan["split"]["train_encoded"], plan["split"]["validation_encoded"])
         print(planning.format_plan(plan), flush=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from transformers import Trainer, TrainerCallback
 
-from . import attention, checkpoints, flops, launch, model_spec, outputs, planning, preflight, tracking, zero3
+from . import attention, checkpoints, diskspace, flops, launch, model_spec, outputs, planning, preflight, tracking, zero3
 from .batching import (LengthGroupedRowSampler, check_packing_supported, make_collator, split_to_budget,
                        trainer_args_for_batching)
 from .encoding import encode_split
@@ -27,6 +27,8 @@ from .runlog import PLOT_NAME, DetailedLogCallback, RunLog, Throughput, decode_w
 from .stopping import StopCallback, StopRequest
 
 MANIFEST_NAME = "split_manifest.json"
+DISK_FULL_THEN = (f"a checkpoint being written stays incomplete (no {checkpoints.COMPLETE_MARKER}), and "
+                  f"--resume_from_checkpoint auto skips it; free space, then resume with --resume_from_checkpoint auto")
 
 
 class EpochRows(torch.utils.data.Dataset):
@@ -427,6 +429,7 @@ class RunChecks:
     zero_stage: int | None
     report_to: list
     notices: list
+    checkpoints: dict | None = None  # planning.checkpoint_cost: the plan's disk figures
 
 
 def check_run(opts, config, inputs) -> RunChecks:
@@ -438,8 +441,11 @@ def check_run(opts, config, inputs) -> RunChecks:
         check_packing_supported(device["attn_implementation"])
     if config.model.random_init:
         model_spec.check_random_init(config)
+    cost = planning.checkpoint_cost(config, inputs.zero_stage)
+    disk_notice = diskspace.check_run_space(opts.output_dir, cost)
     return RunChecks(resume=inputs.resume, device=device, zero_stage=inputs.zero_stage, report_to=inputs.report_to,
-                     notices=inputs.notices + device["notices"])
+                     notices=inputs.notices + device["notices"] + ([disk_notice] if disk_notice else []),
+                     checkpoints=cost)
 
 
 def start_run_folder(output_dir, overwrite: bool, resume, main: bool):
@@ -479,15 +485,17 @@ def run(opts, config, checks, corpus, split, builder, tokenizer, cache_dir) -> i
 
     runlog.line(f"resuming from {checks.resume}" if checks.resume else "starting fresh")
     started = time.time()
-    trainer.train(resume_from_checkpoint=checks.resume)
+    with diskspace.full_disk_is_one_line(opts.output_dir, DISK_FULL_THEN):
+        trainer.train(resume_from_checkpoint=checks.resume)
     write_trace(opts.output_dir, targs.process_index, trace)
     if trainer.max_tokens_per_micro_batch:
         runlog.line(f"token budget {trainer.max_tokens_per_micro_batch}: {trainer.split_micro_batches} micro-batches "
                     f"ran in parts")
     stop.agree(targs.device)  # a signal during the last step's save reaches one rank only
 
-    code = report_stop(trainer, stop, runlog) if stop.exit_code else \
-        save_result(opts, config, checks, trainer, tally, runlog, plan, tokenizer, started)
+    with diskspace.full_disk_is_one_line(opts.output_dir, DISK_FULL_THEN):
+        code = report_stop(trainer, stop, runlog) if stop.exit_code else \
+            save_result(opts, config, checks, trainer, tally, runlog, plan, tokenizer, started)
     tracking.finish_wandb(code)
     finish_distributed()
     return code
@@ -500,7 +508,7 @@ def encode_and_plan(opts, config, checks, targs, corpus, split, builder, tokeniz
         encoded = encode_split(split, builder, tokenizer, config.training, cache_dir, opts.resample_each_epoch,
                                progress=targs.process_index == 0)
     plan = planning.make_plan(corpus, split, encoded, config.training, targs.world_size, opts.max_epochs,
-                              opts.sec_per_step, planning.checkpoint_cost(config, checks.zero_stage))
+                              opts.sec_per_step, checks.checkpoints)
     preflight.require_trainable(corpus.path, plan["split"]["train_encoded"], plan["split"]["validation_encoded"])
     steps_per_epoch = plan["schedule"]["steps_per_epoch"]
     targs.eval_steps = targs.save_steps = max(1, steps_per_epoch // config.training.evals_per_epoch)
