@@ -10,7 +10,10 @@ model, train with HF Trainer (DeepSpeed when asked) and save the best model.
         --output_dir outputs/run --max_samples_per_user 2 --sample_seed 42
 """
 
-from chameleons import cli, data, encoding, launch, outputs, planning, preflight, prompts, quiet, splitting
+import sys
+
+from chameleons import (cli, data, encoding, launch, outputs, planning, preflight, prompts, quiet, resubmit,
+                        splitting)
 from chameleons.config import load_config
 from chameleons.errors import user_errors_exit
 
@@ -25,6 +28,9 @@ def main(argv=None) -> int:
                                 resume=opts.resume_from_checkpoint, dry_run=opts.dry_run):
         if launch.rank() == 0:
             print(f"already finished: {opts.output_dir}", flush=True)
+            notice = resubmit.finished_run_notice(opts.output_dir, opts.as_record(), config.resolved())
+            if notice:
+                print(notice, file=sys.stderr, flush=True)
         return 0
 
     # Checks without torch (chameleons/preflight.py): a bad input is reported in well under a second.

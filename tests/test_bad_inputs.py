@@ -483,3 +483,32 @@ def test_bad_prediction_input_is_one_line_and_writes_nothing(tmp_path, case_id, 
     before = _tree(tmp_path)
     check_rejected(_subprocess(args, tmp_path, env, script="predict_Chameleons.py"), needles)
     assert _tree(tmp_path) == before
+
+
+def test_finished_run_resubmitted_with_other_settings_says_which_and_touches_nothing(tmp_path, run_in_process):
+    """A requeued `auto` job on a finished run exits 0 and changes nothing; when it asks for other
+    settings than the run was made with, one notice line names each of them (and nothing else)."""
+    from chameleons import cli
+    from chameleons.config import load_config
+
+    args, _ = _prepare(tmp_path, _args())
+    args.remove("--dry_run")
+    opts = cli.parse_train_args([str(a) for a in args])
+    config = load_config(opts.config, opts.overrides, opts.config_flags())
+    _finished_run(tmp_path / "out")
+    (tmp_path / "out" / "training_config.json").write_text(json.dumps(
+        {"args": opts.as_record(), "config": config.resolved()}, default=str))
+    other = write_input(tmp_path / "other.json", GOOD)
+    before = _tree(tmp_path)
+
+    same = run_in_process([*args, "--resume_from_checkpoint", "auto"], cwd=tmp_path)
+    assert same.returncode == 0 and same.stderr == "" and same.stdout.startswith("already finished")
+
+    changed = run_in_process([*args, "--resume_from_checkpoint", "auto", "--max_steps", "5", "--seed", "7",
+                              "--data_file", other, "--wandb_project", "elsewhere"], cwd=tmp_path)
+    lines = changed.stderr.strip().splitlines()
+    assert changed.returncode == 0 and len(lines) == 1, changed.stderr
+    assert "--max_steps (-1 -> 5)" in lines[0] and "training.seed (42 -> 7)" in lines[0] and "other.json" in lines[0]
+    differs = lines[0].split("Differs: ")[1].split(". Use another")[0]
+    assert "wandb" not in differs and "output_dir" not in differs and differs.count("(") == 3, differs
+    assert _tree(tmp_path) == before
