@@ -192,6 +192,7 @@ CASES = [
     ("flag-sec-per-step-inf", _args("--sec_per_step", "inf"), ["--sec_per_step"]),
     ("flag-val-ratio", _args("--val_ratio", "1.5"), ["--val_ratio"]),
     ("flag-zero-epochs", _args("--max_epochs", "0"), ["--max_epochs"]),
+    ("flag-zero-max-steps", _args("--max_steps", "0"), ["--max_steps", "or -1 for no limit"]),
     ("flag-unknown", _args("--learning_rate", "1e-5"), ["--learning_rate"]),
     ("flag-unknown-ablation", _args("--ablation_config", "profile_only_please"), ["profile_only_please"]),
     ("flag-set-unknown-key", _args("--set", "training.nope=1"), ["training.nope"]),
@@ -511,4 +512,20 @@ def test_finished_run_resubmitted_with_other_settings_says_which_and_touches_not
     assert "--max_steps (-1 -> 5)" in lines[0] and "training.seed (42 -> 7)" in lines[0] and "other.json" in lines[0]
     differs = lines[0].split("Differs: ")[1].split(". Use another")[0]
     assert "wandb" not in differs and "output_dir" not in differs and differs.count("(") == 3, differs
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("case_id", ["data-two-samples-one-scene", "random-init-unknown-key", "resume-ds-without-deepspeed",
+                                     "flag-set-ddp-timeout-1e20"])
+def test_training_refuses_with_the_dry_runs_line(tmp_path, run_in_process, case_id):
+    """The dry run and the training command refuse the same input with the same line."""
+    breaker, needles = next((c[1], c[2]) for c in CASES if c[0] == case_id)
+    args, env = _prepare(tmp_path, breaker)
+    before = _tree(tmp_path)
+    dry = run_in_process(args, cwd=tmp_path, env_extra=env)
+    check_rejected(dry, needles)
+    args.remove("--dry_run")
+    real = run_in_process(args, cwd=tmp_path, env_extra=env)
+    check_rejected(real, needles)
+    assert real.stderr == dry.stderr
     assert _tree(tmp_path) == before
