@@ -5,10 +5,13 @@ of the wrong type (the class's own strict check), and a size or count below 1.""
 
 import dataclasses
 import difflib
+import importlib.util
 import re
+from pathlib import Path
 
 from .errors import UserError
 
+LEGACY_KEYS = {"rope_theta", "rope_scaling", "partial_rotary_factor"}  # converted into rope_parameters
 # sizes and counts: a model with 0 or fewer of them cannot be built (or builds an empty layer)
 _AT_LEAST_ONE = re.compile(r"(^num_|^n_|_size$|_dim$|_layers$|_heads$|_experts$|_per_tok$|_step$)")
 
@@ -37,10 +40,22 @@ def config_class(config):
 
 
 def known_keys(cls) -> set:
-    """The keys a config class takes: its fields and their aliases (`num_experts` for
-    `num_local_experts`)."""
+    """The keys a config class takes: its fields, their aliases (`num_experts` /
+    `num_local_experts`), the legacy rope keys it converts, and the attributes its modeling code
+    reads from the config (`head_dim` through `getattr(config, "head_dim", ...)`)."""
     names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
-    return names | set(getattr(cls, "attribute_map", {}))
+    aliases = getattr(cls, "attribute_map", {})
+    return names | set(aliases) | set(aliases.values()) | LEGACY_KEYS | _read_by_modeling_code(cls)
+
+
+def _read_by_modeling_code(cls) -> set:
+    """`config.X` and `getattr(config, "X"...)` in the model's modeling file, read as text (no import)."""
+    package = cls.__module__.rsplit(".", 1)[0]
+    spec = importlib.util.find_spec(f"{package}.modeling_{package.rsplit('.', 1)[-1]}")
+    if spec is None or not spec.origin:
+        return set()
+    text = Path(spec.origin).read_text(encoding="utf-8")
+    return set(re.findall(r"config\.(\w+)", text)) | set(re.findall(r"getattr\(\s*config,\s*[\"'](\w+)", text))
 
 
 def check_random_init(config):

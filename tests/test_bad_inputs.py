@@ -238,7 +238,7 @@ CASES = [
     ("deepspeed-config-not-json", lambda tmp, cfg: ((tmp / "ds.json").write_text("{oops") and ["--deepspeed", "ds.json"],
                                                     {}, None), ["ds.json"]),
     ("model-weights-truncated", lambda tmp, cfg: _model_folder(tmp, cfg, _safetensors(truncate=5)),
-     ["model.safetensors", "truncated"]),
+     ["model.safetensors", "truncated", "copy the file again"]),
     ("model-weights-garbage", lambda tmp, cfg: _model_folder(tmp, cfg, b"\x01\x02"), ["model.safetensors"]),
     # checkpoints
     ("resume-not-a-folder", _args("--resume_from_checkpoint", "nowhere/checkpoint-3"), ["nowhere/checkpoint-3"]),
