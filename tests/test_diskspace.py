@@ -109,3 +109,11 @@ def test_prediction_refuses_a_disk_smaller_than_its_input(tmp_path, monkeypatch,
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 2 and len(err) == 1 and "free on its disk" in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_prediction_script_wraps_its_run_in_the_full_disk_line():
+    """Every write of a prediction run (shards, output, summary, evaluation) happens inside main(),
+    which the script runs inside the full-disk guard."""
+    source = (REPO / "predict_Chameleons.py").read_text()
+    entry = source[source.index('if __name__ == "__main__":'):]
+    assert "diskspace.full_disk_is_one_line(" in entry and entry.index("full_disk_is_one_line") < entry.index("main()")
