@@ -31,14 +31,15 @@ def require_source(name: str, what: str, hint: str = None) -> str:
         if isinstance(try_to_load_from_cache(name, filename), str):
             return name
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        raise UserError(f"{what} {name!r}: no such local folder, and not in the Hugging Face cache (HF_HUB_OFFLINE is set)")
+        raise UserError(f"{what} {name!r}: no such local folder, and not in the Hugging Face cache (HF_HUB_OFFLINE is set)"
+                        f"{todo}")
     import huggingface_hub
     from huggingface_hub.errors import RepositoryNotFoundError
 
     try:
         huggingface_hub.model_info(name, timeout=10)
     except RepositoryNotFoundError:
-        raise UserError(f"{what} {name!r}: no such local folder, and not found on the Hugging Face hub") from None
+        raise UserError(f"{what} {name!r}: no such local folder, and not found on the Hugging Face hub{todo}") from None
     except Exception as exc:  # network errors come from several HTTP libraries
         raise UserError(f"{what} {name!r}: no such local folder, not in the Hugging Face cache, and the hub cannot be "
                         f"reached ({type(exc).__name__}); download it and pass its folder") from None

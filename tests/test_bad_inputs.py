@@ -332,7 +332,7 @@ SUBPROCESS_CASES = [
      ["model.tokenizer ./tokenizers/none: not found", "set model.tokenizer to"]),
     ("tokenizer-hub-id-offline", lambda tmp, cfg: (_cfg("model", "tokenizer", "someorg/no-such-tokenizer")(tmp, cfg)[0],
                                                    {"HF_HUB_OFFLINE": "1"}, None),
-     ["someorg/no-such-tokenizer", "HF_HUB_OFFLINE"]),
+     ["someorg/no-such-tokenizer", "HF_HUB_OFFLINE", "set model.tokenizer to"]),
 ]
 
 
