@@ -18,8 +18,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from chameleons import (data, encoding, evaluation, fidelity, generation, model_loading, prediction, prompts,
-                        run_record, shards)
+from chameleons import (data, diskspace, encoding, evaluation, fidelity, generation, model_loading, prediction,
+                        prompts, run_record, shards)
 from chameleons.errors import UserError, user_errors_exit
 from chameleons.outputs import write_json, write_records, write_text
 from chameleons.splitting import Conversations
@@ -37,13 +37,17 @@ def main(argv=None) -> int:
 
     # Load: the input, the shared tokenizer, the history pool of the training file.
     records, jsonl = prediction.read_input(opts.input_file)
+    diskspace.check_output_space(opts.output_file, Path(opts.input_file).stat().st_size,
+                                 "the output holds every input record and its continuations")
     corpus = data.extract_samples(records, opts.input_file, for_prediction=True)
     if opts.evaluate and not any(s.target for s in corpus.samples):
         raise UserError(f"--evaluate: {opts.input_file} has no continuations to score against")
-    tokenizer = model_loading.shared_tokenizer(model_dirs, config.model.tokenizer, warn=dist.warn)
     history = prediction.history_index(ablation, config, opts, settings.pool)
     builder = prompts.PromptBuilder(ablation, opts.prompt_style, history, config.training.max_context_turns,
                                     opts.template_filename, settings.template_text)
+    # The checks above need no torch (a bad input is one line in well under a second); these do.
+    model_loading.check_model_configs(model_dirs)
+    tokenizer = model_loading.shared_tokenizer(model_dirs, config.model.tokenizer, warn=dist.warn)
     for line in settings.notices:  # all input is valid by now
         dist.notice(line)
     unrecorded = [d for d in model_dirs if settings.records[str(d)] is None]
@@ -209,5 +213,7 @@ def finish(opts, paths, summary, started, store):
 
 
 if __name__ == "__main__":
-    with user_errors_exit():
+    with user_errors_exit(), diskspace.full_disk_is_one_line(
+            "the output", "the items generated so far are kept in <output_file>.parts; free space and rerun the "
+                          "same command to resume from them"):
         sys.exit(main())

@@ -10,7 +10,10 @@ model, train with HF Trainer (DeepSpeed when asked) and save the best model.
         --output_dir outputs/run --max_samples_per_user 2 --sample_seed 42
 """
 
-from chameleons import cli, data, encoding, expert_parallel, launch, outputs, planning, prompts, quiet, splitting
+import sys
+
+from chameleons import (cli, data, encoding, expert_parallel, launch, outputs, planning, preflight, prompts, quiet,
+                        resubmit, splitting)
 from chameleons.config import load_config
 from chameleons.errors import user_errors_exit
 
@@ -25,25 +28,33 @@ def main(argv=None) -> int:
                                 resume=opts.resume_from_checkpoint, dry_run=opts.dry_run):
         if launch.rank() == 0:
             print(f"already finished: {opts.output_dir}", flush=True)
+            notice = resubmit.finished_run_notice(opts.output_dir, opts.as_record(), config.resolved())
+            if notice:
+                print(notice, file=sys.stderr, flush=True)
         return 0
-    from chameleons import training
 
-    checks = training.check_run(opts, config)
-
+    # Checks without torch (chameleons/preflight.py): a bad input is reported in well under a second.
+    inputs = preflight.check_inputs(opts, config)
     corpus = data.load_corpus(opts.data_file or config.resolve_path(config.data.train_file))
     data.require_samples(corpus)
     split = splitting.split_train_val(corpus.samples, opts.max_samples_per_user, opts.sample_seed, opts.val_ratio,
                                       opts.val_seed, opts.sample_group_by, opts.val_leak_check)
-    tokenizer = encoding.load_tokenizer(config.model.tokenizer)
+    preflight.require_trainable(corpus.path, split.stats["train"], split.stats["validation"])
     builder = prompts.PromptBuilder(ablation, opts.prompt_style, prompts.HistoryIndex(split.pool_samples()),
                                     config.training.max_context_turns, opts.template_filename)
+
+    from chameleons import training  # torch, transformers: the checks that need them, then the run
+
+    checks = training.check_run(opts, config, inputs)
+    tokenizer = encoding.load_tokenizer(config.model.tokenizer)
     cache_dir = config.resolve_path(config.data.cache_dir)
 
     if opts.dry_run:
         encoded = encoding.encode_split(split, builder, tokenizer, config.training, cache_dir, opts.resample_each_epoch)
         plan = {**planning.make_plan(corpus, split, encoded, config.training, opts.nproc_per_node, opts.max_epochs,
-                                      opts.sec_per_step, planning.checkpoint_cost(config, checks.zero_stage)),
-                "config": config.resolved(), "expert_parallel": checks.expert_parallel}
+                                      opts.sec_per_step, checks.checkpoints),
+                "config": config.resolved(), "notices": checks.notices, "expert_parallel": checks.expert_parallel}
+        preflight.require_trainable(corpus.path, plan["split"]["train_encoded"], plan["split"]["validation_encoded"])
         print(planning.format_plan(plan), flush=True)
         print(expert_parallel.describe(checks.expert_parallel), flush=True)
         outputs.write_json(outputs.run_path(opts.output_dir, "plan.json"), plan)

@@ -31,6 +31,14 @@ def positive_int(text):
     return value
 
 
+def step_limit(text):
+    """--max_steps: -1 (no limit: the epochs decide) or at least 1; HF treats 0 and other negatives as -1."""
+    value = int(text)
+    if value != -1 and value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, or -1 for no limit, got {value}")
+    return value
+
+
 def optional_positive_int(text):
     if text.lower() in ("none", "all"):
         return None
@@ -150,7 +158,7 @@ class TrainOptions(DataOptions):
     output_dir: str = flag()
     overwrite_output_dir: bool = flag(False, "allow writing over a finished run", action="store_true")
     max_epochs: int = flag(3, type=positive_int)
-    max_steps: int = flag(-1, "stop after this many optimizer steps (for smoke tests)", type=int)
+    max_steps: int = flag(-1, "stop after this many optimizer steps (for smoke tests); -1: no limit", type=step_limit)
     early_stopping_patience: int = flag(3, "evaluations without improvement; 0 disables", type=non_negative_int)
     early_stopping_threshold: float = flag(0.001, type=non_negative_float)
     evals_per_epoch: int | None = flag(None, "default: the config's (2)", type=positive_int)

@@ -20,6 +20,7 @@ BATCHING_KINDS = ("packed", "length_grouped", "padded")  # see chameleons/batchi
 SCHEDULERS_NEEDING_KWARGS = ("cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay")
 
 _NUM = (int, float)
+MAX_DDP_TIMEOUT = 365 * 24 * 3600  # far above any real wait, far below the overflow in torch's timedelta/ms
 
 
 def setting(types, doc: str, default=MISSING):
@@ -154,9 +155,14 @@ class _Where:
         self.origins = origins  # [(dotted key, the flag that set it)], in the order applied
 
     def __call__(self, key: str) -> str:
-        texts = [text for dotted, text in self.origins
+        texts = [(dotted, text) for dotted, text in self.origins
                  if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + ".")]
-        return f"{self.path}, {texts[-1]}" if texts else str(self.path)
+        if not texts:
+            return str(self.path)
+        dotted, text = texts[-1]
+        if text.startswith("--set "):
+            return f"{self.path}, {text}"
+        return f"{text} (the flag sets {dotted}, over {self.path})"  # the value is the flag's, not the file's
 
 
 def parse_override_value(text: str):
@@ -222,13 +228,18 @@ def _section(where, name, values, schema):
             out[key] = default
             continue
         value = values[key]
-        if value is None and default is not REQUIRED:
-            out[key] = default
+        if value is None and default is None:  # null means unset only where the key's default is unset
+            out[key] = None
             continue
+        if types is int and isinstance(value, float) and value.is_integer():
+            value = int(value)  # 1e3 is 1000; an out-of-range one then gets its range in the error
         ok = isinstance(value, types) and not (isinstance(value, bool) and types in (int, _NUM))
         if not ok:
             want = types.__name__ if isinstance(types, type) else "number"
-            raise UserError(f"{where(name + '.' + key)}: key {name}.{key} must be {want}, found {json.dumps(value)}")
+            hint = (f" (null is only for keys whose default is null; leave the key out for its default, "
+                    f"{json.dumps(default)})" if value is None and default is not REQUIRED else "")
+            raise UserError(f"{where(name + '.' + key)}: key {name}.{key} must be {want}, found {json.dumps(value)}"
+                            f"{hint}")
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"{where(name + '.' + key)}: key {name}.{key} must be a finite number, found {value}")
         out[key] = value
@@ -260,12 +271,14 @@ def _known_implementations():
 
 
 def _check_model(where, model):
+    _check(where, "model", model, "router_aux_loss_coef", model["router_aux_loss_coef"] >= 0, "at least 0")
+    if model["attn_implementation"] == model["experts_implementation"] == "auto":
+        return  # the defaults need no look-up in transformers (which imports torch)
     attention, experts = _known_implementations()
     _check(where, "model", model, "attn_implementation", model["attn_implementation"] in attention,
            f"one of {', '.join(attention)}")
     _check(where, "model", model, "experts_implementation", model["experts_implementation"] in experts,
            f"one of {', '.join(experts)}")
-    _check(where, "model", model, "router_aux_loss_coef", model["router_aux_loss_coef"] >= 0, "at least 0")
 
 
 def _check_training(where, t):
@@ -281,13 +294,16 @@ def _check_training(where, t):
         _check(where, "training", t, key, t[key] >= 0, "at least 0")
     _check(where, "training", t, "seed", 0 <= t["seed"] < 2 ** 32, "between 0 and 2**32 - 1 (numpy's seed range)")
     _check(where, "training", t, "batching", t["batching"] in BATCHING_KINDS, f"one of {', '.join(BATCHING_KINDS)}")
-    _check(where, "training", t, "ddp_timeout", t["ddp_timeout"] >= 60, "at least 60 (seconds)")
+    _check(where, "training", t, "ddp_timeout", 60 <= t["ddp_timeout"] <= MAX_DDP_TIMEOUT,
+           f"between 60 and {MAX_DDP_TIMEOUT} (seconds; one year)")
     budget = t["max_tokens_per_micro_batch"]
     if budget is not None:
         _check(where, "training", t, "max_tokens_per_micro_batch", budget >= t["max_length"],
                f"at least training.max_length ({t['max_length']}): a micro-batch is split between samples, never inside one")
         _check(where, "training", t, "max_tokens_per_micro_batch", t["batching"] == "packed",
                "unset (null) unless training.batching is 'packed': only packed micro-batches are split to a token budget")
+    if t["lr_scheduler_type"] == SCHEMA["training"]["lr_scheduler_type"][1]:
+        return  # the default needs no look-up in transformers (which imports torch)
     schedulers = _known_schedulers()
     needs_kwargs = t["lr_scheduler_type"] in SCHEDULERS_NEEDING_KWARGS
     _check(where, "training", t, "lr_scheduler_type", t["lr_scheduler_type"] in schedulers,
@@ -297,6 +313,8 @@ def _check_training(where, t):
 
 def _check_packing(where, model, training):
     """The check training makes before building the model, made here so the dry run refuses it too."""
+    if model["attn_implementation"] == "auto":
+        return
     from .attention import NAME as SDPA_VARLEN
     from .batching import PACKING_ATTENTION
 

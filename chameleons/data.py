@@ -64,13 +64,15 @@ def item_position(sample_id: str) -> tuple:
     return tuple(int(p[1:]) for p in sample_id.split("."))
 
 
-def _loads(text, path, where_prefix=""):
+def _loads(text, path, line=None):
+    """`line`: the JSON Lines line `text` is (its own position is then only a column)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: {where_prefix}not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        at = f"line {exc.lineno}" if line is None else f"line {line}"
+        raise UserError(f"{path}: {at}, column {exc.colno}: not valid JSON ({exc.msg})") from None
     except RecursionError:
-        raise UserError(f"{path}: {where_prefix}JSON nested too deeply to read") from None
+        raise UserError(f"{path}: {'' if line is None else f'line {line}: '}JSON nested too deeply to read") from None
 
 
 def read_records(path) -> list:
@@ -98,7 +100,7 @@ def read_records(path) -> list:
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        records.append(_loads(line, path, f"line {lineno}: "))
+        records.append(_loads(line, path, lineno))
     return records
 
 

@@ -58,16 +58,28 @@ def check_model_dirs(dirs) -> list:
             missing = sorted(str(s) for s in shards if not (p / str(s)).is_file())
             if missing:
                 raise UserError(f"--model {d}: {index.name} lists {missing[0]}, which is not in the folder")
-        if (p / "config.json").is_file():
-            from transformers import AutoConfig
-
-            try:
-                config = AutoConfig.from_pretrained(str(p))
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise UserError(f"--model {d}: config.json cannot be used: {str(exc).splitlines()[0]}") from None
-            check_weight_shapes(p, config)
         out.append(p)
     return out
+
+
+def check_model_configs(dirs):
+    """The part of `check_model_dirs` that needs transformers (and so torch): each config.json
+    is one transformers reads, and the weights fit it. Run after the checks of the input, which
+    then report in a fraction of a second."""
+    from transformers import AutoConfig
+
+    for d in dirs:
+        p = Path(d)
+        if not (p / "config.json").is_file():  # an adapter: its local base model is checked
+            base = json.loads((p / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+            if Path(base).expanduser().is_dir():
+                check_model_configs([Path(base).expanduser()])
+            continue
+        try:
+            config = AutoConfig.from_pretrained(str(p))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"--model {d}: config.json cannot be used: {str(exc).splitlines()[0]}") from None
+        check_weight_shapes(p, config)
 
 
 def check_weight_shapes(model_dir: Path, config):

@@ -3,7 +3,6 @@
 import math
 
 from . import splitting, zero3
-from .batching import micro_batch_plan
 from .sampling import sampled_counts
 
 GUIDE_SIZES = (1, 2, 5, 10, None)
@@ -71,6 +70,8 @@ def make_plan(corpus, split, encoded, training, world_size: int, max_epochs: int
               checkpoints=None) -> dict:
     """plan.json: the data, the split, token lengths, the schedule and its hours at
     `sec_per_step`, micro-batch sizes, `checkpoints` (from `checkpoint_cost`) and the guide table."""
+    from .batching import micro_batch_plan  # imports torch: not needed by the checks before the plan
+
     tokens = encoded_token_stats(encoded)
     n_train, n_val = len(encoded.train_rows(0)), len(encoded.val_rows)
     bs, ga = training.batch_size, training.gradient_accumulation_steps
@@ -198,6 +199,6 @@ def format_plan(plan: dict) -> str:
                      f"{row['validation_samples']:>11,} {row['train_samples']:>9,} {row['lost_to_split']:>7,} "
                      f"{row['steps_per_epoch']:>12,} {row['hours_per_epoch']:>9} {row['hours_max_epochs']:>10}")
     overrides = (plan.get("config") or {}).get("overrides")
-    if overrides:
-        lines.insert(0, f"overrides  {' '.join(overrides)}")
-    return "\n".join(lines)
+    head = [f"overrides  {' '.join(overrides)}"] if overrides else []
+    head += [f"notice     {notice}" for notice in plan.get("notices") or ()]  # e.g. trust_remote_code
+    return "\n".join(head + lines)

@@ -14,29 +14,32 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
-def require_source(name: str, what: str) -> str:
-    """The local folder, or a hub id that is in the local cache or reachable; else one error line."""
+def require_source(name: str, what: str, hint: str = None) -> str:
+    """The local folder, or a hub id that is in the local cache or reachable; else one error line
+    (ending in `hint`, what to do, where the caller knows it)."""
     path = Path(name).expanduser()
+    todo = f"; {hint}" if hint else ""
     if path.exists():
         if not path.is_dir():
-            raise UserError(f"{what} {name}: not a folder")
+            raise UserError(f"{what} {name}: not a folder{todo}")
         return str(path)
     if _looks_local(name):
-        raise UserError(f"{what} {name}: not found")
+        raise UserError(f"{what} {name}: not found{todo}")
     from huggingface_hub import try_to_load_from_cache
 
     for filename in ("config.json", "tokenizer_config.json"):
         if isinstance(try_to_load_from_cache(name, filename), str):
             return name
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        raise UserError(f"{what} {name!r}: no such local folder, and not in the Hugging Face cache (HF_HUB_OFFLINE is set)")
+        raise UserError(f"{what} {name!r}: no such local folder, and not in the Hugging Face cache (HF_HUB_OFFLINE is set)"
+                        f"{todo}")
     import huggingface_hub
     from huggingface_hub.errors import RepositoryNotFoundError
 
     try:
         huggingface_hub.model_info(name, timeout=10)
     except RepositoryNotFoundError:
-        raise UserError(f"{what} {name!r}: no such local folder, and not found on the Hugging Face hub") from None
+        raise UserError(f"{what} {name!r}: no such local folder, and not found on the Hugging Face hub{todo}") from None
     except Exception as exc:  # network errors come from several HTTP libraries
         raise UserError(f"{what} {name!r}: no such local folder, not in the Hugging Face cache, and the hub cannot be "
                         f"reached ({type(exc).__name__}); download it and pass its folder") from None
@@ -59,7 +62,8 @@ def safetensors_header(path) -> dict:
     except (struct.error, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
     if 8 + header_len + end > size:
-        raise UserError(f"{path}: truncated ({size:,} bytes, the header promises {8 + header_len + end:,})")
+        raise UserError(f"{path}: truncated ({size:,} bytes, the header promises {8 + header_len + end:,}); an "
+                        f"interrupted copy or save: copy the file again, or use an earlier checkpoint")
     return tensors
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from transformers import Trainer, TrainerCallback
 
-from . import (attention, checkpoints, expert_parallel, flops, launch, outputs, planning, run_record, sources,
-               tracking, zero3)
+from . import (attention, checkpoints, diskspace, expert_parallel, flops, launch, model_spec, outputs, planning,
+               preflight, run_record, tracking, zero3)
 from .batching import (LengthGroupedRowSampler, check_packing_supported, make_collator, split_to_budget,
                        trainer_args_for_batching)
 from .encoding import encode_split
@@ -26,6 +26,9 @@ from .errors import UserError
 from .loss import causal_lm_loss, causal_lm_of
 from .runlog import PLOT_NAME, DetailedLogCallback, RunLog, Throughput, decode_with_span, plot_losses
 from .stopping import StopCallback, StopRequest
+
+DISK_FULL_THEN = (f"a checkpoint being written stays incomplete (no {checkpoints.COMPLETE_MARKER}), and "
+                  f"--resume_from_checkpoint auto skips it; free space, then resume with --resume_from_checkpoint auto")
 
 
 class EpochRows(torch.utils.data.Dataset):
@@ -432,32 +435,25 @@ class RunChecks:
     report_to: list
     notices: list
     expert_parallel: dict
+    checkpoints: dict | None = None  # planning.checkpoint_cost: the plan's disk figures
 
 
-def check_run(opts, config) -> RunChecks:
-    """Everything a run needs that can be wrong, checked before the first byte is written (the
-    dry run calls this too, so a plan it makes does not fail at training start)."""
-    resume = checkpoints.resolve_resume(opts.resume_from_checkpoint, opts.output_dir)
+def check_run(opts, config, inputs) -> RunChecks:
+    """The checks that need torch and transformers, after those of `preflight.check_inputs` (whose
+    findings `inputs` carries): everything is checked before the first byte is written (the dry
+    run calls this too, so a plan it makes does not fail at training start)."""
     device = device_settings(opts.disable_flash_attn, config.model.attn_implementation, config.training.batching)
     if config.training.batching == "packed":
         check_packing_supported(device["attn_implementation"])
-    zero_stage = _zero_stage(opts.deepspeed)
-    if not config.model.random_init:
-        source = sources.require_source(config.model.name_or_path, "model")
-        if os.path.isdir(source):
-            sources.check_model_folder(source)
-    if config.model.trust_remote_code:
-        device["notices"].append(f"model.trust_remote_code is on: Python code from {config.model.name_or_path} "
-                                 f"will run in this process")
-    ep_plan = expert_parallel.plan_for_run(opts, zero_stage, config)
-    expert_parallel.check_resume(resume, ep_plan)
-    report_to, wandb_notice = tracking.wandb_settings(opts.wandb_project, opts.wandb_run_name, opts.output_dir)
-    if opts.tensorboard:
-        tracking.require_tensorboard()
-        report_to = report_to + ["tensorboard"]
-    return RunChecks(resume=resume, device=device, zero_stage=zero_stage, report_to=report_to,
-                     notices=device["notices"] + ([wandb_notice] if wandb_notice else []),
-                     expert_parallel=ep_plan)
+    if config.model.random_init:
+        model_spec.check_random_init(config)
+    ep_plan = expert_parallel.plan_for_run(opts, inputs.zero_stage, config)
+    expert_parallel.check_resume(inputs.resume, ep_plan)
+    cost = planning.checkpoint_cost(config, inputs.zero_stage)
+    disk_notice = diskspace.check_run_space(opts.output_dir, cost)
+    return RunChecks(resume=inputs.resume, device=device, zero_stage=inputs.zero_stage, report_to=inputs.report_to,
+                     notices=inputs.notices + device["notices"] + ([disk_notice] if disk_notice else []),
+                     expert_parallel=ep_plan, checkpoints=cost)
 
 
 def start_run_folder(output_dir, overwrite: bool, resume, main: bool):
@@ -500,15 +496,17 @@ def run(opts, config, checks, corpus, split, builder, tokenizer, cache_dir) -> i
 
     runlog.line(f"resuming from {checks.resume}" if checks.resume else "starting fresh")
     started = time.time()
-    trainer.train(resume_from_checkpoint=checks.resume)
+    with diskspace.full_disk_is_one_line(opts.output_dir, DISK_FULL_THEN):
+        trainer.train(resume_from_checkpoint=checks.resume)
     write_trace(opts.output_dir, targs.process_index, trace)
     if trainer.max_tokens_per_micro_batch:
         runlog.line(f"token budget {trainer.max_tokens_per_micro_batch}: {trainer.split_micro_batches} micro-batches "
                     f"ran in parts")
     stop.agree(targs.device)  # a signal during the last step's save reaches one rank only
 
-    code = report_stop(trainer, stop, runlog) if stop.exit_code else \
-        save_result(opts, config, checks, trainer, tally, runlog, plan, tokenizer, started)
+    with diskspace.full_disk_is_one_line(opts.output_dir, DISK_FULL_THEN):
+        code = report_stop(trainer, stop, runlog) if stop.exit_code else \
+            save_result(opts, config, checks, trainer, tally, runlog, plan, tokenizer, started)
     tracking.finish_wandb(code)
     finish_distributed()
     return code
@@ -521,12 +519,10 @@ def encode_and_plan(opts, config, checks, targs, corpus, split, builder, tokeniz
         encoded = encode_split(split, builder, tokenizer, config.training, cache_dir, opts.resample_each_epoch,
                                progress=targs.process_index == 0)
     plan = planning.make_plan(corpus, split, encoded, config.training, targs.world_size, opts.max_epochs,
-                              opts.sec_per_step, planning.checkpoint_cost(config, checks.zero_stage))
+                              opts.sec_per_step, checks.checkpoints)
     plan["expert_parallel"] = checks.expert_parallel
+    preflight.require_trainable(corpus.path, plan["split"]["train_encoded"], plan["split"]["validation_encoded"])
     steps_per_epoch = plan["schedule"]["steps_per_epoch"]
-    if steps_per_epoch == 0 or not encoded.val_rows:
-        raise UserError(f"{corpus.path}: not enough samples to train ({len(encoded.train_rows(0))} training, "
-                        f"{len(encoded.val_rows)} validation)")
     targs.eval_steps = targs.save_steps = max(1, steps_per_epoch // config.training.evals_per_epoch)
     return encoded, plan
 
@@ -642,16 +638,6 @@ def describe_model(model) -> str:
     return (f"model: {type(lm).__name__}, {total / 1e6:,.1f} M parameters ({trainable / 1e6:,.1f} M trainable), "
             f"attention {getattr(cfg, '_attn_implementation', 'n/a')}, "
             f"experts {getattr(cfg, '_experts_implementation', None) or 'n/a'}, dtype {lm.dtype}")
-
-
-def _zero_stage(path):
-    if not path:
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f).get("zero_optimization", {}).get("stage")
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"--deepspeed {path}: {exc}") from None
 
 
 def versions() -> str:

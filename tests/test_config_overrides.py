@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from conftest import simple_corpus, tiny_config, write_data
+from conftest import TINY_QWEN3, simple_corpus, tiny_config, write_data
 from test_cli_errors import check_one_error_line
 
 from chameleons.config import SCHEMA, LoraConfig, load_config, parse_override_value
@@ -49,7 +49,7 @@ GOOD = [
     ("model.trust_remote_code=true", "model", "trust_remote_code", True),
     ('model.random_init={"model_type": "llama", "hidden_size": 32}', "model", "random_init",
      {"model_type": "llama", "hidden_size": 32}),  # object, whole
-    ("model.random_init.hidden_size=32", "model", "random_init", {"model_type": "qwen3", "hidden_size": 32}),  # nested
+    ("model.random_init.hidden_size=32", "model", "random_init", {**TINY_QWEN3, "hidden_size": 32}),  # nested
     ("data.train_file=other.jsonl", "data", "train_file", "other.jsonl"),
     ("data.cache_dir=/scratch/cache", "data", "cache_dir", "/scratch/cache"),
     ("training.batch_size=8", "training", "batch_size", 8),  # int

@@ -63,8 +63,8 @@ def test_a_bad_value_from_a_shorthand_flag_names_that_flag(tmp_path, run_in_proc
                           cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"error: {TINY}, --seed 99999999999: key training.seed must be between 0 and 2**32 - 1 (numpy's seed range), "
-        f"found 99999999999"]
+        f"error: --seed 99999999999 (the flag sets training.seed, over {TINY}): key training.seed must be between 0 "
+        f"and 2**32 - 1 (numpy's seed range), found 99999999999"]
     assert not (tmp_path / "o").exists()
 
 
