@@ -16,6 +16,16 @@ the shape the validation split has to cope with (tests/test_split_scenes.py).
     python tools/make_synthetic_corpus.py --out /tmp/chameleons.json
     python tools/make_synthetic_corpus.py --out /tmp/small.jsonl --scale 0.01 --jsonl
     python tools/make_synthetic_corpus.py --out /tmp/scenes.json --scenes
+    python tools/make_synthetic_corpus.py --out /tmp/messy.json --scenes --duplicate_films 0.1 \
+        --duplicate_style lower --renormalise 0.3 --split_records 0.1 --reorder 0.1 --truth /tmp/messy.truth.json
+
+The adversarial flags (with --scenes) make the transcription noise real corpora have: films copied
+under new character ids (`--duplicate_films`, each copy with one uniform `--duplicate_style`),
+records re-normalised (lower case, final punctuation dropped or double spaces: the same scene held
+in several characters' records, written differently), records split in two (a scene's items
+alternate between them) and records whose items are shuffled. `--truth` writes the identity of
+every line: `truth[record][item]` lists the line ids of that item's context turns, then of its
+continuation; a copied or re-normalised line keeps its id.
 """
 
 from __future__ import annotations
@@ -383,6 +393,102 @@ def make_scene_corpus(seed: int = 0, n_records: int = FULL_RECORDS, n_hashes: in
             for r in recs]
 
 
+NOISE_STYLES = ("lower", "nopunct", "spaces")
+
+
+def renormalised(text: str, style: str) -> str:
+    """One transcription difference: lower case, final punctuation dropped, or double spaces."""
+    if style == "lower":
+        return text.lower()
+    if style == "nopunct":
+        return text.rstrip(".?!") or text
+    if style == "spaces":
+        return text.replace(" ", "  ")
+    raise ValueError(f"unknown style {style!r} (choose from {', '.join(NOISE_STYLES)})")
+
+
+def _restyled(record: dict, style: str) -> dict:
+    out = json.loads(json.dumps(record))
+    for coll in out["task"]["task_behavior_collections"]:
+        for item in coll["data"]:
+            for turn in item["context"]:
+                turn["content"] = renormalised(turn["content"], style)
+            if item["continuation"]:
+                item["continuation"] = renormalised(item["continuation"], style)
+    return out
+
+
+def _truth_lists(records: list[dict], places: dict) -> list[list[list]]:
+    return [[list(places[(k, i)]) for i, _ in enumerate(r["task"]["task_behavior_collections"][0]["data"])]
+            for k, r in enumerate(records)]
+
+
+def _films(truth: list[list[list]]) -> list[list[int]]:
+    """Records that share a line (transitively): a film's worth, as the generator made it."""
+    owner: dict = {}
+    parent = list(range(len(truth)))
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for k, items in enumerate(truth):
+        for ids in items:
+            for x in ids:
+                parent[find(k)] = find(owner.setdefault(x, k))
+    groups: dict = {}
+    for k in range(len(truth)):
+        groups.setdefault(find(k), []).append(k)
+    return list(groups.values())
+
+
+def make_adversarial(records: list[dict], places: dict, seed: int = 0, duplicate_films: float = 0.0,
+                     duplicate_style: str | None = None, renormalise: float = 0.0, split_records: float = 0.0,
+                     reorder: float = 0.0) -> tuple[list[dict], list[list[list]]]:
+    """A scene corpus (and its `places`) made messy the way real transcriptions are; returns the
+    records and the truth (`truth[record][item]` = line ids, kept by copies and re-normalisations).
+
+    Applied in this order: copy a `duplicate_films` share of films under new character ids (each
+    copy written in `duplicate_style`, or one drawn per copy when None), re-normalise a
+    `renormalise` share of records (a style drawn per record), split a `split_records` share of
+    records into two (alternate items), shuffle the items of a `reorder` share of records."""
+    rng = random.Random(f"adversarial\x00{seed}")
+    truth = _truth_lists(records, places)
+    rows = list(zip(records, truth))
+    for film in _films(truth):
+        if rng.random() < duplicate_films:
+            style = duplicate_style or rng.choice(NOISE_STYLES)
+            new_hash: dict = {}
+            for k in film:
+                rec = _restyled(records[k], style)
+                rec["user_hash"] = new_hash.setdefault(rec["user_hash"], f"{rng.getrandbits(128):032x}")
+                rows.append((rec, truth[k]))
+    out = []
+    for rec, ids in rows:
+        if rng.random() < renormalise:
+            rec = _restyled(rec, rng.choice(NOISE_STYLES))
+        items = list(zip(rec["task"]["task_behavior_collections"][0]["data"], ids))
+        parts = [items[0::2], items[1::2]] if len(items) > 1 and rng.random() < split_records else [items]
+        for part in parts:
+            if rng.random() < reorder:
+                rng.shuffle(part)
+            piece = json.loads(json.dumps(rec))
+            piece["task"]["task_behavior_collections"] = [{"data": [it for it, _ in part]}]
+            out.append((piece, [x for _, x in part]))
+    rng.shuffle(out)
+    return [r for r, _ in out], [t for _, t in out]
+
+
+_SHARES = {
+    "duplicate_films": "share of films copied under new character ids",
+    "renormalise": "share of records re-normalised (lower case, no final punctuation or double spaces)",
+    "split_records": "share of records split in two (a scene's items alternate between them)",
+    "reorder": "share of records whose items are shuffled",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="make_synthetic_corpus.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output file")
@@ -393,20 +499,39 @@ def main(argv: list[str] | None = None) -> int:
                    help="films of shared scenes with frequent generic lines, instead of independent items")
     p.add_argument("--generic_share", type=float, default=GENERIC_SHARE,
                    help="with --scenes: share of generic lines such as 'Yeah.' (default %(default)s)")
+    for name in _SHARES:
+        p.add_argument(f"--{name}", type=float, default=0.0, help=f"with --scenes: {_SHARES[name]} (default 0)")
+    p.add_argument("--duplicate_style", choices=NOISE_STYLES,
+                   help="with --duplicate_films: the one change every copy gets (default: drawn per copy)")
+    p.add_argument("--truth", help="with --scenes: also write every item's line ids here (JSON)")
     args = p.parse_args(argv)
     if args.scale <= 0:
         p.error("--scale must be positive")
-    if not 0 <= args.generic_share <= 1:
-        p.error("--generic_share must be between 0 and 1")
+    for name in ("generic_share", *_SHARES):
+        if not 0 <= getattr(args, name) <= 1:
+            p.error(f"--{name} must be between 0 and 1")
+    noisy = any(getattr(args, name) for name in _SHARES) or args.duplicate_style or args.truth
+    if noisy and not args.scenes:
+        p.error("--duplicate_films, --duplicate_style, --renormalise, --split_records, --reorder and --truth "
+                "need --scenes")
     n_records, n_hashes, n_items = _counts(args.scale)
     if args.scenes:
-        records = make_scene_corpus(args.seed, n_records, n_hashes, n_items, args.generic_share)
+        places: dict = {}
+        records = make_scene_corpus(args.seed, n_records, n_hashes, n_items, args.generic_share, places=places)
+        truth = _truth_lists(records, places)
+        if any(getattr(args, name) for name in _SHARES):
+            records, truth = make_adversarial(records, places, args.seed, args.duplicate_films, args.duplicate_style,
+                                              args.renormalise, args.split_records, args.reorder)
     else:
         records = make_corpus(args.seed, n_records, n_hashes, n_items)
     write_records(args.out, records, args.jsonl)
-    print(f"wrote {args.out}: {n_records} records, {len({r['user_hash'] for r in records})} characters, "
+    if args.truth:
+        write_records(args.truth, truth, False)
+    n_items = sum(len(c["data"]) for r in records for c in r["task"]["task_behavior_collections"])
+    print(f"wrote {args.out}: {len(records)} records, {len({r['user_hash'] for r in records})} characters, "
           f"{n_items} items", file=sys.stderr)
     return 0
+
 
 
 if __name__ == "__main__":
