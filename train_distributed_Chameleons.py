@@ -35,8 +35,9 @@ def main(argv=None) -> int:
     split = splitting.split_train_val(corpus.samples, opts.max_samples_per_user, opts.sample_seed, opts.val_ratio,
                                       opts.val_seed, opts.sample_group_by, opts.val_leak_check)
     tokenizer = encoding.load_tokenizer(config.model.tokenizer)
-    builder = prompts.PromptBuilder(ablation, opts.prompt_style, prompts.HistoryIndex(split.pool_samples()),
-                                    config.training.max_context_turns, opts.template_filename)
+    history = prompts.HistoryIndex.for_split(split, corpus.samples) if ablation.use_history else None
+    builder = prompts.PromptBuilder(ablation, opts.prompt_style, history, config.training.max_context_turns,
+                                    opts.template_filename)
     cache_dir = config.resolve_path(config.data.cache_dir)
 
     if opts.dry_run:

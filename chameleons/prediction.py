@@ -231,7 +231,7 @@ def history_index(ablation, config, opts: DataOptions):
     train = load_corpus(opts.data_file or config.resolve_path(config.data.train_file))
     split = split_train_val(train.samples, opts.max_samples_per_user, opts.sample_seed, opts.val_ratio,
                             opts.val_seed, opts.sample_group_by, opts.val_leak_check)
-    return HistoryIndex(split.pool_samples())
+    return HistoryIndex.for_split(split, train.samples)
 
 
 @dataclass

@@ -78,6 +78,7 @@ def profile_fields(profile: dict, personality: dict) -> list:
 
 
 _WORD = re.compile(r"[a-z0-9']+")
+_KEY_WORD = re.compile(r"[^\W_]+")
 
 
 def _words(text: str) -> frozenset:
@@ -88,31 +89,57 @@ def _history_rank(uid: str) -> bytes:
     return hashlib.blake2b(uid.encode(), digest_size=8).digest()
 
 
-class HistoryIndex:
-    """The character's own lines from training-eligible samples, for `use_history` prompts.
+def history_key(text: str) -> str:
+    """A line as history compares it: case, punctuation and spacing ignored ("Go home." and
+    "go  home" are one line), so a re-typed copy of the sample's own line is not shown."""
+    return " ".join(_KEY_WORD.findall(text.casefold().replace("'", "")))
 
-    Built from the split's training pool, so a validation target can never be chosen; the
-    sample's own target is excluded at lookup.
+
+class HistoryIndex:
+    """The character's own lines from the training pool, for `use_history` prompts.
+
+    Built from the split's training pool, so a validation target can never be chosen. A sample
+    is shown no line of its own conversation (`scene_of`: sample uid -> the split's conversation),
+    so nothing said later in its scene, the same for training and validation samples (whose
+    conversations are out of the pool), and no line whose text (as `history_key` compares it)
+    is one of the sample's own dialogue or target.
     """
 
-    def __init__(self, pool_samples):
+    def __init__(self, pool_samples, scene_of: dict = None):
+        self._scene_of = scene_of or {}
         by_char = {}
         for s in pool_samples:
             by_char.setdefault(s.user_hash, []).append(s)
         self._lines = {}
         for user_hash, members in by_char.items():
             members = sorted(members, key=lambda s: (_history_rank(s.uid), s.sample_id))[:HISTORY_CANDIDATES]
-            self._lines[user_hash] = [(s.target, _words(s.target)) for s in members]
+            self._lines[user_hash] = [(s.target, _words(s.target), history_key(s.target),
+                                       self._scene_of.get(s.uid)) for s in members]
+
+    @classmethod
+    def for_split(cls, split, samples):
+        """The pool of `split`, each line tagged with its conversation (the split's own grouping,
+        or, with `--val_leak_check text`, the conversation grouping built for the purpose)."""
+        from .splitting import make_index
+
+        index = split.index if hasattr(split.index, "label") else make_index(samples, "conversation")
+        return cls(split.pool_samples(), {s.uid: index.label[s.sample_id] for s in samples})
+
+    def fingerprint(self) -> str:
+        """Changes whenever a prompt's history could: the candidate lines and their conversations."""
+        stable = sorted((h, [(line, scene) for line, _, _, scene in lines]) for h, lines in self._lines.items())
+        return hashlib.sha256(repr(stable).encode()).hexdigest()
 
     def lines_for(self, sample) -> list:
         """Most relevant to the sample's dialogue first (shared words), at most 15, 200 chars each."""
         context_words = _words(" ".join(content for _, content in sample.context))
+        own_scene = self._scene_of.get(sample.uid)
+        seen = {history_key(content) for _, content in sample.context} | {history_key(sample.target)}
         scored = []
-        seen = {sample.target}
-        for order, (line, words) in enumerate(self._lines.get(sample.user_hash, ())):
-            if line in seen:
+        for order, (line, words, key, scene) in enumerate(self._lines.get(sample.user_hash, ())):
+            if key in seen or (own_scene is not None and scene == own_scene):
                 continue
-            seen.add(line)
+            seen.add(key)
             scored.append((-len(words & context_words), order, line))
         scored.sort()
         return [line[:MAX_HISTORY_CHARS] for _, _, line in scored[:MAX_HISTORY_LINES]]

@@ -112,3 +112,14 @@ def test_cli_truth_file_and_errors(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:")
     assert not (tmp_path / "x.json").exists()
+
+
+def test_line_ids_name_the_scene_and_the_order():
+    """An item's lines are consecutive lines of one scene (id // SCENE_STRIDE), the target last."""
+    records, places = _base(seed=2)
+    scenes = set()
+    for ids in places.values():
+        assert len({x // msc.SCENE_STRIDE for x in ids}) == 1
+        assert list(ids) == list(range(ids[0], ids[-1] + 1))
+        scenes.add(ids[0] // msc.SCENE_STRIDE)
+    assert 0.05 * len(places) < len(scenes) < 0.5 * len(places)  # several items per scene

@@ -25,7 +25,8 @@ records re-normalised (lower case, final punctuation dropped or double spaces: t
 in several characters' records, written differently), records split in two (a scene's items
 alternate between them) and records whose items are shuffled. `--truth` writes the identity of
 every line: `truth[record][item]` lists the line ids of that item's context turns, then of its
-continuation; a copied or re-normalised line keeps its id.
+continuation (id // 1000: the scene, id % 1000: its position there); a copied or
+re-normalised line keeps its id.
 """
 
 from __future__ import annotations
@@ -276,6 +277,7 @@ GENERIC_LINES = (
 )
 GENERIC_SHARE = 0.10
 RECORDS_PER_FILM = 10
+SCENE_STRIDE = 1000  # line id = scene number * SCENE_STRIDE + the line's position in its scene
 _EXTRAS = ("WAITER", "COP", "MAN", "WOMAN", "DRIVER", "NURSE", "CLERK", "GUARD", "BOY", "GIRL", "VOICE",
            "OPERATOR", "BARTENDER", "SOLDIER", "DOCTOR")
 _INITIALS = "ABCDEFGHIJKLMNOPRSTVW"
@@ -312,7 +314,8 @@ def make_scene_corpus(seed: int = 0, n_records: int = FULL_RECORDS, n_hashes: in
     lines are context only); lines of a recorded character after a scene's first line are its
     items. Same seed and counts give identical output. `places`, if given, receives the ground
     truth the format does not carry: (record index, item index) -> the id of every line of the
-    item (context turns, then the continuation), one id per spoken line of the corpus.
+    item (context turns, then the continuation), one id per spoken line of the corpus; the id
+    divided by SCENE_STRIDE is the line's scene, the remainder its position in the scene.
     """
     if not (1 <= n_hashes <= n_records <= n_items):
         raise ValueError("need 1 <= n_hashes <= n_records <= n_items")
@@ -344,7 +347,7 @@ def make_scene_corpus(seed: int = 0, n_records: int = FULL_RECORDS, n_hashes: in
 
     for k, rec in enumerate(recs):
         rec["index"] = k
-    item_no = next_id = 0
+    item_no = next_id = scene_no = 0
     films = _place_in_films(rng, recs, max(1, round(n_records / records_per_film)))
     for film in films:
         title = " ".join(rng.sample(_TITLE_WORDS, rng.randint(2, 3))).title()
@@ -361,6 +364,7 @@ def make_scene_corpus(seed: int = 0, n_records: int = FULL_RECORDS, n_hashes: in
                     cast.append(rng.choice(_EXTRAS))
             lines: list = []  # (speaker: record dict or extra name, text, line id)
             length = _scene_length(rng)
+            next_id, scene_no = scene_no * SCENE_STRIDE, scene_no + 1
             while len(lines) < length and any(not isinstance(c, str) and c["budget"] for c in cast):
                 last = lines[-1][0] if lines else None
                 choices = [c for c in cast if c is not last and (isinstance(c, str) or c["budget"])]
