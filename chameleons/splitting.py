@@ -7,17 +7,23 @@ target); `--val_leak_check` says how that is ensured:
 
 - `conversation` (default): an utterance is identified by its place, the line together with
   its neighbour in the scene, never by its text alone ("Yeah." is said in hundreds of scenes).
+  Lines are compared by `line_key`, so transcription variants of one line (case, punctuation,
+  spacing, accents) are one line.
   Samples sharing an utterance form one conversation, and validation takes whole
   conversations; their unsampled items leave the training pool, nothing else is lost.
-- `text`: a training sample showing a validation target's text anywhere is screened out.
+- `text`: a training sample showing a validation target's text (by `line_key`) anywhere is
+  screened out.
 
 A character's training pool is every sample of it outside validation and the screening.
 Epoch 0 of the training set is the sampled set minus validation; later epochs (with
 resampling) draw the same number per character afresh from the pool.
 """
 
+import functools
 import hashlib
 import math
+import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -28,6 +34,18 @@ MAX_QUOTING_FIRST_PASS = 2
 HUGE_SHARE = 0.05  # a conversation above this share of the corpus is divided at scene boundaries
 HUGE_MIN = 200  # ... but never one this small: a small corpus is not split up
 COMMON_RECORDS = 20  # a line said in more records than this is a common one ("Yeah."), not a place
+
+
+_NOT_ALNUM = re.compile(r"[\W_]+")
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def line_key(text: str) -> str:
+    """A line's identity, the same for its transcription variants: compatibility forms and
+    accents folded (NFKD), case-folded, every character that is not a letter or digit removed
+    (punctuation and whitespace alike). A line of punctuation only keeps its folded text."""
+    folded = unicodedata.normalize("NFKD", text).casefold()
+    return _NOT_ALNUM.sub("", folded) or " ".join(folded.split())
 
 
 def _val_rank(seed: int, uid: str) -> bytes:
@@ -41,8 +59,9 @@ def _item_position(s):
 
 # --------------------------------------------------------------------------- conversation split
 
-def _sequence(sample) -> list:
-    return [content for _, content in sample.context] + [sample.target]
+def _sequence(sample) -> tuple:
+    """The sample's lines, context then target, by `line_key`."""
+    return tuple(line_key(content) for _, content in sample.context) + (line_key(sample.target),)
 
 
 class Places:
@@ -52,25 +71,24 @@ class Places:
     the same line follows it; "Yeah." has hundreds (`several`). `openings` are the pairs of
     such lines that make up a whole item (a context of one turn and the target)."""
 
-    def __init__(self, samples):
+    def __init__(self, seqs):
         before, after, several, openings = {}, {}, set(), set()
-        for s in samples:
-            seq = _sequence(s)
+        for seq in seqs:
             for a, b in zip(seq, seq[1:]):
                 if before.setdefault(b, a) != a:
                     several.add(b)
                 if after.setdefault(a, b) != b:
                     several.add(a)
-        for s in samples:
-            if len(s.context) == 1 and s.context[0][1] in several and s.target in several:
-                openings.add((s.context[0][1], s.target))
+        for seq in seqs:
+            if len(seq) == 2 and seq[0] in several and seq[1] in several:
+                openings.add(seq)
         self.several = frozenset(several)
         self.openings = frozenset(openings)
 
 
-def place_keys(sample, places: Places) -> set:
-    """Keys that identify the utterances of a sample by place: two items of one scene that
-    show the same utterance share a key; unrelated scenes rarely do.
+def place_keys(seq, places: Places, character: str) -> set:
+    """Keys that identify the utterances of a sample (`seq`: its lines by `line_key`) by place:
+    two items of one scene that show the same utterance share a key; unrelated scenes rarely do.
 
     - Two adjacent lines (context turns, then the target) are a key: a line shown in two items
       of a scene has the same neighbour in both. Where both lines have several places ("What?"
@@ -78,11 +96,10 @@ def place_keys(sample, places: Places) -> set:
       the bare pair where an item opens with it and another item is nothing but that pair).
     - A line at either end of an item that has one place is a key by its text: the target of
       one item (no line after it) may open the context window of another (no line before it).
-    - An identical item is the same place.
+    - An identical item of one character is the same place.
     """
-    seq = _sequence(sample)
     several = places.several
-    keys = {(None, "item", sample.uid)}  # tuples starting with None: never lines
+    keys = {(None, "item", character, seq)}  # tuples starting with None: never lines
     last = len(seq) - 1
     for j in range(last):
         a, b = seq[j], seq[j + 1]
@@ -139,19 +156,13 @@ class Conversations:
     def __init__(self, samples, huge_share: float = HUGE_SHARE, huge_min: int = HUGE_MIN):
         samples = list(samples)
         n = len(samples)
-        places = Places(samples)
+        seqs = [_sequence(s) for s in samples]
+        places = Places(seqs)
+        keys_of = [place_keys(seq, places, s.user_hash) for s, seq in zip(samples, seqs)]
+        run_of = _scene_runs(samples, keys_of)
         uf = _UnionFind(n)
         first = {}
-        run_of = [0] * n  # scene run of each sample
-        order = sorted(range(n), key=lambda i: _item_position(samples[i]))
-        prev_keys, prev_where, run = set(), None, -1
-        for i in order:
-            keys = place_keys(samples[i], places)
-            where = _item_position(samples[i])[:2]
-            if where != prev_where or not keys & prev_keys:
-                run += 1
-            run_of[i] = run
-            prev_keys, prev_where = keys, where
+        for i, keys in enumerate(keys_of):
             for k in keys:
                 j = first.setdefault(k, i)
                 if j != i:
@@ -160,12 +171,16 @@ class Conversations:
         parts, loose, self.split_up = [], {}, 0
         for component in uf.groups(range(n)):
             if len(component) > cap:
-                pieces = _divide(component, samples, places, run_of, cap, loose)
+                pieces = _divide(component, samples, seqs, keys_of, run_of, cap, loose)
                 self.split_up += len(pieces) > 1
                 parts.extend(pieces)
             else:
                 parts.append(component)
-        # A conversation is named by content (its smallest uid), not by file position.
+        self.cap = cap
+        self._name(samples, parts, loose)
+
+    def _name(self, samples, parts, loose):
+        """Conversations named by content (their smallest uid), not by file position."""
         named = sorted((min(samples[i].uid for i in p), min(_item_position(samples[i]) for i in p), p) for p in parts)
         self.names = [name for name, _, _ in named]
         self.members = [[samples[i] for i in sorted(p, key=lambda i: _item_position(samples[i]))] for _, _, p in named]
@@ -174,7 +189,6 @@ class Conversations:
             for s in members:
                 self.label[s.sample_id] = c
         self.largest = max((len(m) for m in self.members), default=0)
-        self.cap = cap
         # Conversations whose place is uncertain (see _cut_common_across_films): never validation,
         # and out of training when a conversation they may belong to is validation.
         self.uncertain = {}
@@ -188,7 +202,21 @@ class Conversations:
         return len(self.members)
 
 
-def _divide(component, samples, places, run_of, cap, loose) -> list:
+def _scene_runs(samples, keys_of) -> list:
+    """The scene run of each sample: a record's consecutive items of one collection that share
+    an utterance."""
+    run_of = [0] * len(samples)
+    prev_keys, prev_where, run = set(), None, -1
+    for i in sorted(range(len(samples)), key=lambda i: _item_position(samples[i])):
+        where = _item_position(samples[i])[:2]
+        if where != prev_where or not keys_of[i] & prev_keys:
+            run += 1
+        run_of[i] = run
+        prev_keys, prev_where = keys_of[i], where
+    return run_of
+
+
+def _divide(component, samples, seqs, keys_of, run_of, cap, loose) -> list:
     """Cut a huge component into pieces of at most `cap` samples where possible; a scene run is
     never cut.
 
@@ -198,8 +226,7 @@ def _divide(component, samples, places, run_of, cap, loose) -> list:
     still too big lose the common keys shared by the most scene runs, at a spread limit that
     halves until they fall apart. `loose` receives, for samples whose film is unknown, the
     samples they were linked to by a cut key."""
-    keys_of = {i: place_keys(samples[i], places) for i in component}
-    common = _common_lines(samples, component)
+    common = _common_lines(samples, seqs, component)
     done = []
     for part in _cut_common_across_films(component, samples, keys_of, run_of, common, loose):
         stack = [part]
@@ -213,12 +240,11 @@ def _divide(component, samples, places, run_of, cap, loose) -> list:
     return done
 
 
-def _common_lines(samples, members) -> set:
+def _common_lines(samples, seqs, members) -> set:
     records_of = {}
     for i in members:
-        s = samples[i]
-        for line in {content for _, content in s.context} | {s.target}:
-            records_of.setdefault(line, set()).add(s.record_index)
+        for line in set(seqs[i]):
+            records_of.setdefault(line, set()).add(samples[i].record_index)
     return {line for line, records in records_of.items() if len(records) > COMMON_RECORDS}
 
 
@@ -353,11 +379,12 @@ class QuoteIndex:
     def __init__(self, samples):
         self._by_line = {}
         for s in samples:
-            for line in {content for _, content in s.context} | {s.target}:
+            for line in set(_sequence(s)):
                 self._by_line.setdefault(line, []).append(s)
 
     def quoting(self, line: str) -> list:
-        return self._by_line.get(line, [])
+        """The samples showing `line` or a transcription variant of it (same `line_key`)."""
+        return self._by_line.get(line_key(line), [])
 
 
 def choose_validation(sampled, val_ratio: float, seed: int, group_by: str = "user_hash", all_samples=None,
