@@ -10,7 +10,7 @@ model, train with HF Trainer (DeepSpeed when asked) and save the best model.
         --output_dir outputs/run --max_samples_per_user 2 --sample_seed 42
 """
 
-from chameleons import cli, data, encoding, launch, outputs, planning, prompts, quiet, splitting
+from chameleons import cli, data, encoding, launch, outputs, planning, prompts, quiet, split_audit, splitting
 from chameleons.config import load_config
 from chameleons.errors import user_errors_exit
 
@@ -42,11 +42,14 @@ def main(argv=None) -> int:
 
     if opts.dry_run:
         encoded = encoding.encode_split(split, builder, tokenizer, config.training, cache_dir, opts.resample_each_epoch)
+        audit = split_audit.audit_split(split, builder, corpus.samples,
+                                        opts.max_epochs if opts.resample_each_epoch else 1)
         plan = {**planning.make_plan(corpus, split, encoded, config.training, opts.nproc_per_node, opts.max_epochs,
                                       opts.sec_per_step, planning.checkpoint_cost(config, checks.zero_stage)),
-                "config": config.resolved()}
+                "config": config.resolved(), "split_audit": split_audit.summary(audit)}
         print(planning.format_plan(plan), flush=True)
         outputs.write_json(outputs.run_path(opts.output_dir, "plan.json"), plan)
+        outputs.write_json(outputs.run_path(opts.output_dir, split_audit.AUDIT_NAME), {**audit, "args": opts.as_record()})
         return 0
 
     return training.run(opts, config, checks, corpus, split, builder, tokenizer, cache_dir)

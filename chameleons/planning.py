@@ -2,7 +2,7 @@
 
 import math
 
-from . import splitting, zero3
+from . import split_audit, splitting, zero3
 from .batching import micro_batch_plan
 from .sampling import sampled_counts
 
@@ -197,6 +197,8 @@ def format_plan(plan: dict) -> str:
         lines.append(f"{str(row['max_samples_per_user']):>5} {row['samples']:>9,} {row['samples_if_grouped_by_record']:>10,} "
                      f"{row['validation_samples']:>11,} {row['train_samples']:>9,} {row['lost_to_split']:>7,} "
                      f"{row['steps_per_epoch']:>12,} {row['hours_per_epoch']:>9} {row['hours_max_epochs']:>10}")
+    if plan.get("split_audit"):
+        lines.insert(5, split_audit.summary_line(plan["split_audit"]))
     overrides = (plan.get("config") or {}).get("overrides")
     if overrides:
         lines.insert(0, f"overrides  {' '.join(overrides)}")

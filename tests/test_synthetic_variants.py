@@ -123,3 +123,18 @@ def test_line_ids_name_the_scene_and_the_order():
         assert list(ids) == list(range(ids[0], ids[-1] + 1))
         scenes.add(ids[0] // msc.SCENE_STRIDE)
     assert 0.05 * len(places) < len(scenes) < 0.5 * len(places)  # several items per scene
+
+
+def test_unique_lines_repeat_only_generic_ones():
+    """By chance the random lines repeat (the control); with unique_lines only generic lines do."""
+    def repeated(**kw):
+        places = {}
+        records = msc.make_scene_corpus(0, *msc._counts(0.05), places=places, **kw)
+        text_of = {x: _norm(t) for x, t, _ in _lines(records, msc._truth_lists(records, places))}
+        ids_of = {}
+        for x, t in text_of.items():
+            ids_of.setdefault(t, set()).add(x)
+        generic = {_norm(g) for g in msc.GENERIC_LINES}
+        return sum(len(v) > 1 for t, v in ids_of.items() if t not in generic)
+    assert repeated() > 0
+    assert repeated(unique_lines=True) == 0

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -283,6 +284,10 @@ _EXTRAS = ("WAITER", "COP", "MAN", "WOMAN", "DRIVER", "NURSE", "CLERK", "GUARD",
 _INITIALS = "ABCDEFGHIJKLMNOPRSTVW"
 
 
+def _plain(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
 def _scene_length(rng: random.Random) -> int:
     """Lines per scene: median ~14, a few long ones."""
     return max(3, min(80, int(rng.lognormvariate(math.log(14.0), 0.6))))
@@ -307,7 +312,8 @@ def _place_in_films(rng: random.Random, recs: list[dict], n_films: int) -> list[
 
 def make_scene_corpus(seed: int = 0, n_records: int = FULL_RECORDS, n_hashes: int = FULL_HASHES,
                       n_items: int = FULL_ITEMS, generic_share: float = GENERIC_SHARE,
-                      records_per_film: int = RECORDS_PER_FILM, places: dict | None = None) -> list[dict]:
+                      records_per_film: int = RECORDS_PER_FILM, places: dict | None = None,
+                      unique_lines: bool = False) -> list[dict]:
     """Films of shared scenes with the default corpus's counts and per-character heavy tail.
 
     Each scene has one or more recorded characters (and sometimes an uncredited extra, whose
@@ -316,6 +322,8 @@ def make_scene_corpus(seed: int = 0, n_records: int = FULL_RECORDS, n_hashes: in
     truth the format does not carry: (record index, item index) -> the id of every line of the
     item (context turns, then the continuation), one id per spoken line of the corpus; the id
     divided by SCENE_STRIDE is the line's scene, the remainder its position in the scene.
+    Random lines can repeat by chance (a few in a thousand); `unique_lines` redraws a line whose
+    text, case and punctuation aside, was said before, so only the generic lines repeat.
     """
     if not (1 <= n_hashes <= n_records <= n_items):
         raise ValueError("need 1 <= n_hashes <= n_records <= n_items")
@@ -340,10 +348,17 @@ def make_scene_corpus(seed: int = 0, n_records: int = FULL_RECORDS, n_hashes: in
     generic_weights = [1.0 / (k + 1) ** 0.8 for k in range(len(GENERIC_LINES))]
     line = _Lines(rng)
 
+    said: set = set()
+
     def say() -> str:
         if rng.random() < generic_share:
             return rng.choices(GENERIC_LINES, generic_weights)[0]
-        return line()
+        text = line()
+        if unique_lines:
+            while _plain(text) in said:
+                text = line()
+            said.add(_plain(text))
+        return text
 
     for k, rec in enumerate(recs):
         rec["index"] = k
@@ -507,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(f"--{name}", type=float, default=0.0, help=f"with --scenes: {_SHARES[name]} (default 0)")
     p.add_argument("--duplicate_style", choices=NOISE_STYLES,
                    help="with --duplicate_films: the one change every copy gets (default: drawn per copy)")
+    p.add_argument("--unique_lines", action="store_true",
+                   help="with --scenes: no random line said twice (by chance), only the generic ones repeat")
     p.add_argument("--truth", help="with --scenes: also write every item's line ids here (JSON)")
     args = p.parse_args(argv)
     if args.scale <= 0:
@@ -514,14 +531,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("generic_share", *_SHARES):
         if not 0 <= getattr(args, name) <= 1:
             p.error(f"--{name} must be between 0 and 1")
-    noisy = any(getattr(args, name) for name in _SHARES) or args.duplicate_style or args.truth
+    noisy = any(getattr(args, name) for name in _SHARES) or args.duplicate_style or args.truth or args.unique_lines
     if noisy and not args.scenes:
-        p.error("--duplicate_films, --duplicate_style, --renormalise, --split_records, --reorder and --truth "
-                "need --scenes")
+        p.error("--duplicate_films, --duplicate_style, --renormalise, --split_records, --reorder, --unique_lines "
+                "and --truth need --scenes")
     n_records, n_hashes, n_items = _counts(args.scale)
     if args.scenes:
         places: dict = {}
-        records = make_scene_corpus(args.seed, n_records, n_hashes, n_items, args.generic_share, places=places)
+        records = make_scene_corpus(args.seed, n_records, n_hashes, n_items, args.generic_share, places=places,
+                                    unique_lines=args.unique_lines)
         truth = _truth_lists(records, places)
         if any(getattr(args, name) for name in _SHARES):
             records, truth = make_adversarial(records, places, args.seed, args.duplicate_films, args.duplicate_style,
