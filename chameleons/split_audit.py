@@ -8,11 +8,14 @@ the split's line identity cannot hide itself here.
 
 A validation target whose text training shows is a leak, unless the line is common: said after
 COMMON_CONTEXTS or more different lines in the corpus ("Yeah.", "What?"), i.e. in many
-unrelated scenes, where its text alone says nothing about the scene. Common lines are counted
-and listed apart. Of the leaks, `leaked_after_the_same_line` counts those training shows after
-the line that precedes them in validation (the same place, so the split failed, rather than the
-same words said in another scene). Reading the prompts line by line, a history line is matched by its first
-PREFIX_CHARS normalised characters when it is long (history cuts lines at 200 characters).
+unrelated scenes, where its text alone says nothing about the scene; or said after exactly two
+different lines and shown by training only elsewhere (after another line than in validation, or
+in a history line or at the start of a dialogue, where no line before it is shown): the same
+words in another scene, which a split by scene rightly allows. Both are counted and listed
+apart, with examples. `leaked_after_the_same_line` counts the leaks training shows after the
+line that precedes them in validation (the same place: the split failed). Reading the prompts
+line by line, a history line is matched by its first PREFIX_CHARS normalised characters when it
+is long (history cuts lines at 200 characters).
 """
 
 import re
@@ -49,15 +52,19 @@ def _prompt_keys(system: str) -> set:
     return keys
 
 
-def common_lines(samples) -> dict:
-    """normalised line -> how many different lines precede it in the corpus, for lines said
-    after at least COMMON_CONTEXTS different ones."""
+def line_contexts(samples) -> dict:
+    """normalised line -> how many different lines precede it in the corpus."""
     before = {}
     for s in samples:
         seq = [normalised(c) for _, c in s.context] + [normalised(s.target)]
         for a, b in zip(seq, seq[1:]):
             before.setdefault(b, set()).add(a)
-    return {line: len(prev) for line, prev in before.items() if len(prev) >= COMMON_CONTEXTS}
+    return {line: len(prev) for line, prev in before.items()}
+
+
+def common_lines(samples) -> dict:
+    """The lines said after at least COMMON_CONTEXTS different ones, with that count."""
+    return {line: n for line, n in line_contexts(samples).items() if n >= COMMON_CONTEXTS}
 
 
 def shown_keys(sample, builder) -> dict:
@@ -87,51 +94,67 @@ def _val_keys(val) -> dict:
     return out
 
 
+_RANK = {"common": 0, "elsewhere": 1, "leak": 2}
+
+
+def _kind(v, s, contexts, builder) -> str:
+    """How training sample `s` shows validation target `v`: a `leak`, a `common` line, or a line
+    said after two different lines that `s` shows `elsewhere` than after v's line before it."""
+    n = contexts.get(normalised(v.target), 0)
+    if n >= COMMON_CONTEXTS:
+        return "common"
+    return "leak" if n <= 1 or _place(v) in _pairs(s, builder) else "elsewhere"
+
+
 def audit(val, epochs, all_samples, builder) -> dict:
     """The report: `epochs` is each epoch's training samples; `all_samples` the whole corpus
     (for telling common lines)."""
     by_key = _val_keys(val)
-    common = common_lines(all_samples)
+    contexts = line_contexts(all_samples)
     found, per_epoch, cache, same_place = {}, [], {}, set()
     for e, train in enumerate(epochs):
-        leaked, where_count = set(), {"prompt": set(), "history": set(), "target": set()}
+        leaked = {"prompt": set(), "history": set(), "target": set()}
         for s in train:
             if s.sample_id not in cache:
                 cache[s.sample_id] = {w: [k for k in keys if k in by_key] for w, keys in
                                       shown_keys(s, builder).items()}
             for where, keys in cache[s.sample_id].items():
                 for v in (v for k in keys for v in by_key[k]):
-                    found.setdefault(v.sample_id, (v, where, s, e))
-                    if normalised(v.target) not in common:
-                        leaked.add(v.sample_id)
-                        where_count[where].add(v.sample_id)
-                        if v.sample_id not in same_place and _place(v) in _pairs(s, builder):
+                    kind = _kind(v, s, contexts, builder)
+                    if v.sample_id not in found or _RANK[kind] > _RANK[found[v.sample_id][0]]:
+                        found[v.sample_id] = (kind, v, where, s, e)
+                    if kind == "leak":
+                        leaked[where].add(v.sample_id)
+                        if _place(v) in _pairs(s, builder):
                             same_place.add(v.sample_id)
-        per_epoch.append({"epoch": e, "train_samples": len(train), "leaked_targets": len(leaked),
-                          **{f"in_{w}": len(ids) for w, ids in where_count.items()}})
-    return {**_report(val, found, common, per_epoch), "leaked_after_the_same_line": len(same_place)}
+        per_epoch.append({"epoch": e, "train_samples": len(train), "leaked_targets": len(set().union(*leaked.values())),
+                          **{f"in_{w}": len(ids) for w, ids in leaked.items()}})
+    return {**_report(val, found, contexts, per_epoch), "leaked_after_the_same_line": len(same_place)}
 
 
-def _report(val, found, common, per_epoch) -> dict:
-    leaks = [f for f in found.values() if normalised(f[0].target) not in common]
-    commons = [f for f in found.values() if normalised(f[0].target) in common]
+def _report(val, found, contexts, per_epoch) -> dict:
+    by_kind = {k: sorted((f for f in found.values() if f[0] == k), key=lambda f: f[1].sample_id) for k in _RANK}
 
     def example(f):
-        v, where, s, e = f
+        _, v, where, s, e = f
         return {"validation_sample": v.sample_id, "text": v.target[:200], "shown_in": where,
                 "training_sample": s.sample_id, "epoch": e}
 
-    common_texts = sorted({normalised(f[0].target) for f in commons}, key=lambda t: (-common[t], t))
+    leaks = by_kind["leak"]
+    common_texts = sorted({normalised(f[1].target) for f in by_kind["common"]}, key=lambda t: (-contexts[t], t))
     return {
         "validation_targets": len(val),
         "leaked_targets": len(leaks),
         "leaked_share": round(len(leaks) / len(val), 4) if val else 0.0,
         "epochs": per_epoch,
-        "examples": [example(f) for f in sorted(leaks, key=lambda f: f[0].sample_id)[:EXAMPLES]],
-        "common_targets_shown": len(commons),
-        "common_lines": [{"text": t, "preceded_by_different_lines": common[t]} for t in common_texts[:50]],
-        "rule": f"normalised text (case, accents, punctuation, spacing ignored); common = said after "
-                f">= {COMMON_CONTEXTS} different lines in the corpus",
+        "examples": [example(f) for f in leaks[:EXAMPLES]],
+        "common_targets_shown": len(by_kind["common"]),
+        "common_lines": [{"text": t, "preceded_by_different_lines": contexts[t]} for t in common_texts[:50]],
+        "shown_elsewhere": len(by_kind["elsewhere"]),
+        "elsewhere_examples": [example(f) for f in by_kind["elsewhere"][:EXAMPLES]],
+        "rule": f"normalised text (case, accents, punctuation, spacing ignored); common = said after >= "
+                f"{COMMON_CONTEXTS} different lines in the corpus; elsewhere = said after 2 different lines, shown "
+                f"by training after another line than in validation (or without the line before it)",
     }
 
 
@@ -145,11 +168,12 @@ def summary(report: dict) -> dict:
     return {"validation_targets": report["validation_targets"], "leaked_targets": report["leaked_targets"],
             "epochs": len(report["epochs"]),
             "worst_epoch": max((e["leaked_targets"] for e in report["epochs"]), default=0),
-            "common_targets_shown": report["common_targets_shown"]}
+            "common_targets_shown": report["common_targets_shown"], "shown_elsewhere": report["shown_elsewhere"]}
 
 
 def summary_line(sm: dict) -> str:
     """The dry run's line, from `summary`."""
     return (f"audit      {sm['leaked_targets']:,} of {sm['validation_targets']:,} validation targets shown to training "
             f"by normalised text ({sm['epochs']} epoch(s), at most {sm['worst_epoch']:,} in one); "
-            f"{sm['common_targets_shown']:,} common lines apart ({AUDIT_NAME})")
+            f"apart: {sm['common_targets_shown']:,} common lines, {sm['shown_elsewhere']:,} said in another scene "
+            f"({AUDIT_NAME})")

@@ -28,37 +28,43 @@ def test_normalised_ignores_case_punctuation_spacing_and_accents():
     assert normalised("Go home.") != normalised("Go home, Ed.")
 
 
-def _planted(build):
-    """Validation: Ann's "Go home, Ed." and "Yeah."; training shows both, re-typed, in every way."""
+def _planted(build, before="where now"):
+    """Validation: Ann's "Go home, Ed." (after "Where now?") and "Yeah."; training shows the first
+    re-typed at the start of a dialogue and as a target after `before` (None: not as a target),
+    and "Yeah" after three different lines."""
     val_items = [build.item([("Bob", "Where now?")], "Go home, Ed."), build.item([("Bob", "Ready?")], "Yeah.")]
-    train_items = [build.item([("Bob", "go  home ed"), ("Cy", "Why?")], "Because."),  # dialogue
-                   build.item([("Bob", "And then?")], "GO HOME, ED"),  # target (and Ann's history line)
+    train_items = [build.item([("Bob", "go  home ed"), ("Cy", "Why?")], "Because."),
                    build.item([("Bob", "Cold?")], "Yeah"),
                    build.item([("Bob", "Hungry?")], "Yeah!")]
-    ann = build.record("ann", val_items + train_items, name="Ann")
-    cy = build.record("cy", [build.item([("Bob", "Where now?")], "Go home, Ed")], name="Cy")  # after the same line
-    samples = extract_samples([ann, cy]).samples
+    if before:
+        train_items.append(build.item([("Bob", before)], "GO HOME, ED"))
+    samples = extract_samples([build.record("ann", val_items + train_items, name="Ann")]).samples
     return samples[:2], samples[2:], samples
 
 
-def test_audit_finds_retyped_lines_everywhere_and_lists_common_ones_apart(build):
-    val, train, samples = _planted(build)
+@pytest.mark.parametrize("before, leaked, same_place, elsewhere", [
+    ("where now", {"in_prompt": 1, "in_history": 1, "in_target": 1}, 1, 0),  # the same line: a leak everywhere
+    (None, {"in_prompt": 1, "in_history": 0, "in_target": 0}, 0, 0),  # said once: a leak, though no line before
+    ("And then?", {"in_prompt": 0, "in_history": 0, "in_target": 0}, 0, 1),  # the same words in another scene
+])
+def test_audit_finds_retyped_lines_and_lists_common_ones_apart(build, before, leaked, same_place, elsewhere):
+    val, train, samples = _planted(build, before)
     assert common_lines(samples) == {"yeah": COMMON_CONTEXTS}
     builder = PromptBuilder(ALL_ON, "simple", HistoryIndex(train))
     report = audit(val, [train, train[:1]], samples, builder)
-    assert report["validation_targets"] == 2 and report["leaked_targets"] == 1
-    assert report["epochs"][0] == {"epoch": 0, "train_samples": 5, "leaked_targets": 1, "in_prompt": 1,
-                                   "in_history": 1, "in_target": 1}
-    assert report["epochs"][1]["leaked_targets"] == 1 and report["epochs"][1]["in_target"] == 0
-    assert report["examples"][0]["validation_sample"] == val[0].sample_id
-    assert report["leaked_after_the_same_line"] == 1  # Cy's "Go home, Ed" follows "Where now?" too
+    n = 1 if any(leaked.values()) else 0
+    assert report["validation_targets"] == 2 and report["leaked_targets"] == n
+    assert report["epochs"][0] == {"epoch": 0, "train_samples": len(train), "leaked_targets": n, **leaked}
+    assert report["epochs"][1]["leaked_targets"] == (1 if leaked["in_prompt"] else 0)
+    assert [x["validation_sample"] for x in report["examples"]] == [val[0].sample_id] * n
+    assert report["leaked_after_the_same_line"] == same_place and report["shown_elsewhere"] == elsewhere
     assert report["common_targets_shown"] == 1 and report["common_lines"][0]["text"] == "yeah"
     line = summary_line(summary(report))
-    assert line.startswith("audit      1 of 2 validation targets") and "1 common lines apart" in line
+    assert line.startswith(f"audit      {n} of 2 validation targets") and "1 common lines" in line
 
 
 def test_audit_reads_the_detailed_template_too(build):
-    val, train, samples = _planted(build)
+    val, train, samples = _planted(build, None)
     builder = PromptBuilder(Ablation("context_only", False, False, True), "detailed")
     report = audit(val, [train[:1]], samples, builder)  # only the dialogue "go  home ed" ("Someone else: ...")
     assert report["leaked_targets"] == 1 and report["epochs"][0]["in_prompt"] == 1
