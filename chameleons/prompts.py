@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .config import Ablation
 from .errors import UserError
+from .splitting import line_key, make_index
 
 TASK_TEXT = ("Given the historical dialogue of a character in a movie, model the character's speaking "
              "style and behavioral patterns, and predict the next utterance the character would produce.")
@@ -78,7 +79,6 @@ def profile_fields(profile: dict, personality: dict) -> list:
 
 
 _WORD = re.compile(r"[a-z0-9']+")
-_KEY_WORD = re.compile(r"[^\W_]+")
 
 
 def _words(text: str) -> frozenset:
@@ -89,20 +89,14 @@ def _history_rank(uid: str) -> bytes:
     return hashlib.blake2b(uid.encode(), digest_size=8).digest()
 
 
-def history_key(text: str) -> str:
-    """A line as history compares it: case, punctuation and spacing ignored ("Go home." and
-    "go  home" are one line), so a re-typed copy of the sample's own line is not shown."""
-    return " ".join(_KEY_WORD.findall(text.casefold().replace("'", "")))
-
-
 class HistoryIndex:
     """The character's own lines from the training pool, for `use_history` prompts.
 
     Built from the split's training pool, so a validation target can never be chosen. A sample
     is shown no line of its own conversation (`scene_of`: sample uid -> the split's conversation),
     so nothing said later in its scene, the same for training and validation samples (whose
-    conversations are out of the pool), and no line whose text (as `history_key` compares it)
-    is one of the sample's own dialogue or target.
+    conversations are out of the pool), and no line that is, by the split's `line_key` (case,
+    punctuation and spacing ignored), one of the sample's own dialogue lines or its target.
     """
 
     def __init__(self, pool_samples, scene_of: dict = None):
@@ -113,15 +107,13 @@ class HistoryIndex:
         self._lines = {}
         for user_hash, members in by_char.items():
             members = sorted(members, key=lambda s: (_history_rank(s.uid), s.sample_id))[:HISTORY_CANDIDATES]
-            self._lines[user_hash] = [(s.target, _words(s.target), history_key(s.target),
+            self._lines[user_hash] = [(s.target, _words(s.target), line_key(s.target),
                                        self._scene_of.get(s.uid)) for s in members]
 
     @classmethod
     def for_split(cls, split, samples):
         """The pool of `split`, each line tagged with its conversation (the split's own grouping,
         or, with `--val_leak_check text`, the conversation grouping built for the purpose)."""
-        from .splitting import make_index
-
         index = split.index if hasattr(split.index, "label") else make_index(samples, "conversation")
         return cls(split.pool_samples(), {s.uid: index.label[s.sample_id] for s in samples})
 
@@ -134,7 +126,7 @@ class HistoryIndex:
         """Most relevant to the sample's dialogue first (shared words), at most 15, 200 chars each."""
         context_words = _words(" ".join(content for _, content in sample.context))
         own_scene = self._scene_of.get(sample.uid)
-        seen = {history_key(content) for _, content in sample.context} | {history_key(sample.target)}
+        seen = {line_key(content) for _, content in sample.context} | {line_key(sample.target)}
         scored = []
         for order, (line, words, key, scene) in enumerate(self._lines.get(sample.user_hash, ())):
             if key in seen or (own_scene is not None and scene == own_scene):

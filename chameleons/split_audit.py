@@ -148,6 +148,7 @@ def _report(val, found, contexts, per_epoch) -> dict:
         "leaked_share": round(len(leaks) / len(val), 4) if val else 0.0,
         "epochs": per_epoch,
         "examples": [example(f) for f in leaks[:EXAMPLES]],
+        "leaked_samples": [f[1].sample_id for f in leaks],
         "common_targets_shown": len(by_kind["common"]),
         "common_lines": [{"text": t, "preceded_by_different_lines": contexts[t]} for t in common_texts[:50]],
         "shown_elsewhere": len(by_kind["elsewhere"]),

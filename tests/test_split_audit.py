@@ -105,10 +105,11 @@ def test_dry_run_line_and_the_tool_on_its_folder(tmp_path, build, run_in_process
     assert {k: v for k, v in again.items() if k != "samples_from"} == written
     # a manifest naming other samples than the flags give is audited as recorded, and said so
     (out / "split_manifest.json").write_text(json.dumps({"validation": ["r0.c0.i1"], "epochs": [
-        {"train": [s for s in ("r0.c0.i2", "r1.c0.i0")]}]}))
-    tool.main([str(out)])
+        {"train": ["r0.c0.i1", "r1.c0.i0"]}]}))
+    assert tool.main([str(out)]) == 1  # leaks: exit code 1
     recorded = json.loads((out / AUDIT_NAME).read_text())
     assert recorded["validation_targets"] == 1 and "do NOT recompute" in recorded["samples_from"]
+    assert recorded["leaked_targets"] == recorded["leaked_after_the_same_line"] == 1
 
 
 def test_tool_with_flags_and_bad_inputs(tmp_path, build, capsys):
