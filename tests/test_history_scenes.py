@@ -27,11 +27,7 @@ def corpus(seed, scale, noise):
     records = msc.make_scene_corpus(seed, *msc._counts(scale), places=places)
     records, truth = msc.make_adversarial(records, places, seed, **noise)
     samples = extract_samples(records).samples
-    ids = {}
-    for s in samples:
-        r, _, i = (int(p[1:]) for p in s.sample_id.split("."))
-        ids[s.sample_id] = truth[r][i]
-    return samples, ids
+    return samples, msc.line_ids_by_sample(truth, samples)
 
 
 def own_scene_lines(split, history, samples, ids, epochs=range(2)):

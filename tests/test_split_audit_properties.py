@@ -40,11 +40,7 @@ def messy_samples(seed, scale, generic, noise):
                                     unique_lines=True)
     records, truth = msc.make_adversarial(records, places, seed, **noise)
     samples = extract_samples(records).samples
-    ids = {}
-    for s in samples:
-        r, _, i = (int(p[1:]) for p in s.sample_id.split("."))
-        ids[s.sample_id] = truth[r][i]
-    return samples, ids
+    return samples, msc.line_ids_by_sample(truth, samples)
 
 
 def audited(samples, n, seed, val_seed, ratio, turns, epochs=3):

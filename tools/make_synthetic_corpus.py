@@ -442,6 +442,15 @@ def _truth_lists(records: list[dict], places: dict) -> list[list[list]]:
             for k, r in enumerate(records)]
 
 
+def line_ids_by_sample(truth: list[list[list]], samples) -> dict:
+    """sample id (`r<record>.c0.i<item>`) -> the true ids of its item's lines, context then target."""
+    out = {}
+    for s in samples:
+        r, _, i = (int(p[1:]) for p in s.sample_id.split("."))
+        out[s.sample_id] = truth[r][i]
+    return out
+
+
 def _films(truth: list[list[list]]) -> list[list[int]]:
     """Records that share a line (transitively): a film's worth, as the generator made it."""
     owner: dict = {}
