@@ -27,6 +27,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
+from . import near_duplicates
 from .sampling import group_samples, ranked, sample_per_character
 
 LEAK_CHECKS = ("conversation", "text")
@@ -36,16 +37,18 @@ HUGE_MIN = 200  # ... but never one this small: a small corpus is not split up
 COMMON_RECORDS = 20  # a line said in more records than this is a common one ("Yeah."), not a place
 
 
+_APOSTROPHES = re.compile(r"['\u2019\u02bc`]")
 _NOT_ALNUM = re.compile(r"[\W_]+")
 
 
 @functools.lru_cache(maxsize=1 << 18)
 def line_key(text: str) -> str:
     """A line's identity, the same for its transcription variants: compatibility forms and
-    accents folded (NFKD), case-folded, every character that is not a letter or digit removed
-    (punctuation and whitespace alike). A line of punctuation only keeps its folded text."""
-    folded = unicodedata.normalize("NFKD", text).casefold()
-    return _NOT_ALNUM.sub("", folded) or " ".join(folded.split())
+    accents folded (NFKD), case-folded, apostrophes dropped, every other run of characters that
+    are not letters or digits (punctuation, whitespace) one space. A line of punctuation only
+    keeps its folded text."""
+    folded = _APOSTROPHES.sub("", unicodedata.normalize("NFKD", text).casefold())
+    return _NOT_ALNUM.sub(" ", folded).strip() or " ".join(folded.split())
 
 
 def _val_rank(seed: int, uid: str) -> bytes:
@@ -167,6 +170,7 @@ class Conversations:
                 j = first.setdefault(k, i)
                 if j != i:
                     uf.union(i, j)
+        self._join_near_duplicates(samples, seqs, keys_of, run_of, uf)
         cap = max(huge_min, math.ceil(huge_share * n))
         parts, loose, self.split_up = [], {}, 0
         for component in uf.groups(range(n)):
@@ -178,6 +182,25 @@ class Conversations:
                 parts.append(component)
         self.cap = cap
         self._name(samples, parts, loose)
+
+    def _join_near_duplicates(self, samples, seqs, keys_of, run_of, uf):
+        """Scene runs holding the same lines with word-level differences are one conversation;
+        each link is also a key (never cut by _divide). Counts the runs and records that only
+        this joined to another conversation."""
+        first_of_run = {}
+        for i, r in enumerate(run_of):
+            first_of_run.setdefault(r, i)
+        joined = set()
+        group_of = {r: uf.find(i) for r, i in first_of_run.items()}
+        for a, b in near_duplicates.near_duplicate_runs(seqs, run_of, group_of):
+            i, j = first_of_run[a], first_of_run[b]
+            if uf.find(i) != uf.find(j):
+                joined.update((i, j))
+                uf.union(i, j)
+            keys_of[i].add((None, "near", a, b))
+            keys_of[j].add((None, "near", a, b))
+        self.near_duplicate_scenes = len({run_of[i] for i in joined})
+        self.near_duplicate_records = len({samples[i].record_index for i in joined})
 
     def _name(self, samples, parts, loose):
         """Conversations named by content (their smallest uid), not by file position."""
@@ -530,6 +553,8 @@ def _choose_val(index, leak_check, val_source, samples, val_ratio, val_seed, gro
                 for s in index.members[c]}
     stats = {"conversations": len(index), "validation_conversations": len(chosen),
              "huge_conversations_split": index.split_up, "largest_conversation": index.largest,
+             "near_duplicate_scenes": index.near_duplicate_scenes,
+             "near_duplicate_records": index.near_duplicate_records,
              "uncertain_conversations": len(index.uncertain)}
     return val, leaking, stats
 

@@ -10,13 +10,14 @@ validation line, by its true id, shown by a training-eligible sample.
 
 import importlib.util
 import random
+import zlib
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from chameleons import splitting
+from chameleons import near_duplicates, splitting
 from chameleons.data import extract_samples
 from chameleons.splitting import COMMON_RECORDS, line_key, split_train_val
 
@@ -46,7 +47,17 @@ def _with_text(record, change, new_hash=None):
     return out
 
 
-def messy_corpus(seed, scale=0.01, copy_share=0.15, renorm_share=0.3, split_share=0.2):
+def edit_words(text):
+    """A re-transcription: one word of a line of six or more words replaced, the same word each
+    time the line is written (lines are copied into every later item of their scene)."""
+    words = text.split()
+    if len(words) < 6:
+        return text
+    k = zlib.crc32(text.encode()) % len(words)
+    return " ".join(words[:k] + ["uh" if words[k] != "uh" else "um"] + words[k + 1:])
+
+
+def messy_corpus(seed, scale=0.01, copy_share=0.15, renorm_share=0.3, split_share=0.2, changes=CHANGES):
     """(records, places): `places[(record, item)]` is the true line ids of each item."""
     places = {}
     records = msc.make_scene_corpus(seed, *msc._counts(scale), places=places)
@@ -66,7 +77,7 @@ def messy_corpus(seed, scale=0.01, copy_share=0.15, renorm_share=0.3, split_shar
             out.append(rec)
             out_truth.append(ids)
     for r in rng.sample(range(len(out)), round(copy_share * len(out))):  # copies under new ids
-        change = CHANGES[rng.choice(sorted(CHANGES))]
+        change = changes[rng.choice(sorted(changes))]
         out.append(_with_text(out[r], change, new_hash=f"copy{r}-{out[r]['user_hash']}"))
         out_truth.append(out_truth[r])
     order = list(range(len(out)))
@@ -140,3 +151,39 @@ def test_exact_text_keys_would_leak_on_the_same_corpus(monkeypatch, check):
         place_of = place_map(samples, places)
         total += len(leaked(split, place_of, targets_only=check == "text") - common_ids(samples, place_of))
     assert total > 0
+
+
+def _near_duplicate_leaks(samples, place_of, seeds):
+    total, merged = 0, 0
+    for seed in seeds:
+        split = split_train_val(samples, None, seed, 0.1)
+        total += len(leaked(split, place_of) - common_ids(samples, place_of))
+        merged = split.stats["near_duplicate_scenes"]
+    return total, merged
+
+
+def test_re_transcribed_copies_are_one_conversation(monkeypatch):
+    """Records copied under new ids with a word of every longer line replaced: their place keys
+    differ from the original's almost everywhere, so only the near-duplicate matching puts
+    them in the original's conversation. With it nothing leaks by true identity and the plan
+    counts the merged scenes and records; with it switched off the same corpus leaks (the
+    control)."""
+    records, places = messy_corpus(3, copy_share=0.3, renorm_share=0.0, split_share=0.0,
+                                   changes={"edit": edit_words})
+    samples = extract_samples(records).samples
+    place_of = place_map(samples, places)
+    total, merged = _near_duplicate_leaks(samples, place_of, range(4))
+    split = split_train_val(samples, None, 0, 0.1)
+    assert total == 0 and merged > 0
+    assert 0 < split.stats["near_duplicate_records"] <= split.stats["near_duplicate_scenes"]
+    assert split.stats["lost_to_split"] == 0 and abs(split.stats["validation_share"] - 0.1) <= 0.01
+    monkeypatch.setattr(near_duplicates, "near_duplicate_runs", lambda *args: [])
+    assert _near_duplicate_leaks(samples, place_of, range(4))[0] > 0
+
+
+def test_clean_scene_corpus_has_few_near_duplicates():
+    """Unrelated scenes are not merged: on a clean corpus (whose lines are overlapping slices
+    of one word stream, so they share many phrases) hardly any scene is merged this way."""
+    samples = extract_samples(msc.make_scene_corpus(4, *msc._counts(0.03))).samples
+    index = splitting.make_index(samples)
+    assert index.near_duplicate_scenes <= 0.01 * len({s.record_index for s in samples})
