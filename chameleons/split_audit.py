@@ -18,6 +18,7 @@ line by line, a history line is matched by its first PREFIX_CHARS normalised cha
 is long (history cuts lines at 200 characters).
 """
 
+import functools
 import re
 import unicodedata
 
@@ -29,11 +30,14 @@ _LABEL = re.compile(r"^\s*(?:\d+\.|[^:\n]{1,40}:)\s+")
 _NOT_WORD = re.compile(r"[\W_]+")
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def normalised(text: str) -> str:
     """Case-folded, accents and compatibility forms folded, apostrophes dropped ("don't" =
-    "dont"), every other run of non-letters and non-digits one space."""
-    folded = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-    return " ".join(_NOT_WORD.sub(" ", folded.casefold().replace("'", "").replace("\u2019", "")).split())
+    "dont"), every other run of non-letters and non-digits one space. Cached: a dialogue line
+    is shown in many prompts."""
+    if not text.isascii():
+        text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return " ".join(_NOT_WORD.sub(" ", text.casefold().replace("'", "").replace("\u2019", "")).split())
 
 
 def _keys(text: str) -> set:
@@ -47,9 +51,14 @@ def _prompt_keys(system: str) -> set:
     "Ann: ", "3. "), so a quoted line is found whatever the template calls its speaker."""
     keys = set()
     for line in system.splitlines():
-        keys |= _keys(line) | _keys(_LABEL.sub("", line, count=1))
+        keys |= _line_keys(line)
     keys.discard("")
     return keys
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _line_keys(line: str) -> frozenset:
+    return frozenset(_keys(line) | _keys(_LABEL.sub("", line, count=1)))
 
 
 def line_contexts(samples) -> dict:

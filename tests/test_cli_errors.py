@@ -276,7 +276,7 @@ def test_dry_run_plan_matches_independent_counts(tmp_path, run_trainer, run_in_p
     proc = runner(args, cwd=tmp_path, env_extra=env, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["plan.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["plan.json", "split_audit.json"]
     plan = json.loads((out / "plan.json").read_text(encoding="utf-8"))
     assert proc.stdout.strip() and data.name in proc.stdout
 
