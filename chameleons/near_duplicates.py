@@ -25,7 +25,8 @@ MAX_POSTINGS = 64  # a signature held by more runs than this is a common exchang
 def _sketcher():
     """sketch(key): the two smallest hash values of the word bigrams of a line key; () for a
     short line. Words are hashed with CRC-32, bigrams as int tuples (Python hashes ints
-    without a per-process seed, so every rank gets the same values)."""
+    without a per-process seed, so every rank gets the same values). Each value carries the
+    line's words with digits: lines that differ in a number are not near duplicates."""
     word_hash = {}
 
     def sketch(key: str) -> tuple:
@@ -34,7 +35,8 @@ def _sketcher():
             return ()
         hs = [word_hash.get(w) or word_hash.setdefault(w, zlib.crc32(w.encode())) for w in words]
         values = sorted(set(map(hash, zip(hs, hs[1:]))))
-        return (values[0], values[1 if len(values) > 1 else 0])
+        numbers = zlib.crc32(" ".join(w for w in words if not w.isalpha()).encode())  # "line 3" != "line 4"
+        return (values[0], numbers), (values[1 if len(values) > 1 else 0], numbers)
     return sketch
 
 

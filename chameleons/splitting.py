@@ -339,53 +339,51 @@ def _cut_by_spread(part, keys_of, run_of, common) -> list:
     return pieces
 
 
-def choose_conversations(conversations: Conversations, sampled, all_samples, val_ratio: float, seed: int,
+def choose_conversations(conversations: Conversations, samples, val_ratio: float, seed: int,
                          group_by: str = "user_hash") -> list:
-    """Whole conversations, in an order seeded by `seed`, until about `val_ratio` of `sampled`.
+    """Whole conversations, in an order seeded by `seed`, until about `val_ratio` of `samples`.
 
     A conversation that would overshoot the target is passed over for a later, smaller one. A
-    first pass also passes over conversations that would leave a character without training
-    data (no sampled sample, or no pool sample, outside validation); the second pass takes
-    them only when the target cannot be met otherwise. Returns conversation labels."""
-    if len(sampled) < 2:
+    first pass also passes over a conversation that would take the last training data of a
+    character seen in several conversations; the second pass takes it only when the target
+    cannot be met otherwise. A character of one conversation is not protected: keeping all of
+    them out of validation would leave small-N validation sets short of their share (at N = 1
+    every character counts once). Returns conversation labels."""
+    if len(samples) < 2:
         return []
-    target = min(len(sampled) - 1, max(1, round(val_ratio * len(sampled))))
+    target = min(len(samples) - 1, max(1, round(val_ratio * len(samples))))
     label = conversations.label
-    sampled_in = {}
-    for s in sampled:
+    members_in = {}
+    for s in samples:
         if label[s.sample_id] not in conversations.uncertain:
-            sampled_in.setdefault(label[s.sample_id], []).append(s)
-    order = sorted(sampled_in, key=lambda c: (_val_rank(seed, conversations.names[c]), conversations.names[c]))
-    sampled_left = Counter(s.group_key(group_by) for s in sampled)
-    pool_left = Counter(s.group_key(group_by) for s in all_samples)
+            members_in.setdefault(label[s.sample_id], []).append(s)
+    order = sorted(members_in, key=lambda c: (_val_rank(seed, conversations.names[c]), conversations.names[c]))
+    pool_left = Counter(s.group_key(group_by) for s in samples)
+    scenes_of = Counter(g for members in conversations.members for g in {s.group_key(group_by) for s in members})
     chosen, total = {}, 0
 
     def take(c):
         nonlocal total
-        sampled_left.subtract(s.group_key(group_by) for s in sampled_in[c])
         pool_left.subtract(s.group_key(group_by) for s in conversations.members[c])
         chosen[c] = True
-        total += len(sampled_in[c])
+        total += len(members_in[c])
 
     for protect in (True, False):
         for c in order:
             if total >= target:
                 break
-            if c in chosen or total + len(sampled_in[c]) > target:
+            if c in chosen or total + len(members_in[c]) > target:
                 continue
-            if protect:
-                own = Counter(s.group_key(group_by) for s in sampled_in[c])
-                every = Counter(s.group_key(group_by) for s in conversations.members[c])
-                if any(sampled_left[g] - k < 1 for g, k in own.items()) or \
-                        any(pool_left[g] - k < 1 for g, k in every.items()):
-                    continue
+            every = Counter(s.group_key(group_by) for s in conversations.members[c])
+            if protect and any(pool_left[g] - k < 1 and scenes_of[g] > 1 for g, k in every.items()):
+                continue
             take(c)
     if total < target:  # every conversation left overshoots: take the smallest if it gets closer (or
         # if there is no validation yet: a run needs some)
-        rest = [c for c in order if c not in chosen and total + len(sampled_in[c]) <= len(sampled) - 1]
+        rest = [c for c in order if c not in chosen and total + len(members_in[c]) <= len(samples) - 1]
         if rest:
-            best = min(rest, key=lambda c: len(sampled_in[c]))
-            if total == 0 or abs(total + len(sampled_in[best]) - target) < target - total:
+            best = min(rest, key=lambda c: len(members_in[c]))
+            if total == 0 or abs(total + len(members_in[best]) - target) < target - total:
                 take(best)
     return list(chosen)
 
@@ -505,15 +503,21 @@ def split_train_val(samples, max_per_user, sample_seed: int, val_ratio: float, v
                     group_by: str = "user_hash", leak_check: str = "conversation", index=None) -> Split:
     """`val_seed` (default: the sample seed) fixes the validation set, so runs with other sample
     seeds can share it and compare validation losses. `index` (from `make_index` with the same
-    samples and leak check) saves rebuilding it for every N of the plan's guide table."""
+    samples and leak check) saves rebuilding it for every N of the plan's guide table.
+
+    Validation is chosen once over the whole corpus (`whole_validation`), whatever N: a run's
+    validation is its per-character sample's share of it, and its training samples come from
+    outside it. So the training set of N is part of the training set of N + 1, and no N trains
+    on a line of another N's validation."""
     val_seed = sample_seed if val_seed is None else val_seed
     index = index if index is not None else make_index(samples, leak_check)
+    whole, leaking, conv_stats = whole_validation(index, leak_check, samples, val_ratio, val_seed, group_by)
     val_source = sample_per_character(samples, max_per_user, val_seed, group_by)
-    val, leaking, conv_stats = _choose_val(index, leak_check, val_source, samples, val_ratio, val_seed, group_by)
+    val = [s for s in val_source if s.sample_id in whole]
     sampled = val_source if val_seed == sample_seed else sample_per_character(samples, max_per_user, sample_seed,
                                                                                group_by)
     sampled_per_group = {g: len(m) for g, m in group_samples(sampled, group_by).items()}
-    pool, sizes, leaked = _training_pool(samples, val, leaking, sampled_per_group, max_per_user, group_by)
+    pool, sizes, leaked = _training_pool(samples, val, whole, leaking, sampled_per_group, max_per_user, group_by)
 
     split = Split(max_per_user=max_per_user, sample_seed=sample_seed, val_ratio=val_ratio, group_by=group_by, val=val,
                   pool=pool, sizes=sizes, index=index)
@@ -531,11 +535,23 @@ def split_train_val(samples, max_per_user, sample_seed: int, val_ratio: float, v
         "validation_characters_without_train": len(val_groups - train_groups),
         "characters_without_train": len(set(sampled_per_group) - train_groups),
         "excluded_for_leakage": leaked,
+        "whole_validation": len(whole),
         **conv_stats,
         "pool": sum(len(m) for m in pool.values()),
         "val_seed": val_seed,
     }
     return split
+
+
+def whole_validation(index, leak_check, samples, val_ratio, val_seed, group_by):
+    """(ids of the corpus's validation samples, ids that must leave training, stats): chosen
+    over the whole corpus, the same for every N; kept on `index` for the guide table's rows."""
+    cache = index.__dict__.setdefault("_whole_validation", {})
+    key = (leak_check, val_ratio, val_seed, group_by)
+    if key not in cache:
+        val, leaking, stats = _choose_val(index, leak_check, samples, samples, val_ratio, val_seed, group_by)
+        cache[key] = frozenset(s.sample_id for s in val), frozenset(leaking), stats
+    return cache[key]
 
 
 def _choose_val(index, leak_check, val_source, samples, val_ratio, val_seed, group_by):
@@ -544,7 +560,7 @@ def _choose_val(index, leak_check, val_source, samples, val_ratio, val_seed, gro
         val = choose_validation(val_source, val_ratio, val_seed, group_by, samples, index)
         val_ids = {s.sample_id for s in val}
         return val, {q.sample_id for v in val for q in index.quoting(v.target)} - val_ids, {}
-    chosen = choose_conversations(index, val_source, samples, val_ratio, val_seed, group_by)
+    chosen = choose_conversations(index, samples, val_ratio, val_seed, group_by)
     chosen_set = set(chosen)
     val = [s for s in val_source if index.label[s.sample_id] in chosen_set]
     val_ids = {s.sample_id for s in val}
@@ -559,10 +575,12 @@ def _choose_val(index, leak_check, val_source, samples, val_ratio, val_seed, gro
     return val, leaking, stats
 
 
-def _training_pool(samples, val, leaking, sampled_per_group, max_per_user, group_by):
-    """Each character's training-eligible samples and how many of them an epoch trains on (its
-    sampled count minus its validation samples; all of them with N = all)."""
-    val_ids = {s.sample_id for s in val}
+def _training_pool(samples, val, whole, leaking, sampled_per_group, max_per_user, group_by):
+    """Each character's training-eligible samples (outside the whole validation set `whole` and
+    `leaking`) and how many of them an epoch trains on (its sampled count minus its validation
+    samples `val`; all of them with N = all). Both grow with N, and an epoch takes a prefix of
+    one seeded order, so a smaller N's training set is part of a larger one's."""
+    val_ids = whole
     val_per_group = {g: len(m) for g, m in group_samples(val, group_by).items()}
     pool, leaked = {}, 0
     for group, members in group_samples(samples, group_by).items():
