@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     data.require_samples(corpus)
     split = splitting.split_train_val(corpus.samples, opts.max_samples_per_user, opts.sample_seed, opts.val_ratio,
                                       opts.val_seed, opts.sample_group_by, opts.val_leak_check)
+    splitting.check_validation_share(split, opts.accept_val_share, corpus.path)
     tokenizer = encoding.load_tokenizer(config.model.tokenizer)
     history = prompts.HistoryIndex.for_split(split, corpus.samples) if ablation.use_history else None
     builder = prompts.PromptBuilder(ablation, opts.prompt_style, history, config.training.max_context_turns,

@@ -124,6 +124,8 @@ class DataOptions:
         "conversation", "how validation lines are kept out of training: whole conversations go to validation (a line "
         "is identified by its place in the scene), or 'text': drop every training sample showing a validation "
         "line's text (strict, loses much scene data)", choices=["conversation", "text"])
+    accept_val_share: bool = flag(False, "train even when validation is 0 samples or more than 3 points from "
+                                         "--val_ratio (the run's sampled set, after the split)", action="store_true")
 
 
 @dataclass(frozen=True, kw_only=True)

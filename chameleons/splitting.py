@@ -28,6 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from . import near_duplicates
+from .errors import UserError
 from .sampling import group_samples, ranked, sample_per_character
 
 LEAK_CHECKS = ("conversation", "text")
@@ -35,6 +36,7 @@ MAX_QUOTING_FIRST_PASS = 2
 HUGE_SHARE = 0.05  # a conversation above this share of the corpus is divided at scene boundaries
 HUGE_MIN = 200  # ... but never one this small: a small corpus is not split up
 COMMON_RECORDS = 20  # a line said in more records than this is a common one ("Yeah."), not a place
+SHARE_TOLERANCE = 0.03  # validation share this far from val_ratio (or no validation) stops a run
 
 
 _APOSTROPHES = re.compile(r"['\u2019\u02bc`]")
@@ -603,3 +605,24 @@ def _training_pool(samples, val, whole, leaking, sampled_per_group, max_per_user
     pool = {g: m for g, m in pool.items() if sizes[g] > 0}
     sizes = {g: n for g, n in sizes.items() if n > 0}
     return pool, sizes, leaked
+
+
+def check_validation_share(split, accept: bool = False, path="data"):
+    """One error line when the run's validation is empty or its share is more than
+    SHARE_TOLERANCE from val_ratio: the conversations are too few or too big for the ratio, and
+    the eval loss would rest on too little, or training on too little. A small sampled set may
+    be off by what its draw from the corpus's validation set allows by chance (three standard
+    deviations, at least one sample). `accept` (--accept_val_share) lets it through."""
+    st = split.stats
+    n_val, sampled, ratio = st["validation"], st["sampled"], split.val_ratio
+    chance = max(1.0, 3 * math.sqrt(sampled * ratio * (1 - ratio)))
+    if accept or (n_val > 0 and abs(n_val - ratio * sampled) <= max(SHARE_TOLERANCE * sampled, chance)):
+        return
+    largest = ""
+    if isinstance(split.index, Conversations):
+        top = sorted(split.index.members, key=lambda m: (-len(m), m[0].sample_id))[:3]
+        largest = "; the largest conversations hold " + ", ".join(
+            f"{len(m):,} samples (from item {m[0].sample_id}, character {m[0].user_hash})" for m in top)
+    raise UserError(f"{path}: validation is {n_val:,} of {sampled:,} sampled samples ({st['validation_share']:.1%}), "
+                    f"more than {SHARE_TOLERANCE * 100:.0f} points from --val_ratio {ratio}{largest}; use more data or "
+                    f"another --val_seed or --max_samples_per_user, or pass --accept_val_share to train anyway")
