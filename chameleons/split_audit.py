@@ -14,13 +14,15 @@ in a history line or at the start of a dialogue, where no line before it is show
 words in another scene, which a split by scene rightly allows. Both are counted and listed
 apart, with examples. `leaked_after_the_same_line` counts the leaks training shows after the
 line that precedes them in validation (the same place: the split failed). Reading the prompts
-line by line, a history line is matched by its first PREFIX_CHARS normalised characters when it
-is long (history cuts lines at 200 characters).
+line by line, a history line that history cut at MAX_HISTORY_CHARS is matched by its first
+PREFIX_CHARS normalised characters.
 """
 
 import functools
 import re
 import unicodedata
+
+from .prompts import MAX_HISTORY_CHARS
 
 COMMON_CONTEXTS = 3
 PREFIX_CHARS = 80
@@ -40,10 +42,11 @@ def normalised(text: str) -> str:
     return " ".join(_NOT_WORD.sub(" ", text.casefold().replace("'", "").replace("\u2019", "")).split())
 
 
-def _keys(text: str) -> set:
-    """The keys a shown line matches by: its normalised text and, when long, its prefix."""
+def _keys(text: str, cut: bool = True) -> set:
+    """The keys a line matches by: its normalised text and, when long and `cut` (a validation
+    target, or a history line cut short), its prefix."""
     n = normalised(text)
-    return {n, ("prefix", n[:PREFIX_CHARS])} if len(n) >= PREFIX_CHARS else {n}
+    return {n, ("prefix", n[:PREFIX_CHARS])} if cut and len(n) >= PREFIX_CHARS else {n}
 
 
 def _prompt_keys(system: str) -> set:
@@ -58,7 +61,7 @@ def _prompt_keys(system: str) -> set:
 
 @functools.lru_cache(maxsize=1 << 18)
 def _line_keys(line: str) -> frozenset:
-    return frozenset(_keys(line) | _keys(_LABEL.sub("", line, count=1)))
+    return frozenset(_keys(line, False) | _keys(_LABEL.sub("", line, count=1), False))
 
 
 def line_contexts(samples) -> dict:
@@ -80,8 +83,9 @@ def shown_keys(sample, builder) -> dict:
     """What one training sample shows, by place: history lines, the rest of the prompt, target."""
     history = builder.history_lines(sample)
     system = builder.system(sample, builder.turns(sample), history)
-    history_keys = set().union(*(_keys(h) for h in history)) if history else set()
-    return {"history": history_keys, "prompt": _prompt_keys(system) - history_keys, "target": _keys(sample.target)}
+    history_keys = set().union(*(_keys(h, len(h) >= MAX_HISTORY_CHARS) for h in history)) if history else set()
+    return {"history": history_keys, "prompt": _prompt_keys(system) - history_keys,
+            "target": _keys(sample.target, False)}
 
 
 def _pairs(sample, builder) -> set:

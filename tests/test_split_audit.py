@@ -88,12 +88,12 @@ def test_a_naive_split_leaks_on_scene_data(build):
 
 
 def test_dry_run_line_and_the_tool_on_its_folder(tmp_path, build, run_in_process):
-    data = build.write_data(tmp_path / "d.json", build.scene_corpus(n_chars=6, scenes=4, lines_per_scene=8))
+    data = build.write_data(tmp_path / "d.json", build.scene_corpus(n_chars=10, scenes=10, lines_per_scene=6))
     cfg = build.tiny_config(tmp_path, train_file=data)
     out = tmp_path / "o"
     proc = run_in_process(["--config", cfg, "--dry_run", "--output_dir", out, "--ablation_config",
                            "profile_and_history_and_context", "--resample_each_epoch", "--max_epochs", "2",
-                           "--max_samples_per_user", "3"], cwd=tmp_path)
+                           "--max_samples_per_user", "10"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     plan = json.loads((out / "plan.json").read_text())
     written = json.loads((out / AUDIT_NAME).read_text())
@@ -135,3 +135,24 @@ def test_tool_with_flags_and_bad_inputs(tmp_path, build, capsys):
         assert len(err) == 1 and err[0].startswith("error:") and words in err[0], err
     assert not (tmp_path / "empty" / AUDIT_NAME).exists()
     assert json.loads((tmp_path / "bad2" / AUDIT_NAME).read_text()) == {"args": {"config": str(cfg), "output_dir": "x"}}
+
+
+def test_long_lines_cut_in_history_are_found_and_shared_openings_are_not_leaks(build):
+    """History cuts a line at 200 characters: the cut copy of a long validation target is a leak
+    (matched by its opening). Another long line that merely opens with the same words, shown
+    whole, is not."""
+    opening = " ".join(f"word{i}" for i in range(20))
+    long_val, other = f"{opening} and then the validation ending " + "x " * 60, f"{opening} but another ending."
+    ann = build.record("ann", [build.item([("Bob", "Start?")], long_val),
+                               build.item([("Bob", "Again?")], "GO " + long_val.upper()),  # not a copy: "go ..."
+                               build.item([("Bob", "So?")], other), build.item([("Bob", "Then?")], "Fine.")],
+                       name="Ann")
+    samples = extract_samples([ann]).samples
+    val, train = samples[:1], samples[2:]
+    report = audit(val, [train], samples, PromptBuilder(ALL_ON, "simple", HistoryIndex(train)))
+    assert report["leaked_targets"] == 0
+    copy = extract_samples([build.record("ann", [build.item([("Bob", "start")], long_val.lower())],
+                                         name="Ann")]).samples
+    pool = train + copy
+    report = audit(val, [train], samples + copy, PromptBuilder(ALL_ON, "simple", HistoryIndex(pool)))
+    assert report["leaked_targets"] == 1 and report["epochs"][0]["in_history"] == 1
