@@ -301,6 +301,11 @@ def test_plan_reports_the_conversation_split(tmp_path, build, run_trainer):
     assert f"{sp['conversations']:,} conversations" in text and "leak check conversation" in text
     assert sp["validation_conversations"] >= 1 and sp["validation_share"] == round(sp["validation"] / sp["sampled"], 4)
     assert plan["guide_table"][-1]["train_samples"] == sp["train"]
+    for row in plan["guide_table"]:  # each N's share of the one validation set is printed
+        shown = f"{row['validation_samples']:>11,} {row['validation_share']:>7.1%} {row['train_samples']:>9,}"
+        assert shown in text
+    assert f"{sp['near_duplicate_scenes']:,} scenes of {sp['near_duplicate_records']:,} records joined" in text
+    assert f"({sp['whole_validation']:,} samples, one set for every N)" in text
     text_split = split_train_val(extract_samples(samples).samples, None, 42, 0.1, leak_check="text")
     assert "quote a validation line" in format_plan({**plan, "split": {**plan["split"], **text_split.stats}})
 
