@@ -184,6 +184,24 @@ class Conversations:
                 parts.append(component)
         self.cap = cap
         self._name(samples, parts, loose)
+        self._endings(samples, seqs)
+
+    def _endings(self, samples, seqs):
+        """For windows as short as one turn: a sample's visible place is its last context line
+        and its target. `holders` maps each pair of consecutive lines (by key) to the samples
+        showing it; `shared_ending` holds the conversations with a sample whose final pair other
+        conversations also show (generic exchanges: "What?" / "Yeah.")."""
+        self.holders = {}
+        for s, seq in zip(samples, seqs):
+            for pair in set(zip(seq, seq[1:])):
+                self.holders.setdefault(pair, []).append(s)
+        self.ending = {s.sample_id: seq[-2:] for s, seq in zip(samples, seqs) if len(seq) > 1}
+        self.shared_ending = set()
+        for s in samples:
+            pair = self.ending.get(s.sample_id)
+            own = self.label[s.sample_id]
+            if pair and any(self.label[q.sample_id] != own for q in self.holders[pair]):
+                self.shared_ending.add(own)
 
     def _join_near_duplicates(self, samples, seqs, keys_of, run_of, uf):
         """Scene runs holding the same lines with word-level differences are one conversation;
@@ -347,8 +365,9 @@ def choose_conversations(conversations: Conversations, samples, val_ratio: float
 
     A conversation that would overshoot the target is passed over for a later, smaller one. A
     first pass also passes over a conversation that would take the last training data of a
-    character seen in several conversations; the second pass takes it only when the target
-    cannot be met otherwise. A character of one conversation is not protected: keeping all of
+    character seen in several conversations, or that has a sample whose last context line and
+    target other conversations show too (those samples would leave training: a one-turn window
+    shows nothing else); the second pass takes it only when the target cannot be met otherwise. A character of one conversation is not protected: keeping all of
     them out of validation would leave small-N validation sets short of their share (at N = 1
     every character counts once). Returns conversation labels."""
     if len(samples) < 2:
@@ -377,7 +396,8 @@ def choose_conversations(conversations: Conversations, samples, val_ratio: float
             if c in chosen or total + len(members_in[c]) > target:
                 continue
             every = Counter(s.group_key(group_by) for s in conversations.members[c])
-            if protect and any(pool_left[g] - k < 1 and scenes_of[g] > 1 for g, k in every.items()):
+            if protect and (c in conversations.shared_ending or
+                            any(pool_left[g] - k < 1 and scenes_of[g] > 1 for g, k in every.items())):
                 continue
             take(c)
     if total < target:  # every conversation left overshoots: take the smallest if it gets closer (or
@@ -569,6 +589,9 @@ def _choose_val(index, leak_check, val_source, samples, val_ratio, val_seed, gro
     leaking = {s.sample_id for c in chosen for s in index.members[c]} - val_ids
     leaking |= {s.sample_id for c, linked in index.uncertain.items() if linked & chosen_set
                 for s in index.members[c]}
+    endings = {index.ending[s.sample_id] for c in chosen for s in index.members[c] if s.sample_id in index.ending}
+    leaking |= {q.sample_id for pair in endings for q in index.holders[pair]} - {
+        s.sample_id for c in chosen for s in index.members[c]}
     stats = {"conversations": len(index), "validation_conversations": len(chosen),
              "huge_conversations_split": index.split_up, "largest_conversation": index.largest,
              "near_duplicate_scenes": index.near_duplicate_scenes,
