@@ -2,7 +2,7 @@
 with edited lines): found by the lines they share approximately, so the split can put them in
 one conversation.
 
-Each line of four or more words gets a small MinHash sketch: the two smallest CRC-32 values of
+Each line of six or more words gets a small MinHash sketch: the two smallest CRC-32 values of
 its word bigrams (of its `splitting.line_key`: case, punctuation and accents folded). Two lines
 that differ by a word or two share a sketch value with high probability. A scene run is
 described by its pairs of consecutive sketched lines; two runs in different conversations are
@@ -17,7 +17,7 @@ permutation array, built for long documents; lines are a dozen words and there a
 import zlib
 from collections import Counter
 
-MIN_WORDS = 4  # shorter lines ("Come on now.") say too little to be matched approximately
+MIN_WORDS = 6  # shorter lines ("Come on, let us go.") say too little to be matched approximately
 MIN_PAIRS = 1  # line pairs of the smaller run that must match ...
 MIN_SHARE = 0.3  # ... and at least this share of its line pairs
 MAX_POSTINGS = 64  # a signature held by more runs than this is a common exchange, not a copy
