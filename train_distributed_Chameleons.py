@@ -13,7 +13,7 @@ model, train with HF Trainer (DeepSpeed when asked) and save the best model.
 import sys
 
 from chameleons import (cli, data, encoding, expert_parallel, launch, outputs, planning, preflight, prompts, quiet,
-                        resubmit, splitting)
+                        resubmit, split_audit, splitting)
 from chameleons.config import load_config
 from chameleons.errors import user_errors_exit
 
@@ -39,9 +39,12 @@ def main(argv=None) -> int:
     data.require_samples(corpus)
     split = splitting.split_train_val(corpus.samples, opts.max_samples_per_user, opts.sample_seed, opts.val_ratio,
                                       opts.val_seed, opts.sample_group_by, opts.val_leak_check)
+    splitting.check_validation_share(split, opts.accept_val_share, corpus.path)
     preflight.require_trainable(corpus.path, split.stats["train"], split.stats["validation"])
-    builder = prompts.PromptBuilder(ablation, opts.prompt_style, prompts.HistoryIndex(split.pool_samples()),
-                                    config.training.max_context_turns, opts.template_filename)
+    history = prompts.HistoryIndex.for_pool(split.pool_samples(), corpus.samples, split.index) \
+        if ablation.use_history else None
+    builder = prompts.PromptBuilder(ablation, opts.prompt_style, history, config.training.max_context_turns,
+                                    opts.template_filename)
 
     from chameleons import training  # torch, transformers: the checks that need them, then the run
 
@@ -51,13 +54,17 @@ def main(argv=None) -> int:
 
     if opts.dry_run:
         encoded = encoding.encode_split(split, builder, tokenizer, config.training, cache_dir, opts.resample_each_epoch)
+        audit = split_audit.audit_split(split, builder, corpus.samples,
+                                        opts.max_epochs if opts.resample_each_epoch else 1)
         plan = {**planning.make_plan(corpus, split, encoded, config.training, opts.nproc_per_node, opts.max_epochs,
                                       opts.sec_per_step, checks.checkpoints),
-                "config": config.resolved(), "notices": checks.notices, "expert_parallel": checks.expert_parallel}
+                "config": config.resolved(), "notices": checks.notices, "expert_parallel": checks.expert_parallel,
+                "split_audit": split_audit.summary(audit)}
         preflight.require_trainable(corpus.path, plan["split"]["train_encoded"], plan["split"]["validation_encoded"])
         print(planning.format_plan(plan), flush=True)
         print(expert_parallel.describe(checks.expert_parallel), flush=True)
         outputs.write_json(outputs.run_path(opts.output_dir, "plan.json"), plan)
+        outputs.write_json(outputs.run_path(opts.output_dir, split_audit.AUDIT_NAME), {**audit, "args": opts.as_record()})
         return 0
 
     return training.run(opts, config, checks, corpus, split, builder, tokenizer, cache_dir)

@@ -146,6 +146,8 @@ class DataOptions:
         [], "override one config key, repeatable (e.g. --set training.learning_rate=2e-5); the value is read as "
             "JSON where it parses (2e-5, true, null, [\"q_proj\"]), else as a plain string",
         name="--set", action="append", metavar="SECTION.KEY=VALUE")
+    accept_val_share: bool = flag(False, "train even when validation is 0 samples or more than 3 points from "
+                                         "--val_ratio (the run's sampled set, after the split)", action="store_true")
 
 
 @dataclass(frozen=True, kw_only=True)

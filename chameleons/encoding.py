@@ -232,7 +232,7 @@ def encode_split(split, builder, tokenizer, training, cache_dir, resample: bool,
     if builder.template:
         parts.append(json.dumps(builder.template, sort_keys=True))
     if builder.history is not None:
-        parts.append(hashlib.sha256("".join(sorted(s.uid for s in split.pool_samples())).encode()).hexdigest())
+        parts.append(builder.history.fingerprint())
     ds, key = encode_dataset(samples_to_encode(split, resample), builder, tokenizer, training.max_length,
                              cache_dir, parts, progress=progress)
     return EncodedSplit(ds, split, resample)

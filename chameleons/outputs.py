@@ -53,7 +53,7 @@ RUN_FILES = (FINISHED_MARKER, MANIFEST_NAME, RUN_RECORD, "training_logs", "model
 
 
 def check_output_dir(output_dir, overwrite: bool, resume, dry_run: bool) -> bool:
-    """A run folder is never overwritten unless asked; a dry run only adds plan.json.
+    """A run folder is never overwritten unless asked; a dry run only adds plan.json and split_audit.json.
 
     Returns True when `--resume_from_checkpoint auto` meets a finished run: there is nothing to
     do, and a requeued job must leave the result alone and succeed."""

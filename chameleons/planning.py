@@ -2,7 +2,7 @@
 
 import math
 
-from . import splitting, zero3
+from . import split_audit, splitting, zero3
 from .sampling import sampled_counts
 
 GUIDE_SIZES = (1, 2, 5, 10, None)
@@ -163,9 +163,11 @@ def _leak_line(sp: dict) -> str:
             if sp["huge_conversations_split"] else "none had to be split up")
     if sp.get("uncertain_conversations"):
         huge += f", {sp['uncertain_conversations']:,} of unknown film kept out of validation"
-    return (f"leaks      {sp['conversations']:,} conversations (largest {sp['largest_conversation']:,} samples; {huge}), "
-            f"{sp['validation_conversations']:,} of them validation; {sp['excluded_for_leakage']:,} samples of "
-            f"validation conversations left out of the training pool")
+    return (f"leaks      {sp['conversations']:,} conversations (largest {sp['largest_conversation']:,} samples; {huge}; "
+            f"{sp.get('near_duplicate_scenes', 0):,} scenes of {sp.get('near_duplicate_records', 0):,} records joined as "
+            f"near duplicates), {sp['validation_conversations']:,} of them validation ({sp['whole_validation']:,} "
+            f"samples, one set for every N); {sp['excluded_for_leakage']:,} samples of validation conversations left out "
+            f"of the training pool")
 
 
 def format_plan(plan: dict) -> str:
@@ -191,13 +193,17 @@ def format_plan(plan: dict) -> str:
         _micro_line(sc, plan["micro_batches"]),
         _checkpoint_line(plan.get("checkpoints")),
         "",
-        f"{'N':>5} {'samples':>9} {'by record':>10} {'validation':>11} {'train':>9} {'lost':>7} {'steps/epoch':>12} "
+        f"{'N':>5} {'samples':>9} {'by record':>10} {'validation':>11} {'share':>7} {'train':>9} {'lost':>7} "
+        f"{'steps/epoch':>12} "
         f"{'h/epoch':>9} {'h x ' + str(sc['max_epochs']) + ' ep':>10}",
     ]
     for row in plan["guide_table"]:
         lines.append(f"{str(row['max_samples_per_user']):>5} {row['samples']:>9,} {row['samples_if_grouped_by_record']:>10,} "
-                     f"{row['validation_samples']:>11,} {row['train_samples']:>9,} {row['lost_to_split']:>7,} "
+                     f"{row['validation_samples']:>11,} {row['validation_share']:>7.1%} {row['train_samples']:>9,} "
+                     f"{row['lost_to_split']:>7,} "
                      f"{row['steps_per_epoch']:>12,} {row['hours_per_epoch']:>9} {row['hours_max_epochs']:>10}")
+    if plan.get("split_audit"):
+        lines.insert(5, split_audit.summary_line(plan["split_audit"]))
     overrides = (plan.get("config") or {}).get("overrides")
     head = [f"overrides  {' '.join(overrides)}"] if overrides else []
     head += [f"notice     {notice}" for notice in plan.get("notices") or ()]  # e.g. trust_remote_code

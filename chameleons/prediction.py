@@ -242,7 +242,8 @@ def history_index(ablation, config, opts: DataOptions, pool=None):
     """use_history prompts draw on the training run's pool (`training_pool`)."""
     if not ablation.use_history:
         return None
-    return HistoryIndex(training_pool(config, opts, pool)[1])
+    samples, pool_samples = training_pool(config, opts, pool)
+    return HistoryIndex.for_pool(pool_samples, samples)
 
 
 def training_pool(config, opts: DataOptions, pool=None):

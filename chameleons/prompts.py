@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .config import Ablation
 from .errors import UserError
+from .splitting import line_key, make_index
 
 TASK_TEXT = ("Given the historical dialogue of a character in a movie, model the character's speaking "
              "style and behavioral patterns, and predict the next utterance the character would produce.")
@@ -89,30 +90,49 @@ def _history_rank(uid: str) -> bytes:
 
 
 class HistoryIndex:
-    """The character's own lines from training-eligible samples, for `use_history` prompts.
+    """The character's own lines from the training pool, for `use_history` prompts.
 
-    Built from the split's training pool, so a validation target can never be chosen; the
-    sample's own target is excluded at lookup.
+    Built from the split's training pool, so a validation target can never be chosen. A sample
+    is shown no line of its own conversation (`scene_of`: sample uid -> the split's conversation),
+    so nothing said later in its scene, the same for training and validation samples (whose
+    conversations are out of the pool), and no line that is, by the split's `line_key` (case,
+    punctuation and spacing ignored), one of the sample's own dialogue lines or its target.
     """
 
-    def __init__(self, pool_samples):
+    def __init__(self, pool_samples, scene_of: dict = None):
+        self._scene_of = scene_of or {}
         by_char = {}
         for s in pool_samples:
             by_char.setdefault(s.user_hash, []).append(s)
         self._lines = {}
         for user_hash, members in by_char.items():
             members = sorted(members, key=lambda s: (_history_rank(s.uid), s.sample_id))[:HISTORY_CANDIDATES]
-            self._lines[user_hash] = [(s.target, _words(s.target)) for s in members]
+            self._lines[user_hash] = [(s.target, _words(s.target), line_key(s.target),
+                                       self._scene_of.get(s.uid)) for s in members]
+
+    @classmethod
+    def for_pool(cls, pool_samples, samples, index=None):
+        """The pool, each line tagged with its conversation among `samples` (the training file's):
+        the split's own grouping (`index`) when it has one, else the conversation grouping built
+        for the purpose (`--val_leak_check text`, or prediction reading a run's recorded pool)."""
+        index = index if hasattr(index, "label") else make_index(samples, "conversation")
+        return cls(pool_samples, {s.uid: index.label[s.sample_id] for s in samples})
+
+    def fingerprint(self) -> str:
+        """Changes whenever a prompt's history could: the candidate lines and their conversations."""
+        stable = sorted((h, [(line, scene) for line, _, _, scene in lines]) for h, lines in self._lines.items())
+        return hashlib.sha256(repr(stable).encode()).hexdigest()
 
     def lines_for(self, sample) -> list:
         """Most relevant to the sample's dialogue first (shared words), at most 15, 200 chars each."""
         context_words = _words(" ".join(content for _, content in sample.context))
+        own_scene = self._scene_of.get(sample.uid)
+        seen = {line_key(content) for _, content in sample.context} | {line_key(sample.target)}
         scored = []
-        seen = {sample.target}
-        for order, (line, words) in enumerate(self._lines.get(sample.user_hash, ())):
-            if line in seen:
+        for order, (line, words, key, scene) in enumerate(self._lines.get(sample.user_hash, ())):
+            if key in seen or (own_scene is not None and scene == own_scene):
                 continue
-            seen.add(line)
+            seen.add(key)
             scored.append((-len(words & context_words), order, line))
         scored.sort()
         return [line[:MAX_HISTORY_CHARS] for _, _, line in scored[:MAX_HISTORY_LINES]]

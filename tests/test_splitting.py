@@ -46,9 +46,11 @@ def test_validation_is_about_val_ratio_of_the_sampled_set(counts, n, ratio, seed
     split = split_train_val(samples, n, seed, ratio, leak_check=check)
     train = split.epoch_train(0)
     assert split.stats["sampled"] == len(sampled) == sum(c if n is None else min(c, n) for c in counts)
-    if len(sampled) >= 2:
-        assert 1 <= len(split.val) <= len(sampled) - 1
-        assert abs(len(split.val) - ratio * len(sampled)) <= 1
+    whole = split_train_val(samples, None, seed, ratio, leak_check=check)
+    if len(samples) >= 2:  # chosen once over the corpus; each N gets its sample's share of it
+        assert 1 <= len(whole.val) <= len(samples) - 1
+        assert abs(len(whole.val) - ratio * len(samples)) <= 1
+    assert ids(split.val) == ids(sampled) & ids(whole.val)
     # validation comes from the sampled set, and the rest of the sampled set trains
     assert ids(split.val) <= ids(sampled)
     assert not ids(split.val) & ids(train)
@@ -64,9 +66,9 @@ def test_not_per_character(check):
     """N = 2 over 50 characters: a tenth of 100 samples, not one per character."""
     samples = extract_samples(simple_corpus([6] * 50)).samples
     split = split_train_val(samples, 2, 42, 0.1, leak_check=check)
-    assert len(split.val) == 10
+    assert 5 <= len(split.val) <= 15  # the sample's share of the corpus's 30 validation samples
     assert len({s.user_hash for s in split.val}) < 50
-    assert len(split.epoch_train(0)) == 90
+    assert len(split.epoch_train(0)) == 100 - len(split.val)
 
 
 # --------------------------------------------------------------------------- validation characters keep training data
@@ -74,18 +76,19 @@ def test_not_per_character(check):
 @SETTINGS
 @given(counts_st, st.sampled_from([None, 1, 2, 3]), st.floats(0.05, 0.5), st.integers(0, 10**6), checks_st)
 def test_validation_characters_keep_a_training_sample_when_possible(counts, n, ratio, seed, check):
+    """Over the corpus (N = all), a character with several samples (here: several
+    conversations) keeps one outside validation unless the target count forces otherwise; a
+    one-sample character is not protected (that would keep every such character out of
+    validation and starve small N of its share). The stats count what happened at any N."""
     samples = extract_samples(simple_corpus(counts)).samples
     split = split_train_val(samples, n, seed, ratio, leak_check=check)
     train_chars = {s.user_hash for s in split.epoch_train(0)}
     val_chars = {s.user_hash for s in split.val}
     without = val_chars - train_chars
-    sampled_per_char = [c if n is None else min(c, n) for c in counts]
-    spare = sum(c - 1 for c in sampled_per_char)  # samples that can go to validation without emptying a character
-    if len(split.val) <= spare:
-        assert without == set()
-    else:
-        # only as many characters lose all training data as the target count forces
-        assert len(without) <= len(split.val) - spare
+    if n is None and check == "conversation":
+        spare = sum(c - 1 for c in counts if c > 1) + sum(1 for c in counts if c == 1)
+        if len(split.val) <= spare:
+            assert all(counts[int(h[1:])] == 1 for h in without)
     assert split.stats["validation_characters"] == len(val_chars)
     assert split.stats["validation_characters_without_train"] == len(without)
     assert split.stats["characters_without_train"] == len({s.user_hash for s in samples} - train_chars)
@@ -276,10 +279,12 @@ def test_epoch_sizes_constant_and_drawn_from_pool(counts, n, seed, ratio, check)
         assert not ids(ep) & ids(split.val)
         assert len(ids(ep)) == len(ep)
         assert [s.sample_id for s in ep] == [s.sample_id for s in split.epoch_train(e)]  # deterministic
-    # the pool of a training character is all of its samples outside validation (nothing leaks here)
-    assert pool <= ids(samples) - ids(split.val)
+    # the pool of a training character is all of its samples outside the corpus's validation set
+    # (nothing leaks here)
+    whole = ids(split_train_val(samples, None, seed, ratio, leak_check=check).val)
+    assert pool <= ids(samples) - whole
     for h in per_char0:
-        assert {s.sample_id for s in samples if s.user_hash == h} - ids(split.val) <= pool
+        assert {s.sample_id for s in samples if s.user_hash == h} - whole <= pool
 
 
 def test_later_epochs_draw_afresh():
@@ -320,9 +325,10 @@ def test_validation_characters_keep_training_on_shipped_data(check):
     split = split_train_val(samples, None, 42, 0.1, leak_check=check)
     train_chars = {s.user_hash for s in split.epoch_train(0)}
     orphaned = sorted({s.user_hash for s in split.val} - train_chars)
+    if check == "conversation":  # a character of one conversation (one chat here) is not protected
+        orphaned = [h for h in orphaned if len({split.index.label[s.sample_id] for s in by_char[h]}) > 1]
     assert orphaned == [], f"validation characters left without training data: " \
                            f"{[(h, len(by_char[h])) for h in orphaned]}"
-    assert split.stats["validation_characters_without_train"] == 0
 
 
 def _ann_one_scene_and_cy(build):

@@ -16,6 +16,17 @@ the shape the validation split has to cope with (tests/test_split_scenes.py).
     python tools/make_synthetic_corpus.py --out /tmp/chameleons.json
     python tools/make_synthetic_corpus.py --out /tmp/small.jsonl --scale 0.01 --jsonl
     python tools/make_synthetic_corpus.py --out /tmp/scenes.json --scenes
+    python tools/make_synthetic_corpus.py --out /tmp/messy.json --scenes --duplicate_films 0.1 \
+        --duplicate_style lower --renormalise 0.3 --split_records 0.1 --reorder 0.1 --truth /tmp/messy.truth.json
+
+The adversarial flags (with --scenes) make the transcription noise real corpora have: films copied
+under new character ids (`--duplicate_films`, each copy with one uniform `--duplicate_style`),
+records re-normalised (lower case, final punctuation dropped or double spaces: the same scene held
+in several characters' records, written differently), records split in two (a scene's items
+alternate between them) and records whose items are shuffled. `--truth` writes the identity of
+every line: `truth[record][item]` lists the line ids of that item's context turns, then of its
+continuation (id // 1000: the scene, id % 1000: its position there); a copied or
+re-normalised line keeps its id.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -266,9 +278,14 @@ GENERIC_LINES = (
 )
 GENERIC_SHARE = 0.10
 RECORDS_PER_FILM = 10
+SCENE_STRIDE = 1000  # line id = scene number * SCENE_STRIDE + the line's position in its scene
 _EXTRAS = ("WAITER", "COP", "MAN", "WOMAN", "DRIVER", "NURSE", "CLERK", "GUARD", "BOY", "GIRL", "VOICE",
            "OPERATOR", "BARTENDER", "SOLDIER", "DOCTOR")
 _INITIALS = "ABCDEFGHIJKLMNOPRSTVW"
+
+
+def _plain(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
 def _scene_length(rng: random.Random) -> int:
@@ -295,14 +312,18 @@ def _place_in_films(rng: random.Random, recs: list[dict], n_films: int) -> list[
 
 def make_scene_corpus(seed: int = 0, n_records: int = FULL_RECORDS, n_hashes: int = FULL_HASHES,
                       n_items: int = FULL_ITEMS, generic_share: float = GENERIC_SHARE,
-                      records_per_film: int = RECORDS_PER_FILM, places: dict | None = None) -> list[dict]:
+                      records_per_film: int = RECORDS_PER_FILM, places: dict | None = None,
+                      unique_lines: bool = False) -> list[dict]:
     """Films of shared scenes with the default corpus's counts and per-character heavy tail.
 
     Each scene has one or more recorded characters (and sometimes an uncredited extra, whose
     lines are context only); lines of a recorded character after a scene's first line are its
     items. Same seed and counts give identical output. `places`, if given, receives the ground
     truth the format does not carry: (record index, item index) -> the id of every line of the
-    item (context turns, then the continuation), one id per spoken line of the corpus.
+    item (context turns, then the continuation), one id per spoken line of the corpus; the id
+    divided by SCENE_STRIDE is the line's scene, the remainder its position in the scene.
+    Random lines can repeat by chance (a few in a thousand); `unique_lines` redraws a line whose
+    text, case and punctuation aside, was said before, so only the generic lines repeat.
     """
     if not (1 <= n_hashes <= n_records <= n_items):
         raise ValueError("need 1 <= n_hashes <= n_records <= n_items")
@@ -327,14 +348,21 @@ def make_scene_corpus(seed: int = 0, n_records: int = FULL_RECORDS, n_hashes: in
     generic_weights = [1.0 / (k + 1) ** 0.8 for k in range(len(GENERIC_LINES))]
     line = _Lines(rng)
 
+    said: set = set()
+
     def say() -> str:
         if rng.random() < generic_share:
             return rng.choices(GENERIC_LINES, generic_weights)[0]
-        return line()
+        text = line()
+        if unique_lines:
+            while _plain(text) in said:
+                text = line()
+            said.add(_plain(text))
+        return text
 
     for k, rec in enumerate(recs):
         rec["index"] = k
-    item_no = next_id = 0
+    item_no = next_id = scene_no = 0
     films = _place_in_films(rng, recs, max(1, round(n_records / records_per_film)))
     for film in films:
         title = " ".join(rng.sample(_TITLE_WORDS, rng.randint(2, 3))).title()
@@ -351,6 +379,7 @@ def make_scene_corpus(seed: int = 0, n_records: int = FULL_RECORDS, n_hashes: in
                     cast.append(rng.choice(_EXTRAS))
             lines: list = []  # (speaker: record dict or extra name, text, line id)
             length = _scene_length(rng)
+            next_id, scene_no = scene_no * SCENE_STRIDE, scene_no + 1
             while len(lines) < length and any(not isinstance(c, str) and c["budget"] for c in cast):
                 last = lines[-1][0] if lines else None
                 choices = [c for c in cast if c is not last and (isinstance(c, str) or c["budget"])]
@@ -383,6 +412,111 @@ def make_scene_corpus(seed: int = 0, n_records: int = FULL_RECORDS, n_hashes: in
             for r in recs]
 
 
+NOISE_STYLES = ("lower", "nopunct", "spaces")
+
+
+def renormalised(text: str, style: str) -> str:
+    """One transcription difference: lower case, final punctuation dropped, or double spaces."""
+    if style == "lower":
+        return text.lower()
+    if style == "nopunct":
+        return text.rstrip(".?!") or text
+    if style == "spaces":
+        return text.replace(" ", "  ")
+    raise ValueError(f"unknown style {style!r} (choose from {', '.join(NOISE_STYLES)})")
+
+
+def _restyled(record: dict, style: str) -> dict:
+    out = json.loads(json.dumps(record))
+    for coll in out["task"]["task_behavior_collections"]:
+        for item in coll["data"]:
+            for turn in item["context"]:
+                turn["content"] = renormalised(turn["content"], style)
+            if item["continuation"]:
+                item["continuation"] = renormalised(item["continuation"], style)
+    return out
+
+
+def _truth_lists(records: list[dict], places: dict) -> list[list[list]]:
+    return [[list(places[(k, i)]) for i, _ in enumerate(r["task"]["task_behavior_collections"][0]["data"])]
+            for k, r in enumerate(records)]
+
+
+def line_ids_by_sample(truth: list[list[list]], samples) -> dict:
+    """sample id (`r<record>.c0.i<item>`) -> the true ids of its item's lines, context then target."""
+    out = {}
+    for s in samples:
+        r, _, i = (int(p[1:]) for p in s.sample_id.split("."))
+        out[s.sample_id] = truth[r][i]
+    return out
+
+
+def _films(truth: list[list[list]]) -> list[list[int]]:
+    """Records that share a line (transitively): a film's worth, as the generator made it."""
+    owner: dict = {}
+    parent = list(range(len(truth)))
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for k, items in enumerate(truth):
+        for ids in items:
+            for x in ids:
+                parent[find(k)] = find(owner.setdefault(x, k))
+    groups: dict = {}
+    for k in range(len(truth)):
+        groups.setdefault(find(k), []).append(k)
+    return list(groups.values())
+
+
+def make_adversarial(records: list[dict], places: dict, seed: int = 0, duplicate_films: float = 0.0,
+                     duplicate_style: str | None = None, renormalise: float = 0.0, split_records: float = 0.0,
+                     reorder: float = 0.0) -> tuple[list[dict], list[list[list]]]:
+    """A scene corpus (and its `places`) made messy the way real transcriptions are; returns the
+    records and the truth (`truth[record][item]` = line ids, kept by copies and re-normalisations).
+
+    Applied in this order: copy a `duplicate_films` share of films under new character ids (each
+    copy written in `duplicate_style`, or one drawn per copy when None), re-normalise a
+    `renormalise` share of records (a style drawn per record), split a `split_records` share of
+    records into two (alternate items), shuffle the items of a `reorder` share of records."""
+    rng = random.Random(f"adversarial\x00{seed}")
+    truth = _truth_lists(records, places)
+    rows = list(zip(records, truth))
+    for film in _films(truth):
+        if rng.random() < duplicate_films:
+            style = duplicate_style or rng.choice(NOISE_STYLES)
+            new_hash: dict = {}
+            for k in film:
+                rec = _restyled(records[k], style)
+                rec["user_hash"] = new_hash.setdefault(rec["user_hash"], f"{rng.getrandbits(128):032x}")
+                rows.append((rec, truth[k]))
+    out = []
+    for rec, ids in rows:
+        if rng.random() < renormalise:
+            rec = _restyled(rec, rng.choice(NOISE_STYLES))
+        items = list(zip(rec["task"]["task_behavior_collections"][0]["data"], ids))
+        parts = [items[0::2], items[1::2]] if len(items) > 1 and rng.random() < split_records else [items]
+        for part in parts:
+            if rng.random() < reorder:
+                rng.shuffle(part)
+            piece = json.loads(json.dumps(rec))
+            piece["task"]["task_behavior_collections"] = [{"data": [it for it, _ in part]}]
+            out.append((piece, [x for _, x in part]))
+    rng.shuffle(out)
+    return [r for r, _ in out], [t for _, t in out]
+
+
+_SHARES = {
+    "duplicate_films": "share of films copied under new character ids",
+    "renormalise": "share of records re-normalised (lower case, no final punctuation or double spaces)",
+    "split_records": "share of records split in two (a scene's items alternate between them)",
+    "reorder": "share of records whose items are shuffled",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="make_synthetic_corpus.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output file")
@@ -393,20 +527,42 @@ def main(argv: list[str] | None = None) -> int:
                    help="films of shared scenes with frequent generic lines, instead of independent items")
     p.add_argument("--generic_share", type=float, default=GENERIC_SHARE,
                    help="with --scenes: share of generic lines such as 'Yeah.' (default %(default)s)")
+    for name in _SHARES:
+        p.add_argument(f"--{name}", type=float, default=0.0, help=f"with --scenes: {_SHARES[name]} (default 0)")
+    p.add_argument("--duplicate_style", choices=NOISE_STYLES,
+                   help="with --duplicate_films: the one change every copy gets (default: drawn per copy)")
+    p.add_argument("--unique_lines", action="store_true",
+                   help="with --scenes: no random line said twice (by chance), only the generic ones repeat")
+    p.add_argument("--truth", help="with --scenes: also write every item's line ids here (JSON)")
     args = p.parse_args(argv)
     if args.scale <= 0:
         p.error("--scale must be positive")
-    if not 0 <= args.generic_share <= 1:
-        p.error("--generic_share must be between 0 and 1")
+    for name in ("generic_share", *_SHARES):
+        if not 0 <= getattr(args, name) <= 1:
+            p.error(f"--{name} must be between 0 and 1")
+    noisy = any(getattr(args, name) for name in _SHARES) or args.duplicate_style or args.truth or args.unique_lines
+    if noisy and not args.scenes:
+        p.error("--duplicate_films, --duplicate_style, --renormalise, --split_records, --reorder, --unique_lines "
+                "and --truth need --scenes")
     n_records, n_hashes, n_items = _counts(args.scale)
     if args.scenes:
-        records = make_scene_corpus(args.seed, n_records, n_hashes, n_items, args.generic_share)
+        places: dict = {}
+        records = make_scene_corpus(args.seed, n_records, n_hashes, n_items, args.generic_share, places=places,
+                                    unique_lines=args.unique_lines)
+        truth = _truth_lists(records, places)
+        if any(getattr(args, name) for name in _SHARES):
+            records, truth = make_adversarial(records, places, args.seed, args.duplicate_films, args.duplicate_style,
+                                              args.renormalise, args.split_records, args.reorder)
     else:
         records = make_corpus(args.seed, n_records, n_hashes, n_items)
     write_records(args.out, records, args.jsonl)
-    print(f"wrote {args.out}: {n_records} records, {len({r['user_hash'] for r in records})} characters, "
+    if args.truth:
+        write_records(args.truth, truth, False)
+    n_items = sum(len(c["data"]) for r in records for c in r["task"]["task_behavior_collections"])
+    print(f"wrote {args.out}: {len(records)} records, {len({r['user_hash'] for r in records})} characters, "
           f"{n_items} items", file=sys.stderr)
     return 0
+
 
 
 if __name__ == "__main__":
