@@ -18,7 +18,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from . import attention, checkpoints, flops, launch, outputs, planning, sources, tracking, zero3
-from .batching import (LengthGroupedRowSampler, check_packing_supported, make_collator, split_to_budget,
+from .batching import (EpochSampler, check_packing_supported, make_collator, split_to_budget,
                        trainer_args_for_batching)
 from .encoding import encode_split
 from .errors import UserError
@@ -307,14 +307,16 @@ class ChameleonsTrainer(Trainer):
         return model_flops
 
     def _get_train_sampler(self, train_dataset=None):
-        """Replaces HF's length grouping, which reads a fixed dataset: the rows change with resampling."""
+        """Replaces HF's samplers: each epoch's order depends on the seed, the epoch and the samples
+        per optimizer step, not on the micro-batch layout (batching.EpochSampler)."""
         ds = train_dataset if train_dataset is not None else self.train_dataset
+        a = self.args
+        per_step = a.train_batch_size * a.gradient_accumulation_steps * a.world_size
         if self.batching != "length_grouped":
-            return super()._get_train_sampler(train_dataset)
+            return EpochSampler(ds, per_step, seed=a.seed)
         lengths = ds.encoded.lengths
-        return LengthGroupedRowSampler(ds, lambda: [lengths[r] for r in ds.rows],
-                                       self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                       seed=self.args.seed)
+        return EpochSampler(ds, per_step, seed=a.seed, lengths=lambda: [lengths[r] for r in ds.rows],
+                            group_size=a.train_batch_size * a.gradient_accumulation_steps)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         """Replaces HF's evaluation: the mean token loss over the whole validation set (summed, then
