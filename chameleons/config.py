@@ -83,7 +83,10 @@ class TrainingConfig:
     seed: int = setting(int, "training seed (--seed overrides it)", 42)
     batching: str = setting(str, "packed, length_grouped or padded", "packed")
     dataloader_num_workers: int = setting(int, "DataLoader worker processes", 0)
-    max_tokens_per_micro_batch: int = setting(int, "packed micro-batches above it run in parts; null = no budget", None)
+    max_tokens_per_micro_batch: int = setting((int, str), "packed micro-batches above it run in parts; \"auto\" = "
+                                              "from the memory model (chameleons/memory.py), \"off\" = no budget", "auto")
+    gpu_memory_gib: float = setting(_NUM, "GPU memory the memory model plans for; null = the visible GPU's (80 if none)",
+                                    None)
     ddp_timeout: int = setting(int, "seconds a rank waits in a collective", 1800)
 
 
@@ -225,7 +228,8 @@ def _section(where, name, values, schema):
             continue
         ok = isinstance(value, types) and not (isinstance(value, bool) and types in (int, _NUM))
         if not ok:
-            want = types.__name__ if isinstance(types, type) else "number"
+            want = (types.__name__ if isinstance(types, type) else "number" if types == _NUM
+                    else " or ".join(t.__name__ for t in types))
             raise UserError(f"{where(name + '.' + key)}: key {name}.{key} must be {want}, found {json.dumps(value)}")
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"{where(name + '.' + key)}: key {name}.{key} must be a finite number, found {value}")
@@ -281,11 +285,16 @@ def _check_training(where, t):
     _check(where, "training", t, "batching", t["batching"] in BATCHING_KINDS, f"one of {', '.join(BATCHING_KINDS)}")
     _check(where, "training", t, "ddp_timeout", t["ddp_timeout"] >= 60, "at least 60 (seconds)")
     budget = t["max_tokens_per_micro_batch"]
-    if budget is not None:
+    if isinstance(budget, str):
+        _check(where, "training", t, "max_tokens_per_micro_batch", budget in ("auto", "off"),
+               "\"auto\", \"off\" or a number of tokens")
+    else:
         _check(where, "training", t, "max_tokens_per_micro_batch", budget >= t["max_length"],
                f"at least training.max_length ({t['max_length']}): a micro-batch is split between samples, never inside one")
         _check(where, "training", t, "max_tokens_per_micro_batch", t["batching"] == "packed",
-               "unset (null) unless training.batching is 'packed': only packed micro-batches are split to a token budget")
+               "\"auto\" or \"off\" unless training.batching is 'packed': only packed micro-batches are split to a "
+               "token budget")
+    _check(where, "training", t, "gpu_memory_gib", t["gpu_memory_gib"] is None or t["gpu_memory_gib"] > 0, "above 0")
     schedulers = _known_schedulers()
     needs_kwargs = t["lr_scheduler_type"] in SCHEDULERS_NEEDING_KWARGS
     _check(where, "training", t, "lr_scheduler_type", t["lr_scheduler_type"] in schedulers,

@@ -487,7 +487,8 @@ def run(opts, config, checks, corpus, split, builder, tokenizer, cache_dir) -> i
         if sizes:
             runlog.line("ZeRO-3 sizes from the largest unit gathered at once (chameleons/zero3.py): "
                         + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
-    trainer, tally, trace = make_trainer(opts, config, targs, model, encoded, tokenizer, runlog, stop)
+    trainer, tally, trace = make_trainer(opts, config, targs, model, encoded, tokenizer, runlog, stop,
+                                         plan["micro_batches"]["budget"])
 
     runlog.line(f"resuming from {checks.resume}" if checks.resume else "starting fresh")
     started = time.time()
@@ -512,7 +513,7 @@ def encode_and_plan(opts, config, checks, targs, corpus, split, builder, tokeniz
         encoded = encode_split(split, builder, tokenizer, config.training, cache_dir, opts.resample_each_epoch,
                                progress=targs.process_index == 0)
     plan = planning.make_plan(corpus, split, encoded, config.training, targs.world_size, opts.max_epochs,
-                              opts.sec_per_step, planning.checkpoint_cost(config, checks.zero_stage))
+                              opts.sec_per_step, **planning.model_costs(config, checks.zero_stage))
     steps_per_epoch = plan["schedule"]["steps_per_epoch"]
     if steps_per_epoch == 0 or not encoded.val_rows:
         raise UserError(f"{corpus.path}: not enough samples to train ({len(encoded.train_rows(0))} training, "
@@ -549,9 +550,10 @@ def open_run_log(opts, config, checks, targs, encoded, plan, tokenizer) -> RunLo
     return runlog
 
 
-def make_trainer(opts, config, targs, model, encoded, tokenizer, runlog, stop):
+def make_trainer(opts, config, targs, model, encoded, tokenizer, runlog, stop, budget=None):
     """The Trainer with its callbacks: epoch rows, the per-step stop/loss reduction, early
-    stopping and the detailed log. Returns (trainer, loss tally, data-order trace)."""
+    stopping and the detailed log; `budget` is the plan's token budget. Returns (trainer, loss
+    tally, data-order trace)."""
     from transformers import EarlyStoppingCallback
 
     train_rows = EpochRows(encoded)
@@ -570,7 +572,7 @@ def make_trainer(opts, config, targs, model, encoded, tokenizer, runlog, stop):
         processing_class=tokenizer, callbacks=callbacks, throughput=throughput, stop=stop,
         eval_dataset=encoded.val_rows, collate=collate, batching=config.training.batching,
         router_aux_loss_coef=config.model.router_aux_loss_coef, trace=trace,
-        max_tokens_per_micro_batch=config.training.max_tokens_per_micro_batch)
+        max_tokens_per_micro_batch=budget)
     return trainer, tally, trace
 
 

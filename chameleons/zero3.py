@@ -65,10 +65,11 @@ def fill_auto(ds_config: dict, model) -> dict:
     return filled
 
 
-def parameter_count(model_cfg):
-    """Parameters of the configured model, built on the meta device by its class itself (not through
-    `from_config`, which would partition it with zero.Init once a ZeRO-3 run has started); None
-    when its config is not on this machine or its class is not one transformers ships."""
+def model_facts(model_cfg):
+    """(transformers config, parameter count) of the configured model, built on the meta device by
+    its class itself (not through `from_config`, which would partition it with zero.Init once a
+    ZeRO-3 run has started); None when its config is not on this machine or its class is not one
+    transformers ships."""
     import torch
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
 
@@ -83,7 +84,12 @@ def parameter_count(model_cfg):
             model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
     except (OSError, ValueError, KeyError):
         return None
-    return sum(p.numel() for p in model.parameters())
+    return config, sum(p.numel() for p in model.parameters())
+
+
+def parameter_count(model_cfg):
+    facts = model_facts(model_cfg)
+    return None if facts is None else facts[1]
 
 
 def checkpoint_cost(n_params, zero_stage, save_total_limit: int) -> dict:

@@ -70,6 +70,8 @@ GOOD = [
     ("training.batching=length_grouped", "training", "batching", "length_grouped"),
     ("training.dataloader_num_workers=2", "training", "dataloader_num_workers", 2),
     ("training.max_tokens_per_micro_batch=4096", "training", "max_tokens_per_micro_batch", 4096),
+    ("training.max_tokens_per_micro_batch=off", "training", "max_tokens_per_micro_batch", "off"),
+    ("training.gpu_memory_gib=141", "training", "gpu_memory_gib", 141),
     ("training.ddp_timeout=3600", "training", "ddp_timeout", 3600),
 ]
 
