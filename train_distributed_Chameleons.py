@@ -41,8 +41,9 @@ def main(argv=None) -> int:
 
     if opts.dry_run:
         encoded = encoding.encode_split(split, builder, tokenizer, config.training, cache_dir, opts.resample_each_epoch)
+        costs = planning.model_costs(config, checks.zero_stage, opts.nproc_per_node, opts.nproc_per_node)
         plan = {**planning.make_plan(corpus, split, encoded, config.training, opts.nproc_per_node, opts.max_epochs,
-                                      opts.sec_per_step, **planning.model_costs(config, checks.zero_stage)),
+                                      opts.sec_per_step, **costs),
                 "config": config.resolved()}
         print(planning.format_plan(plan), flush=True)
         outputs.write_json(outputs.run_path(opts.output_dir, "plan.json"), plan)

@@ -88,6 +88,8 @@ class TrainingConfig:
     gpu_memory_gib: float = setting(_NUM, "GPU memory the memory model plans for; null = the visible GPU's (80 if none)",
                                     None)
     ddp_timeout: int = setting(int, "seconds a rank waits in a collective", 1800)
+    full_checkpoint_minutes: float = setting(_NUM, "minutes between resumable checkpoints (optimizer states); the "
+                                             "evaluation-time saves between keep the weights only; 0 = every save", 30)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -294,6 +296,7 @@ def _check_training(where, t):
         _check(where, "training", t, "max_tokens_per_micro_batch", t["batching"] == "packed",
                "\"auto\" or \"off\" unless training.batching is 'packed': only packed micro-batches are split to a "
                "token budget")
+    _check(where, "training", t, "full_checkpoint_minutes", t["full_checkpoint_minutes"] >= 0, "at least 0")
     _check(where, "training", t, "gpu_memory_gib", t["gpu_memory_gib"] is None or t["gpu_memory_gib"] > 0, "above 0")
     schedulers = _known_schedulers()
     needs_kwargs = t["lr_scheduler_type"] in SCHEDULERS_NEEDING_KWARGS

@@ -125,7 +125,7 @@ def make_plan(corpus, split, encoded, training, world_size: int, max_epochs: int
     }
 
 
-def model_costs(config, zero_stage) -> dict:
+def model_costs(config, zero_stage, world_size: int, ranks_per_node: int) -> dict:
     """make_plan's `checkpoints` and `memory_setup`, from the configured model's shape (built once,
     on the meta device); both None when its config is not on this machine."""
     facts = zero3.model_facts(config.model)
@@ -136,8 +136,9 @@ def model_costs(config, zero_stage) -> dict:
     setup = {"shape": memory.shape_of(hf_config, n_params), "zero_stage": zero_stage, "gpu_bytes": gpu,
              "gpu_source": source, "checkpointing": config.model.gradient_checkpointing, "lora": bool(config.lora)}
     n = None if config.lora else n_params
-    return {"checkpoints": zero3.checkpoint_cost(n, zero_stage, config.training.save_total_limit),
-            "memory_setup": setup}
+    cost = zero3.checkpoint_cost(n, zero_stage, config.training.save_total_limit, world_size,
+                                 min(world_size, ranks_per_node), config.training.full_checkpoint_minutes > 0)
+    return {"checkpoints": cost, "memory_setup": setup}
 
 
 def supervised_share_p95(encoded) -> float:
@@ -175,9 +176,13 @@ def _checkpoint_line(ck) -> str:
     stage = {3: "ZeRO-3", 2: "ZeRO-2", 1: "ZeRO-1"}.get(ck["zero_stage"], "no DeepSpeed")
     final = ("the gathered bf16 model is written once, at the end" if ck["zero_stage"] == 3 else
              "the bf16 model is in every checkpoint")
-    return (f"checkpoint {ck['parameters'] / 1e9:,.2f} B parameters, {stage}: {gib(ck['checkpoint_bytes'])} per "
-            f"checkpoint, at most {ck['kept']} kept + final model {gib(ck['final_model_bytes'])} = "
-            f"{gib(ck['disk_bytes'])} of disk; {final} ({gib(ck['host_ram_bytes_rank0'])} of host RAM on rank 0)")
+    return (f"checkpoint {ck['parameters'] / 1e9:,.2f} B parameters, {stage}: {gib(ck['evaluation_checkpoint_bytes'])} "
+            f"per evaluation-time checkpoint (weights), {gib(ck['checkpoint_bytes'])} per resumable one (every "
+            f"training.full_checkpoint_minutes and on a stop); {ck['kept']} kept at most (the newest resumable, the best, "
+            f"the newest) + final model {gib(ck['final_model_bytes'])} = {gib(ck['disk_bytes'])} of disk; host RAM per node "
+            f"at most {gib(ck['host_ram_bytes_save_node'])} at a resumable save, {gib(ck['host_ram_bytes_resume_node'])} "
+            f"at a resume, {gib(ck['host_ram_bytes_best_restore_node'])} at the best-model restore; {final} "
+            f"({gib(ck['host_ram_bytes_rank0'])} of host RAM on rank 0)")
 
 
 def _memory_line(plan: dict) -> str:

@@ -4,7 +4,9 @@ step, same steps per epoch, same loss step by step, past an epoch boundary: 45 t
 make two steps an epoch, the second partial (the trainer's stock sampler gave it 16 samples in
 4 x 4 and 32 in 16 x 1), and step 3 starts the next epoch; evaluations at steps 2 and 3. The 16 x 1 run has a token budget
 small enough that some micro-batches run in parts (a different number on each rank before the
-ranks agree), so the split path is covered too.
+ranks agree), so the split path is covered too. The 4 x 4 run's checkpoints are evaluation-time
+saves (weights only), the 16 x 1 run's all resumable (`full_checkpoint_minutes` 0); both restore
+the best model from the weight partitions.
 """
 
 import json
@@ -15,6 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from chameleons.checkpoints import WEIGHTS_MARKER, is_complete
+from chameleons.saves import partition_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train_distributed_Chameleons.py"
@@ -77,7 +82,8 @@ def test_one_packed_micro_batch_of_16_equals_4_by_4(config, tmp_path):
                                                    "training.gradient_accumulation_steps=4")
     new_losses, log, new_plan, new_orders = train(config, tmp_path / "16x1", "training.batch_size=16",
                                                   "training.gradient_accumulation_steps=1",
-                                                  f"training.max_tokens_per_micro_batch={BUDGET}")
+                                                  f"training.max_tokens_per_micro_batch={BUDGET}",
+                                                  "training.full_checkpoint_minutes=0")
     for key in ("samples_per_optimizer_step", "steps_per_epoch"):
         assert new_plan["schedule"][key] == seed_plan["schedule"][key], key
     assert seed_plan["micro_batches"]["micro_batches_per_step_max"] == 4
@@ -94,9 +100,17 @@ def test_one_packed_micro_batch_of_16_equals_4_by_4(config, tmp_path):
     for step in seed_losses:
         assert new_losses[step] == pytest.approx(seed_losses[step], abs=1e-4), (step, seed_losses, new_losses)
     assert seed_losses[STEPS] != pytest.approx(seed_losses[1], abs=1e-2)  # the steps saw different samples
-    # under ZeRO-3 checkpoints keep the partitioned states only; the gathered model is written once, at the end
+    # under ZeRO-3 a checkpoint holds each rank's weight partition (the best model is restored from
+    # them), DeepSpeed's states only when resumable (4 x 4: evaluation-time saves; 16 x 1: every save
+    # resumable); the gathered model is written once, at the end
+    for run, resumable in (("4x4", False), ("16x1", True)):
+        for step in (2, 3):
+            folder = tmp_path / run / f"checkpoint-{step}"
+            assert [p.name for p in sorted(folder.glob("weights-rank*"))] == [partition_file(folder, r, 2).name
+                                                                            for r in (0, 1)]
+            assert bool(list(folder.glob("global_step*"))) == resumable == is_complete(folder)
+            assert (folder / WEIGHTS_MARKER).is_file() != resumable and not list(folder.glob("*.safetensors"))
     checkpoint = tmp_path / "16x1" / f"checkpoint-{new_eval.index(min(new_eval)) + 2}"
-    assert list(checkpoint.glob("global_step*")) and not list(checkpoint.glob("*.safetensors"))
     assert (tmp_path / "16x1" / "model.safetensors").is_file()
     assert f"best model restored from {checkpoint}:" in log  # HF found the checkpoint without a model in it
     split = int(re.search(rf"token budget {BUDGET}: (\d+) micro-batches ran in parts", log)[1])

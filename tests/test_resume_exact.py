@@ -29,7 +29,8 @@ SCRIPT = ROOT / "train_distributed_Chameleons.py"
 def _config(tmp: Path) -> Path:
     config = json.loads((ROOT / "config_tiny_cpu.json").read_text())
     config["data"] = {"train_file": str(ROOT / "data" / "sample_chameleons.json"), "cache_dir": str(tmp / "cache")}
-    config["training"].update(logging_steps=1, save_total_limit=10)  # keep every checkpoint to resume from
+    # keep every checkpoint, each resumable, to resume from
+    config["training"].update(logging_steps=1, save_total_limit=10, full_checkpoint_minutes=0)
     path = tmp / "config.json"
     path.write_text(json.dumps(config))
     return path
