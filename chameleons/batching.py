@@ -144,43 +144,62 @@ def trainer_args_for_batching(kind: str) -> dict:
     return args
 
 
-class LengthGroupedRowSampler(torch.utils.data.Sampler):
-    """transformers' length grouping (`get_length_grouped_indices`, as its LengthGroupedSampler),
-    over lengths read afresh at the start of every epoch.
+def epoch_order(n: int, samples_per_step: int, seed: int, epoch: int, lengths=None, group_size: int = None) -> list:
+    """Row order of one epoch, a function of the seed, the epoch and the samples per optimizer
+    step only: a permutation (the one accelerate's seedable sampler draws, or transformers' length
+    grouping when `lengths` are given), cycled to a whole number of optimizer steps. Without the
+    padding, the Trainer's last step of an epoch holds what is left for 4 x 4 but a wrapped
+    16-row micro-batch for 16 x 1, and the runs part from there on."""
+    if n == 0:
+        return []
+    g = torch.Generator()
+    if lengths is None:
+        g.manual_seed(seed + epoch)
+        order = torch.randperm(n, generator=g).tolist()
+    else:
+        from transformers.trainer_pt_utils import get_length_grouped_indices
 
-    For a training set that is not a `datasets.Dataset` with a `length` column (such as rows that
-    change each epoch with resampling), where the stock sampler would index every row once to
-    measure `input_ids` and then keep epoch 0's lengths. `lengths()` returns the current length
-    of every item of `dataset`, in order. The order depends only on `seed` and the epoch (set by
-    accelerate through `set_epoch`), so every rank draws the same one, as sharding requires.
-    `group_size` is HF Trainer's: `train_batch_size * gradient_accumulation_steps`.
+        g.manual_seed(seed * 1_000_003 + epoch)
+        order = get_length_grouped_indices(list(lengths), group_size, generator=g)
+    total = -(-n // samples_per_step) * samples_per_step
+    return [order[i % n] for i in range(total)]
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Each epoch's rows in `epoch_order`, for every batching mode (replaces the Trainer's
+    RandomSampler and LengthGroupedSampler, whose last step depends on the micro-batch layout).
+
+    `lengths()` (length-grouped batching) returns the current length of every item of `dataset`,
+    read afresh each epoch (the rows change with resampling; the stock sampler keeps epoch 0's).
+    Every rank draws the same order, as accelerate's sharding requires. `group_size` is HF
+    Trainer's length-grouping megabatch: `train_batch_size * gradient_accumulation_steps`.
     """
 
-    def __init__(self, dataset, lengths, group_size: int, seed: int = 0):
+    def __init__(self, dataset, samples_per_step: int, seed: int = 0, lengths=None, group_size: int = None):
         self.dataset = dataset
+        self.samples_per_step = samples_per_step
+        self.seed = seed
         self.lengths = lengths
         self.group_size = group_size
-        self.seed = seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int):
         self.epoch = int(epoch)
 
     def __len__(self):
-        return len(self.dataset)
+        return -(-len(self.dataset) // self.samples_per_step) * self.samples_per_step
 
     def __iter__(self):
-        from transformers.trainer_pt_utils import get_length_grouped_indices
-
-        lengths = list(self.lengths())
-        if len(lengths) != len(self.dataset):
-            raise ValueError(f"lengths() gave {len(lengths)} lengths for {len(self.dataset)} items")
-        g = torch.Generator()
+        lengths = None
+        if self.lengths is not None:
+            lengths = list(self.lengths())
+            if len(lengths) != len(self.dataset):
+                raise ValueError(f"lengths() gave {len(lengths)} lengths for {len(self.dataset)} items")
         # The dataset's epoch when it has one: after a mid-epoch resume accelerate wraps the
         # sampler so that its set_epoch is never called, while the dataset always learns its epoch.
         epoch = getattr(self.dataset, "epoch", None)
-        g.manual_seed(self.seed * 1_000_003 + int(self.epoch if epoch is None else epoch))
-        return iter(get_length_grouped_indices(lengths, self.group_size, generator=g))
+        epoch = self.epoch if epoch is None else int(epoch)
+        return iter(epoch_order(len(self.dataset), self.samples_per_step, self.seed, epoch, lengths, self.group_size))
 
 
 def budget_parts(lengths, budget: int) -> list:
@@ -263,11 +282,9 @@ def micro_batch_plan(lengths, batch_size: int, world_size: int, grad_accum: int,
     """Tokens per micro-batch and micro-batches per optimizer step over one shuffled epoch, cut as
     the trainer cuts it (consecutive `batch_size` rows, dealt to the ranks in turn, `grad_accum`
     per rank per step), before and after the budget split. Packed micro-batches count their real
-    tokens, padded ones rows x longest row. For the dry run: the real order is drawn at training."""
-    import random
-
-    order = list(range(len(lengths)))
-    random.Random(seed).shuffle(order)
+    tokens, padded ones rows x longest row. For the dry run: epoch 0 in the trainer's order
+    (`epoch_order`; length grouping is not modelled)."""
+    order = epoch_order(len(lengths), batch_size * world_size * grad_accum, seed, 0)
     batches = [[lengths[i] for i in order[a:a + batch_size]] for a in range(0, len(order), batch_size)]
     tokens = sorted(sum(b) if packed else len(b) * max(b) for b in batches)
     per_step, after, over = [], [], 0

@@ -8,12 +8,19 @@ from .errors import UserError
 from .sources import check_model_folder
 
 COMPLETE_MARKER = "chameleons_complete"
+WEIGHTS_MARKER = "chameleons_weights_only"
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 
 def mark_complete(checkpoint_dir):
     """Written by rank 0 after every rank finished saving: a checkpoint without it is partial."""
     Path(checkpoint_dir, COMPLETE_MARKER).write_text("ok\n")
+
+
+def mark_weights_only(checkpoint_dir):
+    """Written by rank 0 after every rank saved an evaluation-time checkpoint (chameleons/saves.py):
+    complete, but not resumable, so `--resume_from_checkpoint auto` passes it by."""
+    Path(checkpoint_dir, WEIGHTS_MARKER).write_text("ok\n")
 
 
 def is_complete(checkpoint_dir) -> bool:
@@ -41,6 +48,9 @@ def resolve_resume(value, output_dir):
     path = Path(value)
     if not path.is_dir():
         raise UserError(f"--resume_from_checkpoint: {value} is not a folder")
+    if Path(path, WEIGHTS_MARKER).is_file():
+        raise UserError(f"--resume_from_checkpoint: {value} holds the weights only (an evaluation-time save, for "
+                        f"early stopping); resume from a resumable checkpoint (auto picks the newest)")
     if not is_complete(path):
         raise UserError(f"--resume_from_checkpoint: {value} is not a complete checkpoint ({COMPLETE_MARKER} missing)")
     check_readable(path)

@@ -84,10 +84,15 @@ class TrainingConfig:
     seed: int = setting(int, "training seed (--seed overrides it)", 42)
     batching: str = setting(str, "packed, length_grouped or padded", "packed")
     dataloader_num_workers: int = setting(int, "DataLoader worker processes", 0)
-    max_tokens_per_micro_batch: int = setting(int, "packed micro-batches above it run in parts; null = no budget", None)
+    max_tokens_per_micro_batch: int = setting((int, str), "packed micro-batches above it run in parts; \"auto\" = "
+                                              "from the memory model (chameleons/memory.py), \"off\" = no budget", "auto")
+    gpu_memory_gib: float = setting(_NUM, "GPU memory the memory model plans for; null = the visible GPU's (80 if none)",
+                                    None)
     ddp_timeout: int = setting(int, "seconds a rank waits in a collective", 1800)
     expert_parallel_size: int = setting(int, "MoE under ZeRO-3: GPUs that share out each layer's experts "
                                              "(DeepSpeed AutoEP); 0 = the GPUs of a node, 1 = off", 0)
+    full_checkpoint_minutes: float = setting(_NUM, "minutes between resumable checkpoints (optimizer states); the "
+                                             "evaluation-time saves between keep the weights only; 0 = every save", 30)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -235,7 +240,8 @@ def _section(where, name, values, schema):
             value = int(value)  # 1e3 is 1000; an out-of-range one then gets its range in the error
         ok = isinstance(value, types) and not (isinstance(value, bool) and types in (int, _NUM))
         if not ok:
-            want = types.__name__ if isinstance(types, type) else "number"
+            want = (types.__name__ if isinstance(types, type) else "number" if types == _NUM
+                    else " or ".join(t.__name__ for t in types))
             hint = (f" (null is only for keys whose default is null; leave the key out for its default, "
                     f"{json.dumps(default)})" if value is None and default is not REQUIRED else "")
             raise UserError(f"{where(name + '.' + key)}: key {name}.{key} must be {want}, found {json.dumps(value)}"
@@ -297,11 +303,17 @@ def _check_training(where, t):
     _check(where, "training", t, "ddp_timeout", 60 <= t["ddp_timeout"] <= MAX_DDP_TIMEOUT,
            f"between 60 and {MAX_DDP_TIMEOUT} (seconds; one year)")
     budget = t["max_tokens_per_micro_batch"]
-    if budget is not None:
+    if isinstance(budget, str):
+        _check(where, "training", t, "max_tokens_per_micro_batch", budget in ("auto", "off"),
+               "\"auto\", \"off\" or a number of tokens")
+    else:
         _check(where, "training", t, "max_tokens_per_micro_batch", budget >= t["max_length"],
                f"at least training.max_length ({t['max_length']}): a micro-batch is split between samples, never inside one")
         _check(where, "training", t, "max_tokens_per_micro_batch", t["batching"] == "packed",
-               "unset (null) unless training.batching is 'packed': only packed micro-batches are split to a token budget")
+               "\"auto\" or \"off\" unless training.batching is 'packed': only packed micro-batches are split to a "
+               "token budget")
+    _check(where, "training", t, "full_checkpoint_minutes", t["full_checkpoint_minutes"] >= 0, "at least 0")
+    _check(where, "training", t, "gpu_memory_gib", t["gpu_memory_gib"] is None or t["gpu_memory_gib"] > 0, "above 0")
     if t["lr_scheduler_type"] == SCHEMA["training"]["lr_scheduler_type"][1]:
         return  # the default needs no look-up in transformers (which imports torch)
     schedulers = _known_schedulers()

@@ -30,7 +30,7 @@ def _gib(n: int) -> str:
 def check_run_space(output_dir, cost) -> str | None:
     """One line if the first checkpoint cannot fit (the run would fail at its first save); a notice
     if all the saves the plan counts (kept checkpoints and the final model) may not; None when
-    they fit or `cost` (planning.checkpoint_cost) could not be estimated."""
+    they fit or `cost` (zero3.checkpoint_cost) could not be estimated."""
     if not cost:
         return None
     free = free_bytes(output_dir)

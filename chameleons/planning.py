@@ -2,7 +2,7 @@
 
 import math
 
-from . import split_audit, splitting, zero3
+from . import memory, split_audit, splitting, zero3
 from .sampling import sampled_counts
 
 GUIDE_SIZES = (1, 2, 5, 10, None)
@@ -67,12 +67,15 @@ def guide_splits(corpus, split) -> dict:
 
 
 def make_plan(corpus, split, encoded, training, world_size: int, max_epochs: int, sec_per_step: float,
-              checkpoints=None) -> dict:
+              checkpoints=None, memory_setup=None) -> dict:
     """plan.json: the data, the split, token lengths, the schedule and its hours at
-    `sec_per_step`, micro-batch sizes, `checkpoints` (from `checkpoint_cost`) and the guide table."""
+    `sec_per_step`, the memory estimate and the token budget (from `memory_setup`), micro-batch
+    sizes, `checkpoints` and the guide table (see `model_costs` for the last two arguments)."""
     from .batching import micro_batch_plan  # imports torch: not needed by the checks before the plan
 
     tokens = encoded_token_stats(encoded)
+    figures = memory_figures(memory_setup, world_size, supervised_share_p95(encoded), training.max_length)
+    budget = token_budget(training, figures)
     n_train, n_val = len(encoded.train_rows(0)), len(encoded.val_rows)
     bs, ga = training.batch_size, training.gradient_accumulation_steps
     per_epoch = steps_per_epoch(n_train, bs, world_size, ga)
@@ -116,17 +119,55 @@ def make_plan(corpus, split, encoded, training, world_size: int, max_epochs: int
             "hours_per_epoch": round(per_epoch * sec_per_step / 3600, 2),
         },
         "micro_batches": micro_batch_plan([encoded.lengths[r] for r in encoded.train_rows(0)], bs, world_size, ga,
-                                          training.batching == "packed", training.max_tokens_per_micro_batch,
-                                          training.seed),
+                                          training.batching == "packed", budget, training.seed),
+        "memory": figures,
         "checkpoints": checkpoints,
         "guide_table": table,
     }
 
 
-def checkpoint_cost(config, zero_stage) -> dict:
-    """The plan's disk and host-memory figures of checkpoints (see `zero3.checkpoint_cost`)."""
-    return zero3.checkpoint_cost(None if config.lora else zero3.parameter_count(config.model), zero_stage,
-                                 config.training.save_total_limit)
+def model_costs(config, zero_stage, world_size: int, ranks_per_node: int) -> dict:
+    """make_plan's `checkpoints` and `memory_setup`, from the configured model's shape (built once,
+    on the meta device); both None when its config is not on this machine."""
+    facts = zero3.model_facts(config.model)
+    if facts is None:
+        return {"checkpoints": None, "memory_setup": None}
+    hf_config, n_params = facts
+    gpu, source = memory.gpu_bytes(config.training.gpu_memory_gib)
+    setup = {"shape": memory.shape_of(hf_config, n_params), "zero_stage": zero_stage, "gpu_bytes": gpu,
+             "gpu_source": source, "checkpointing": config.model.gradient_checkpointing, "lora": bool(config.lora)}
+    n = None if config.lora else n_params
+    cost = zero3.checkpoint_cost(n, zero_stage, config.training.save_total_limit, world_size,
+                                 min(world_size, ranks_per_node), config.training.full_checkpoint_minutes > 0)
+    return {"checkpoints": cost, "memory_setup": setup}
+
+
+def supervised_share_p95(encoded) -> float:
+    """The 95th-percentile supervised share of a training sample (the memory model's logits)."""
+    prompt_lens = encoded.dataset["prompt_len"][:]
+    shares = sorted((encoded.lengths[r] - prompt_lens[r]) / encoded.lengths[r] for r in encoded.train_rows(0))
+    return round(_percentile(shares, 0.95), 4)
+
+
+def memory_figures(setup, world_size: int, share: float, max_length: int):
+    if setup is None:
+        return None
+    figures = memory.estimate(setup["shape"], setup["zero_stage"], world_size, setup["gpu_bytes"],
+                              setup["checkpointing"], setup["lora"], share, max_length)
+    return {**figures, "gpu_source": setup["gpu_source"]}
+
+
+def token_budget(training, figures):
+    """The budget the run uses: the configured number, none ("off", or batches that are not
+    packed), or the memory model's ("auto"; at least max_length, so a sample is never cut)."""
+    value = training.max_tokens_per_micro_batch
+    if training.batching != "packed" or value == "off":
+        return None
+    if value != "auto":
+        return value
+    if figures is None:
+        return None
+    return figures["budget"] or training.max_length
 
 
 def _checkpoint_line(ck) -> str:
@@ -136,9 +177,34 @@ def _checkpoint_line(ck) -> str:
     stage = {3: "ZeRO-3", 2: "ZeRO-2", 1: "ZeRO-1"}.get(ck["zero_stage"], "no DeepSpeed")
     final = ("the gathered bf16 model is written once, at the end" if ck["zero_stage"] == 3 else
              "the bf16 model is in every checkpoint")
-    return (f"checkpoint {ck['parameters'] / 1e9:,.2f} B parameters, {stage}: {gib(ck['checkpoint_bytes'])} per "
-            f"checkpoint, at most {ck['kept']} kept + final model {gib(ck['final_model_bytes'])} = "
-            f"{gib(ck['disk_bytes'])} of disk; {final} ({gib(ck['host_ram_bytes_rank0'])} of host RAM on rank 0)")
+    return (f"checkpoint {ck['parameters'] / 1e9:,.2f} B parameters, {stage}: {gib(ck['evaluation_checkpoint_bytes'])} "
+            f"per evaluation-time checkpoint (weights), {gib(ck['checkpoint_bytes'])} per resumable one (every "
+            f"training.full_checkpoint_minutes and on a stop); {ck['kept']} kept at most (the newest resumable, the best, "
+            f"the newest) + final model {gib(ck['final_model_bytes'])} = {gib(ck['disk_bytes'])} of disk; host RAM per node "
+            f"at most {gib(ck['host_ram_bytes_save_node'])} at a resumable save, {gib(ck['host_ram_bytes_resume_node'])} "
+            f"at a resume, {gib(ck['host_ram_bytes_best_restore_node'])} at the best-model restore; {final} "
+            f"({gib(ck['host_ram_bytes_rank0'])} of host RAM on rank 0)")
+
+
+def _memory_line(plan: dict) -> str:
+    m, mb = plan.get("memory"), plan["micro_batches"]
+    if m is None:
+        return "memory     not estimated (model config not on this machine)"
+    gib = lambda b: f"{b / 2**30:,.1f} GiB"  # noqa: E731
+    mib = lambda b: f"{b / 2**20:,.2f} MiB"  # noqa: E731
+    stage = f"ZeRO-{m['zero_stage']}" if m["zero_stage"] else "no DeepSpeed"
+    fits = (f"{m['budget']:,} tokens" if m["budget"] else
+            "none: not even one max_length sample fits, the run is likely to run out of memory")
+    used = "no budget" if mb["budget"] is None else f"budget in use {mb['budget']:,}"
+    largest = mb["tokens_per_micro_batch_max"]
+    after = mb["tokens_per_micro_batch_max_after_split"] if mb["budget"] else largest
+    return (f"memory     estimated per GPU of {gib(m['gpu_bytes'])} ({m['gpu_source']}; {stage}, {m['world_size']} "
+            f"ranks): states {gib(m['states'])} + ZeRO-3 gathers {gib(m['zero3_gathers'])} + reserve "
+            f"{gib(m['reserved_bytes'])}; per token {mib(m['activation_bytes_per_token'])} of activations + "
+            f"{mib(m['logit_bytes_per_supervised_token'])} of logits per supervised token (95th-percentile share "
+            f"{m['supervised_share']:.1%}); the memory model's budget {fits}, {used}; largest micro-batch "
+            f"{largest:,} tokens: peak {gib(memory.peak_bytes(m, largest))}, {gib(memory.peak_bytes(m, after))} "
+            f"as it runs")
 
 
 def _micro_line(sc: dict, mb: dict) -> str:
@@ -191,6 +257,7 @@ def format_plan(plan: dict) -> str:
         f"{sc['gradient_accumulation_steps']} = {sc['samples_per_optimizer_step']} samples/step; "
         f"{sc['steps_per_epoch']:,} steps/epoch, {sc['hours_per_epoch']} h/epoch at {sc['sec_per_step']} s/step",
         _micro_line(sc, plan["micro_batches"]),
+        _memory_line(plan),
         _checkpoint_line(plan.get("checkpoints")),
         "",
         f"{'N':>5} {'samples':>9} {'by record':>10} {'validation':>11} {'share':>7} {'train':>9} {'lost':>7} "

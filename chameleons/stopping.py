@@ -26,6 +26,8 @@ class StopRequest:
         self.nonfinite = False
         self.step_loss = None  # summed token losses of this rank's micro-batches since the last agree
         self.step_tokens = None
+        self.want_full_save = False  # this rank's clock says a resumable checkpoint is due
+        self.full_save_due = False  # some rank's did, at the last agree
 
     def install(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -54,11 +56,13 @@ class StopRequest:
             zero + float(self.nonfinite),
             (self.step_loss if self.step_loss is not None else zero).to(device),
             (self.step_tokens if self.step_tokens is not None else zero).to(device),
+            zero + float(self.want_full_save),
         ])
         self.step_loss = self.step_tokens = None
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(values)
-        sigint, sigterm, nonfinite, loss_sum, tokens = values.tolist()
+        sigint, sigterm, nonfinite, loss_sum, tokens, full_save = values.tolist()
+        self.full_save_due = bool(full_save)
         if self.signal is None and (sigint or sigterm):
             self.signal = signal.SIGTERM if sigterm else signal.SIGINT
             self.first_at = time.monotonic()
@@ -74,17 +78,25 @@ class StopRequest:
 
 class StopCallback(TrainerCallback, ExportableState):
     """Agrees across ranks, at each optimizer step's end, whether any rank wants to stop, and
-    keeps the run's token loss sums (saved in every checkpoint's trainer_state.json)."""
+    keeps the run's token loss sums (saved in every checkpoint's trainer_state.json), and, in the
+    same reduction, whether a resumable checkpoint is due (`full_saves`, a saves.FullSavePolicy:
+    the ranks' clocks differ, so they agree first)."""
 
-    def __init__(self, request: StopRequest):
+    def __init__(self, request: StopRequest, full_saves=None):
         self.request = request
+        self.full_saves = full_saves
         self.loss_sum = 0.0
         self.tokens = 0.0
 
     def on_step_end(self, args, state, control, **kwargs):
+        policy = self.full_saves
+        self.request.want_full_save = policy is not None and policy.interval_s > 0 and policy.due()
         loss_sum, tokens = self.request.agree(args.device)
         self.loss_sum += loss_sum
         self.tokens += tokens
+        if self.request.full_save_due and policy is not None:
+            policy.agreed = True
+            control.should_save = True
         if self.request.signal or self.request.nonfinite:
             control.should_save = True
             control.should_training_stop = True

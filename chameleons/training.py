@@ -10,16 +10,18 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
 
 from . import (attention, checkpoints, diskspace, expert_parallel, flops, launch, model_spec, outputs, planning,
-               preflight, run_record, tracking, zero3)
-from .batching import (LengthGroupedRowSampler, check_packing_supported, make_collator, split_to_budget,
+               preflight, run_record, saves, tracking, zero3)
+from .batching import (EpochSampler, check_packing_supported, make_collator, split_to_budget,
                        trainer_args_for_batching)
 from .encoding import encode_split
 from .errors import UserError
@@ -251,9 +253,10 @@ class ChameleonsTrainer(Trainer):
     reloads and resumes that continue exactly where the run stopped."""
 
     def __init__(self, *a, throughput, stop, collate, router_aux_loss_coef, trace, batching="padded",
-                 max_tokens_per_micro_batch=None, **kw):
+                 max_tokens_per_micro_batch=None, full_saves=None, **kw):
         super().__init__(*a, **kw)
         self.batching = batching
+        self.full_saves = full_saves  # saves.FullSavePolicy; None: every save is resumable
         self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
         self.split_micro_batches = 0
         self.model_config = causal_lm_of(self.model).config
@@ -309,14 +312,16 @@ class ChameleonsTrainer(Trainer):
         return model_flops
 
     def _get_train_sampler(self, train_dataset=None):
-        """Replaces HF's length grouping, which reads a fixed dataset: the rows change with resampling."""
+        """Replaces HF's samplers: each epoch's order depends on the seed, the epoch and the samples
+        per optimizer step, not on the micro-batch layout (batching.EpochSampler)."""
         ds = train_dataset if train_dataset is not None else self.train_dataset
+        a = self.args
+        per_step = a.train_batch_size * a.gradient_accumulation_steps * a.world_size
         if self.batching != "length_grouped":
-            return super()._get_train_sampler(train_dataset)
+            return EpochSampler(ds, per_step, seed=a.seed)
         lengths = ds.encoded.lengths
-        return LengthGroupedRowSampler(ds, lambda: [lengths[r] for r in ds.rows],
-                                       self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                       seed=self.args.seed)
+        return EpochSampler(ds, per_step, seed=a.seed, lengths=lambda: [lengths[r] for r in ds.rows],
+                            group_size=a.train_batch_size * a.gradient_accumulation_steps)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         """Replaces HF's evaluation: the mean token loss over the whole validation set (summed, then
@@ -353,14 +358,34 @@ class ChameleonsTrainer(Trainer):
         return {"input_ids": item["input_ids"], "prompt_len": item["prompt_len"], "length": item["length"]}
 
     def _load_best_model(self):
-        """Replaces HF's best-model load outside DeepSpeed: it is non-strict and skips MoE experts
-        saved per expert (the model holds them fused; transformers#48805): reload strictly.
-        A stopped run exits as it is: its checkpoint is saved, the best model is not needed."""
+        """Replaces HF's best-model load. ZeRO-3: each rank reads its own weight partition of the
+        best checkpoint (saves.load_partitions), not DeepSpeed's full states. Outside DeepSpeed HF's
+        load is non-strict and skips MoE experts saved per expert (the model holds them fused;
+        transformers#48805): reload strictly. A stopped run exits as it is: its checkpoint is
+        saved, the best model is not needed."""
         if self.stop is not None and (self.stop.signal or self.stop.nonfinite):
+            return
+        best = self.state.best_model_checkpoint
+        if self._zero3_weights() and saves.partition_file(best, self.args.process_index, self.args.world_size).is_file():
+            saves.load_partitions(self.model_wrapped, self.model, best, self.args.process_index, self.args.world_size)
             return
         if self.is_deepspeed_enabled or hasattr(self.model, "peft_config"):
             return super()._load_best_model()
-        self._load_strict(self.state.best_model_checkpoint)
+        self._load_strict(best)
+
+    def _zero3_weights(self) -> bool:
+        """ZeRO-3 without LoRA: checkpoints carry each rank's weight partition."""
+        return (self.is_deepspeed_enabled and self.args.hf_deepspeed_config.is_zero3()
+                and not hasattr(self.model, "peft_config"))
+
+    def _weights_only_save(self) -> bool:
+        """This save may skip the resumable state: no stop, the full-save interval not due, and a
+        setup whose best model restores from weights alone (ZeRO-3 without LoRA, or no DeepSpeed)."""
+        stopping = self.stop is not None and (self.stop.signal or self.stop.nonfinite)
+        policy = self.full_saves
+        if stopping or policy is None or policy.interval_s <= 0 or policy.agreed:
+            return False
+        return self._zero3_weights() or not self.is_deepspeed_enabled
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Replaces HF's resume load outside DeepSpeed: the same non-strict load as the best-model restore."""
@@ -392,14 +417,15 @@ class ChameleonsTrainer(Trainer):
                 self.state.best_model_checkpoint = best
 
     def save_model(self, output_dir=None, _internal_call=False):
-        """Under ZeRO-3 a checkpoint keeps the partitioned states only: resume and the best-model
-        restore read those, and DeepSpeed's zero_to_fp32.py rebuilds weights from them. The gathered
-        bf16 model (57 GiB for Qwen3-30B-A3B, assembled in rank 0's host RAM while the other ranks
-        wait) is written once, by the final save of the best model."""
-        if (_internal_call and self.is_deepspeed_enabled and self.args.hf_deepspeed_config.is_zero3()
-                and not hasattr(self.model, "peft_config")):
+        """Under ZeRO-3 a checkpoint keeps every rank's own weight partition (the best-model
+        restore reads those) and, when resumable, DeepSpeed's partitioned states (written by HF's
+        optimizer save); DeepSpeed's zero_to_fp32.py rebuilds weights from the latter. The
+        gathered bf16 model (57 GiB for Qwen3-30B-A3B, assembled in rank 0's host RAM while the
+        other ranks wait) is written once, by the final save of the best model."""
+        if _internal_call and self._zero3_weights():
             if self.args.should_save:  # the folder must exist now: HF records the best checkpoint only if it does
                 self.model.config.save_pretrained(output_dir)
+            saves.save_partitions(self.model, output_dir, self.args.process_index, self.args.world_size)
             return
         if not _internal_call and self.is_deepspeed_enabled and expert_parallel.autoep_layers(self.model):
             expert_parallel.save_hf_model(self.model, output_dir or self.args.output_dir, self.args.should_save)
@@ -408,21 +434,40 @@ class ChameleonsTrainer(Trainer):
         super().save_model(output_dir, _internal_call)
 
     def _save_checkpoint(self, model, trial):
-        """Adds the completeness marker after every rank has saved. A non-finite checkpoint is kept
-        for inspection only, so it must not rotate the last good one away."""
-        limit = self.args.save_total_limit
-        if self.stop is not None and self.stop.nonfinite:
-            self.args.save_total_limit = None
+        """An evaluation-time save keeps the weights only (HF's `save_only_model` skips the
+        optimizer, scheduler and RNG states) unless a full one is due (saves.FullSavePolicy) or
+        the run is stopping. Marks the checkpoint once every rank has saved, and rotates so that
+        the newest resumable checkpoint survives. A non-finite checkpoint is kept for
+        inspection only: it is not marked and rotates nothing away."""
+        weights_only = self._weights_only_save()
+        limit, only_model = self.args.save_total_limit, self.args.save_only_model
+        self.args.save_total_limit, self.args.save_only_model = None, weights_only or only_model
         try:
             super()._save_checkpoint(model, trial)
         finally:
-            self.args.save_total_limit = limit
-        folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
+            self.args.save_total_limit, self.args.save_only_model = limit, only_model
+        run_dir = self._get_output_dir(trial)
+        folder = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
+        if self.full_saves is not None and not weights_only:
+            self.full_saves.saved()
         if self.args.should_save and not (self.stop is not None and self.stop.nonfinite):
             expert_parallel.record(folder, self.model)
-            checkpoints.mark_complete(folder)
+            (checkpoints.mark_weights_only if weights_only else checkpoints.mark_complete)(folder)
+            if limit:
+                self._rotate(run_dir, limit)
+
+    def _rotate(self, run_dir, limit):
+        found = []
+        for path in Path(run_dir).glob("checkpoint-*"):
+            if path.is_dir() and path.name.split("-")[-1].isdigit():
+                found.append((int(path.name.split("-")[-1]), str(path), checkpoints.is_complete(path)))
+        full = [f for f in found if f[2]]
+        newest_full = max(full)[1] if full else None
+        best = self.state.best_model_checkpoint
+        for path in saves.to_delete(found, limit, best and str(Path(best)), newest_full):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass
@@ -435,7 +480,7 @@ class RunChecks:
     report_to: list
     notices: list
     expert_parallel: dict
-    checkpoints: dict | None = None  # planning.checkpoint_cost: the plan's disk figures
+    costs: dict | None = None  # planning.model_costs: the plan's checkpoint and memory figures
 
 
 def check_run(opts, config, inputs) -> RunChecks:
@@ -449,11 +494,13 @@ def check_run(opts, config, inputs) -> RunChecks:
         model_spec.check_random_init(config)
     ep_plan = expert_parallel.plan_for_run(opts, inputs.zero_stage, config)
     expert_parallel.check_resume(inputs.resume, ep_plan)
-    cost = planning.checkpoint_cost(config, inputs.zero_stage)
-    disk_notice = diskspace.check_run_space(opts.output_dir, cost)
+    world, per_node = ((opts.nproc_per_node, opts.nproc_per_node) if opts.dry_run
+                       else (launch.world_size(), launch.local_world_size()))
+    costs = planning.model_costs(config, inputs.zero_stage, world, per_node)
+    disk_notice = diskspace.check_run_space(opts.output_dir, costs["checkpoints"])
     return RunChecks(resume=inputs.resume, device=device, zero_stage=inputs.zero_stage, report_to=inputs.report_to,
                      notices=inputs.notices + device["notices"] + ([disk_notice] if disk_notice else []),
-                     expert_parallel=ep_plan, checkpoints=cost)
+                     expert_parallel=ep_plan, costs=costs)
 
 
 def start_run_folder(output_dir, overwrite: bool, resume, main: bool):
@@ -487,12 +534,14 @@ def run(opts, config, checks, corpus, split, builder, tokenizer, cache_dir) -> i
         model = apply_lora(model, config.lora)
     runlog.line(describe_model(model))
     if getattr(targs, "hf_deepspeed_config", None) is not None:
-        sizes = zero3.fill_auto(targs.hf_deepspeed_config.config, model)
+        sizes = zero3.fill_auto(targs.hf_deepspeed_config.config, model,
+                                one_node=launch.local_world_size() == launch.world_size())
         if sizes:
             runlog.line("ZeRO-3 sizes from the largest unit gathered at once (chameleons/zero3.py): "
                         + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
     runlog.line(expert_parallel.configure(getattr(targs, "hf_deepspeed_config", None), checks.expert_parallel))
-    trainer, tally, trace = make_trainer(opts, config, targs, model, encoded, tokenizer, runlog, stop)
+    trainer, tally, trace = make_trainer(opts, config, targs, model, encoded, tokenizer, runlog, stop,
+                                         plan["micro_batches"]["budget"])
 
     runlog.line(f"resuming from {checks.resume}" if checks.resume else "starting fresh")
     started = time.time()
@@ -519,7 +568,7 @@ def encode_and_plan(opts, config, checks, targs, corpus, split, builder, tokeniz
         encoded = encode_split(split, builder, tokenizer, config.training, cache_dir, opts.resample_each_epoch,
                                progress=targs.process_index == 0)
     plan = planning.make_plan(corpus, split, encoded, config.training, targs.world_size, opts.max_epochs,
-                              opts.sec_per_step, checks.checkpoints)
+                              opts.sec_per_step, **checks.costs)
     plan["expert_parallel"] = checks.expert_parallel
     preflight.require_trainable(corpus.path, plan["split"]["train_encoded"], plan["split"]["validation_encoded"])
     steps_per_epoch = plan["schedule"]["steps_per_epoch"]
@@ -555,9 +604,10 @@ def open_run_log(opts, config, checks, targs, encoded, plan, tokenizer) -> RunLo
     return runlog
 
 
-def make_trainer(opts, config, targs, model, encoded, tokenizer, runlog, stop):
+def make_trainer(opts, config, targs, model, encoded, tokenizer, runlog, stop, budget=None):
     """The Trainer with its callbacks: epoch rows, the per-step stop/loss reduction, early
-    stopping and the detailed log. Returns (trainer, loss tally, data-order trace)."""
+    stopping and the detailed log; `budget` is the plan's token budget. Returns (trainer, loss
+    tally, data-order trace)."""
     from transformers import EarlyStoppingCallback
 
     train_rows = EpochRows(encoded)
@@ -566,7 +616,8 @@ def make_trainer(opts, config, targs, model, encoded, tokenizer, runlog, stop):
     trace = []
     early = EarlyStoppingCallback(opts.early_stopping_patience, opts.early_stopping_threshold) \
         if opts.early_stopping_patience > 0 else None
-    tally = StopCallback(stop)
+    full_saves = saves.FullSavePolicy(config.training.full_checkpoint_minutes * 60)
+    tally = StopCallback(stop, full_saves)
     peak, peak_note = flops.peak_flops(targs.device)
     runlog.line(f"MFU: model FLOPs of active parameters only (chameleons/flops.py) against {peak_note}")
     callbacks = [EpochCallback(train_rows, runlog), tally] + ([early] if early else []) + \
@@ -576,7 +627,7 @@ def make_trainer(opts, config, targs, model, encoded, tokenizer, runlog, stop):
         processing_class=tokenizer, callbacks=callbacks, throughput=throughput, stop=stop,
         eval_dataset=encoded.val_rows, collate=collate, batching=config.training.batching,
         router_aux_loss_coef=config.model.router_aux_loss_coef, trace=trace,
-        max_tokens_per_micro_batch=config.training.max_tokens_per_micro_batch)
+        max_tokens_per_micro_batch=budget, full_saves=full_saves)
     return trainer, tally, trace
 
 

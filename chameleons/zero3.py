@@ -54,21 +54,27 @@ def model_sizes(model) -> dict:
             "stage3_max_reuse_distance": 2 * unit, "reduce_bucket_size": largest_param}
 
 
-def fill_auto(ds_config: dict, model) -> dict:
+def fill_auto(ds_config: dict, model, one_node: bool = True) -> dict:
     """Sets the `auto` sizes of a ZeRO-3 config dict in place (before HF Trainer fills the rest
-    from the hidden size); returns what it set."""
+    from the hidden size); returns what it set. `pipeline_loading_checkpoint` (a resume loads
+    one rank's states at a time instead of all of a node's at once) is on for a one-node run
+    only: DeepSpeed 0.19.8 hands the turn from a node's last rank to the next node's first,
+    which does not wait for it."""
     zero = ds_config.get("zero_optimization", {})
     if zero.get("stage") != 3:
         return {}
     filled = {k: v for k, v in model_sizes(model).items() if zero.get(k) == "auto"}
+    if zero.get("pipeline_loading_checkpoint") == "auto":
+        filled["pipeline_loading_checkpoint"] = one_node
     zero.update(filled)
     return filled
 
 
-def parameter_count(model_cfg):
-    """Parameters of the configured model, built on the meta device by its class itself (not through
-    `from_config`, which would partition it with zero.Init once a ZeRO-3 run has started); None
-    when its config is not on this machine or its class is not one transformers ships."""
+def model_facts(model_cfg):
+    """(transformers config, parameter count) of the configured model, built on the meta device by
+    its class itself (not through `from_config`, which would partition it with zero.Init once a
+    ZeRO-3 run has started); None when its config is not on this machine or its class is not one
+    transformers ships."""
     import torch
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
 
@@ -83,21 +89,41 @@ def parameter_count(model_cfg):
             model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
     except (OSError, ValueError, KeyError):
         return None
-    return sum(p.numel() for p in model.parameters())
+    return config, sum(p.numel() for p in model.parameters())
 
 
-def checkpoint_cost(n_params, zero_stage, save_total_limit: int) -> dict:
-    """Disk and host RAM of the run's saves, in bytes, for bf16 training (as on GPUs).
+def parameter_count(model_cfg):
+    facts = model_facts(model_cfg)
+    return None if facts is None else facts[1]
 
-    ZeRO-3: a checkpoint holds the fp32 master weights and AdamW's two moments, partitioned over
-    the ranks (12 bytes per parameter in all); the gathered bf16 model (2 bytes per parameter,
-    assembled in rank 0's host RAM) is written once, at the end. ZeRO-1/2: the same states plus the
-    bf16 model in every checkpoint. No DeepSpeed: the bf16 model and AdamW's bf16 moments."""
+
+def checkpoint_cost(n_params, zero_stage, save_total_limit: int, world_size: int = 1,
+                    ranks_per_node: int = None, weights_only: bool = True) -> dict:
+    """Disk and host RAM of the run's saves, in bytes, for bf16 training (as on GPUs); see
+    chameleons/saves.py for what each save holds.
+
+    ZeRO-3: an evaluation-time save holds every rank's bf16 weight partition (2 bytes per
+    parameter in all); a resumable one adds the fp32 master weights and AdamW's two moments (12).
+    ZeRO-1/2 (every save resumable): the same states plus the bf16 model. No DeepSpeed: the bf16
+    model, plus AdamW's bf16 moments when resumable. Kept at most: the newest resumable one, the
+    best and the newest others up to `save_total_limit`, and the final bf16 model (gathered in
+    rank 0's host RAM at the end). Host RAM per node: a ZeRO-3 save copies at most each rank's
+    share (torch.save moves one storage at a time to the host, so usually far less); a
+    resume loads one rank's states at a time (DeepSpeed's pipelined loading, one node) and the
+    best-model restore each rank's weight partition."""
     if n_params is None:
         return None
-    states, model = (12, 0) if zero_stage == 3 else (12, 2) if zero_stage in (1, 2) else (4, 2)
-    per_checkpoint = (states + model) * n_params
-    return {"parameters": n_params, "zero_stage": zero_stage, "checkpoint_bytes": per_checkpoint,
-            "kept": save_total_limit, "final_model_bytes": 2 * n_params,
-            "disk_bytes": save_total_limit * per_checkpoint + 2 * n_params,
+    ranks_per_node = ranks_per_node or world_size
+    zero3 = zero_stage == 3
+    states, model = (12, 0) if zero3 else (12, 2) if zero_stage in (1, 2) else (4, 2)
+    full = (states + (2 if zero3 else model)) * n_params
+    light = 2 * n_params if weights_only and zero_stage not in (1, 2) else full
+    kept_light = max(0, save_total_limit - 1)  # the best and the newest others, beside the newest resumable one
+    node_share = ranks_per_node / world_size if zero3 else 1
+    return {"parameters": n_params, "zero_stage": zero_stage, "checkpoint_bytes": full,
+            "evaluation_checkpoint_bytes": light, "kept": save_total_limit, "final_model_bytes": 2 * n_params,
+            "disk_bytes": full + kept_light * light + 2 * n_params,
+            "host_ram_bytes_save_node": int(full * node_share),
+            "host_ram_bytes_resume_node": int(full / world_size) if zero3 else full,
+            "host_ram_bytes_best_restore_node": int(light * node_share),
             "host_ram_bytes_rank0": 2 * n_params}

@@ -280,13 +280,14 @@ def train_single(config, output_dir, *extra, cwd=REPO, env_extra=None, timeout=1
 @pytest.fixture(scope="session")
 def early_stopped_run(tmp_path_factory):
     """One single-process training shared by the suite: no DeepSpeed, length-grouped batches,
-    every step logged, every checkpoint kept, two --set overrides, wandb with no key (so offline,
+    every step logged, every checkpoint kept and resumable, two --set overrides, wandb with no key (so offline,
     into the run folder), and an early-stopping threshold no evaluation can beat, so patience 3
     ends it at the 4th evaluation. tests/test_train_e2e.py checks the run and its early stop,
     tests/test_resume_exact.py resumes it from the middle, tests/test_sweep_e2e.py follows the
     overrides into its records. Returns (folder, config, run folder, CompletedProcess)."""
     tmp = tmp_path_factory.mktemp("single")
-    config = tiny_cpu_config(tmp, save_total_limit=10, batching="length_grouped")
+    config = tiny_cpu_config(tmp, save_total_limit=10, batching="length_grouped",
+                             full_checkpoint_minutes=0)  # every checkpoint resumable, to resume from
     out = tmp / "a"
     proc = train_single(config, out, "--wandb_project", "chameleons_ci", "--wandb_run_name", "sweep_point",
                         env_extra={"HOME": str(tmp)})  # no ~/.netrc: wandb has no key and must fall back to offline

@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from chameleons.batching import (PACKING_ATTENTION, LengthGroupedRowSampler, check_packing_supported, count_padding,
+from chameleons.batching import (PACKING_ATTENTION, EpochSampler, check_packing_supported, count_padding,
                                  make_collator, trainer_args_for_batching)
 from chameleons.encoding import IGNORE_INDEX
 from chameleons.errors import UserError
@@ -155,7 +155,7 @@ def test_length_grouped_row_sampler_reads_lengths_each_epoch():
             return len(self.lengths)
 
     ds = Rows()
-    sampler = LengthGroupedRowSampler(ds, lambda: ds.lengths, group_size=8, seed=3)
+    sampler = EpochSampler(ds, 16, seed=3, lengths=lambda: ds.lengths, group_size=8)
     first = list(sampler)
     assert sorted(first) == list(range(64)) and list(sampler) == first  # a permutation, reproducible
 
@@ -325,7 +325,7 @@ def test_gradient_checkpointing_keeps_loss_router_logits_and_gradients(rows):
 def test_length_grouped_order_follows_the_dataset_epoch():
     """After a mid-epoch resume accelerate never calls the sampler's set_epoch: the order must
     come from the dataset's epoch, which the trainer always sets."""
-    from chameleons.batching import LengthGroupedRowSampler
+    from chameleons.batching import EpochSampler
 
     class Rows:
         epoch = 0
@@ -334,7 +334,7 @@ def test_length_grouped_order_follows_the_dataset_epoch():
             return 64
 
     rows = Rows()
-    sampler = LengthGroupedRowSampler(rows, lambda: [10 + (i * 37) % 50 for i in range(64)], group_size=8, seed=3)
+    sampler = EpochSampler(rows, 16, seed=3, lengths=lambda: [10 + (i * 37) % 50 for i in range(64)], group_size=8)
     first = list(sampler)
     rows.epoch = 1
     second = list(sampler)

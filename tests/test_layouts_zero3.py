@@ -1,8 +1,12 @@
 """The production layout (one packed micro-batch of 16 per rank per step, accumulation 1) trains
 exactly like the seed's 4 x 4 layout under 2-process ZeRO-3 on CPU: same samples per optimizer
-step, same steps per epoch, same loss step by step. The 16 x 1 run has a token budget small
-enough that some micro-batches run in parts (a different number on each rank before the ranks
-agree), so the split path is covered too.
+step, same steps per epoch, same loss step by step, past an epoch boundary: 45 training samples
+make two steps an epoch, the second partial (the trainer's stock sampler gave it 16 samples in
+4 x 4 and 32 in 16 x 1), and step 3 starts the next epoch; evaluations at steps 2 and 3. The 16 x 1 run has a token budget
+small enough that some micro-batches run in parts (a different number on each rank before the
+ranks agree), so the split path is covered too. The 4 x 4 run's checkpoints are evaluation-time
+saves (weights only), the 16 x 1 run's all resumable (`full_checkpoint_minutes` 0); both restore
+the best model from the weight partitions.
 """
 
 import json
@@ -13,6 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from chameleons.checkpoints import WEIGHTS_MARKER, is_complete
+from chameleons.saves import partition_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train_distributed_Chameleons.py"
@@ -41,7 +48,7 @@ def config(tmp_path_factory):
 def train(config, out, *sets):
     cmd = [str(TORCHRUN), "--nproc_per_node=2", f"--master_port={free_port()}", str(SCRIPT), "--config", str(config),
            "--deepspeed", str(ROOT / "ds_config_zero3_optimized.json"), "--output_dir", str(out),
-           "--max_samples_per_user", "4", "--max_steps", str(STEPS), "--evals_per_epoch", "2", "--sample_seed", "7"]
+           "--max_samples_per_user", "1", "--max_steps", str(STEPS), "--evals_per_epoch", "1", "--sample_seed", "7"]
     for s in sets:
         cmd += ["--set", s]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -75,25 +82,35 @@ def test_one_packed_micro_batch_of_16_equals_4_by_4(config, tmp_path):
                                                    "training.gradient_accumulation_steps=4")
     new_losses, log, new_plan, new_orders = train(config, tmp_path / "16x1", "training.batch_size=16",
                                                   "training.gradient_accumulation_steps=1",
-                                                  f"training.max_tokens_per_micro_batch={BUDGET}")
+                                                  f"training.max_tokens_per_micro_batch={BUDGET}",
+                                                  "training.full_checkpoint_minutes=0")
     for key in ("samples_per_optimizer_step", "steps_per_epoch"):
         assert new_plan["schedule"][key] == seed_plan["schedule"][key], key
     assert seed_plan["micro_batches"]["micro_batches_per_step_max"] == 4
     seed_rows, new_rows = rows_per_step(seed_orders), rows_per_step(new_orders)
     assert len(seed_rows) == len(new_rows) == STEPS
     assert seed_rows == new_rows and all(len(rows) == 32 for rows in new_rows)
-    # one evaluation and checkpoint, at step 3; the best model restored from ZeRO-3's states at the end
+    assert new_plan["schedule"]["steps_per_epoch"] == 2 and new_rows[2] != new_rows[0]  # step 3: epoch 1's order
+    # evaluations and checkpoints at steps 2 and 3 (the last); the best restored from ZeRO-3's states at the end
     seed_eval, new_eval = seed_losses.pop("eval"), new_losses.pop("eval")
-    assert len(seed_eval) == len(new_eval) == 1 and new_eval[0] == pytest.approx(seed_eval[0], abs=1e-4)
+    assert len(seed_eval) == len(new_eval) == 2 and new_eval == pytest.approx(seed_eval, abs=1e-4)
     for losses, evals in ((seed_losses, seed_eval), (new_losses, new_eval)):
-        assert losses.pop("final") == pytest.approx(evals[0], abs=1e-4)
+        assert losses.pop("final") == pytest.approx(min(evals), abs=1e-4)
     assert sorted(seed_losses) == sorted(new_losses) == list(range(1, STEPS + 1))
     for step in seed_losses:
         assert new_losses[step] == pytest.approx(seed_losses[step], abs=1e-4), (step, seed_losses, new_losses)
     assert seed_losses[STEPS] != pytest.approx(seed_losses[1], abs=1e-2)  # the steps saw different samples
-    # under ZeRO-3 checkpoints keep the partitioned states only; the gathered model is written once, at the end
-    checkpoint = tmp_path / "16x1" / f"checkpoint-{STEPS}"
-    assert list(checkpoint.glob("global_step*")) and not list(checkpoint.glob("*.safetensors"))
+    # under ZeRO-3 a checkpoint holds each rank's weight partition (the best model is restored from
+    # them), DeepSpeed's states only when resumable (4 x 4: evaluation-time saves; 16 x 1: every save
+    # resumable); the gathered model is written once, at the end
+    for run, resumable in (("4x4", False), ("16x1", True)):
+        for step in (2, 3):
+            folder = tmp_path / run / f"checkpoint-{step}"
+            assert [p.name for p in sorted(folder.glob("weights-rank*"))] == [partition_file(folder, r, 2).name
+                                                                            for r in (0, 1)]
+            assert bool(list(folder.glob("global_step*"))) == resumable == is_complete(folder)
+            assert (folder / WEIGHTS_MARKER).is_file() != resumable and not list(folder.glob("*.safetensors"))
+    checkpoint = tmp_path / "16x1" / f"checkpoint-{new_eval.index(min(new_eval)) + 2}"
     assert (tmp_path / "16x1" / "model.safetensors").is_file()
     assert f"best model restored from {checkpoint}:" in log  # HF found the checkpoint without a model in it
     split = int(re.search(rf"token budget {BUDGET}: (\d+) micro-batches ran in parts", log)[1])

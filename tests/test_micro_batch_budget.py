@@ -109,7 +109,8 @@ def test_plan_counts_micro_batches_and_the_budget():
 @pytest.mark.parametrize("setting, message", [
     ({"max_tokens_per_micro_batch": 100}, "at least training.max_length"),
     ({"max_tokens_per_micro_batch": 4096, "batching": "padded"}, "unless training.batching is 'packed'"),
-    ({"max_tokens_per_micro_batch": "many"}, "must be int"),
+    ({"max_tokens_per_micro_batch": "many"}, "must be \"auto\", \"off\" or a number of tokens"),
+    ({"max_tokens_per_micro_batch": 1.5}, "must be int or str"),
 ])
 def test_budget_config_checks(tmp_path, setting, message):
     cfg = json.loads((ROOT / "config_tiny_cpu.json").read_text())
@@ -120,7 +121,7 @@ def test_budget_config_checks(tmp_path, setting, message):
         load_config(path)
 
 
-def test_production_config_is_16_by_1_with_a_budget():
+def test_production_config_is_16_by_1_with_the_memory_models_budget():
     t = load_config(ROOT / "config_Chameleons_30B.json").training
     assert (t.batch_size, t.gradient_accumulation_steps, t.batching) == (16, 1, "packed")
-    assert t.max_tokens_per_micro_batch >= t.max_length
+    assert t.max_tokens_per_micro_batch == "auto"

@@ -46,11 +46,17 @@ def test_checkpoint_cost_and_plan_line():
     from chameleons.planning import _checkpoint_line
 
     n = 30_532_122_624
-    ck = zero3.checkpoint_cost(n, 3, 3)
-    assert ck["checkpoint_bytes"] == 12 * n and ck["final_model_bytes"] == 2 * n
-    assert ck["disk_bytes"] == 3 * 12 * n + 2 * n and ck["host_ram_bytes_rank0"] == 2 * n
+    ck = zero3.checkpoint_cost(n, 3, 3, world_size=8)
+    assert ck["evaluation_checkpoint_bytes"] == 2 * n and ck["checkpoint_bytes"] == 14 * n
+    assert ck["disk_bytes"] == 14 * n + 2 * 2 * n + 2 * n  # newest resumable + 2 weight saves + final model
+    assert ck["host_ram_bytes_resume_node"] == 14 * n // 8 and ck["host_ram_bytes_best_restore_node"] == 2 * n
+    assert ck["host_ram_bytes_rank0"] == 2 * n
     line = _checkpoint_line(ck)
-    assert "341.2 GiB per checkpoint" in line and "ZeRO-3" in line and "written once, at the end" in line
+    assert "56.9 GiB per evaluation-time checkpoint" in line and "398.1 GiB per resumable one" in line
+    assert "ZeRO-3" in line and "written once, at the end" in line
+    every = zero3.checkpoint_cost(n, 3, 3, world_size=8, weights_only=False)  # full_checkpoint_minutes 0
+    assert every["evaluation_checkpoint_bytes"] == 14 * n and every["disk_bytes"] == 3 * 14 * n + 2 * n
+    assert zero3.checkpoint_cost(n, 2, 2)["evaluation_checkpoint_bytes"] == 14 * n  # ZeRO-2: every save resumable
     assert zero3.checkpoint_cost(n, None, 2)["checkpoint_bytes"] == 6 * n
     assert zero3.checkpoint_cost(None, 3, 2) is None and "not estimated" in _checkpoint_line(None)
 
