@@ -15,6 +15,7 @@ import math
 
 from . import launch
 from .errors import UserError
+from .zero3 import model_config
 
 SECTION = "expert_parallel"
 # DeepSpeed AutoEP presets whose replaced layers `hf_state_dict` maps back to transformers' names
@@ -25,16 +26,8 @@ SIZE_KEY = "training.expert_parallel_size"
 def moe_shape(model_cfg):
     """(model_type, num_experts) of the configured model; num_experts None for a dense model or
     when its config is not on this machine."""
-    from transformers import AutoConfig
-
-    try:
-        if model_cfg.random_init:
-            spec = dict(model_cfg.random_init)
-            config = AutoConfig.for_model(spec.pop("model_type"), **spec)
-        else:
-            config = AutoConfig.from_pretrained(model_cfg.name_or_path, local_files_only=True,
-                                                trust_remote_code=model_cfg.trust_remote_code)
-    except (OSError, ValueError, KeyError):
+    config = model_config(model_cfg)
+    if config is None:
         return None, None
     return config.model_type, getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None)
 

@@ -70,21 +70,33 @@ def fill_auto(ds_config: dict, model, one_node: bool = True) -> dict:
     return filled
 
 
+def model_config(model_cfg):
+    """The configured model's transformers config (from `random_init` or its local folder); None
+    when its config is not on this machine."""
+    from transformers import AutoConfig
+
+    try:
+        if model_cfg.random_init:
+            spec = dict(model_cfg.random_init)
+            return AutoConfig.for_model(spec.pop("model_type"), **spec)
+        return AutoConfig.from_pretrained(model_cfg.name_or_path, local_files_only=True,
+                                          trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def model_facts(model_cfg):
     """(transformers config, parameter count) of the configured model, built on the meta device by
     its class itself (not through `from_config`, which would partition it with zero.Init once a
     ZeRO-3 run has started); None when its config is not on this machine or its class is not one
     transformers ships."""
     import torch
-    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
 
+    config = model_config(model_cfg)
+    if config is None:
+        return None
     try:
-        if model_cfg.random_init:
-            spec = dict(model_cfg.random_init)
-            config = AutoConfig.for_model(spec.pop("model_type"), **spec)
-        else:
-            config = AutoConfig.from_pretrained(model_cfg.name_or_path, local_files_only=True,
-                                                trust_remote_code=model_cfg.trust_remote_code)
         with torch.device("meta"):
             model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
     except (OSError, ValueError, KeyError):
