@@ -214,25 +214,25 @@ def score_items(attributor: Attributor, films: dict, items) -> tuple:
     lines, where = [], []
     for k, it in enumerate(items):
         if it.character in known:
-            texts = [("generated", j, t) for j, t in enumerate(it.generated)]
+            texts = [("generated", j, t) for j, t in enumerate(it.generated) if normalize(t)]
             texts += [(kind, 0, getattr(it, kind)) for kind in ("reference", "baseline") if getattr(it, kind)]
             for kind, j, text in texts:
                 lines.append(text)
                 where.append((k, kind, j))
     probs = attributor.probabilities(lines)
     rows = [{"sample_id": it.sample_id, "character": it.character, "attributed": it.character in known,
-             "film_characters": len(films.get(it.character, {it.character}) & known), "generated": [],
-             "reference": None, "baseline": None} for it in items]
+             "film_characters": len(films.get(it.character, {it.character}) & known), "reference": None,
+             "baseline": None} for it in items]
     unattributed = {"p_film": None, "rank_film": None, "p_all": None, "rank_all": None}
-    for k, it in enumerate(items):
-        if it.character not in known:
-            rows[k]["generated"] = [{**unattributed, **style(t, it.context, None)} for t in it.generated]
+    for k, it in enumerate(items):  # an empty line (nothing extracted) would score at the classifier's prior
+        rows[k]["generated"] = [{**unattributed, **style(t, it.context, attributor.mean_words.get(it.character))}
+                                for t in it.generated]
     for (k, kind, j), p, text in zip(where, probs, lines):
         it = items[k]
         film = films.get(it.character, {it.character}) & known
         figures = _figures(p, attributor, it.character, film if len(film) > 1 else None, text, it.context)
         if kind == "generated":
-            rows[k]["generated"].append(figures)
+            rows[k]["generated"][j] = figures
         else:
             rows[k][kind] = {**figures, **({"from": it.baseline_from} if kind == "baseline" else {})}
     return rows, _notices(rows, items)
@@ -249,6 +249,9 @@ def _notices(rows, items) -> list:
     if alone:
         out.append(f"fidelity: {len(alone)} items' characters are the only character with training lines in their "
                    f"film: no film figures for them (ranks among all characters only)")
+    empty = sum(1 for it in items for t in it.generated if not normalize(t))
+    if empty:
+        out.append(f"fidelity: {empty} generated lines are empty (nothing extracted): not attributed")
     if any(it.reference for it in items) and not any(it.baseline for it in items):
         out.append("fidelity: the file has references of one character only: no other-character baseline")
     return out
@@ -323,7 +326,8 @@ def _first(row, kind: str):
 def style_summary(rows, items, kind: str) -> dict:
     """Length ratio and copy rate of the first line of `kind` per item (all items, attributed
     or not: they need no classifier), and distinct-1/2 over those lines. Empty lines (an answer
-    that could not be extracted) are counted: the classifier scores them at its prior."""
+    that could not be extracted) are counted; they are not attributed (the classifier would score
+    them at its prior)."""
     texts = {"generated": lambda it: it.generated[0] if it.generated else None,
              "reference": lambda it: it.reference or None, "baseline": lambda it: it.baseline or None}[kind]
     figures = [_first(r, kind) for r in rows if r["attributed"]]

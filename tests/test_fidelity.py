@@ -129,6 +129,15 @@ def test_scoring_bad_items_is_notices_not_a_crash(attributor):
     json.dumps(summary)  # JSON-able as written
     assert "fidelity among 3 characters" in fidelity.format_summary(summary)
 
+    # an empty answer (nothing extracted) is not attributed: at the classifier's prior it could
+    # outscore the reference; the order of an item's continuations is kept
+    items[1].generated[:] = [" ", "beep beep"]
+    rows, notices = fidelity.score_items(attributor, films, items)
+    assert rows[1]["generated"][0]["rank_all"] is None and rows[1]["generated"][0]["words"] == 0
+    assert rows[1]["generated"][1]["rank_all"] == 1
+    assert "1 generated lines are empty" in " ".join(notices)
+    assert fidelity.aggregate(rows, items, attributor, notices)["generated"]["all"]["items"] == 2
+
 
 def test_setup_excludes_manifest_validation_and_needs_two_characters(tmp_path, monkeypatch):
     pool = [_sample(str(i), c, line) for i, (c, line) in
