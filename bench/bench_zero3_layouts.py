@@ -217,7 +217,9 @@ def main(argv=None) -> int:
                         "(default on CPU); toy: hidden 64 (the test's end-to-end run)")
     p.add_argument("--layers", type=int, default=None, help="deepest depth (default 4; toy 2); also half of it")
     p.add_argument("--layouts", default="4x4,16x1", help="micro-batch x accumulation per rank, comma separated")
-    p.add_argument("--budget", type=int, default=16384, help="max_tokens_per_micro_batch (config_Chameleons_30B.json)")
+    p.add_argument("--budget", type=int, default=16384,
+                   help="max_tokens_per_micro_batch of the 16x1 layout (the 30B config's \"auto\" gives about "
+                        "8-10k tokens on 80 GiB GPUs)")
     p.add_argument("--samples", type=int, default=256, help="encoded rows the steps draw from")
     p.add_argument("--max_length", type=int, default=1024)
     p.add_argument("--ablation", default="context_only",
