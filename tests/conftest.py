@@ -152,6 +152,15 @@ class Builders:
     tiny_config = staticmethod(tiny_config)
 
 
+def free_port() -> int:
+    """A free local TCP port, for a torchrun rendezvous."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def build():
     return Builders

@@ -3,18 +3,17 @@ and expert-parallel, collectives counted, the 48-layer projection made (the 30B-
 the same code)."""
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bench_counts_both_designs_at_toy_size(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = tmp_path / "bench.json"
     proc = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2", f"--master_port={port}",
                            str(ROOT / "bench" / "bench_expert_parallel.py"), "--model", "toy", "--samples", "16",

@@ -11,12 +11,12 @@ the best model from the weight partitions.
 
 import json
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from chameleons.checkpoints import WEIGHTS_MARKER, is_complete
 from chameleons.saves import partition_file
@@ -26,12 +26,6 @@ SCRIPT = ROOT / "train_distributed_Chameleons.py"
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 STEPS = 3
 BUDGET = 4096  # 16 samples of the tiny config's data are about 4,100 tokens: some micro-batches fit, some do not
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

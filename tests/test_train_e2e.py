@@ -9,7 +9,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SINGLE_RUN_EVALS_PER_EPOCH
+from conftest import SINGLE_RUN_EVALS_PER_EPOCH, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train_distributed_Chameleons.py"
@@ -33,12 +32,6 @@ def tiny_config(tmp: Path) -> Path:
     path = tmp / "config.json"
     path.write_text(json.dumps(config))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun_cmd(config, output_dir, *extra):
