@@ -6,10 +6,18 @@ use them too (hypothesis refuses function-scoped fixtures).
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run, so a landing never rests on a lucky draw;
+# HYPOTHESIS_PROFILE=explore draws new ones (a failure prints the example to pin with @example).
+settings.register_profile("fixed", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:

@@ -12,3 +12,10 @@ def test_ci_runs_the_whole_suite_and_lists_the_slowest_tests():
                if "-m pytest" in line]
     assert len(command) == 1 and "--durations=10" in command[0].split() and " tests " in command[0]
     assert " -k " not in command[0] and " -m " not in command[0].replace("-m pytest", "")
+
+
+def test_property_tests_draw_the_same_examples_every_run():
+    """A landing never rests on a lucky draw: the suite's hypothesis profile is derandomized."""
+    from hypothesis import settings
+
+    assert settings.default.derandomize is True
