@@ -2,7 +2,7 @@
 interval and on a stop; rotation keeps the newest resumable one and the best; `auto` resumes
 from resumable ones only, exactly; the best model restores from a weights-only checkpoint.
 One process without DeepSpeed, a tiny model, a fake clock (the ZeRO-3 partitions are covered by
-tests/test_layouts_zero3.py)."""
+tests/test_train_e2e.py)."""
 
 import signal
 
