@@ -23,18 +23,9 @@ sample, so no label crosses a sample boundary in a packed row, and the Trainer's
 
 import torch
 
-from .config import BATCHING_KINDS
+from .batching_kinds import BATCHING_KINDS, PACKING_ATTENTION
 from .encoding import IGNORE_INDEX, build_labels
 from .errors import UserError
-
-
-# Attention implementations that keep packed samples apart when there is no attention mask and
-# the position ids restart at 0 per sample. eager/sdpa/flex_attention: checked on CPU with a tiny
-# Qwen3-MoE (packed logits equal per-sample logits, tests/test_batching_equality.py).
-# flash_attention_2/3/4: varlen on the collator's cu_seq_lens (`modeling_flash_attention_utils.
-# _flash_attention_forward`, "is_fa_with_varlen_kwargs"); read in the source, not run here (no GPU).
-PACKING_ATTENTION = ("eager", "sdpa", "sdpa_varlen", "flex_attention", "flash_attention_2", "flash_attention_3",
-                     "flash_attention_4")
 
 
 def _rows(features):
