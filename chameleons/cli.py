@@ -12,6 +12,7 @@ import math
 import sys
 from dataclasses import dataclass
 
+from . import leak_checks
 from .errors import EXIT_BAD_INPUT
 from .launch import world_size
 
@@ -138,10 +139,7 @@ class DataOptions:
     sample_group_by: str = flag("user_hash", choices=["user_hash", "record"])
     val_ratio: float = flag(0.1, type=ratio)
     val_seed: int | None = flag(None, "seed of the validation split (default: --sample_seed)", type=int)
-    val_leak_check: str = flag(
-        "conversation", "how validation lines are kept out of training: whole conversations go to validation (a line "
-        "is identified by its place in the scene), or 'text': drop every training sample showing a validation "
-        "line's text (strict, loses much scene data)", choices=["conversation", "text"])
+    val_leak_check: str = flag(leak_checks.CONVERSATION.name, leak_checks.describe(), choices=leak_checks.NAMES)
     overrides: list = flag(
         [], "override one config key, repeatable (e.g. --set training.learning_rate=2e-5); the value is read as "
             "JSON where it parses (2e-5, true, null, [\"q_proj\"]), else as a plain string",

@@ -43,7 +43,7 @@ from .generation import BACKENDS, DEVICE_MAPS, Candidate, HFGenerator, Sampling,
 from .model_loading import Members
 from .prompts import HistoryIndex, extract_answer
 from .shards import PartStore
-from .splitting import split_train_val
+from .splitting import SplitSettings, split_train_val
 
 PROBLEM_PROMPT_TOO_LONG = "prompt_too_long"
 TRAINING_CONFIG = "training_config.json"
@@ -253,8 +253,7 @@ def training_pool(config, opts: DataOptions, pool=None):
     path = opts.data_file or config.resolve_path(config.data.train_file)
     train = load_corpus(path)
     if pool is None:
-        split = split_train_val(train.samples, opts.max_samples_per_user, opts.sample_seed, opts.val_ratio,
-                                opts.val_seed, opts.sample_group_by, opts.val_leak_check)
+        split = split_train_val(train.samples, SplitSettings.from_options(opts))
         return train.samples, split.pool_samples()
     by_id = {s.sample_id: s for s in train.samples}
     for sid, uid in pool.uids.items():
