@@ -21,6 +21,8 @@ sample, so no label crosses a sample boundary in a packed row, and the Trainer's
 `num_items_in_batch` count (`labels[..., 1:] != -100`) equals the supervised count.
 """
 
+from dataclasses import dataclass
+
 import torch
 
 from .batching_kinds import BATCHING_KINDS, PACKING_ATTENTION
@@ -268,13 +270,22 @@ def split_to_budget(batch: dict, budget, device=None) -> list:
     return split_packed(batch, exact_parts(lengths, budget, need))
 
 
-def micro_batch_plan(lengths, batch_size: int, world_size: int, grad_accum: int, packed: bool, budget=None,
-                     seed: int = 0) -> dict:
+@dataclass(frozen=True)
+class StepShape:
+    """How an optimizer step is cut: rows per micro-batch, ranks, micro-batches per rank."""
+
+    batch_size: int
+    world_size: int
+    grad_accum: int
+
+
+def micro_batch_plan(lengths, shape: StepShape, packed: bool, budget=None, seed: int = 0) -> dict:
     """Tokens per micro-batch and micro-batches per optimizer step over one shuffled epoch, cut as
     the trainer cuts it (consecutive `batch_size` rows, dealt to the ranks in turn, `grad_accum`
     per rank per step), before and after the budget split. Packed micro-batches count their real
     tokens, padded ones rows x longest row. For the dry run: epoch 0 in the trainer's order
     (`epoch_order`; length grouping is not modelled)."""
+    batch_size, world_size, grad_accum = shape.batch_size, shape.world_size, shape.grad_accum
     order = epoch_order(len(lengths), batch_size * world_size * grad_accum, seed, 0)
     batches = [[lengths[i] for i in order[a:a + batch_size]] for a in range(0, len(order), batch_size)]
     tokens = sorted(sum(b) if packed else len(b) * max(b) for b in batches)

@@ -71,7 +71,7 @@ def make_plan(corpus, split, encoded, training, world_size: int, max_epochs: int
     """plan.json: the data, the split, token lengths, the schedule and its hours at
     `sec_per_step`, the memory estimate and the token budget (from `memory_setup`), micro-batch
     sizes, `checkpoints` and the guide table (see `model_costs` for the last two arguments)."""
-    from .batching import micro_batch_plan  # imports torch: not needed by the checks before the plan
+    from .batching import StepShape, micro_batch_plan  # imports torch: not needed by the checks before the plan
 
     tokens = encoded_token_stats(encoded)
     figures = memory_figures(memory_setup, world_size, supervised_share_p95(encoded), training.max_length)
@@ -118,7 +118,7 @@ def make_plan(corpus, split, encoded, training, world_size: int, max_epochs: int
             "sec_per_step": sec_per_step,
             "hours_per_epoch": round(per_epoch * sec_per_step / 3600, 2),
         },
-        "micro_batches": micro_batch_plan([encoded.lengths[r] for r in encoded.train_rows(0)], bs, world_size, ga,
+        "micro_batches": micro_batch_plan([encoded.lengths[r] for r in encoded.train_rows(0)], StepShape(bs, world_size, ga),
                                           training.batching == "packed", budget, training.seed),
         "memory": figures,
         "checkpoints": checkpoints,
