@@ -3,6 +3,7 @@ that keep packed samples apart. A leaf module (it imports nothing of the package
 checks, the batching code and the attention kernel read one list without importing each other."""
 
 BATCHING_KINDS = ("packed", "length_grouped", "padded")  # see chameleons/batching.py
+BUDGET_NAMES = ("auto", "off")  # training.max_tokens_per_micro_batch besides a number (chameleons/planning.py)
 SDPA_VARLEN = "sdpa_varlen"  # chameleons/attention.py: SDPA per sample of a packed row
 
 # Attention implementations that keep packed samples apart when there is no attention mask and

@@ -13,8 +13,10 @@ import sys
 from dataclasses import dataclass
 
 from . import leak_checks
+from .data import GROUP_BY
 from .errors import EXIT_BAD_INPUT
 from .launch import world_size
+from .prompts import PROMPT_STYLES
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -131,12 +133,12 @@ class DataOptions:
     config: str = flag(help="model/data config, e.g. config_Chameleons_30B.json")
     data_file: str | None = flag(None, "Chameleons file to train on (default: the config's data.train_file)")
     ablation_config: str = flag("context_only", "one of the config's ablation_configs")
-    prompt_style: str = flag("simple", choices=["simple", "detailed"])
+    prompt_style: str = flag(PROMPT_STYLES[0], choices=PROMPT_STYLES)
     template_filename: str | None = flag(None, "template for --prompt_style detailed (default templates/detailed.txt)")
     max_samples_per_user: int | None = flag(None, "keep at most N samples per character (default: all)",
                                             type=optional_positive_int)
     sample_seed: int = flag(42, type=int)
-    sample_group_by: str = flag("user_hash", choices=["user_hash", "record"])
+    sample_group_by: str = flag(GROUP_BY[0], choices=GROUP_BY)
     val_ratio: float = flag(0.1, type=ratio)
     val_seed: int | None = flag(None, "seed of the validation split (default: --sample_seed)", type=int)
     val_leak_check: str = flag(leak_checks.CONVERSATION.name, leak_checks.describe(), choices=leak_checks.NAMES)

@@ -12,7 +12,7 @@ import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from .batching_kinds import BATCHING_KINDS, PACKING_ATTENTION, SDPA_VARLEN
+from .batching_kinds import BATCHING_KINDS, BUDGET_NAMES, PACKING_ATTENTION, SDPA_VARLEN
 from .errors import UserError
 
 # transformers schedulers that need `lr_scheduler_kwargs`, which the config has no key for: they
@@ -302,14 +302,14 @@ def _check_training(where, t):
            f"between 60 and {MAX_DDP_TIMEOUT} (seconds; one year)")
     budget = t["max_tokens_per_micro_batch"]
     if isinstance(budget, str):
-        _check(where, "training", t, "max_tokens_per_micro_batch", budget in ("auto", "off"),
-               "\"auto\", \"off\" or a number of tokens")
+        _check(where, "training", t, "max_tokens_per_micro_batch", budget in BUDGET_NAMES,
+               f"{', '.join(map(json.dumps, BUDGET_NAMES))} or a number of tokens")
     else:
         _check(where, "training", t, "max_tokens_per_micro_batch", budget >= t["max_length"],
                f"at least training.max_length ({t['max_length']}): a micro-batch is split between samples, never inside one")
         _check(where, "training", t, "max_tokens_per_micro_batch", t["batching"] == "packed",
-               "\"auto\" or \"off\" unless training.batching is 'packed': only packed micro-batches are split to a "
-               "token budget")
+               f"{' or '.join(map(json.dumps, BUDGET_NAMES))} unless training.batching is 'packed': only packed "
+               f"micro-batches are split to a token budget")
     _check(where, "training", t, "full_checkpoint_minutes", t["full_checkpoint_minutes"] >= 0, "at least 0")
     _check(where, "training", t, "gpu_memory_gib", t["gpu_memory_gib"] is None or t["gpu_memory_gib"] > 0, "above 0")
     if t["lr_scheduler_type"] == SCHEMA["training"]["lr_scheduler_type"][1]:

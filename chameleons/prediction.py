@@ -42,6 +42,7 @@ from .evaluation import ensemble_token_logprobs, mean_loglik, token_logprobs
 from .generation import BACKENDS, DEVICE_MAPS, Candidate, HFGenerator, Sampling, VllmGenerator, sample_seed
 from .model_loading import Members
 from .prompts import HistoryIndex, extract_answer
+from .run_record import PROMPT_FLAGS, SPLIT_FLAGS
 from .shards import PartStore
 from .splitting import SplitSettings, split_train_val
 
@@ -197,10 +198,9 @@ def training_run_warnings(model_dirs, opts: PredictOptions, ablation) -> list:
     """Where the flags differ from the training run of a member without a run record (an older
     run's training_config.json, if present)."""
     warnings = []
-    checked = ["ablation_config", "prompt_style", "template_filename"]
+    checked = [*PROMPT_FLAGS, "template_filename"]
     if ablation.use_history:  # the history pool depends on how training split its file
-        checked += ["data_file", "max_samples_per_user", "sample_seed", "sample_group_by", "val_ratio", "val_seed",
-                    "val_leak_check"]
+        checked += ["data_file", *SPLIT_FLAGS]
     for d in model_dirs:
         path = Path(d) / TRAINING_CONFIG
         if not path.is_file():
