@@ -22,7 +22,7 @@ from chameleons import (data, diskspace, encoding, evaluation, fidelity, generat
                         prompts, run_record, shards)
 from chameleons.errors import UserError, user_errors_exit
 from chameleons.outputs import write_json, write_records, write_text
-from chameleons.splitting import Conversations
+from chameleons.conversations import Conversations
 
 
 def main(argv=None) -> int:

@@ -37,10 +37,9 @@ def main(argv=None) -> int:
     inputs = preflight.check_inputs(opts, config)
     corpus = data.load_corpus(opts.data_file or config.resolve_path(config.data.train_file))
     data.require_samples(corpus)
-    split = splitting.split_train_val(corpus.samples, opts.max_samples_per_user, opts.sample_seed, opts.val_ratio,
-                                      opts.val_seed, opts.sample_group_by, opts.val_leak_check)
+    split = splitting.split_train_val(corpus.samples, splitting.SplitSettings.from_options(opts))
     splitting.check_validation_share(split, opts.accept_val_share, corpus.path)
-    preflight.require_trainable(corpus.path, split.stats["train"], split.stats["validation"])
+    preflight.require_trainable(corpus.path, split.stats.train, split.stats.validation)
     history = prompts.HistoryIndex.for_pool(split.pool_samples(), corpus.samples, split.index) \
         if ablation.use_history else None
     builder = prompts.PromptBuilder(ablation, opts.prompt_style, history, config.training.max_context_turns,

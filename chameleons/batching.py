@@ -21,20 +21,13 @@ sample, so no label crosses a sample boundary in a packed row, and the Trainer's
 `num_items_in_batch` count (`labels[..., 1:] != -100`) equals the supervised count.
 """
 
+from dataclasses import dataclass
+
 import torch
 
-from .config import BATCHING_KINDS
+from .batching_kinds import BATCHING_KINDS, PACKING_ATTENTION
 from .encoding import IGNORE_INDEX, build_labels
 from .errors import UserError
-
-
-# Attention implementations that keep packed samples apart when there is no attention mask and
-# the position ids restart at 0 per sample. eager/sdpa/flex_attention: checked on CPU with a tiny
-# Qwen3-MoE (packed logits equal per-sample logits, tests/test_batching_equality.py).
-# flash_attention_2/3/4: varlen on the collator's cu_seq_lens (`modeling_flash_attention_utils.
-# _flash_attention_forward`, "is_fa_with_varlen_kwargs"); read in the source, not run here (no GPU).
-PACKING_ATTENTION = ("eager", "sdpa", "sdpa_varlen", "flex_attention", "flash_attention_2", "flash_attention_3",
-                     "flash_attention_4")
 
 
 def _rows(features):
@@ -277,13 +270,22 @@ def split_to_budget(batch: dict, budget, device=None) -> list:
     return split_packed(batch, exact_parts(lengths, budget, need))
 
 
-def micro_batch_plan(lengths, batch_size: int, world_size: int, grad_accum: int, packed: bool, budget=None,
-                     seed: int = 0) -> dict:
+@dataclass(frozen=True)
+class StepShape:
+    """How an optimizer step is cut: rows per micro-batch, ranks, micro-batches per rank."""
+
+    batch_size: int
+    world_size: int
+    grad_accum: int
+
+
+def micro_batch_plan(lengths, shape: StepShape, packed: bool, budget=None, seed: int = 0) -> dict:
     """Tokens per micro-batch and micro-batches per optimizer step over one shuffled epoch, cut as
     the trainer cuts it (consecutive `batch_size` rows, dealt to the ranks in turn, `grad_accum`
     per rank per step), before and after the budget split. Packed micro-batches count their real
     tokens, padded ones rows x longest row. For the dry run: epoch 0 in the trainer's order
     (`epoch_order`; length grouping is not modelled)."""
+    batch_size, world_size, grad_accum = shape.batch_size, shape.world_size, shape.grad_accum
     order = epoch_order(len(lengths), batch_size * world_size * grad_accum, seed, 0)
     batches = [[lengths[i] for i in order[a:a + batch_size]] for a in range(0, len(order), batch_size)]
     tokens = sorted(sum(b) if packed else len(b) * max(b) for b in batches)

@@ -12,8 +12,11 @@ import math
 import sys
 from dataclasses import dataclass
 
+from . import leak_checks
+from .data import GROUP_BY
 from .errors import EXIT_BAD_INPUT
 from .launch import world_size
+from .prompts import PROMPT_STYLES
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -130,18 +133,15 @@ class DataOptions:
     config: str = flag(help="model/data config, e.g. config_Chameleons_30B.json")
     data_file: str | None = flag(None, "Chameleons file to train on (default: the config's data.train_file)")
     ablation_config: str = flag("context_only", "one of the config's ablation_configs")
-    prompt_style: str = flag("simple", choices=["simple", "detailed"])
+    prompt_style: str = flag(PROMPT_STYLES[0], choices=PROMPT_STYLES)
     template_filename: str | None = flag(None, "template for --prompt_style detailed (default templates/detailed.txt)")
     max_samples_per_user: int | None = flag(None, "keep at most N samples per character (default: all)",
                                             type=optional_positive_int)
     sample_seed: int = flag(42, type=int)
-    sample_group_by: str = flag("user_hash", choices=["user_hash", "record"])
+    sample_group_by: str = flag(GROUP_BY[0], choices=GROUP_BY)
     val_ratio: float = flag(0.1, type=ratio)
     val_seed: int | None = flag(None, "seed of the validation split (default: --sample_seed)", type=int)
-    val_leak_check: str = flag(
-        "conversation", "how validation lines are kept out of training: whole conversations go to validation (a line "
-        "is identified by its place in the scene), or 'text': drop every training sample showing a validation "
-        "line's text (strict, loses much scene data)", choices=["conversation", "text"])
+    val_leak_check: str = flag(leak_checks.CONVERSATION.name, leak_checks.describe(), choices=leak_checks.NAMES)
     overrides: list = flag(
         [], "override one config key, repeatable (e.g. --set training.learning_rate=2e-5); the value is read as "
             "JSON where it parses (2e-5, true, null, [\"q_proj\"]), else as a plain string",

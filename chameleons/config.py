@@ -12,9 +12,9 @@ import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from .batching_kinds import BATCHING_KINDS, BUDGET_NAMES, PACKING_ATTENTION, SDPA_VARLEN
 from .errors import UserError
 
-BATCHING_KINDS = ("packed", "length_grouped", "padded")  # see chameleons/batching.py
 # transformers schedulers that need `lr_scheduler_kwargs`, which the config has no key for: they
 # would pass the dry run and fail when the Trainer builds the schedule
 SCHEDULERS_NEEDING_KWARGS = ("cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay")
@@ -82,7 +82,7 @@ class TrainingConfig:
     save_total_limit: int = setting(int, "checkpoints kept (at least 2: the best and the latest)", 3)
     evals_per_epoch: int = setting(int, "evaluations and checkpoints per epoch (--evals_per_epoch overrides it)", 2)
     seed: int = setting(int, "training seed (--seed overrides it)", 42)
-    batching: str = setting(str, "packed, length_grouped or padded", "packed")
+    batching: str = setting(str, f"one of {', '.join(BATCHING_KINDS)}", "packed")
     dataloader_num_workers: int = setting(int, "DataLoader worker processes", 0)
     max_tokens_per_micro_batch: int = setting((int, str), "packed micro-batches above it run in parts; \"auto\" = "
                                               "from the memory model (chameleons/memory.py), \"off\" = no budget", "auto")
@@ -269,8 +269,6 @@ def _known_implementations():
     value: training picks it for packed batches."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, ALL_EXPERTS_FUNCTIONS, ALL_FP8_EXPERTS_FUNCTIONS
 
-    from .attention import NAME as SDPA_VARLEN
-
     attention = ["auto", "eager"] + [k for k in ALL_ATTENTION_FUNCTIONS.valid_keys() if k != SDPA_VARLEN]
     experts = ["auto", "eager"] + sorted(set(ALL_EXPERTS_FUNCTIONS.keys()) | set(ALL_FP8_EXPERTS_FUNCTIONS.keys()))
     return attention, experts
@@ -304,14 +302,14 @@ def _check_training(where, t):
            f"between 60 and {MAX_DDP_TIMEOUT} (seconds; one year)")
     budget = t["max_tokens_per_micro_batch"]
     if isinstance(budget, str):
-        _check(where, "training", t, "max_tokens_per_micro_batch", budget in ("auto", "off"),
-               "\"auto\", \"off\" or a number of tokens")
+        _check(where, "training", t, "max_tokens_per_micro_batch", budget in BUDGET_NAMES,
+               f"{', '.join(map(json.dumps, BUDGET_NAMES))} or a number of tokens")
     else:
         _check(where, "training", t, "max_tokens_per_micro_batch", budget >= t["max_length"],
                f"at least training.max_length ({t['max_length']}): a micro-batch is split between samples, never inside one")
         _check(where, "training", t, "max_tokens_per_micro_batch", t["batching"] == "packed",
-               "\"auto\" or \"off\" unless training.batching is 'packed': only packed micro-batches are split to a "
-               "token budget")
+               f"{' or '.join(map(json.dumps, BUDGET_NAMES))} unless training.batching is 'packed': only packed "
+               f"micro-batches are split to a token budget")
     _check(where, "training", t, "full_checkpoint_minutes", t["full_checkpoint_minutes"] >= 0, "at least 0")
     _check(where, "training", t, "gpu_memory_gib", t["gpu_memory_gib"] is None or t["gpu_memory_gib"] > 0, "above 0")
     if t["lr_scheduler_type"] == SCHEMA["training"]["lr_scheduler_type"][1]:
@@ -327,9 +325,6 @@ def _check_packing(where, model, training):
     """The check training makes before building the model, made here so the dry run refuses it too."""
     if model["attn_implementation"] == "auto":
         return
-    from .attention import NAME as SDPA_VARLEN
-    from .batching import PACKING_ATTENTION
-
     attn = model["attn_implementation"]
     if training["batching"] == "packed" and attn != "auto" and attn not in PACKING_ATTENTION:
         usable = ", ".join(a for a in PACKING_ATTENTION if a != SDPA_VARLEN)

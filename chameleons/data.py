@@ -16,6 +16,7 @@ from .errors import UserError, where
 
 SKIP_EMPTY_CONTINUATION = "empty_continuation"
 SKIP_ENDS_WITH_CHARACTER = "context_ends_with_character_turn"
+GROUP_BY = ("user_hash", "record")  # --sample_group_by: a character is a hash, or a hash within one record
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Sample:
     target: str
 
     def group_key(self, group_by: str = "user_hash") -> str:
+        """The character a sample counts for under `--sample_group_by` (one of GROUP_BY)."""
         return self.user_hash if group_by == "user_hash" else f"{self.user_hash}#{self.record_key}"
 
 

@@ -3,7 +3,7 @@ with edited lines): found by the lines they share approximately, so the split ca
 one conversation.
 
 Each line of six or more words gets a small MinHash sketch: the two smallest CRC-32 values of
-its word bigrams (of its `splitting.line_key`: case, punctuation and accents folded). Two lines
+its word bigrams (of its `conversations.line_key`: case, punctuation and accents folded). Two lines
 that differ by a word or two share a sketch value with high probability. A scene run is
 described by its pairs of consecutive sketched lines; two runs in different conversations are
 near duplicates when enough of the smaller run's line pairs match a pair of the other run.

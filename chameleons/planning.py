@@ -1,8 +1,9 @@
 """What a run will do, before any model is loaded: the dry run's plan.json and its printout."""
 
 import math
+from dataclasses import replace
 
-from . import memory, split_audit, splitting, zero3
+from . import leak_checks, memory, split_audit, splitting, zero3
 from .sampling import sampled_counts
 
 GUIDE_SIZES = (1, 2, 5, 10, None)
@@ -60,8 +61,7 @@ def guide_splits(corpus, split) -> dict:
         if n == split.max_per_user:
             out[n] = split.stats
         else:
-            out[n] = splitting.split_train_val(corpus.samples, n, split.sample_seed, split.val_ratio,
-                                               split.stats["val_seed"], split.group_by, split.stats["leak_check"],
+            out[n] = splitting.split_train_val(corpus.samples, replace(split.settings, max_per_user=n),
                                                index=split.index).stats
     return out
 
@@ -71,7 +71,7 @@ def make_plan(corpus, split, encoded, training, world_size: int, max_epochs: int
     """plan.json: the data, the split, token lengths, the schedule and its hours at
     `sec_per_step`, the memory estimate and the token budget (from `memory_setup`), micro-batch
     sizes, `checkpoints` and the guide table (see `model_costs` for the last two arguments)."""
-    from .batching import micro_batch_plan  # imports torch: not needed by the checks before the plan
+    from .batching import StepShape, micro_batch_plan  # imports torch: not needed by the checks before the plan
 
     tokens = encoded_token_stats(encoded)
     figures = memory_figures(memory_setup, world_size, supervised_share_p95(encoded), training.max_length)
@@ -83,16 +83,16 @@ def make_plan(corpus, split, encoded, training, world_size: int, max_epochs: int
     table = []
     for n, stats in guide_splits(corpus, split).items():
         key = "all" if n is None else n
-        train = stats["train"]
+        train = stats.train
         steps = steps_per_epoch(train, bs, world_size, ga)
         table.append({
             "max_samples_per_user": key,
-            "samples": stats["sampled"],
+            "samples": stats.sampled,
             "samples_if_grouped_by_record": by_record[key],
-            "validation_samples": stats["validation"],
-            "validation_share": stats["validation_share"],
+            "validation_samples": stats.validation,
+            "validation_share": stats.validation_share,
             "train_samples": train,
-            "lost_to_split": stats["lost_to_split"],
+            "lost_to_split": stats.lost_to_split,
             "steps_per_epoch": steps,
             "hours_per_epoch": round(steps * sec_per_step / 3600, 2),
             "hours_max_epochs": round(steps * sec_per_step * max_epochs / 3600, 1),
@@ -105,7 +105,7 @@ def make_plan(corpus, split, encoded, training, world_size: int, max_epochs: int
             "group_by": split.group_by,
             "resample_each_epoch": encoded.resample,
         },
-        "split": {**split.stats, "val_ratio": split.val_ratio, "train_encoded": n_train, "validation_encoded": n_val},
+        "split": {**split.stats.as_dict(), "val_ratio": split.val_ratio, "train_encoded": n_train, "validation_encoded": n_val},
         "tokens": tokens,
         "schedule": {
             "world_size": world_size,
@@ -118,7 +118,7 @@ def make_plan(corpus, split, encoded, training, world_size: int, max_epochs: int
             "sec_per_step": sec_per_step,
             "hours_per_epoch": round(per_epoch * sec_per_step / 3600, 2),
         },
-        "micro_batches": micro_batch_plan([encoded.lengths[r] for r in encoded.train_rows(0)], bs, world_size, ga,
+        "micro_batches": micro_batch_plan([encoded.lengths[r] for r in encoded.train_rows(0)], StepShape(bs, world_size, ga),
                                           training.batching == "packed", budget, training.seed),
         "memory": figures,
         "checkpoints": checkpoints,
@@ -221,21 +221,6 @@ def _micro_line(sc: dict, mb: dict) -> str:
             f"median {mb['micro_batches_per_step_median']} / max {mb['micro_batches_per_step_max']} (one shuffled epoch)")
 
 
-def _leak_line(sp: dict) -> str:
-    if sp["leak_check"] == "text":
-        return (f"leaks      {sp['excluded_for_leakage']:,} samples kept out of training because they quote a "
-                f"validation line's text")
-    huge = (f"{sp['huge_conversations_split']} over-large one(s) split up at scene boundaries"
-            if sp["huge_conversations_split"] else "none had to be split up")
-    if sp.get("uncertain_conversations"):
-        huge += f", {sp['uncertain_conversations']:,} of unknown film kept out of validation"
-    return (f"leaks      {sp['conversations']:,} conversations (largest {sp['largest_conversation']:,} samples; {huge}; "
-            f"{sp.get('near_duplicate_scenes', 0):,} scenes of {sp.get('near_duplicate_records', 0):,} records joined as "
-            f"near duplicates), {sp['validation_conversations']:,} of them validation ({sp['whole_validation']:,} "
-            f"samples, one set for every N); {sp['excluded_for_leakage']:,} samples of validation conversations left out "
-            f"of the training pool")
-
-
 def format_plan(plan: dict) -> str:
     d, sp, t, sc = plan["data"], plan["split"], plan["tokens"], plan["schedule"]
     skipped = ", ".join(f"{k} {v:,}" for k, v in d["skipped"].items()) or "none"
@@ -249,7 +234,7 @@ def format_plan(plan: dict) -> str:
         f"sampled set (val_ratio {sp['val_ratio']}, val_seed {sp['val_seed']}, leak check {sp['leak_check']}); "
         f"lost to the split {sp['lost_to_split']:,}; {sp['validation_characters_without_train']} validation "
         f"characters have no training sample",
-        _leak_line(sp),
+        leak_checks.named(sp["leak_check"]).plan_line(sp),
         f"tokens     length min {t['length_min']} / median {t['length_median']} / p95 {t['length_p95']} / max "
         f"{t['length_max']}; truncated {t['truncated']:,}, dropped {t['dropped_target_too_long']:,}; "
         f"supervised share {t['supervised_share']:.1%}",

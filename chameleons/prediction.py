@@ -42,8 +42,9 @@ from .evaluation import ensemble_token_logprobs, mean_loglik, token_logprobs
 from .generation import BACKENDS, DEVICE_MAPS, Candidate, HFGenerator, Sampling, VllmGenerator, sample_seed
 from .model_loading import Members
 from .prompts import HistoryIndex, extract_answer
+from .run_record import PROMPT_FLAGS, SPLIT_FLAGS
 from .shards import PartStore
-from .splitting import split_train_val
+from .splitting import SplitSettings, split_train_val
 
 PROBLEM_PROMPT_TOO_LONG = "prompt_too_long"
 TRAINING_CONFIG = "training_config.json"
@@ -197,10 +198,9 @@ def training_run_warnings(model_dirs, opts: PredictOptions, ablation) -> list:
     """Where the flags differ from the training run of a member without a run record (an older
     run's training_config.json, if present)."""
     warnings = []
-    checked = ["ablation_config", "prompt_style", "template_filename"]
+    checked = [*PROMPT_FLAGS, "template_filename"]
     if ablation.use_history:  # the history pool depends on how training split its file
-        checked += ["data_file", "max_samples_per_user", "sample_seed", "sample_group_by", "val_ratio", "val_seed",
-                    "val_leak_check"]
+        checked += ["data_file", *SPLIT_FLAGS]
     for d in model_dirs:
         path = Path(d) / TRAINING_CONFIG
         if not path.is_file():
@@ -253,8 +253,7 @@ def training_pool(config, opts: DataOptions, pool=None):
     path = opts.data_file or config.resolve_path(config.data.train_file)
     train = load_corpus(path)
     if pool is None:
-        split = split_train_val(train.samples, opts.max_samples_per_user, opts.sample_seed, opts.val_ratio,
-                                opts.val_seed, opts.sample_group_by, opts.val_leak_check)
+        split = split_train_val(train.samples, SplitSettings.from_options(opts))
         return train.samples, split.pool_samples()
     by_id = {s.sample_id: s for s in train.samples}
     for sid, uid in pool.uids.items():

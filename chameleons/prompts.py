@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .config import Ablation
 from .errors import UserError
-from .splitting import line_key, make_index
+from .conversations import Conversations, line_key
 
 TASK_TEXT = ("Given the historical dialogue of a character in a movie, model the character's speaking "
              "style and behavioral patterns, and predict the next utterance the character would produce.")
@@ -115,7 +115,7 @@ class HistoryIndex:
         """The pool, each line tagged with its conversation among `samples` (the training file's):
         the split's own grouping (`index`) when it has one, else the conversation grouping built
         for the purpose (`--val_leak_check text`, or prediction reading a run's recorded pool)."""
-        index = index if hasattr(index, "label") else make_index(samples, "conversation")
+        index = index if isinstance(index, Conversations) else Conversations(samples)
         return cls(pool_samples, {s.uid: index.label[s.sample_id] for s in samples})
 
     def fingerprint(self) -> str:

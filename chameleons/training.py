@@ -741,7 +741,7 @@ def write_manifest(output_dir, encoded, max_epochs: int):
     outputs.write_json(outputs.run_path(output_dir, outputs.MANIFEST_NAME), {
         "validation": [ids[r] for r in encoded.val_rows],
         "epochs": per_epoch,
-        "split": encoded.split.stats,
+        "split": encoded.split.stats.as_dict(),
         "history_pool": run_record.history_pool(encoded.split),
     })
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from chameleons.data import extract_samples
 from chameleons.prompts import MAX_HISTORY_CHARS, HistoryIndex
-from chameleons.splitting import split_train_val
+from chameleons.leak_checks import named
+from chameleons.splitting import SplitSettings, split_train_val
 
 _PATH = Path(__file__).resolve().parents[1] / "tools" / "make_synthetic_corpus.py"
 _spec = importlib.util.spec_from_file_location("make_synthetic_corpus", _PATH)
@@ -51,7 +52,7 @@ def own_scene_lines(split, history, samples, ids, epochs=range(2)):
 @pytest.mark.parametrize("noise", [{}, NOISE], ids=["clean", "noisy"])
 def test_no_history_line_from_the_own_scene(noise):
     samples, ids = corpus(3, 0.01, noise)
-    split = split_train_val(samples, None, 1, 0.1)
+    split = split_train_val(samples, SplitSettings(None, 1, 0.1))
     shown, own, later = own_scene_lines(split, HistoryIndex.for_pool(split.pool_samples(), samples, split.index), samples, ids)
     assert shown > 500 and (own, later) == (0, 0)
     # the control: the pool alone (the old rule) shows training samples their own scene
@@ -64,7 +65,7 @@ def test_no_history_line_from_the_own_scene(noise):
        st.fixed_dictionaries({k: st.sampled_from([0.0, 0.3]) for k in NOISE}))
 def test_no_history_line_from_the_own_scene_any_split(corpus_seed, n, leak_check, noise):
     samples, ids = corpus(corpus_seed, 0.005, noise)
-    split = split_train_val(samples, n, 7, 0.15, leak_check=leak_check)
+    split = split_train_val(samples, SplitSettings(n, 7, 0.15, leak_check=named(leak_check)))
     _, own, later = own_scene_lines(split, HistoryIndex.for_pool(split.pool_samples(), samples, split.index), samples, ids, range(3))
     assert (own, later) == (0, 0)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from chameleons.batching import (budget_parts, exact_parts, make_collator, micro_batch_plan, split_packed,
+from chameleons.batching import (StepShape, budget_parts, exact_parts, make_collator, micro_batch_plan, split_packed,
                                  split_to_budget)
 from chameleons.config import load_config
 from chameleons.errors import UserError
@@ -94,15 +94,15 @@ def test_split_to_budget_in_one_process():
 
 def test_plan_counts_micro_batches_and_the_budget():
     lengths = [100] * 30 + [300] * 2  # one shuffled epoch of 32 samples
-    plan = micro_batch_plan(lengths, 16, 2, 1, packed=True, budget=2000)
+    plan = micro_batch_plan(lengths, StepShape(16, 2, 1), packed=True, budget=2000)
     assert plan["micro_batches"] == 2 and plan["tokens_per_micro_batch_max"] <= 1600 + 400
     assert plan["over_budget"] == 0 and plan["micro_batches_per_step_max"] == 1
-    tight = micro_batch_plan([100] * 32, 16, 2, 1, packed=True, budget=700)
+    tight = micro_batch_plan([100] * 32, StepShape(16, 2, 1), packed=True, budget=700)
     assert tight["over_budget"] == 2 and tight["tokens_per_micro_batch_max_after_split"] == 700
     assert tight["micro_batches_per_step_max"] == 3  # 1,600 tokens in parts of 7, 7 and 2 samples
-    seed = micro_batch_plan(lengths, 4, 2, 4, packed=True)
+    seed = micro_batch_plan(lengths, StepShape(4, 2, 4), packed=True)
     assert seed["micro_batches"] == 8 and seed["micro_batches_per_step_max"] == 4 and seed["budget"] is None
-    padded = micro_batch_plan(lengths, 4, 2, 4, packed=False, budget=700)
+    padded = micro_batch_plan(lengths, StepShape(4, 2, 4), packed=False, budget=700)
     assert padded["budget"] is None and padded["tokens_per_micro_batch_max"] in (4 * 300, 4 * 100)
 
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from chameleons.data import extract_samples
 from chameleons.sampling import sample_per_character, sampled_counts
-from chameleons.splitting import split_train_val
+from chameleons.splitting import SplitSettings, split_train_val
 
 from conftest import item, record
 
@@ -199,7 +199,7 @@ def test_split_identical_on_every_rank(records, n, seed, world_size, rnd):
     for _ in range(world_size):
         mine = list(samples)
         rnd.shuffle(mine)
-        split = split_train_val(mine, n, seed, 0.2)
+        split = split_train_val(mine, SplitSettings(n, seed, 0.2))
         outcomes.add((frozenset(s.sample_id for s in split.val),
                       tuple(s.sample_id for s in split.epoch_train(0)),
                       tuple(s.sample_id for s in split.epoch_train(1)),

@@ -23,7 +23,7 @@ from chameleons.data import extract_samples
 from chameleons.prompts import HistoryIndex, PromptBuilder
 from chameleons.split_audit import audit_split, normalised
 from chameleons.errors import UserError
-from chameleons.splitting import check_validation_share, split_train_val
+from chameleons.splitting import SplitSettings, check_validation_share, split_train_val
 
 _PATH = Path(__file__).resolve().parents[1] / "tools" / "make_synthetic_corpus.py"
 _spec = importlib.util.spec_from_file_location("make_synthetic_corpus", _PATH)
@@ -46,7 +46,7 @@ def messy_samples(seed, scale, generic, noise):
 
 
 def audited(samples, n, seed, val_seed, ratio, turns, epochs=3):
-    split = split_train_val(samples, n, seed, ratio, val_seed)
+    split = split_train_val(samples, SplitSettings(n, seed, ratio, val_seed))
     builder = PromptBuilder(ALL_ON, "simple", HistoryIndex.for_pool(split.pool_samples(), samples, split.index), turns)
     return split, audit_split(split, builder, samples, epochs)
 
@@ -89,4 +89,4 @@ def test_messy_full_mix_figures():
     for n in (2, None):
         split, report = audited(samples, n, 42, 42, 0.1, None)
         assert report["leaked_targets"] == 0, (n, report["leaked_targets"], report["examples"][:3])
-        assert split.stats["validation"] > 0
+        assert split.stats.validation > 0

@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 
 from chameleons.data import extract_samples
 from chameleons.sampling import sample_per_character
-from chameleons.splitting import LEAK_CHECKS, make_index, split_train_val
+from chameleons.leak_checks import NAMES as LEAK_CHECKS
+from chameleons.leak_checks import named
+from chameleons.splitting import SplitSettings, split_train_val
 
 from conftest import simple_corpus
 
@@ -32,8 +34,8 @@ def ids(samples):
 
 
 def assert_nested(samples, k, sample_seed, val_seed, check, ratio=0.1):
-    index = make_index(samples, check)
-    splits = [split_train_val(samples, n, sample_seed, ratio, val_seed, leak_check=check, index=index)
+    index = named(check).index(samples)
+    splits = [split_train_val(samples, SplitSettings(n, sample_seed, ratio, val_seed, leak_check=named(check)), index=index)
               for n in [*range(1, k + 1), None]]
     for small, big in zip(splits, splits[1:]):
         assert ids(sample_per_character(samples, small.max_per_user, sample_seed)) <= \
@@ -45,7 +47,7 @@ def assert_nested(samples, k, sample_seed, val_seed, check, ratio=0.1):
     for sp in splits:
         assert not ids(sp.train) & every_val
         assert not ids(sp.epoch_train(1)) & every_val
-        assert sp.stats["lost_to_split"] == 0 or check == "text"
+        assert sp.stats.lost_to_split == 0 or check == "text"
     return splits
 
 
@@ -68,4 +70,4 @@ def test_validation_share_near_val_ratio_at_every_n_on_a_full_size_corpus_slice(
     characters (the guard of the dry run checks it for every run)."""
     samples = extract_samples(msc.make_scene_corpus(2, *msc._counts(0.1))).samples
     for sp in assert_nested(samples, 3, 42, None, "conversation"):
-        assert abs(sp.stats["validation_share"] - 0.1) <= 0.02, sp.stats
+        assert abs(sp.stats.validation_share - 0.1) <= 0.02, sp.stats

@@ -17,9 +17,12 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from chameleons import near_duplicates, splitting
+from chameleons import conversations, near_duplicates
 from chameleons.data import extract_samples
-from chameleons.splitting import COMMON_RECORDS, line_key, split_train_val
+from chameleons.conversations import COMMON_RECORDS, Conversations, line_key
+from chameleons.leak_checks import NAMES as LEAK_CHECKS
+from chameleons.leak_checks import named
+from chameleons.splitting import SplitSettings, split_train_val
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("make_synthetic_corpus", REPO / "tools" / "make_synthetic_corpus.py")
@@ -118,7 +121,7 @@ def test_line_key_folds_transcription_variants():
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow],
           phases=[Phase.explicit, Phase.generate])
 @given(st.integers(0, 10**6), st.sampled_from([None, 1, 3]), st.integers(0, 100),
-       st.sampled_from(splitting.LEAK_CHECKS))
+       st.sampled_from(LEAK_CHECKS))
 def test_no_leak_of_true_lines_on_messy_copies(corpus_seed, n, seed, check):
     """Copies, re-normalised records and split records: no validation line (text screening: no
     validation target) reaches training by its true identity (lines said in many records
@@ -128,26 +131,26 @@ def test_no_leak_of_true_lines_on_messy_copies(corpus_seed, n, seed, check):
     records, places = messy_corpus(corpus_seed)
     samples = extract_samples(records).samples
     place_of = place_map(samples, places)
-    split = split_train_val(samples, n, seed, 0.1, leak_check=check)
+    split = split_train_val(samples, SplitSettings(n, seed, 0.1, leak_check=named(check)))
     bad = leaked(split, place_of, range(3), targets_only=check == "text")
-    if split.stats.get("huge_conversations_split"):
+    if split.stats.grouping and split.stats.grouping.huge_conversations_split:
         bad -= common_ids(samples, place_of)
     assert not bad
     if check == "conversation" and n is None:
-        assert split.stats["lost_to_split"] == 0
-        assert abs(split.stats["validation_share"] - 0.1) <= 0.01
+        assert split.stats.lost_to_split == 0
+        assert abs(split.stats.validation_share - 0.1) <= 0.01
 
 
-@pytest.mark.parametrize("check", splitting.LEAK_CHECKS)
+@pytest.mark.parametrize("check", LEAK_CHECKS)
 def test_exact_text_keys_would_leak_on_the_same_corpus(monkeypatch, check):
     """The control: with lines compared by their exact text the same corpora leak, so the test
     above can fail."""
-    monkeypatch.setattr(splitting, "line_key", lambda text: text)
+    monkeypatch.setattr(conversations, "line_key", lambda text: text)
     total = 0
     for corpus_seed in range(3):
         records, places = messy_corpus(corpus_seed)
         samples = extract_samples(records).samples
-        split = split_train_val(samples, None, 1, 0.1, leak_check=check)
+        split = split_train_val(samples, SplitSettings(None, 1, 0.1, leak_check=named(check)))
         place_of = place_map(samples, places)
         total += len(leaked(split, place_of, targets_only=check == "text") - common_ids(samples, place_of))
     assert total > 0
@@ -156,9 +159,9 @@ def test_exact_text_keys_would_leak_on_the_same_corpus(monkeypatch, check):
 def _near_duplicate_leaks(samples, place_of, seeds):
     total, merged = 0, 0
     for seed in seeds:
-        split = split_train_val(samples, None, seed, 0.1)
+        split = split_train_val(samples, SplitSettings(None, seed, 0.1))
         total += len(leaked(split, place_of) - common_ids(samples, place_of))
-        merged = split.stats["near_duplicate_scenes"]
+        merged = split.stats.grouping.near_duplicate_scenes
     return total, merged
 
 
@@ -173,10 +176,10 @@ def test_re_transcribed_copies_are_one_conversation(monkeypatch):
     samples = extract_samples(records).samples
     place_of = place_map(samples, places)
     total, merged = _near_duplicate_leaks(samples, place_of, range(4))
-    split = split_train_val(samples, None, 0, 0.1)
+    split = split_train_val(samples, SplitSettings(None, 0, 0.1))
     assert total == 0 and merged > 0
-    assert 0 < split.stats["near_duplicate_records"] <= split.stats["near_duplicate_scenes"]
-    assert split.stats["lost_to_split"] == 0 and abs(split.stats["validation_share"] - 0.1) <= 0.01
+    assert 0 < split.stats.grouping.near_duplicate_records <= split.stats.grouping.near_duplicate_scenes
+    assert split.stats.lost_to_split == 0 and abs(split.stats.validation_share - 0.1) <= 0.01
     monkeypatch.setattr(near_duplicates, "near_duplicate_runs", lambda *args: [])
     assert _near_duplicate_leaks(samples, place_of, range(4))[0] > 0
 
@@ -185,5 +188,5 @@ def test_clean_scene_corpus_has_few_near_duplicates():
     """Unrelated scenes are not merged: on a clean corpus (whose lines are overlapping slices
     of one word stream, so they share many phrases) hardly any scene is merged this way."""
     samples = extract_samples(msc.make_scene_corpus(4, *msc._counts(0.03))).samples
-    index = splitting.make_index(samples)
+    index = Conversations(samples)
     assert index.near_duplicate_scenes <= 0.01 * len({s.record_index for s in samples})

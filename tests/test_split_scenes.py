@@ -26,7 +26,9 @@ from hypothesis import strategies as st
 from chameleons.data import extract_samples, load_corpus
 from chameleons.planning import GUIDE_SIZES, format_plan, guide_splits
 from chameleons.prompts import Ablation, HistoryIndex, PromptBuilder
-from chameleons.splitting import COMMON_RECORDS, Conversations, make_index, split_train_val
+from chameleons.conversations import COMMON_RECORDS, Conversations
+from chameleons.leak_checks import TEXT, named
+from chameleons.splitting import SplitSettings, split_train_val
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample_chameleons.json"
@@ -75,7 +77,7 @@ def _is_common_line(samples, place_of, place) -> bool:
 @pytest.fixture(scope="module")
 def full_scenes():
     samples, place_of, _ = scene_samples(0, 1.0)
-    return samples, place_of, make_index(samples, "conversation")
+    return samples, place_of, Conversations(samples)
 
 
 @pytest.mark.parametrize("n", GUIDE_SIZES)
@@ -88,20 +90,20 @@ def test_full_size_scene_corpus_loses_at_most_one_percent(full_scenes, n):
     samples, place_of, index = full_scenes
     assert len(samples) == 71964
     assert index.split_up == 0 and index.largest <= index.cap
-    split = split_train_val(samples, n, 42, 0.1, index=index)
+    split = split_train_val(samples, SplitSettings(n, 42, 0.1), index=index)
     st_ = split.stats
-    assert st_["lost_to_split"] <= 0.01 * st_["sampled"], st_
-    assert abs(st_["validation"] / st_["sampled"] - 0.1) <= (0.01 if n is None else 0.03), st_
-    assert st_["train"] + st_["validation"] + st_["lost_to_split"] == st_["sampled"]
-    assert st_["train"] == len(split.train) and st_["validation"] == len(split.val)
+    assert st_.lost_to_split <= 0.01 * st_.sampled, st_
+    assert abs(st_.validation / st_.sampled - 0.1) <= (0.01 if n is None else 0.03), st_
+    assert st_.train + st_.validation + st_.lost_to_split == st_.sampled
+    assert st_.train == len(split.train) and st_.validation == len(split.val)
     assert not leaked_places(split, place_of)
 
 
 def test_text_screening_loses_more_on_the_same_corpus(full_scenes):
     """The control: whole-text matching fails the 1% bound on this corpus (generic lines)."""
     samples, _, _ = full_scenes
-    split = split_train_val(samples, None, 42, 0.1, leak_check="text")
-    assert split.stats["lost_to_split"] > 0.01 * split.stats["sampled"]
+    split = split_train_val(samples, SplitSettings(None, 42, 0.1, leak_check=TEXT))
+    assert split.stats.lost_to_split > 0.01 * split.stats.sampled
 
 
 def test_generic_lines_do_not_join_scenes(full_scenes):
@@ -123,9 +125,9 @@ def test_no_validation_utterance_reaches_training(corpus_seed, scale, generic, n
     """In no epoch (resampled) does a training prompt, history line or target show a line of a
     validation sample at its place; history lines come only from the training pool."""
     samples, place_of, _ = scene_samples(corpus_seed, scale, generic)
-    split = split_train_val(samples, n, seed, ratio, val_seed, group_by)
+    split = split_train_val(samples, SplitSettings(n, seed, ratio, val_seed, group_by))
     leaked = leaked_places(split, place_of, range(4))
-    if split.stats["huge_conversations_split"]:  # cut only between common lines: see the test below
+    if split.stats.grouping.huge_conversations_split:  # cut only between common lines: see the test below
         leaked = {p for p in leaked if not _is_common_line(samples, place_of, p)}
     assert not leaked
     # the history lines a prompt shows are targets of the pool (so they are covered above)
@@ -143,7 +145,7 @@ def test_a_huge_conversation_is_split_at_scene_boundaries():
     scenes into one component; it is divided at scene boundaries (reported), validation stays
     on target, and a line shared across a cut is at worst a common one, never a scene's own."""
     samples, place_of, records = scene_samples(5, 0.05, generic_share=0.5)
-    index = make_index(samples)
+    index = Conversations(samples)
     whole = Conversations(samples, huge_share=1.0)  # nothing divided
     assert whole.largest > 2 * index.cap and index.split_up >= 1
     assert index.largest < whole.largest / 2 and len(index) > len(whole)
@@ -156,10 +158,10 @@ def test_a_huge_conversation_is_split_at_scene_boundaries():
         for line in {c for _, c in s.context} | {s.target}:
             records_of.setdefault(line, set()).add(s.record_index)
     for n in (None, 2):
-        split = split_train_val(samples, n, 3, 0.1, index=index)
-        assert split.stats["huge_conversations_split"] >= 1
-        assert abs(split.stats["validation_share"] - 0.1) <= (0.01 if n is None else 0.03)
-        assert split.stats["lost_to_split"] <= 0.01 * split.stats["sampled"]
+        split = split_train_val(samples, SplitSettings(n, 3, 0.1), index=index)
+        assert split.stats.grouping.huge_conversations_split >= 1
+        assert abs(split.stats.validation_share - 0.1) <= (0.01 if n is None else 0.03)
+        assert split.stats.lost_to_split <= 0.01 * split.stats.sampled
         for p in leaked_places(split, place_of):
             assert len(records_of[text_of[p]]) > COMMON_RECORDS, text_of[p]
 
@@ -172,7 +174,7 @@ def test_a_window_that_cut_off_the_line_before(build):
     bob = build.record("B", [build.item([("Ann", "I never left, Bob.")], "Then where were you?"),
                              build.item([("Ann", "Hm.")], "Fine.")], name="Bob")
     samples = extract_samples([ann, bob]).samples
-    index = make_index(samples)
+    index = Conversations(samples)
     by_target = {s.target: index.label[s.sample_id] for s in samples}
     assert by_target["I never left, Bob."] == by_target["Then where were you?"]
     assert len(index) == 3
@@ -192,13 +194,13 @@ def test_a_generic_line_in_two_scenes_is_two_places(build, check):
     samples = extract_samples([build.record("A", scene("the car") + scene("the dog"), name="Ann"),
                                build.record("C", [build.item([("Zed", f"z{j}")], f"Cy {j}") for j in range(6)],
                                             name="Cy")]).samples
-    index = make_index(samples)
+    index = Conversations(samples)
     if check == "conversation":
         labels = {s.target: index.label[s.sample_id] for s in samples}
         assert labels["Bringing the car now."] != labels["Bringing the dog now."]
         assert len(index) == 2 + 6
     for seed in range(30):
-        split = split_train_val(samples, None, seed, 0.25, leak_check=check)
+        split = split_train_val(samples, SplitSettings(None, seed, 0.25, leak_check=named(check)))
         if "Yeah." in [s.target for s in split.val]:
             break
     else:
@@ -206,9 +208,9 @@ def test_a_generic_line_in_two_scenes_is_two_places(build, check):
     trained = {s.target for s in split.train}
     other_scene = {"Bringing the car now.", "Bringing the dog now."} - {s.target for s in split.val}
     if check == "conversation":
-        assert other_scene <= trained and split.stats["lost_to_split"] == 0
+        assert other_scene <= trained and split.stats.lost_to_split == 0
     else:
-        assert not other_scene & trained and split.stats["lost_to_split"] > 0
+        assert not other_scene & trained and split.stats.lost_to_split > 0
 
 
 # --------------------------------------------------------------------------- the same split everywhere
@@ -216,7 +218,7 @@ def test_a_generic_line_in_two_scenes_is_two_places(build, check):
 def _outcome(split, uid_of=lambda s: s.uid):
     return (sorted(uid_of(s) for s in split.val),
             [sorted(uid_of(s) for s in split.epoch_train(e)) for e in range(3)],
-            {k: v for k, v in split.stats.items()})
+            split.stats)
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -226,14 +228,14 @@ def test_split_identical_across_file_orders_and_world_sizes(corpus_seed, n, seed
     """Records shuffled (sample ids change, content does not), and each of `world_size` ranks
     computing the split from its own order of the samples: the same split by content."""
     _, _, records = scene_samples(corpus_seed, 0.004)
-    base = split_train_val(extract_samples(records).samples, n, seed, 0.1)
+    base = split_train_val(extract_samples(records).samples, SplitSettings(n, seed, 0.1))
     shuffled = list(records)
     rnd.shuffle(shuffled)
     samples = extract_samples(shuffled).samples
     for _ in range(world_size):
         mine = list(samples)
         rnd.shuffle(mine)
-        assert _outcome(split_train_val(mine, n, seed, 0.1)) == _outcome(base)
+        assert _outcome(split_train_val(mine, SplitSettings(n, seed, 0.1))) == _outcome(base)
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -241,8 +243,8 @@ def test_split_identical_across_file_orders_and_world_sizes(corpus_seed, n, seed
                                                                           max_size=4), st.integers(0, 100))
 def test_one_validation_set_for_all_sample_seeds(corpus_seed, n, sample_seeds, val_seed):
     samples, place_of, _ = scene_samples(corpus_seed, 0.006)
-    index = make_index(samples)
-    splits = [split_train_val(samples, n, s, 0.1, val_seed, index=index) for s in sample_seeds]
+    index = Conversations(samples)
+    splits = [split_train_val(samples, SplitSettings(n, s, 0.1, val_seed), index=index) for s in sample_seeds]
     assert len({frozenset(ids(sp.val)) for sp in splits}) == 1
     for sp in splits:
         assert not leaked_places(sp, place_of, range(2))
@@ -254,10 +256,10 @@ def test_same_split_under_other_hash_seeds():
     code = ("import sys, importlib.util; sys.path.insert(0, %r);"
             "sp = importlib.util.spec_from_file_location('m', %r); m = importlib.util.module_from_spec(sp);"
             "sp.loader.exec_module(m);"
-            "from chameleons.data import extract_samples; from chameleons.splitting import split_train_val;"
+            "from chameleons.data import extract_samples; from chameleons.splitting import SplitSettings, split_train_val;"
             "s = extract_samples(m.make_scene_corpus(1, *m._counts(0.03), generic_share=0.5)).samples;"
-            "x = split_train_val(s, 2, 7, 0.1);"
-            "print(x.stats['huge_conversations_split'], sorted(v.uid for v in x.val), sorted(v.uid for v in x.train))"
+            "x = split_train_val(s, SplitSettings(2, 7, 0.1));"
+            "print(x.stats.grouping.huge_conversations_split, sorted(v.uid for v in x.val), sorted(v.uid for v in x.train))"
             ) % (str(REPO), str(REPO / "tools" / "make_synthetic_corpus.py"))
     outs = set()
     for hs in ("0", "1", "4242"):
@@ -276,13 +278,13 @@ def test_guide_table_uses_the_real_split(check, run_n):
     """Issue 9 item 17: on the shipped sample the "all" row promised more training samples than
     the split gave. Every row is now the split that N would really get."""
     corpus = load_corpus(SAMPLE)
-    split = split_train_val(corpus.samples, run_n, 42, 0.1, None, "user_hash", check)
+    split = split_train_val(corpus.samples, SplitSettings(run_n, 42, 0.1, None, "user_hash", named(check)))
     rows = guide_splits(corpus, split)
     assert list(rows) == list(GUIDE_SIZES)
     for n, stats in rows.items():
-        real = split_train_val(corpus.samples, n, 42, 0.1, None, "user_hash", check).stats
+        real = split_train_val(corpus.samples, SplitSettings(n, 42, 0.1, None, "user_hash", named(check))).stats
         assert stats == real, n
-        assert stats["leak_check"] == check
+        assert stats.leak_check == check
     assert rows[run_n] is split.stats
 
 
@@ -306,8 +308,8 @@ def test_plan_reports_the_conversation_split(tmp_path, build, run_trainer):
         assert shown in text
     assert f"{sp['near_duplicate_scenes']:,} scenes of {sp['near_duplicate_records']:,} records joined" in text
     assert f"({sp['whole_validation']:,} samples, one set for every N)" in text
-    text_split = split_train_val(extract_samples(samples).samples, None, 42, 0.1, leak_check="text")
-    assert "quote a validation line" in format_plan({**plan, "split": {**plan["split"], **text_split.stats}})
+    text_split = split_train_val(extract_samples(samples).samples, SplitSettings(None, 42, 0.1, leak_check=TEXT))
+    assert "quote a validation line" in format_plan({**plan, "split": {**plan["split"], **text_split.stats.as_dict()}})
 
 
 def test_bad_leak_check_is_one_error_line(capsys):

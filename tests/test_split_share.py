@@ -10,7 +10,8 @@ import pytest
 
 from chameleons.data import extract_samples
 from chameleons.errors import UserError
-from chameleons.splitting import check_validation_share, split_train_val
+from chameleons.leak_checks import named
+from chameleons.splitting import SplitSettings, check_validation_share, split_train_val
 
 
 def one_scene(build, n_lines=12, tag="a"):
@@ -27,8 +28,8 @@ def one_scene(build, n_lines=12, tag="a"):
 
 def test_one_conversation_is_an_error_naming_it(build):
     samples = extract_samples(one_scene(build)).samples
-    split = split_train_val(samples, None, 42, 0.1)
-    assert split.stats["validation"] == 0
+    split = split_train_val(samples, SplitSettings(None, 42, 0.1))
+    assert split.stats.validation == 0
     with pytest.raises(UserError) as exc:
         check_validation_share(split, path="d.json")
     msg = str(exc.value)
@@ -40,8 +41,8 @@ def test_one_conversation_is_an_error_naming_it(build):
 
 def test_two_equal_scenes_give_half_and_are_an_error(build):
     samples = extract_samples(one_scene(build, tag="a") + one_scene(build, tag="bb")).samples
-    split = split_train_val(samples, None, 42, 0.1)
-    assert split.stats["validation_share"] == 0.5
+    split = split_train_val(samples, SplitSettings(None, 42, 0.1))
+    assert split.stats.validation_share == 0.5
     with pytest.raises(UserError, match="50.0%"):
         check_validation_share(split)
 
@@ -53,7 +54,7 @@ def test_many_small_conversations_pass(build, check):
     samples = extract_samples(build.simple_corpus([5] * 40)).samples
     for seed in range(10):
         for n in (None, 1, 2, 3):
-            check_validation_share(split_train_val(samples, n, seed, 0.1, leak_check=check))
+            check_validation_share(split_train_val(samples, SplitSettings(n, seed, 0.1, leak_check=named(check))))
 
 
 def test_dry_run_refuses_and_writes_nothing(tmp_path, build, run_in_process):

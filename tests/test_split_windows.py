@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from chameleons import splitting
+from chameleons.conversations import Conversations, line_key
 from chameleons.data import extract_samples
 from chameleons.prompts import Ablation, PromptBuilder
-from chameleons.splitting import line_key, split_train_val
+from chameleons.splitting import SplitSettings, split_train_val
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("make_synthetic_corpus", REPO / "tools" / "make_synthetic_corpus.py")
@@ -41,7 +41,7 @@ def generic_corpus():
 @pytest.mark.parametrize("n", [None, 2])
 def test_no_validation_target_at_its_visible_place_in_training(generic_corpus, window, n):
     samples = generic_corpus
-    split = split_train_val(samples, n, 5, 0.1)
+    split = split_train_val(samples, SplitSettings(n, 5, 0.1))
     builder = PromptBuilder(CONTEXT_ONLY, "simple", None, window)
     val_places = {visible(builder, s) for s in split.val if s.context}
     assert len(val_places) > 20
@@ -49,8 +49,8 @@ def test_no_validation_target_at_its_visible_place_in_training(generic_corpus, w
     for s in [t for e in range(3) for t in split.epoch_train(e)] + split.pool_samples():
         shown |= shown_places(visible(builder, s), min(window, len(s.context)))
     assert not val_places & shown
-    assert split.stats["lost_to_split"] <= 0.01 * split.stats["sampled"]
-    assert abs(split.stats["validation_share"] - 0.1) <= 0.03
+    assert split.stats.lost_to_split <= 0.01 * split.stats.sampled
+    assert abs(split.stats.validation_share - 0.1) <= 0.03
 
 
 def test_without_the_ending_rule_a_one_turn_window_leaks(generic_corpus, monkeypatch):
@@ -59,8 +59,8 @@ def test_without_the_ending_rule_a_one_turn_window_leaks(generic_corpus, monkeyp
     def no_endings(self, samples, seqs):
         self.holders, self.ending, self.shared_ending = {}, {}, set()
 
-    monkeypatch.setattr(splitting.Conversations, "_endings", no_endings)
-    split = split_train_val(generic_corpus, None, 5, 0.1)
+    monkeypatch.setattr(Conversations, "_endings", no_endings)
+    split = split_train_val(generic_corpus, SplitSettings(None, 5, 0.1))
     builder = PromptBuilder(CONTEXT_ONLY, "simple", None, 1)
     val_places = {visible(builder, s) for s in split.val if s.context}
     shown = set()

@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 from chameleons.data import extract_samples, load_corpus
 from chameleons.prompts import Ablation, HistoryIndex, PromptBuilder
 from chameleons.sampling import sample_per_character
-from chameleons.splitting import LEAK_CHECKS, split_train_val
+from chameleons.leak_checks import NAMES as LEAK_CHECKS
+from chameleons.leak_checks import TEXT, named
+from chameleons.splitting import SplitSettings, split_train_val
 
 from conftest import scene_corpus, simple_corpus
 
@@ -43,10 +45,10 @@ def ids(samples):
 def test_validation_is_about_val_ratio_of_the_sampled_set(counts, n, ratio, seed, check):
     samples = extract_samples(simple_corpus(counts)).samples  # unique lines: nothing leaks
     sampled = sample_per_character(samples, n, seed)
-    split = split_train_val(samples, n, seed, ratio, leak_check=check)
+    split = split_train_val(samples, SplitSettings(n, seed, ratio, leak_check=named(check)))
     train = split.epoch_train(0)
-    assert split.stats["sampled"] == len(sampled) == sum(c if n is None else min(c, n) for c in counts)
-    whole = split_train_val(samples, None, seed, ratio, leak_check=check)
+    assert split.stats.sampled == len(sampled) == sum(c if n is None else min(c, n) for c in counts)
+    whole = split_train_val(samples, SplitSettings(None, seed, ratio, leak_check=named(check)))
     if len(samples) >= 2:  # chosen once over the corpus; each N gets its sample's share of it
         assert 1 <= len(whole.val) <= len(samples) - 1
         assert abs(len(whole.val) - ratio * len(samples)) <= 1
@@ -55,17 +57,17 @@ def test_validation_is_about_val_ratio_of_the_sampled_set(counts, n, ratio, seed
     assert ids(split.val) <= ids(sampled)
     assert not ids(split.val) & ids(train)
     assert ids(train) | ids(split.val) == ids(sampled)
-    assert split.stats["train"] == len(train) and split.stats["validation"] == len(split.val)
-    assert split.stats["lost_to_split"] == 0 and split.stats["leak_check"] == check
+    assert split.stats.train == len(train) and split.stats.validation == len(split.val)
+    assert split.stats.lost_to_split == 0 and split.stats.leak_check == check
     if sampled:
-        assert split.stats["validation_share"] == round(len(split.val) / len(sampled), 4)
+        assert split.stats.validation_share == round(len(split.val) / len(sampled), 4)
 
 
 @both_checks
 def test_not_per_character(check):
     """N = 2 over 50 characters: a tenth of 100 samples, not one per character."""
     samples = extract_samples(simple_corpus([6] * 50)).samples
-    split = split_train_val(samples, 2, 42, 0.1, leak_check=check)
+    split = split_train_val(samples, SplitSettings(2, 42, 0.1, leak_check=named(check)))
     assert 5 <= len(split.val) <= 15  # the sample's share of the corpus's 30 validation samples
     assert len({s.user_hash for s in split.val}) < 50
     assert len(split.epoch_train(0)) == 100 - len(split.val)
@@ -81,7 +83,7 @@ def test_validation_characters_keep_a_training_sample_when_possible(counts, n, r
     one-sample character is not protected (that would keep every such character out of
     validation and starve small N of its share). The stats count what happened at any N."""
     samples = extract_samples(simple_corpus(counts)).samples
-    split = split_train_val(samples, n, seed, ratio, leak_check=check)
+    split = split_train_val(samples, SplitSettings(n, seed, ratio, leak_check=named(check)))
     train_chars = {s.user_hash for s in split.epoch_train(0)}
     val_chars = {s.user_hash for s in split.val}
     without = val_chars - train_chars
@@ -89,20 +91,20 @@ def test_validation_characters_keep_a_training_sample_when_possible(counts, n, r
         spare = sum(c - 1 for c in counts if c > 1) + sum(1 for c in counts if c == 1)
         if len(split.val) <= spare:
             assert all(counts[int(h[1:])] == 1 for h in without)
-    assert split.stats["validation_characters"] == len(val_chars)
-    assert split.stats["validation_characters_without_train"] == len(without)
-    assert split.stats["characters_without_train"] == len({s.user_hash for s in samples} - train_chars)
+    assert split.stats.validation_characters == len(val_chars)
+    assert split.stats.validation_characters_without_train == len(without)
+    assert split.stats.characters_without_train == len({s.user_hash for s in samples} - train_chars)
 
 
 @both_checks
 def test_stats_count_validation_characters_without_training(check):
     """Every character has one sample: whoever lands in validation has no training sample."""
     samples = extract_samples(simple_corpus([1] * 20)).samples
-    split = split_train_val(samples, 1, 3, 0.1, leak_check=check)
+    split = split_train_val(samples, SplitSettings(1, 3, 0.1, leak_check=named(check)))
     assert len(split.val) == 2
     val_chars = {s.user_hash for s in split.val}
     assert not val_chars & {s.user_hash for s in split.epoch_train(0)}
-    assert split.stats["validation_characters_without_train"] == 2
+    assert split.stats.validation_characters_without_train == 2
 
 
 # --------------------------------------------------------------------------- no leakage
@@ -138,7 +140,7 @@ def test_no_validation_target_in_own_training_prompts_any_epoch(corpus_seed, n, 
     """A character's validation line is never in its own training prompts (quoted as an earlier
     `Assistant:` turn of the scene, or picked as a history line), in any resampled epoch."""
     samples = extract_samples(scene_corpus(n_chars=6, scenes=3, lines_per_scene=8, seed=corpus_seed)).samples
-    split = split_train_val(samples, n, seed, 0.2, val_seed=val_seed, leak_check=check)
+    split = split_train_val(samples, SplitSettings(n, seed, 0.2, val_seed=val_seed, leak_check=named(check)))
     _assert_no_val_target_in_training_prompts(split, range(4), same_character_only=True)
     assert not ids(split.val) & ids(split.pool_samples())
 
@@ -151,7 +153,7 @@ def test_no_validation_target_in_any_training_prompt(check):
     (the old screening looked only at the same character), so B's training
     prompts still show A's validation line."""
     samples = extract_samples(scene_corpus(n_chars=6, scenes=3, lines_per_scene=8, seed=1)).samples
-    split = split_train_val(samples, None, 42, 0.2, leak_check=check)
+    split = split_train_val(samples, SplitSettings(None, 42, 0.2, leak_check=named(check)))
     _assert_no_val_target_in_training_prompts(split, range(3), same_character_only=False)
 
 
@@ -169,7 +171,7 @@ def test_cross_character_leak_minimal_repro(build, check):
     samples = extract_samples([a, b]).samples
     # find a seed that puts A-secret in validation (derived, not hard-coded)
     for seed in range(200):
-        split = split_train_val(samples, None, seed, 0.5, leak_check=check)
+        split = split_train_val(samples, SplitSettings(None, seed, 0.5, leak_check=named(check)))
         if "A-secret" in [s.target for s in split.val]:
             break
     else:
@@ -182,7 +184,7 @@ def test_no_leak_on_shipped_sample_data_same_character():
     """Text screening: not even the text of a validation target reaches the character's prompts."""
     samples = load_corpus(SAMPLE).samples
     for n in (None, 3):
-        split = split_train_val(samples, n, 7, 0.1, leak_check="text")
+        split = split_train_val(samples, SplitSettings(n, 7, 0.1, leak_check=TEXT))
         _assert_no_val_target_in_training_prompts(split, range(3 if n else 1), same_character_only=True)
 
 
@@ -192,8 +194,8 @@ def test_no_leak_on_shipped_sample_data_by_conversation():
     prompt, history line or target, in any resampled epoch."""
     samples = load_corpus(SAMPLE).samples
     for n in (None, 3):
-        split = split_train_val(samples, n, 7, 0.1)
-        assert split.stats["lost_to_split"] == 0
+        split = split_train_val(samples, SplitSettings(n, 7, 0.1))
+        assert split.stats.lost_to_split == 0
         builder = PromptBuilder(ALL_ON, "simple", HistoryIndex(split.pool_samples()))
         val_lines = {c for s in split.val for _, c in s.context if len(c) >= 25}
         val_lines |= {s.target for s in split.val if len(s.target) >= 25}
@@ -208,24 +210,24 @@ def test_leak_screening_removes_the_quoting_sample():
     """Text screening: a later item of a scene quotes the character's earlier line; if that line
     is a validation target, the later item must not train (it is counted as excluded)."""
     samples = extract_samples(scene_corpus(n_chars=2, scenes=2, lines_per_scene=10, seed=3)).samples
-    split = split_train_val(samples, None, 0, 0.2, leak_check="text")
+    split = split_train_val(samples, SplitSettings(None, 0, 0.2, leak_check=TEXT))
     val_lines = {(s.user_hash, s.target) for s in split.val}
     quoting = [s for s in samples if s.sample_id not in ids(split.val)
                and any(r == "assistant" and (s.user_hash, c) in val_lines for r, c in s.context)]
     assert quoting, "corpus should have quoting samples"
     assert not ids(quoting) & ids(split.pool_samples())
-    assert split.stats["excluded_for_leakage"] >= len(quoting)
+    assert split.stats.excluded_for_leakage >= len(quoting)
 
 
 def test_conversation_split_keeps_a_scene_together():
     """Conversation split, same corpus: the quoting samples are not lost but go to validation
     with the line they quote; the split costs no training sample."""
     samples = extract_samples(scene_corpus(n_chars=4, scenes=3, lines_per_scene=10, seed=3)).samples
-    split = split_train_val(samples, None, 0, 0.2)
+    split = split_train_val(samples, SplitSettings(None, 0, 0.2))
     val_lines = {(s.user_hash, s.target) for s in split.val}
     quoting = [s for s in samples if any(r == "assistant" and (s.user_hash, c) in val_lines for r, c in s.context)]
     assert quoting and ids(quoting) <= ids(split.val)
-    assert split.stats["excluded_for_leakage"] == split.stats["lost_to_split"] == 0
+    assert split.stats.excluded_for_leakage == split.stats.lost_to_split == 0
     assert len(split.train) + len(split.val) == len(samples)
 
 
@@ -236,25 +238,25 @@ def test_conversation_split_keeps_a_scene_together():
        checks_st)
 def test_val_seed_shares_one_validation_set(counts, n, seed_a, seed_b, val_seed, check):
     samples = extract_samples(simple_corpus(counts)).samples
-    a = split_train_val(samples, n, seed_a, 0.2, val_seed=val_seed, leak_check=check)
-    b = split_train_val(samples, n, seed_b, 0.2, val_seed=val_seed, leak_check=check)
+    a = split_train_val(samples, SplitSettings(n, seed_a, 0.2, val_seed=val_seed, leak_check=named(check)))
+    b = split_train_val(samples, SplitSettings(n, seed_b, 0.2, val_seed=val_seed, leak_check=named(check)))
     assert ids(a.val) == ids(b.val)
     expected_total = sum(c if n is None else min(c, n) for c in counts)
     for split in (a, b):
         train = split.epoch_train(0)
         assert not ids(train) & ids(split.val)
         assert len(train) + len(split.val) == expected_total
-        assert split.stats["val_seed"] == val_seed
+        assert split.stats.val_seed == val_seed
 
 
 @both_checks
 def test_sample_seed_alone_changes_validation(check):
     """Sanity check that val_seed matters: without it, two sample seeds give two validation sets."""
     samples = extract_samples(simple_corpus([8] * 30)).samples
-    a = split_train_val(samples, 3, 1, 0.2, leak_check=check)
-    b = split_train_val(samples, 3, 2, 0.2, leak_check=check)
+    a = split_train_val(samples, SplitSettings(3, 1, 0.2, leak_check=named(check)))
+    b = split_train_val(samples, SplitSettings(3, 2, 0.2, leak_check=named(check)))
     assert ids(a.val) != ids(b.val)
-    c = split_train_val(samples, 3, 2, 0.2, val_seed=1, leak_check=check)
+    c = split_train_val(samples, SplitSettings(3, 2, 0.2, val_seed=1, leak_check=named(check)))
     assert ids(a.val) == ids(c.val)
 
 
@@ -264,7 +266,7 @@ def test_sample_seed_alone_changes_validation(check):
 @given(counts_st, st.sampled_from([None, 1, 2, 4]), st.integers(0, 10**6), st.floats(0.05, 0.4), checks_st)
 def test_epoch_sizes_constant_and_drawn_from_pool(counts, n, seed, ratio, check):
     samples = extract_samples(simple_corpus(counts)).samples
-    split = split_train_val(samples, n, seed, ratio, leak_check=check)
+    split = split_train_val(samples, SplitSettings(n, seed, ratio, leak_check=named(check)))
     sampled = sample_per_character(samples, n, seed)
     epoch0 = split.epoch_train(0)
     # epoch 0 is the plain training subset: the sampled set minus validation
@@ -273,7 +275,7 @@ def test_epoch_sizes_constant_and_drawn_from_pool(counts, n, seed, ratio, check)
     pool = ids(split.pool_samples())
     for e in range(1, 5):
         ep = split.epoch_train(e)
-        assert len(ep) == len(epoch0) == split.stats["train"]
+        assert len(ep) == len(epoch0) == split.stats.train
         assert Counter(s.user_hash for s in ep) == per_char0
         assert ids(ep) <= pool
         assert not ids(ep) & ids(split.val)
@@ -281,7 +283,7 @@ def test_epoch_sizes_constant_and_drawn_from_pool(counts, n, seed, ratio, check)
         assert [s.sample_id for s in ep] == [s.sample_id for s in split.epoch_train(e)]  # deterministic
     # the pool of a training character is all of its samples outside the corpus's validation set
     # (nothing leaks here)
-    whole = ids(split_train_val(samples, None, seed, ratio, leak_check=check).val)
+    whole = ids(split_train_val(samples, SplitSettings(None, seed, ratio, leak_check=named(check))).val)
     assert pool <= ids(samples) - whole
     for h in per_char0:
         assert {s.sample_id for s in samples if s.user_hash == h} - whole <= pool
@@ -289,7 +291,7 @@ def test_epoch_sizes_constant_and_drawn_from_pool(counts, n, seed, ratio, check)
 
 def test_later_epochs_draw_afresh():
     samples = extract_samples(simple_corpus([10] * 20)).samples
-    split = split_train_val(samples, 2, 5, 0.1)
+    split = split_train_val(samples, SplitSettings(2, 5, 0.1))
     e0, e1, e2 = (ids(split.epoch_train(e)) for e in range(3))
     assert e0 != e1 and e1 != e2
     # a fresh draw from the pool (not validation, not only epoch 0's items)
@@ -299,8 +301,8 @@ def test_later_epochs_draw_afresh():
 @both_checks
 def test_split_does_not_depend_on_input_order(check):
     samples = extract_samples(simple_corpus([5, 9, 2, 7])).samples
-    a = split_train_val(samples, 3, 11, 0.25, leak_check=check)
-    b = split_train_val(list(reversed(samples)), 3, 11, 0.25, leak_check=check)
+    a = split_train_val(samples, SplitSettings(3, 11, 0.25, leak_check=named(check)))
+    b = split_train_val(list(reversed(samples)), SplitSettings(3, 11, 0.25, leak_check=named(check)))
     assert ids(a.val) == ids(b.val)
     for e in range(3):
         assert [s.sample_id for s in a.epoch_train(e)] == [s.sample_id for s in b.epoch_train(e)]
@@ -322,7 +324,7 @@ def test_validation_characters_keep_training_on_shipped_data(check):
     for h, members in by_char.items():
         quoted = {c for s in members for r, c in s.context if r == "assistant"}
         assert len(members) >= 2 and any(m.target not in quoted for m in members), h
-    split = split_train_val(samples, None, 42, 0.1, leak_check=check)
+    split = split_train_val(samples, SplitSettings(None, 42, 0.1, leak_check=named(check)))
     train_chars = {s.user_hash for s in split.epoch_train(0)}
     orphaned = sorted({s.user_hash for s in split.val} - train_chars)
     if check == "conversation":  # a character of one conversation (one chat here) is not protected
@@ -351,10 +353,10 @@ def test_leak_screening_orphans_character_minimal_repro(build):
     would have kept three."""
     samples = _ann_one_scene_and_cy(build)
     for seed in range(100):  # whichever line validation takes, Ann keeps training data
-        split = split_train_val(samples, None, seed, 0.125, leak_check="text")  # one validation sample out of 8
+        split = split_train_val(samples, SplitSettings(None, seed, 0.125, leak_check=TEXT))  # one validation sample out of 8
         assert len(split.val) == 1
         assert any(s.user_hash == "ann" for s in split.epoch_train(0)), \
-            f"seed {seed}: Ann has no training sample (excluded_for_leakage={split.stats['excluded_for_leakage']})"
+            f"seed {seed}: Ann has no training sample (excluded_for_leakage={split.stats.excluded_for_leakage})"
 
 
 def test_conversation_split_keeps_a_one_scene_character_in_training(build):
@@ -363,6 +365,6 @@ def test_conversation_split_keeps_a_one_scene_character_in_training(build):
     taken, whatever the seed."""
     samples = _ann_one_scene_and_cy(build)
     for seed in range(50):
-        split = split_train_val(samples, None, seed, 0.125)
+        split = split_train_val(samples, SplitSettings(None, seed, 0.125))
         assert [s.user_hash for s in split.val] == ["cy"]
-        assert len(split.train) == 7 and split.stats["validation_characters_without_train"] == 0
+        assert len(split.train) == 7 and split.stats.validation_characters_without_train == 0

@@ -82,8 +82,7 @@ def run_audit(opts: cli.TrainOptions, run_dir: Path | None) -> dict:
     config = load_config(opts.config, opts.overrides, opts.config_flags())
     ablation = config.ablation(opts.ablation_config)
     corpus = load_corpus(opts.data_file or config.resolve_path(config.data.train_file))
-    split = splitting.split_train_val(corpus.samples, opts.max_samples_per_user, opts.sample_seed, opts.val_ratio,
-                                      opts.val_seed, opts.sample_group_by, opts.val_leak_check)
+    split = splitting.split_train_val(corpus.samples, splitting.SplitSettings.from_options(opts))
     history = prompts.HistoryIndex.for_pool(split.pool_samples(), corpus.samples, split.index) if ablation.use_history else None
     builder = prompts.PromptBuilder(ablation, opts.prompt_style, history, config.training.max_context_turns,
                                     opts.template_filename)

@@ -22,13 +22,14 @@ from chameleons import fidelity  # noqa: E402
 from chameleons.cli import OneLineParser  # noqa: E402
 from chameleons.data import is_training_sample, load_corpus  # noqa: E402
 from chameleons.errors import user_errors_exit  # noqa: E402
-from chameleons.splitting import Conversations, split_train_val  # noqa: E402
+from chameleons.conversations import Conversations  # noqa: E402
+from chameleons.splitting import SplitSettings, split_train_val  # noqa: E402
 
 
 def calibrate(samples, val_seed: int, val_ratio: float = 0.1) -> tuple:
     """(per-item rows, summary) of one held-out split: references and baselines only."""
     conversations = Conversations(samples)
-    split = split_train_val(samples, None, val_seed, val_ratio, index=conversations)
+    split = split_train_val(samples, SplitSettings(None, val_seed, val_ratio), index=conversations)
     items = [fidelity.Item(s.sample_id, s.uid, s.user_hash, [c for _, c in s.context], [], s.target)
              for s in split.val if is_training_sample(s)]
     fid = fidelity.setup(samples, split.pool_samples(), conversations, [it.reference for it in items])
