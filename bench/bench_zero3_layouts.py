@@ -130,7 +130,7 @@ def build_engine(cfg, ds, attn, device, dtype):
     from transformers.integrations import HfDeepSpeedConfig
 
     from chameleons import zero3
-    from chameleons.training import register_moe_leaves
+    from chameleons.model_setup import register_moe_leaves
 
     hf_ds = HfDeepSpeedConfig(ds)  # noqa: F841  (kept alive: makes transformers build under zero.Init)
     torch.manual_seed(0)
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     from chameleons.batching import make_collator
     from chameleons.flops import peak_flops, train_flops
     from chameleons.quiet import quiet_console
-    from chameleons.training import device_settings
+    from chameleons.model_setup import device_settings
 
     quiet_console()
     rows, _ = realistic_rows(args.samples, args.max_length, args.ablation, 15)

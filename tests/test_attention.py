@@ -69,7 +69,7 @@ def test_gpu_packed_batches_run_a_library_kernel(monkeypatch):
     sample); padded ones keep SDPA; the CPU keeps sdpa_varlen."""
     import sys
 
-    from chameleons.training import device_settings
+    from chameleons.model_setup import device_settings
 
     assert device_settings(False, "auto", "packed")["attn_implementation"] == attention.NAME  # this CPU host
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

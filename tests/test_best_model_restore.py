@@ -5,7 +5,7 @@ restore must bring back every weight."""
 import torch
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM, Trainer, TrainingArguments
 
-from chameleons.training import ChameleonsTrainer
+from chameleons.trainer import ChameleonsTrainer
 
 
 def _tiny_moe():

@@ -16,7 +16,7 @@ from chameleons.checkpoints import WEIGHTS_MARKER, is_complete, resolve_resume
 from chameleons.errors import UserError
 from chameleons.runlog import Throughput
 from chameleons.stopping import StopCallback, StopRequest
-from chameleons.training import ChameleonsTrainer
+from chameleons.trainer import ChameleonsTrainer
 
 INTERVAL_S, SECONDS_PER_STEP = 10, 4  # a resumable save is due at steps 3 and 6
 

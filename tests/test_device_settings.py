@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from chameleons.errors import UserError
-from chameleons.training import device_settings
+from chameleons.model_setup import device_settings
 
 
 @pytest.fixture

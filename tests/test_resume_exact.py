@@ -18,7 +18,7 @@ from chameleons.batching import make_collator
 from chameleons.checkpoints import is_complete, resolve_resume
 from chameleons.runlog import Throughput
 from chameleons.stopping import StopCallback, StopRequest
-from chameleons.training import ChameleonsTrainer
+from chameleons.trainer import ChameleonsTrainer
 from conftest import REPO, SINGLE_RUN_ARGS, train_single
 
 

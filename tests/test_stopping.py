@@ -11,7 +11,7 @@ from chameleons.batching import make_collator
 from chameleons.checkpoints import is_complete, newest_complete, resolve_resume
 from chameleons.runlog import Throughput
 from chameleons.stopping import EXIT_NONFINITE, StopCallback, StopRequest
-from chameleons.training import ChameleonsTrainer
+from chameleons.trainer import ChameleonsTrainer
 
 
 def test_signal_exit_codes_and_repeats_within_the_window():
@@ -61,7 +61,7 @@ def test_total_flos_and_throughput_count_model_flops_of_real_tokens(tmp_path):
     """HF's total_flos would be 6 x all parameters x padded tokens; the trainer counts the
     MoE-aware FLOPs of the samples it trained on (chameleons/flops.py), once per micro-batch."""
     from chameleons.flops import train_flops
-    from chameleons.training import with_row_meta
+    from chameleons.trainer import with_row_meta
 
     torch.manual_seed(0)
     model = Qwen3MoeForCausalLM(Qwen3MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=64,

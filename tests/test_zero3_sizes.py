@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_sizes_follow_the_largest_unit_zero3_gathers():
-    from chameleons.training import register_moe_leaves
+    from chameleons.model_setup import register_moe_leaves
 
     model = tiny_model()  # 2 layers, hidden 64, 8 experts of width 32, vocabulary 512
     assert max(zero3.gather_units(model)) == 512 * 64  # no leaves yet: the embedding is the largest parameter
