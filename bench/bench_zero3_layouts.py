@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     from chameleons.batching import make_collator
     from chameleons.flops import peak_flops, train_flops
     from chameleons.quiet import quiet_console
-    from chameleons.model_setup import device_settings
+    from chameleons.model_setup import device_policy
 
     quiet_console()
     rows, _ = realistic_rows(args.samples, args.max_length, args.ablation, 15)
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
     rows = [dict(r, input_ids=[i % vocab for i in r["input_ids"]]) for r in rows]  # fold ids into a small vocabulary
     order = list(range(len(rows)))
     random.Random(0).shuffle(order)
-    attn = device_settings(False, "auto", "packed")["attn_implementation"]
+    attn = device_policy(False, "auto", "packed").attn_implementation
     collate = make_collator("packed")
     peak, peak_note = peak_flops(device)
     mean_len = sum(r["length"] for r in rows) / len(rows)

@@ -7,7 +7,7 @@ that are not packed (padded batches) go to stock SDPA unchanged.
 This is the CPU path: a Python loop over samples in every layer. On a GPU, packed batches run
 flash-attention's varlen kernel when flash-attn is installed, else `GPU_PACKED` (PyTorch's
 flex_attention through transformers, with the document mask transformers builds from the
-position ids): library kernels, no loop (`chameleons.model_setup.device_settings`).
+position ids): library kernels, no loop (`chameleons.model_setup.device_policy`).
 """
 
 import torch

@@ -1,6 +1,8 @@
 """The model a run trains, and what decides how it runs: the device, dtype and attention
 policy, the model built or loaded (already partitioned under ZeRO-3), MoE leaves, LoRA."""
 
+from dataclasses import dataclass
+
 import torch
 
 from . import attention, launch
@@ -8,7 +10,25 @@ from .errors import UserError
 from .loss import causal_lm_of
 
 
-def device_settings(disable_flash_attn: bool, attn_config: str, batching: str = "padded"):
+@dataclass(frozen=True)
+class DevicePolicy:
+    """Where and how the model runs: decided once, before the first write (`device_policy`)."""
+
+    on_gpu: bool
+    bf16: bool
+    attn_implementation: str
+    notices: tuple = ()
+
+    @property
+    def dtype(self):
+        return torch.bfloat16 if self.bf16 else torch.float32
+
+    def record(self) -> dict:
+        """As training_config.json records it."""
+        return {"on_gpu": self.on_gpu, "bf16": self.bf16, "attn_implementation": self.attn_implementation}
+
+
+def device_policy(disable_flash_attn: bool, attn_config: str, batching: str = "padded") -> DevicePolicy:
     """bf16 + flash-attention 2 on a GPU when available, fp32 + SDPA on CPU. Packed rows without
     flash-attention: flex_attention with transformers' document mask on a GPU (a library kernel),
     SDPA per sample (`sdpa_varlen`) on CPU, where flex_attention has no backward."""
@@ -40,7 +60,7 @@ def device_settings(disable_flash_attn: bool, attn_config: str, batching: str = 
     if attn == "sdpa" and batching == "packed":
         attention.register()
         attn = attention.NAME
-    return {"on_gpu": on_gpu, "bf16": bf16, "attn_implementation": attn, "notices": notices}
+    return DevicePolicy(on_gpu=on_gpu, bf16=bf16, attn_implementation=attn, notices=tuple(notices))
 
 
 def _flash_attn_installed() -> bool:
@@ -51,15 +71,15 @@ def _flash_attn_installed() -> bool:
     return True
 
 
-def build_model(config, device, deepspeed_zero3: bool):
+def build_model(config, device: DevicePolicy, deepspeed_zero3: bool):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     m = config.model
-    dtype = torch.bfloat16 if device["bf16"] else torch.float32
+    dtype = device.dtype
     extra = {}
     if m.experts_implementation != "auto":
         extra["experts_implementation"] = m.experts_implementation
-    if deepspeed_zero3 and not device["on_gpu"]:
+    if deepspeed_zero3 and not device.on_gpu:
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="gloo")
@@ -68,7 +88,7 @@ def build_model(config, device, deepspeed_zero3: bool):
         model_config = AutoConfig.for_model(spec.pop("model_type"), **spec)
         _router_settings(model_config, m.router_aux_loss_coef)
         model = AutoModelForCausalLM.from_config(model_config, dtype=dtype,
-                                                 attn_implementation=device["attn_implementation"], **extra)
+                                                 attn_implementation=device.attn_implementation, **extra)
     else:
         try:
             model_config = AutoConfig.from_pretrained(m.name_or_path, trust_remote_code=m.trust_remote_code)
@@ -76,7 +96,7 @@ def build_model(config, device, deepspeed_zero3: bool):
             raise UserError(f"model {m.name_or_path!r} could not be loaded: {str(exc).splitlines()[0]}") from None
         _router_settings(model_config, m.router_aux_loss_coef)
         model = AutoModelForCausalLM.from_pretrained(m.name_or_path, config=model_config, dtype=dtype,
-                                                     attn_implementation=device["attn_implementation"],
+                                                     attn_implementation=device.attn_implementation,
                                                      trust_remote_code=m.trust_remote_code, **extra)
     if deepspeed_zero3:
         register_moe_leaves(model)

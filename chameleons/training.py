@@ -19,7 +19,7 @@ from . import (checkpoints, diskspace, expert_parallel, flops, launch, model_spe
 from .batching import check_packing_supported, make_collator, trainer_args_for_batching
 from .encoding import encode_split
 from .errors import UserError
-from .model_setup import apply_lora, build_model, describe_model, device_settings
+from .model_setup import DevicePolicy, apply_lora, build_model, describe_model, device_policy
 from .runlog import PLOT_NAME, DetailedLogCallback, RunLog, Throughput, decode_with_span, plot_losses
 from .stopping import StopCallback, StopRequest
 from .trainer import ChameleonsTrainer, EpochCallback, EpochRows, with_row_meta
@@ -28,7 +28,7 @@ DISK_FULL_THEN = (f"a checkpoint being written stays incomplete (no {checkpoints
                   f"--resume_from_checkpoint auto skips it; free space, then resume with --resume_from_checkpoint auto")
 
 
-def training_arguments(opts, config, device, report_to):
+def training_arguments(opts, config, device: DevicePolicy, report_to):
     from transformers import TrainingArguments
 
     t = config.training
@@ -53,8 +53,8 @@ def training_arguments(opts, config, device, report_to):
         load_best_model_at_end=True,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
-        bf16=device["bf16"],
-        use_cpu=not device["on_gpu"],
+        bf16=device.bf16,
+        use_cpu=not device.on_gpu,
         deepspeed=opts.deepspeed,
         activation_checkpointing=config.model.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
@@ -85,7 +85,7 @@ class RunChecks:
     """What the checks before any write found: the run starts from it."""
 
     resume: str
-    device: dict
+    device: DevicePolicy
     zero_stage: int | None
     report_to: list
     notices: list
@@ -97,9 +97,9 @@ def check_run(opts, config, inputs) -> RunChecks:
     """The checks that need torch and transformers, after those of `preflight.check_inputs` (whose
     findings `inputs` carries): everything is checked before the first byte is written (the dry
     run calls this too, so a plan it makes does not fail at training start)."""
-    device = device_settings(opts.disable_flash_attn, config.model.attn_implementation, config.training.batching)
+    device = device_policy(opts.disable_flash_attn, config.model.attn_implementation, config.training.batching)
     if config.training.batching == "packed":
-        check_packing_supported(device["attn_implementation"])
+        check_packing_supported(device.attn_implementation)
     if config.model.random_init:
         model_spec.check_random_init(config)
     ep_plan = expert_parallel.plan_for_run(opts, inputs.zero_stage, config)
@@ -109,7 +109,7 @@ def check_run(opts, config, inputs) -> RunChecks:
     costs = planning.model_costs(config, inputs.zero_stage, world, per_node)
     disk_notice = diskspace.check_run_space(opts.output_dir, costs["checkpoints"])
     return RunChecks(resume=inputs.resume, device=device, zero_stage=inputs.zero_stage, report_to=inputs.report_to,
-                     notices=inputs.notices + device["notices"] + ([disk_notice] if disk_notice else []),
+                     notices=inputs.notices + list(device.notices) + ([disk_notice] if disk_notice else []),
                      expert_parallel=ep_plan, costs=costs)
 
 
@@ -194,8 +194,8 @@ def open_run_log(opts, config, checks, targs, encoded, plan, tokenizer) -> RunLo
     runlog = RunLog(opts.output_dir, enabled=main)
     runlog.line(f"command: {shlex.join([sys.executable, *sys.argv])}")
     runlog.line(f"versions: {versions()} | world size {targs.world_size} | device "
-                f"{'cuda' if device['on_gpu'] else 'cpu'} | dtype {'bf16' if device['bf16'] else 'fp32'} | "
-                f"attention {device['attn_implementation']} | deepspeed {opts.deepspeed or 'off'} | "
+                f"{'cuda' if device.on_gpu else 'cpu'} | dtype {'bf16' if device.bf16 else 'fp32'} | "
+                f"attention {device.attn_implementation} | deepspeed {opts.deepspeed or 'off'} | "
                 f"batching {config.training.batching}")
     for notice in checks.notices:
         runlog.line(f"notice: {notice}")
@@ -285,7 +285,7 @@ def save_result(opts, config, checks, trainer, tally, runlog, plan, tokenizer, s
                 + (f"; loss curve: {runlog.dir / PLOT_NAME}" if plotted else ""))
     outputs.write_json(outputs.run_path(opts.output_dir, outputs.FINISHED_MARKER), {
         "args": opts.as_record(), "config": config.resolved(), "versions": versions(), "world_size": trainer.args.world_size,
-        "device": {k: v for k, v in checks.device.items() if k != "notices"}, "plan": plan, "summary": summary,
+        "device": checks.device.record(), "plan": plan, "summary": summary,
     })
     return 0
 

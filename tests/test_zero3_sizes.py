@@ -82,8 +82,9 @@ def test_ddp_timeout_setting(tmp_path):
     path.write_text(json.dumps(cfg))
     config = load_config(path)
     from chameleons.cli import parse_train_args
+    from chameleons.model_setup import DevicePolicy
     from chameleons.training import training_arguments
 
     opts = parse_train_args(["--config", str(path), "--output_dir", str(tmp_path / "out"), "--max_epochs", "1"])
-    targs = training_arguments(opts, config, {"bf16": False, "on_gpu": False}, [])
+    targs = training_arguments(opts, config, DevicePolicy(on_gpu=False, bf16=False, attn_implementation="sdpa"), [])
     assert targs.ddp_timeout == 7200
