@@ -155,12 +155,14 @@ def step_batches(rows, order, step, micro, accum, world, rank, collate):
     order dealt to the ranks in turn, as accelerate shards HF Trainer's batches."""
     per_step = micro * accum * world
     idx = [order[(step * per_step + k) % len(order)] for k in range(per_step)]
+    from chameleons.batching import BatchMeta
+
     mine = [idx[j * micro:(j + 1) * micro] for j in range(accum * world) if j % world == rank]
     batches = []
     for b in mine:
         batch = collate([rows[i] for i in b])
-        batch["meta"] = {"rows": b, "lengths": [rows[i]["length"] for i in b],
-                         "supervised": [rows[i]["length"] - max(rows[i]["prompt_len"], 1) for i in b]}
+        batch["meta"] = BatchMeta(rows=b, lengths=[rows[i]["length"] for i in b],
+                                  supervised=[rows[i]["length"] - max(rows[i]["prompt_len"], 1) for i in b])
         batches.append(batch)
     supervised = sum(rows[i]["length"] - max(rows[i]["prompt_len"], 1) for i in idx)
     return batches, supervised, sum(rows[i]["length"] for i in idx)
@@ -186,7 +188,7 @@ def run_step(engine, rows, order, layout, world, rank, device, step, budget, col
     step_loss = torch.zeros((), dtype=torch.float64, device=device)
     for i, part in enumerate(parts):
         meta = part.pop("meta")
-        flops += train_flops(engine.module.config, meta["lengths"], meta["supervised"])
+        flops += train_flops(engine.module.config, meta.lengths, meta.supervised)
         batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in part.items()}
         loss, _ = causal_lm_loss(engine, batch, num_items_in_batch=supervised)
         step_loss += loss.detach().double()

@@ -5,13 +5,14 @@ import contextlib
 import math
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
 
 from . import checkpoints, expert_parallel, flops, saves
-from .batching import EpochSampler, split_to_budget
+from .batching import BatchMeta, EpochSampler, split_to_budget
 from .loss import causal_lm_loss, causal_lm_of
 
 
@@ -43,9 +44,8 @@ def with_row_meta(collate):
 
     def collate_rows(rows):
         batch = collate([{k: v for k, v in r.items() if k != "row"} for r in rows])
-        batch["meta"] = {"rows": [r["row"] for r in rows],
-                         "lengths": [r["length"] for r in rows],
-                         "supervised": [r["length"] - r["prompt_len"] for r in rows]}
+        batch["meta"] = BatchMeta(rows=[r["row"] for r in rows], lengths=[r["length"] for r in rows],
+                                  supervised=[r["length"] - r["prompt_len"] for r in rows])
         return batch
 
     return collate_rows
@@ -79,24 +79,38 @@ class EpochCallback(TrainerCallback):
 
 
 
+@dataclass(frozen=True)
+class TrainerSetup:
+    """What ChameleonsTrainer takes beyond HF's arguments: settings, and the objects it shares
+    with the run. The defaults are a bare trainer (tests): no stop, no log, no trace."""
+
+    batching: str = "padded"
+    router_aux_loss_coef: float = 0.0
+    max_tokens_per_micro_batch: int | None = None  # the plan's token budget
+    collate: object = None  # the evaluation collator (batches without `meta`)
+    stop: object = None  # stopping.StopRequest
+    throughput: object = None  # runlog.Throughput: tokens and FLOPs for the log
+    trace: list | None = None  # the dataset rows of every micro-batch, appended in order
+    full_saves: object = None  # saves.FullSavePolicy; None: every save is resumable
+
+
 class ChameleonsTrainer(Trainer):
     """HF Trainer with the loss as the true mean token loss, an exact evaluation, strict MoE
     reloads and resumes that continue exactly where the run stopped."""
 
-    def __init__(self, *a, throughput, stop, collate, router_aux_loss_coef, trace, batching="padded",
-                 max_tokens_per_micro_batch=None, full_saves=None, **kw):
+    def __init__(self, *a, setup: TrainerSetup = TrainerSetup(), **kw):
         super().__init__(*a, **kw)
-        self.batching = batching
-        self.full_saves = full_saves  # saves.FullSavePolicy; None: every save is resumable
-        self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
+        self.batching = setup.batching
+        self.full_saves = setup.full_saves
+        self.max_tokens_per_micro_batch = setup.max_tokens_per_micro_batch
         self.split_micro_batches = 0
         self.model_config = causal_lm_of(self.model).config
         self.model_accepts_loss_kwargs = True
-        self.throughput = throughput
-        self.stop = stop
-        self.collate_eval = collate
-        self.router_aux_loss_coef = router_aux_loss_coef
-        self.trace = trace
+        self.throughput = setup.throughput
+        self.stop = setup.stop
+        self.collate_eval = setup.collate
+        self.router_aux_loss_coef = setup.router_aux_loss_coef
+        self.trace = setup.trace
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """A packed micro-batch over `training.max_tokens_per_micro_batch` runs as consecutive parts
@@ -136,10 +150,10 @@ class ChameleonsTrainer(Trainer):
         if meta is None:
             return super().floating_point_ops(inputs)
         if self.trace is not None:
-            self.trace.append(meta["rows"])
-        model_flops = flops.train_flops(self.model_config, meta["lengths"], meta["supervised"])
+            self.trace.append(meta.rows)
+        model_flops = flops.train_flops(self.model_config, meta.lengths, meta.supervised)
         if self.throughput is not None:
-            self.throughput.add(sum(meta["lengths"]), int(inputs["input_ids"].numel()), model_flops)
+            self.throughput.add(sum(meta.lengths), int(inputs["input_ids"].numel()), model_flops)
         return model_flops
 
     def _get_train_sampler(self, train_dataset=None):

@@ -22,7 +22,7 @@ from .errors import UserError
 from .model_setup import DevicePolicy, apply_lora, build_model, describe_model, device_policy
 from .runlog import PLOT_NAME, DetailedLogCallback, RunLog, Throughput, decode_with_span, plot_losses
 from .stopping import StopCallback, StopRequest
-from .trainer import ChameleonsTrainer, EpochCallback, EpochRows, with_row_meta
+from .trainer import ChameleonsTrainer, EpochCallback, EpochRows, TrainerSetup, with_row_meta
 
 DISK_FULL_THEN = (f"a checkpoint being written stays incomplete (no {checkpoints.COMPLETE_MARKER}), and "
                   f"--resume_from_checkpoint auto skips it; free space, then resume with --resume_from_checkpoint auto")
@@ -232,12 +232,12 @@ def make_trainer(opts, config, targs, model, encoded, tokenizer, runlog, stop, b
     runlog.line(f"MFU: model FLOPs of active parameters only (chameleons/flops.py) against {peak_note}")
     callbacks = [EpochCallback(train_rows, runlog), tally] + ([early] if early else []) + \
         [DetailedLogCallback(runlog, throughput, targs.world_size, early, peak)]
+    setup = TrainerSetup(batching=config.training.batching, router_aux_loss_coef=config.model.router_aux_loss_coef,
+                         max_tokens_per_micro_batch=budget, collate=collate, stop=stop, throughput=throughput,
+                         trace=trace, full_saves=full_saves)
     trainer = ChameleonsTrainer(
         model=model, args=targs, train_dataset=train_rows, data_collator=with_row_meta(collate),
-        processing_class=tokenizer, callbacks=callbacks, throughput=throughput, stop=stop,
-        eval_dataset=encoded.val_rows, collate=collate, batching=config.training.batching,
-        router_aux_loss_coef=config.model.router_aux_loss_coef, trace=trace,
-        max_tokens_per_micro_batch=budget, full_saves=full_saves)
+        processing_class=tokenizer, callbacks=callbacks, eval_dataset=encoded.val_rows, setup=setup)
     return trainer, tally, trace
 
 
