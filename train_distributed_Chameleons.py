@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         outputs.write_json(outputs.run_path(opts.output_dir, split_audit.AUDIT_NAME), {**audit, "args": opts.as_record()})
         return 0
 
-    return training.run(opts, config, checks, corpus, split, builder, tokenizer, cache_dir)
+    return training.run(opts, config, checks, training.RunData(corpus, split, builder, tokenizer, cache_dir))
 
 
 if __name__ == "__main__":

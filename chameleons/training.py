@@ -123,171 +123,209 @@ def start_run_folder(output_dir, overwrite: bool, resume, main: bool):
             outputs.set_aside_previous_logs(output_dir)
 
 
-def run(opts, config, checks, corpus, split, builder, tokenizer, cache_dir) -> int:
-    """The training half of the recipe: tokenize, open the run folder, build the model and the
-    Trainer, train, then either stop cleanly or evaluate and save. Returns the exit code."""
-    from transformers import set_seed
+@dataclass(frozen=True)
+class RunData:
+    """What the recipe prepared before the run: the corpus, its split, the prompt builder, the
+    tokenizer and the folder of the tokenized rows' cache."""
 
-    targs = training_arguments(opts, config, checks.device, checks.report_to)
-    stop = StopRequest()
-    stop.install()
-    encoded, plan = encode_and_plan(opts, config, checks, targs, corpus, split, builder, tokenizer, cache_dir)
-
-    start_run_folder(opts.output_dir, opts.overwrite_output_dir, checks.resume, targs.process_index == 0)
-    runlog = open_run_log(opts, config, checks, targs, encoded, plan, tokenizer)
-    if targs.process_index == 0:
-        run_record.write_run_record(opts.output_dir, corpus.path, builder)
-
-    set_seed(targs.seed)
-    model = build_model(config, checks.device, deepspeed_zero3=checks.zero_stage == 3)
-    if config.lora:
-        model = apply_lora(model, config.lora)
-    runlog.line(describe_model(model))
-    if getattr(targs, "hf_deepspeed_config", None) is not None:
-        sizes = zero3.fill_auto(targs.hf_deepspeed_config.config, model,
-                                one_node=launch.local_world_size() == launch.world_size())
-        if sizes:
-            runlog.line("ZeRO-3 sizes from the largest unit gathered at once (chameleons/zero3.py): "
-                        + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
-    runlog.line(expert_parallel.configure(getattr(targs, "hf_deepspeed_config", None), checks.expert_parallel))
-    trainer, tally, trace = make_trainer(opts, config, targs, model, encoded, tokenizer, runlog, stop,
-                                         plan["micro_batches"]["budget"])
-
-    runlog.line(f"resuming from {checks.resume}" if checks.resume else "starting fresh")
-    started = time.time()
-    with diskspace.full_disk_is_one_line(opts.output_dir, DISK_FULL_THEN):
-        trainer.train(resume_from_checkpoint=checks.resume)
-    write_trace(opts.output_dir, targs.process_index, trace)
-    if trainer.max_tokens_per_micro_batch:
-        runlog.line(f"token budget {trainer.max_tokens_per_micro_batch}: {trainer.split_micro_batches} micro-batches "
-                    f"ran in parts")
-    stop.agree(targs.device)  # a signal during the last step's save reaches one rank only
-
-    with diskspace.full_disk_is_one_line(opts.output_dir, DISK_FULL_THEN):
-        code = report_stop(trainer, stop, runlog) if stop.exit_code else \
-            save_result(opts, config, checks, trainer, tally, runlog, plan, tokenizer, started)
-    tracking.finish_wandb(code)
-    finish_distributed()
-    return code
+    corpus: object
+    split: object
+    builder: object
+    tokenizer: object
+    cache_dir: object
 
 
-def encode_and_plan(opts, config, checks, targs, corpus, split, builder, tokenizer, cache_dir):
-    """Tokenized rows (rank 0 first, the others reuse its cache) and the plan; sets the
-    evaluation and checkpoint interval from the steps per epoch."""
-    with targs.main_process_first(local=False, desc="tokenizing"):
-        encoded = encode_split(split, builder, tokenizer, config.training, cache_dir, opts.resample_each_epoch,
-                               progress=targs.process_index == 0)
-    plan = planning.make_plan(corpus, split, encoded, config.training, targs.world_size, opts.max_epochs,
-                              opts.sec_per_step, **checks.costs)
-    plan["expert_parallel"] = checks.expert_parallel
-    preflight.require_trainable(corpus.path, plan["split"]["train_encoded"], plan["split"]["validation_encoded"])
-    steps_per_epoch = plan["schedule"]["steps_per_epoch"]
-    targs.eval_steps = targs.save_steps = max(1, steps_per_epoch // config.training.evals_per_epoch)
-    return encoded, plan
+def run(opts, config, checks: RunChecks, data: RunData) -> int:
+    """The training half of the recipe (see TrainingRun). Returns the exit code."""
+    recipe = TrainingRun(opts, config, checks, data)
+    recipe.setup()
+    recipe.train()
+    return recipe.save()
 
 
-def open_run_log(opts, config, checks, targs, encoded, plan, tokenizer) -> RunLog:
-    """The detailed log's head (command, versions, notices, config, plan, three decoded samples),
-    the split manifest and the wandb run."""
-    main = targs.process_index == 0
-    device = checks.device
-    runlog = RunLog(opts.output_dir, enabled=main)
-    runlog.line(f"command: {shlex.join([sys.executable, *sys.argv])}")
-    runlog.line(f"versions: {versions()} | world size {targs.world_size} | device "
-                f"{'cuda' if device.on_gpu else 'cpu'} | dtype {'bf16' if device.bf16 else 'fp32'} | "
-                f"attention {device.attn_implementation} | deepspeed {opts.deepspeed or 'off'} | "
-                f"batching {config.training.batching}")
-    for notice in checks.notices:
-        runlog.line(f"notice: {notice}")
-        if main:
-            print(notice, file=sys.stderr, flush=True)
-    runlog.block("config (resolved, overrides listed)", json.dumps(config.resolved(), indent=2))
-    runlog.block("plan", planning.format_plan(plan))
-    if main:
-        print(planning.format_plan(plan), flush=True)  # the console shows the plan once, then progress
-        tracking.start_wandb(opts, config, checks.report_to, expert_parallel=plan["expert_parallel"])
-        write_manifest(opts.output_dir, encoded, opts.max_epochs)
-        for n, row in enumerate(encoded.train_rows(0)[:3], 1):
-            item = encoded.dataset[row]
-            runlog.block(f"training sample {n} ({item['sample_id']}), supervised span between <<< and >>>",
-                         decode_with_span(tokenizer, item["input_ids"], item["prompt_len"]))
-    return runlog
+def eval_interval(steps_per_epoch: int, evals_per_epoch: int) -> int:
+    """Optimizer steps between evaluations (and the checkpoints saved with them)."""
+    return max(1, steps_per_epoch // evals_per_epoch)
 
 
-def make_trainer(opts, config, targs, model, encoded, tokenizer, runlog, stop, budget=None):
-    """The Trainer with its callbacks: epoch rows, the per-step stop/loss reduction, early
-    stopping and the detailed log; `budget` is the plan's token budget. Returns (trainer, loss
-    tally, data-order trace)."""
-    from transformers import EarlyStoppingCallback
+class TrainingRun:
+    """One training run with its state on the object, as a torchtune recipe owns one: `setup`
+    tokenizes, plans, opens the run folder and its log, builds the model and the Trainer;
+    `train` trains; `save` either stops cleanly or evaluates and saves."""
 
-    train_rows = EpochRows(encoded)
-    collate = make_collator(config.training.batching, tokenizer.pad_token_id)
-    throughput = Throughput()
-    trace = []
-    early = EarlyStoppingCallback(opts.early_stopping_patience, opts.early_stopping_threshold) \
-        if opts.early_stopping_patience > 0 else None
-    full_saves = saves.FullSavePolicy(config.training.full_checkpoint_minutes * 60)
-    tally = StopCallback(stop, full_saves)
-    peak, peak_note = flops.peak_flops(targs.device)
-    runlog.line(f"MFU: model FLOPs of active parameters only (chameleons/flops.py) against {peak_note}")
-    callbacks = [EpochCallback(train_rows, runlog), tally] + ([early] if early else []) + \
-        [DetailedLogCallback(runlog, throughput, targs.world_size, early, peak)]
-    setup = TrainerSetup(batching=config.training.batching, router_aux_loss_coef=config.model.router_aux_loss_coef,
-                         max_tokens_per_micro_batch=budget, collate=collate, stop=stop, throughput=throughput,
-                         trace=trace, full_saves=full_saves)
-    trainer = ChameleonsTrainer(
-        model=model, args=targs, train_dataset=train_rows, data_collator=with_row_meta(collate),
-        processing_class=tokenizer, callbacks=callbacks, eval_dataset=encoded.val_rows, setup=setup)
-    return trainer, tally, trace
+    def __init__(self, opts, config, checks: RunChecks, data: RunData):
+        self.opts, self.config, self.checks, self.data = opts, config, checks, data
+        self.targs = self.stop = self.encoded = self.plan = self.runlog = None
+        self.trainer = self.tally = self.trace = self.started = None
 
+    @property
+    def main(self) -> bool:
+        return self.targs.process_index == 0
 
-def report_stop(trainer, stop, runlog) -> int:
-    """A stopped run says why and how to continue; its checkpoint is already saved."""
-    step = trainer.state.global_step
-    if stop.nonfinite and stop.signal is None:
-        message = (f"non-finite training loss at step {step}: stopped; checkpoint-{step} is kept for inspection "
-                   f"and is not resumable; lower the learning rate, or resume from the last complete checkpoint "
-                   f"(--resume_from_checkpoint auto picks it)")
-    else:
-        message = f"stopped at step {step}, resume with: {resume_command()} --resume_from_checkpoint auto"
-    runlog.line(message)
-    runlog.metrics("stopped", step=step, exit_code=stop.exit_code)
-    if trainer.args.process_index == 0:
-        print(message, file=sys.stderr, flush=True)
-    return stop.exit_code
+    def setup(self):
+        """Everything before the first step. The folder is first written once the plan exists."""
+        from transformers import set_seed
 
+        self.targs = training_arguments(self.opts, self.config, self.checks.device, self.checks.report_to)
+        self.stop = StopRequest()
+        self.stop.install()
+        self.encoded, self.plan = self.encode_and_plan()
+        self.targs.eval_steps = self.targs.save_steps = eval_interval(self.plan["schedule"]["steps_per_epoch"],
+                                                                      self.config.training.evals_per_epoch)
+        start_run_folder(self.opts.output_dir, self.opts.overwrite_output_dir, self.checks.resume, self.main)
+        self.runlog = self.open_run_log()
+        if self.main:
+            run_record.write_run_record(self.opts.output_dir, self.data.corpus.path, self.data.builder)
+        set_seed(self.targs.seed)
+        self.trainer = self.make_trainer(self.build_model())
 
-def save_result(opts, config, checks, trainer, tally, runlog, plan, tokenizer, started) -> int:
-    """Final evaluation of the restored best model, the model and tokenizer, the summary, the
-    loss plot, and training_config.json last: its presence marks the run finished."""
-    final = trainer.evaluate(metric_key_prefix="final")
-    best = trainer.state.best_metric
-    runlog.line(f"best model restored from {trainer.state.best_model_checkpoint}: final eval_loss "
-                f"{final['final_loss']:.4f} (best recorded {best:.4f})")
-    trainer.save_model(opts.output_dir)
-    if trainer.args.process_index != 0:
+    def encode_and_plan(self):
+        """Tokenized rows (rank 0 first, the others reuse its cache) and the plan."""
+        d = self.data
+        with self.targs.main_process_first(local=False, desc="tokenizing"):
+            encoded = encode_split(d.split, d.builder, d.tokenizer, self.config.training, d.cache_dir,
+                                   self.opts.resample_each_epoch, progress=self.main)
+        plan = planning.make_plan(d.corpus, d.split, encoded, self.config.training, self.targs.world_size,
+                                  self.opts.max_epochs, self.opts.sec_per_step, **self.checks.costs)
+        plan["expert_parallel"] = self.checks.expert_parallel
+        preflight.require_trainable(d.corpus.path, plan["split"]["train_encoded"], plan["split"]["validation_encoded"])
+        return encoded, plan
+
+    def open_run_log(self) -> RunLog:
+        """The detailed log's head (command, versions, notices, config, plan, three decoded samples),
+        the split manifest and the wandb run."""
+        opts, config, checks, device = self.opts, self.config, self.checks, self.checks.device
+        runlog = RunLog(opts.output_dir, enabled=self.main)
+        runlog.line(f"command: {shlex.join([sys.executable, *sys.argv])}")
+        runlog.line(f"versions: {versions()} | world size {self.targs.world_size} | device "
+                    f"{'cuda' if device.on_gpu else 'cpu'} | dtype {'bf16' if device.bf16 else 'fp32'} | "
+                    f"attention {device.attn_implementation} | deepspeed {opts.deepspeed or 'off'} | "
+                    f"batching {config.training.batching}")
+        for notice in checks.notices:
+            runlog.line(f"notice: {notice}")
+            if self.main:
+                print(notice, file=sys.stderr, flush=True)
+        runlog.block("config (resolved, overrides listed)", json.dumps(config.resolved(), indent=2))
+        runlog.block("plan", planning.format_plan(self.plan))
+        if self.main:
+            print(planning.format_plan(self.plan), flush=True)  # the console shows the plan once, then progress
+            tracking.start_wandb(opts, config, checks.report_to, expert_parallel=self.plan["expert_parallel"])
+            write_manifest(opts.output_dir, self.encoded, opts.max_epochs)
+            for n, row in enumerate(self.encoded.train_rows(0)[:3], 1):
+                item = self.encoded.dataset[row]
+                runlog.block(f"training sample {n} ({item['sample_id']}), supervised span between <<< and >>>",
+                             decode_with_span(self.data.tokenizer, item["input_ids"], item["prompt_len"]))
+        return runlog
+
+    def build_model(self):
+        """The model (LoRA-wrapped when configured), and the DeepSpeed settings that depend on it."""
+        model = build_model(self.config, self.checks.device, deepspeed_zero3=self.checks.zero_stage == 3)
+        if self.config.lora:
+            model = apply_lora(model, self.config.lora)
+        self.runlog.line(describe_model(model))
+        ds_config = getattr(self.targs, "hf_deepspeed_config", None)
+        if ds_config is not None:
+            sizes = zero3.fill_auto(ds_config.config, model, one_node=launch.local_world_size() == launch.world_size())
+            if sizes:
+                self.runlog.line("ZeRO-3 sizes from the largest unit gathered at once (chameleons/zero3.py): "
+                                 + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
+        self.runlog.line(expert_parallel.configure(ds_config, self.checks.expert_parallel))
+        return model
+
+    def make_trainer(self, model) -> ChameleonsTrainer:
+        """The Trainer with its callbacks: epoch rows, the per-step stop/loss reduction, early
+        stopping and the detailed log; the plan's token budget splits micro-batches."""
+        from transformers import EarlyStoppingCallback
+
+        opts, config, runlog = self.opts, self.config, self.runlog
+        train_rows = EpochRows(self.encoded)
+        collate = make_collator(config.training.batching, self.data.tokenizer.pad_token_id)
+        throughput = Throughput()
+        self.trace = []
+        early = EarlyStoppingCallback(opts.early_stopping_patience, opts.early_stopping_threshold) \
+            if opts.early_stopping_patience > 0 else None
+        full_saves = saves.FullSavePolicy(config.training.full_checkpoint_minutes * 60)
+        self.tally = StopCallback(self.stop, full_saves)
+        peak, peak_note = flops.peak_flops(self.targs.device)
+        runlog.line(f"MFU: model FLOPs of active parameters only (chameleons/flops.py) against {peak_note}")
+        callbacks = [EpochCallback(train_rows, runlog), self.tally] + ([early] if early else []) + \
+            [DetailedLogCallback(runlog, throughput, self.targs.world_size, early, peak)]
+        setup = TrainerSetup(batching=config.training.batching, router_aux_loss_coef=config.model.router_aux_loss_coef,
+                             max_tokens_per_micro_batch=self.plan["micro_batches"]["budget"], collate=collate,
+                             stop=self.stop, throughput=throughput, trace=self.trace, full_saves=full_saves)
+        return ChameleonsTrainer(
+            model=model, args=self.targs, train_dataset=train_rows, data_collator=with_row_meta(collate),
+            processing_class=self.data.tokenizer, callbacks=callbacks, eval_dataset=self.encoded.val_rows, setup=setup)
+
+    def train(self):
+        """Trains (from the checkpoint to resume, if any) until the end, early stopping or a stop."""
+        trainer = self.trainer
+        self.runlog.line(f"resuming from {self.checks.resume}" if self.checks.resume else "starting fresh")
+        self.started = time.time()
+        with diskspace.full_disk_is_one_line(self.opts.output_dir, DISK_FULL_THEN):
+            trainer.train(resume_from_checkpoint=self.checks.resume)
+        write_trace(self.opts.output_dir, self.targs.process_index, self.trace)
+        if trainer.max_tokens_per_micro_batch:
+            self.runlog.line(f"token budget {trainer.max_tokens_per_micro_batch}: {trainer.split_micro_batches} "
+                             f"micro-batches ran in parts")
+        self.stop.agree(self.targs.device)  # a signal during the last step's save reaches one rank only
+
+    def save(self) -> int:
+        """A stopped run says how to continue; a finished one evaluates and saves. Returns the exit code."""
+        with diskspace.full_disk_is_one_line(self.opts.output_dir, DISK_FULL_THEN):
+            code = self.report_stop() if self.stop.exit_code else self.save_result()
+        tracking.finish_wandb(code)
+        finish_distributed()
+        return code
+
+    def report_stop(self) -> int:
+        """A stopped run says why and how to continue; its checkpoint is already saved."""
+        stop, step = self.stop, self.trainer.state.global_step
+        if stop.nonfinite and stop.signal is None:
+            message = (f"non-finite training loss at step {step}: stopped; checkpoint-{step} is kept for inspection "
+                       f"and is not resumable; lower the learning rate, or resume from the last complete checkpoint "
+                       f"(--resume_from_checkpoint auto picks it)")
+        else:
+            message = f"stopped at step {step}, resume with: {resume_command()} --resume_from_checkpoint auto"
+        self.runlog.line(message)
+        self.runlog.metrics("stopped", step=step, exit_code=stop.exit_code)
+        if self.main:
+            print(message, file=sys.stderr, flush=True)
+        return stop.exit_code
+
+    def save_result(self) -> int:
+        """Final evaluation of the restored best model, the model and tokenizer, the summary, the
+        loss plot, and training_config.json last: its presence marks the run finished."""
+        trainer, runlog, output_dir = self.trainer, self.runlog, self.opts.output_dir
+        final = trainer.evaluate(metric_key_prefix="final")
+        best = trainer.state.best_metric
+        runlog.line(f"best model restored from {trainer.state.best_model_checkpoint}: final eval_loss "
+                    f"{final['final_loss']:.4f} (best recorded {best:.4f})")
+        trainer.save_model(output_dir)
+        if not self.main:
+            return 0
+        self.data.tokenizer.save_pretrained(output_dir)
+        summary = {
+            "global_step": trainer.state.global_step,
+            "epochs": trainer.state.epoch,
+            "train_runtime_s": round(time.time() - self.started, 1),
+            "train_loss": self.tally.mean_loss,
+            "train_tokens": int(self.tally.tokens),
+            "best_eval_loss": best,
+            "final_eval_loss": final["final_loss"],
+            "best_model_checkpoint": trainer.state.best_model_checkpoint,
+        }
+        runlog.metrics("summary", **summary)
+        plotted = plot_losses(runlog.metrics_path, runlog.dir / PLOT_NAME)
+        runlog.block("summary", json.dumps(summary, indent=2))
+        runlog.line(f"model and tokenizer: {output_dir}; log: {runlog.log_path}"
+                    + (f"; loss curve: {runlog.dir / PLOT_NAME}" if plotted else ""))
+        outputs.write_json(outputs.run_path(output_dir, outputs.FINISHED_MARKER), {
+            "args": self.opts.as_record(), "config": self.config.resolved(), "versions": versions(),
+            "world_size": trainer.args.world_size, "device": self.checks.device.record(), "plan": self.plan,
+            "summary": summary,
+        })
         return 0
-    tokenizer.save_pretrained(opts.output_dir)
-    summary = {
-        "global_step": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
-        "train_runtime_s": round(time.time() - started, 1),
-        "train_loss": tally.mean_loss,
-        "train_tokens": int(tally.tokens),
-        "best_eval_loss": best,
-        "final_eval_loss": final["final_loss"],
-        "best_model_checkpoint": trainer.state.best_model_checkpoint,
-    }
-    runlog.metrics("summary", **summary)
-    plotted = plot_losses(runlog.metrics_path, runlog.dir / PLOT_NAME)
-    runlog.block("summary", json.dumps(summary, indent=2))
-    runlog.line(f"model and tokenizer: {opts.output_dir}; log: {runlog.log_path}"
-                + (f"; loss curve: {runlog.dir / PLOT_NAME}" if plotted else ""))
-    outputs.write_json(outputs.run_path(opts.output_dir, outputs.FINISHED_MARKER), {
-        "args": opts.as_record(), "config": config.resolved(), "versions": versions(), "world_size": trainer.args.world_size,
-        "device": checks.device.record(), "plan": plan, "summary": summary,
-    })
-    return 0
 
 
 def versions() -> str:
