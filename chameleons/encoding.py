@@ -7,6 +7,7 @@ and a sample whose target cannot fit is dropped and counted. Every length is mea
 real tokenizer on the final text.
 """
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -15,7 +16,6 @@ from pathlib import Path
 
 from .errors import UserError
 from .prompts import target_text
-from .sampling import ranked
 from .sources import require_source
 
 IGNORE_INDEX = -100
@@ -194,29 +194,28 @@ class EncodedSplit:
         self.lengths = lengths
         self.row_of = {sid: i for i, (sid, n) in enumerate(zip(self.dataset_ids, lengths)) if n > 0}
         self.val_rows = [self.row_of[s.sample_id] for s in split.val if s.sample_id in self.row_of]
+        self._encodable = None  # the split restricted to encodable samples, made once
         self._rows = {}  # epoch -> training rows, drawn once (the callback and manifest ask repeatedly)
 
     def train_rows(self, epoch: int = 0) -> list:
-        """Rows of one epoch. A later epoch draws, per character, as many encodable samples as
-        epoch 0 kept, so every epoch has the same length (steps and schedules stay fixed)."""
+        """Rows of one epoch: `Split.epoch_train` over the encodable samples, each character
+        drawing as many as epoch 0 kept, so every epoch has the same length (steps and schedules
+        stay fixed). Epoch 0 in file order, later epochs in row order."""
         epoch = epoch if self.resample else 0
         if epoch not in self._rows:
-            self._rows[epoch] = self._draw_rows(epoch)
+            rows = [self.row_of[s.sample_id] for s in self.encodable_split().epoch_train(epoch)]
+            self._rows[epoch] = rows if epoch == 0 else sorted(rows)
         return self._rows[epoch]
 
-    def _draw_rows(self, epoch: int) -> list:
-        if epoch == 0:
-            return [self.row_of[s.sample_id] for s in self.split.train if s.sample_id in self.row_of]
-        base = self.train_rows(0)
-        group_by = self.split.group_by
-        sample_of = {s.sample_id: s for s in self.split.pool_samples()}
-        want = Counter(sample_of[self.dataset_ids[r]].group_key(group_by) for r in base)
-        rows = []
-        for group in sorted(self.split.pool):
-            picked = [s for s in ranked(group, self.split.pool[group], self.split.sample_seed, epoch)
-                      if s.sample_id in self.row_of][: want.get(group, 0)]
-            rows.extend(self.row_of[s.sample_id] for s in picked)
-        return sorted(rows)
+    def encodable_split(self):
+        """The split with samples that cannot be encoded left out of the pool, and per character
+        the number of epoch 0's training samples that can."""
+        if self._encodable is None:
+            split, keep = self.split, self.row_of
+            pool = {group: [s for s in members if s.sample_id in keep] for group, members in split.pool.items()}
+            sizes = Counter(s.group_key(split.group_by) for s in split.train if s.sample_id in keep)
+            self._encodable = dataclasses.replace(split, pool=pool, sizes=sizes)
+        return self._encodable
 
 
 def samples_to_encode(split, resample: bool) -> list:
