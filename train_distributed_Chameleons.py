@@ -56,8 +56,8 @@ def main(argv=None) -> int:
         encoded = encoding.encode_split(split, builder, tokenizer, config.training, cache_dir, opts.resample_each_epoch)
         audit = split_audit.audit_split(split, builder, corpus.samples,
                                         opts.max_epochs if opts.resample_each_epoch else 1)
-        plan = {**planning.make_plan(corpus, split, encoded, config.training, opts.nproc_per_node, opts.max_epochs,
-                                      opts.sec_per_step, **checks.costs),
+        schedule = planning.Schedule(opts.nproc_per_node, opts.max_epochs, opts.sec_per_step)
+        plan = {**planning.make_plan(corpus, split, encoded, config.training, schedule, checks.costs),
                 "config": config.resolved(), "notices": checks.notices, "expert_parallel": checks.expert_parallel,
                 "split_audit": split_audit.summary(audit)}
         preflight.require_trainable(corpus.path, plan["split"]["train_encoded"], plan["split"]["validation_encoded"])

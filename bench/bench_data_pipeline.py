@@ -112,9 +112,9 @@ def stages_in_process(train_file: Path, config_path: Path, ablation: str, trace:
                                                                  False, progress=False))
     encoded = stage("tokenize (cached)", lambda: encoding.encode_split(split, builder, tok, config.training, cache_dir,
                                                                        False, progress=False))
+    schedule = planning.Schedule(opts.nproc_per_node, opts.max_epochs, opts.sec_per_step)
     stage("plan (token stats, guide table)", lambda: planning.make_plan(corpus, split, encoded, config.training,
-                                                                         opts.nproc_per_node, opts.max_epochs,
-                                                                         opts.sec_per_step))
+                                                                         schedule))
     return rows
 
 

@@ -90,7 +90,7 @@ class RunChecks:
     report_to: list
     notices: list
     expert_parallel: dict
-    costs: dict | None = None  # planning.model_costs: the plan's checkpoint and memory figures
+    costs: planning.ModelCosts | None = None  # the plan's checkpoint and memory figures
 
 
 def check_run(opts, config, inputs) -> RunChecks:
@@ -107,7 +107,7 @@ def check_run(opts, config, inputs) -> RunChecks:
     world, per_node = ((opts.nproc_per_node, opts.nproc_per_node) if opts.dry_run
                        else (launch.world_size(), launch.local_world_size()))
     costs = planning.model_costs(config, inputs.zero_stage, world, per_node)
-    disk_notice = diskspace.check_run_space(opts.output_dir, costs["checkpoints"])
+    disk_notice = diskspace.check_run_space(opts.output_dir, costs.checkpoints)
     return RunChecks(resume=inputs.resume, device=device, zero_stage=inputs.zero_stage, report_to=inputs.report_to,
                      notices=inputs.notices + list(device.notices) + ([disk_notice] if disk_notice else []),
                      expert_parallel=ep_plan, costs=costs)
@@ -185,8 +185,8 @@ class TrainingRun:
         with self.targs.main_process_first(local=False, desc="tokenizing"):
             encoded = encode_split(d.split, d.builder, d.tokenizer, self.config.training, d.cache_dir,
                                    self.opts.resample_each_epoch, progress=self.main)
-        plan = planning.make_plan(d.corpus, d.split, encoded, self.config.training, self.targs.world_size,
-                                  self.opts.max_epochs, self.opts.sec_per_step, **self.checks.costs)
+        schedule = planning.Schedule(self.targs.world_size, self.opts.max_epochs, self.opts.sec_per_step)
+        plan = planning.make_plan(d.corpus, d.split, encoded, self.config.training, schedule, self.checks.costs)
         plan["expert_parallel"] = self.checks.expert_parallel
         preflight.require_trainable(d.corpus.path, plan["split"]["train_encoded"], plan["split"]["validation_encoded"])
         return encoded, plan
