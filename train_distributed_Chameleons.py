@@ -53,7 +53,8 @@ def main(argv=None) -> int:
     cache_dir = config.resolve_path(config.data.cache_dir)
 
     if opts.dry_run:
-        encoded = encoding.encode_split(split, builder, tokenizer, config.training, cache_dir, opts.resample_each_epoch)
+        tok = encoding.Tokenization(tokenizer, config.training.max_length, cache_dir)
+        encoded = encoding.encode_split(split, builder, tok, opts.resample_each_epoch)
         audit = split_audit.audit_split(split, builder, corpus.samples,
                                         opts.max_epochs if opts.resample_each_epoch else 1)
         schedule = planning.Schedule(opts.nproc_per_node, opts.max_epochs, opts.sec_per_step)

@@ -7,11 +7,11 @@ and a sample whose target cannot fit is dropped and counted. Every length is mea
 real tokenizer on the final text.
 """
 
-import dataclasses
 import hashlib
 import importlib.util
 import json
 from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import UserError
@@ -145,11 +145,22 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()[:16]
 
 
-def encode_dataset(samples, builder, tokenizer, max_length: int, cache_dir, fingerprint_parts, progress=True):
+@dataclass(frozen=True)
+class Tokenization:
+    """How samples become token ids (the tokenizer, the length limit) and where the ids are cached."""
+
+    tokenizer: object
+    max_length: int
+    cache_dir: object
+    progress: bool = True  # the progress bar while tokenizing
+
+
+def encode_dataset(samples, builder, tok: Tokenization, fingerprint_parts):
     """Tokenize with `datasets`, cached on disk under a key of everything that shapes the ids,
     so a rerun (or the training run after a dry run) reads the cache instead of tokenizing."""
     from datasets import Dataset, disable_progress_bars, enable_progress_bars
 
+    tokenizer, max_length = tok.tokenizer, tok.max_length
     fmt = ChatFormat(tokenizer)
     h = hashlib.sha256()
     for part in fingerprint_parts:
@@ -164,14 +175,14 @@ def encode_dataset(samples, builder, tokenizer, max_length: int, cache_dir, fing
                                                            default=str).encode(), digest_size=8).digest()
         h.update(described[key_of])
     key = h.hexdigest()[:24]
-    cache_dir = Path(cache_dir)
+    cache_dir = Path(tok.cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     by_index = list(samples)
 
     def encode(batch):
         return encode_samples([by_index[i] for i in batch["index"]], builder, tokenizer, fmt, max_length)
 
-    (enable_progress_bars if progress else disable_progress_bars)()
+    (enable_progress_bars if tok.progress else disable_progress_bars)()
     ds = Dataset.from_dict({"index": list(range(len(by_index)))})
     ds = ds.map(encode, batched=True, batch_size=1000, remove_columns=["index"], new_fingerprint=key,
                 cache_file_name=str(cache_dir / f"encoded-{key}.arrow"), load_from_cache_file=True,
@@ -214,7 +225,7 @@ class EncodedSplit:
             split, keep = self.split, self.row_of
             pool = {group: [s for s in members if s.sample_id in keep] for group, members in split.pool.items()}
             sizes = Counter(s.group_key(split.group_by) for s in split.train if s.sample_id in keep)
-            self._encodable = dataclasses.replace(split, pool=pool, sizes=sizes)
+            self._encodable = replace(split, pool=pool, sizes=sizes)
         return self._encodable
 
 
@@ -225,13 +236,12 @@ def samples_to_encode(split, resample: bool) -> list:
     return list(split.val) + [s for s in train if s.sample_id not in ids]
 
 
-def encode_split(split, builder, tokenizer, training, cache_dir, resample: bool, progress=True):
+def encode_split(split, builder, tok: Tokenization, resample: bool) -> EncodedSplit:
     parts = [ENCODING_VERSION, builder.ablation, builder.style, builder.max_context_turns,
-             tokenizer_fingerprint(tokenizer)]
+             tokenizer_fingerprint(tok.tokenizer)]
     if builder.template:
         parts.append(json.dumps(builder.template, sort_keys=True))
     if builder.history is not None:
         parts.append(builder.history.fingerprint())
-    ds, key = encode_dataset(samples_to_encode(split, resample), builder, tokenizer, training.max_length,
-                             cache_dir, parts, progress=progress)
+    ds, key = encode_dataset(samples_to_encode(split, resample), builder, tok, parts)
     return EncodedSplit(ds, split, resample)

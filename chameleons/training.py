@@ -17,7 +17,7 @@ import torch
 from . import (checkpoints, diskspace, expert_parallel, flops, launch, model_spec, outputs, planning, preflight,
                run_record, saves, tracking, zero3)
 from .batching import check_packing_supported, make_collator, trainer_args_for_batching
-from .encoding import encode_split
+from .encoding import Tokenization, encode_split
 from .errors import UserError
 from .model_setup import DevicePolicy, apply_lora, build_model, describe_model, device_policy
 from .runlog import PLOT_NAME, DetailedLogCallback, RunLog, Throughput, decode_with_span, plot_losses
@@ -183,8 +183,8 @@ class TrainingRun:
         """Tokenized rows (rank 0 first, the others reuse its cache) and the plan."""
         d = self.data
         with self.targs.main_process_first(local=False, desc="tokenizing"):
-            encoded = encode_split(d.split, d.builder, d.tokenizer, self.config.training, d.cache_dir,
-                                   self.opts.resample_each_epoch, progress=self.main)
+            tok = Tokenization(d.tokenizer, self.config.training.max_length, d.cache_dir, progress=self.main)
+            encoded = encode_split(d.split, d.builder, tok, self.opts.resample_each_epoch)
         schedule = planning.Schedule(self.targs.world_size, self.opts.max_epochs, self.opts.sec_per_step)
         plan = planning.make_plan(d.corpus, d.split, encoded, self.config.training, schedule, self.checks.costs)
         plan["expert_parallel"] = self.checks.expert_parallel
