@@ -46,7 +46,7 @@ def training_arguments(opts, config, device: DevicePolicy, report_to):
         max_steps=opts.max_steps,
         eval_strategy="steps",
         save_strategy="steps",
-        eval_steps=1,  # set once the number of steps per epoch is known
+        eval_steps=1,  # TrainingRun.setup sets both from the plan's steps per epoch
         save_steps=1,
         logging_steps=t.logging_steps,
         save_total_limit=t.save_total_limit,
@@ -80,7 +80,7 @@ def training_arguments(opts, config, device: DevicePolicy, report_to):
 
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunChecks:
     """What the checks before any write found: the run starts from it."""
 
