@@ -211,7 +211,8 @@ class EncodedSplit:
     def train_rows(self, epoch: int = 0) -> list:
         """Rows of one epoch: `Split.epoch_train` over the encodable samples, each character
         drawing as many as epoch 0 kept, so every epoch has the same length (steps and schedules
-        stay fixed). Epoch 0 in file order, later epochs in row order."""
+        stay fixed). Epoch 0 in file order, later epochs in row order: the sampler permutes this
+        list, so another order would change every run's data order."""
         epoch = epoch if self.resample else 0
         if epoch not in self._rows:
             rows = [self.row_of[s.sample_id] for s in self.encodable_split().epoch_train(epoch)]
