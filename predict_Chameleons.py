@@ -72,8 +72,8 @@ def main(argv=None) -> int:
                                       max_length + opts.max_new_tokens, opts.tensor_parallel_size, opts.device_map)
     predictor = prediction.Predictor(members, sampling, opts.batch_size)
     store = shards.PartStore(opts.output_file, dist.rank)
-    meta = shards.run_meta(model_dirs, rows, max_length, sampling, opts.backend, opts.ablation_config,
-                            opts.prompt_style)
+    meta = shards.run_meta(model_dirs, rows, sampling, opts.backend,
+                           shards.PromptSettings(opts.ablation_config, opts.prompt_style, max_length))
     results, stats = prediction.generate_all(rows, predictor, store, dist, meta, opts.overwrite)
 
     # Extract and write: answers were extracted per item; the output gets each item's own.

@@ -52,11 +52,12 @@ def main(argv=None) -> int:
     cache_dir = config.resolve_path(config.data.cache_dir)
 
     if opts.dry_run:
-        encoded = encoding.encode_split(split, builder, tokenizer, config.training, cache_dir, opts.resample_each_epoch)
+        tok = encoding.Tokenization(tokenizer, config.training.max_length, cache_dir)
+        encoded = encoding.encode_split(split, builder, tok, opts.resample_each_epoch)
         audit = split_audit.audit_split(split, builder, corpus.samples,
                                         opts.max_epochs if opts.resample_each_epoch else 1)
-        plan = {**planning.make_plan(corpus, split, encoded, config.training, opts.nproc_per_node, opts.max_epochs,
-                                      opts.sec_per_step, **checks.costs),
+        schedule = planning.Schedule(opts.nproc_per_node, opts.max_epochs, opts.sec_per_step)
+        plan = {**planning.make_plan(corpus, split, encoded, config.training, schedule, checks.costs),
                 "config": config.resolved(), "notices": checks.notices, "expert_parallel": checks.expert_parallel,
                 "split_audit": split_audit.summary(audit)}
         preflight.require_trainable(corpus.path, plan["split"]["train_encoded"], plan["split"]["validation_encoded"])
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
         outputs.write_json(outputs.run_path(opts.output_dir, split_audit.AUDIT_NAME), {**audit, "args": opts.as_record()})
         return 0
 
-    return training.run(opts, config, checks, corpus, split, builder, tokenizer, cache_dir)
+    return training.run(opts, config, checks, training.RunData(corpus, split, builder, tokenizer, cache_dir))
 
 
 if __name__ == "__main__":

@@ -107,13 +107,12 @@ def stages_in_process(train_file: Path, config_path: Path, ablation: str, trace:
     builder = stage("prompt builder (history index)", lambda: prompts.PromptBuilder(
         config.ablation(ablation), "simple", prompts.HistoryIndex(split.pool_samples()),
         config.training.max_context_turns))
-    stage("tokenize (cold cache)", lambda: encoding.encode_split(split, builder, tok, config.training, cache_dir,
-                                                                 False, progress=False))
-    encoded = stage("tokenize (cached)", lambda: encoding.encode_split(split, builder, tok, config.training, cache_dir,
-                                                                       False, progress=False))
+    tokenization = encoding.Tokenization(tok, config.training.max_length, cache_dir, progress=False)
+    stage("tokenize (cold cache)", lambda: encoding.encode_split(split, builder, tokenization, False))
+    encoded = stage("tokenize (cached)", lambda: encoding.encode_split(split, builder, tokenization, False))
+    schedule = planning.Schedule(opts.nproc_per_node, opts.max_epochs, opts.sec_per_step)
     stage("plan (token stats, guide table)", lambda: planning.make_plan(corpus, split, encoded, config.training,
-                                                                         opts.nproc_per_node, opts.max_epochs,
-                                                                         opts.sec_per_step))
+                                                                         schedule))
     return rows
 
 

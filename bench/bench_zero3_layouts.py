@@ -130,7 +130,7 @@ def build_engine(cfg, ds, attn, device, dtype):
     from transformers.integrations import HfDeepSpeedConfig
 
     from chameleons import zero3
-    from chameleons.training import register_moe_leaves
+    from chameleons.model_setup import register_moe_leaves
 
     hf_ds = HfDeepSpeedConfig(ds)  # noqa: F841  (kept alive: makes transformers build under zero.Init)
     torch.manual_seed(0)
@@ -155,12 +155,14 @@ def step_batches(rows, order, step, micro, accum, world, rank, collate):
     order dealt to the ranks in turn, as accelerate shards HF Trainer's batches."""
     per_step = micro * accum * world
     idx = [order[(step * per_step + k) % len(order)] for k in range(per_step)]
+    from chameleons.batching import BatchMeta
+
     mine = [idx[j * micro:(j + 1) * micro] for j in range(accum * world) if j % world == rank]
     batches = []
     for b in mine:
         batch = collate([rows[i] for i in b])
-        batch["meta"] = {"rows": b, "lengths": [rows[i]["length"] for i in b],
-                         "supervised": [rows[i]["length"] - max(rows[i]["prompt_len"], 1) for i in b]}
+        batch["meta"] = BatchMeta(rows=b, lengths=[rows[i]["length"] for i in b],
+                                  supervised=[rows[i]["length"] - max(rows[i]["prompt_len"], 1) for i in b])
         batches.append(batch)
     supervised = sum(rows[i]["length"] - max(rows[i]["prompt_len"], 1) for i in idx)
     return batches, supervised, sum(rows[i]["length"] for i in idx)
@@ -186,7 +188,7 @@ def run_step(engine, rows, order, layout, world, rank, device, step, budget, col
     step_loss = torch.zeros((), dtype=torch.float64, device=device)
     for i, part in enumerate(parts):
         meta = part.pop("meta")
-        flops += train_flops(engine.module.config, meta["lengths"], meta["supervised"])
+        flops += train_flops(engine.module.config, meta.lengths, meta.supervised)
         batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in part.items()}
         loss, _ = causal_lm_loss(engine, batch, num_items_in_batch=supervised)
         step_loss += loss.detach().double()
@@ -262,7 +264,7 @@ def main(argv=None) -> int:
     from chameleons.batching import make_collator
     from chameleons.flops import peak_flops, train_flops
     from chameleons.quiet import quiet_console
-    from chameleons.training import device_settings
+    from chameleons.model_setup import device_policy
 
     quiet_console()
     rows, _ = realistic_rows(args.samples, args.max_length, args.ablation, 15)
@@ -270,7 +272,7 @@ def main(argv=None) -> int:
     rows = [dict(r, input_ids=[i % vocab for i in r["input_ids"]]) for r in rows]  # fold ids into a small vocabulary
     order = list(range(len(rows)))
     random.Random(0).shuffle(order)
-    attn = device_settings(False, "auto", "packed")["attn_implementation"]
+    attn = device_policy(False, "auto", "packed").attn_implementation
     collate = make_collator("packed")
     peak, peak_note = peak_flops(device)
     mean_len = sum(r["length"] for r in rows) / len(rows)

@@ -7,7 +7,7 @@ that are not packed (padded batches) go to stock SDPA unchanged.
 This is the CPU path: a Python loop over samples in every layer. On a GPU, packed batches run
 flash-attention's varlen kernel when flash-attn is installed, else `GPU_PACKED` (PyTorch's
 flex_attention through transformers, with the document mask transformers builds from the
-position ids): library kernels, no loop (`chameleons.training.device_settings`).
+position ids): library kernels, no loop (`chameleons.model_setup.device_policy`).
 """
 
 import torch
@@ -32,13 +32,15 @@ def _sample_bounds(position_ids, cu_seq_lens=None):
     return starts + [position_ids.shape[1]]
 
 
-def sdpa_varlen_forward(module, query, key, value, attention_mask, scaling=None, position_ids=None, **kwargs):
+def sdpa_varlen_forward(module, query, key, value, attention_mask, **kwargs):
+    """transformers' attention interface: five positional arguments, the rest (`scaling`,
+    `position_ids`, the packed batch's `cu_seq_lens_q`...) as keywords."""
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
+    position_ids, scaling = kwargs.get("position_ids"), kwargs.get("scaling")
     bounds = _sample_bounds(position_ids, kwargs.get("cu_seq_lens_q"))
     if bounds is None or query.shape[2] != position_ids.shape[1]:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
-                                      position_ids=position_ids, **kwargs)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     key = repeat_kv(key, module.num_key_value_groups)
     value = repeat_kv(value, module.num_key_value_groups)
     out = torch.cat([F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],

@@ -230,11 +230,24 @@ def exact_parts(lengths, budget: int, k: int) -> list:
     return parts
 
 
+@dataclass(frozen=True)
+class BatchMeta:
+    """A training micro-batch's `meta`: its dataset rows and each sample's tokens and supervised
+    tokens, as plain lists (no device copies, no syncs)."""
+
+    rows: list
+    lengths: list
+    supervised: list
+
+    def part(self, first: int, last: int) -> "BatchMeta":
+        return BatchMeta(self.rows[first:last], self.lengths[first:last], self.supervised[first:last])
+
+
 def split_packed(batch: dict, parts: list) -> list:
-    """A packed micro-batch (with its `meta` row lists) cut between samples into consecutive
-    micro-batches of `parts[i]` samples. Labels need no change: `build_labels` already ignores
-    every sample's first token."""
-    lengths = batch["meta"]["lengths"]
+    """A packed micro-batch (with its `meta`) cut between samples into consecutive micro-batches
+    of `parts[i]` samples. Labels need no change: `build_labels` already ignores every sample's
+    first token."""
+    lengths = batch["meta"].lengths
     out, first = [], 0
     for count in parts:
         last = first + count
@@ -245,7 +258,7 @@ def split_packed(batch: dict, parts: list) -> list:
             cu = torch.tensor([0] + own, dtype=batch["cu_seq_lens_q"].dtype).cumsum(0)
             part["cu_seq_lens_q"] = part["cu_seq_lens_k"] = cu.to(batch["cu_seq_lens_q"].device)
             part["max_length_q"] = part["max_length_k"] = max(own)
-        part["meta"] = {k: v[first:last] for k, v in batch["meta"].items()}
+        part["meta"] = batch["meta"].part(first, last)
         out.append(part)
         first = last
     return out
@@ -256,7 +269,7 @@ def split_to_budget(batch: dict, budget, device=None) -> list:
     as many on every rank (one all-reduce of two integers agrees on the count)."""
     if budget is None or "meta" not in batch:
         return [batch]
-    lengths = batch["meta"]["lengths"]
+    lengths = batch["meta"].lengths
     need, fewest_samples = len(budget_parts(lengths, budget)), len(lengths)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         agreed = torch.tensor([need, -fewest_samples], dtype=torch.int64, device=device)

@@ -11,11 +11,11 @@ import hashlib
 import importlib.util
 import json
 from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import UserError
 from .prompts import target_text
-from .sampling import ranked
 from .sources import require_source
 
 IGNORE_INDEX = -100
@@ -145,11 +145,22 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()[:16]
 
 
-def encode_dataset(samples, builder, tokenizer, max_length: int, cache_dir, fingerprint_parts, progress=True):
+@dataclass(frozen=True)
+class Tokenization:
+    """How samples become token ids (the tokenizer, the length limit) and where the ids are cached."""
+
+    tokenizer: object
+    max_length: int
+    cache_dir: object
+    progress: bool = True  # the progress bar while tokenizing
+
+
+def encode_dataset(samples, builder, tok: Tokenization, fingerprint_parts):
     """Tokenize with `datasets`, cached on disk under a key of everything that shapes the ids,
     so a rerun (or the training run after a dry run) reads the cache instead of tokenizing."""
     from datasets import Dataset, disable_progress_bars, enable_progress_bars
 
+    tokenizer, max_length = tok.tokenizer, tok.max_length
     fmt = ChatFormat(tokenizer)
     h = hashlib.sha256()
     for part in fingerprint_parts:
@@ -164,14 +175,14 @@ def encode_dataset(samples, builder, tokenizer, max_length: int, cache_dir, fing
                                                            default=str).encode(), digest_size=8).digest()
         h.update(described[key_of])
     key = h.hexdigest()[:24]
-    cache_dir = Path(cache_dir)
+    cache_dir = Path(tok.cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     by_index = list(samples)
 
     def encode(batch):
         return encode_samples([by_index[i] for i in batch["index"]], builder, tokenizer, fmt, max_length)
 
-    (enable_progress_bars if progress else disable_progress_bars)()
+    (enable_progress_bars if tok.progress else disable_progress_bars)()
     ds = Dataset.from_dict({"index": list(range(len(by_index)))})
     ds = ds.map(encode, batched=True, batch_size=1000, remove_columns=["index"], new_fingerprint=key,
                 cache_file_name=str(cache_dir / f"encoded-{key}.arrow"), load_from_cache_file=True,
@@ -194,29 +205,29 @@ class EncodedSplit:
         self.lengths = lengths
         self.row_of = {sid: i for i, (sid, n) in enumerate(zip(self.dataset_ids, lengths)) if n > 0}
         self.val_rows = [self.row_of[s.sample_id] for s in split.val if s.sample_id in self.row_of]
+        self._encodable = None  # the split restricted to encodable samples, made once
         self._rows = {}  # epoch -> training rows, drawn once (the callback and manifest ask repeatedly)
 
     def train_rows(self, epoch: int = 0) -> list:
-        """Rows of one epoch. A later epoch draws, per character, as many encodable samples as
-        epoch 0 kept, so every epoch has the same length (steps and schedules stay fixed)."""
+        """Rows of one epoch: `Split.epoch_train` over the encodable samples, each character
+        drawing as many as epoch 0 kept, so every epoch has the same length (steps and schedules
+        stay fixed). Epoch 0 in file order, later epochs in row order: the sampler permutes this
+        list, so another order would change every run's data order."""
         epoch = epoch if self.resample else 0
         if epoch not in self._rows:
-            self._rows[epoch] = self._draw_rows(epoch)
+            rows = [self.row_of[s.sample_id] for s in self.encodable_split().epoch_train(epoch)]
+            self._rows[epoch] = rows if epoch == 0 else sorted(rows)
         return self._rows[epoch]
 
-    def _draw_rows(self, epoch: int) -> list:
-        if epoch == 0:
-            return [self.row_of[s.sample_id] for s in self.split.train if s.sample_id in self.row_of]
-        base = self.train_rows(0)
-        group_by = self.split.group_by
-        sample_of = {s.sample_id: s for s in self.split.pool_samples()}
-        want = Counter(sample_of[self.dataset_ids[r]].group_key(group_by) for r in base)
-        rows = []
-        for group in sorted(self.split.pool):
-            picked = [s for s in ranked(group, self.split.pool[group], self.split.sample_seed, epoch)
-                      if s.sample_id in self.row_of][: want.get(group, 0)]
-            rows.extend(self.row_of[s.sample_id] for s in picked)
-        return sorted(rows)
+    def encodable_split(self):
+        """The split with samples that cannot be encoded left out of the pool, and per character
+        the number of epoch 0's training samples that can."""
+        if self._encodable is None:
+            split, keep = self.split, self.row_of
+            pool = {group: [s for s in members if s.sample_id in keep] for group, members in split.pool.items()}
+            sizes = Counter(s.group_key(split.group_by) for s in split.train if s.sample_id in keep)
+            self._encodable = replace(split, pool=pool, sizes=sizes)
+        return self._encodable
 
 
 def samples_to_encode(split, resample: bool) -> list:
@@ -226,13 +237,12 @@ def samples_to_encode(split, resample: bool) -> list:
     return list(split.val) + [s for s in train if s.sample_id not in ids]
 
 
-def encode_split(split, builder, tokenizer, training, cache_dir, resample: bool, progress=True):
+def encode_split(split, builder, tok: Tokenization, resample: bool) -> EncodedSplit:
     parts = [ENCODING_VERSION, builder.ablation, builder.style, builder.max_context_turns,
-             tokenizer_fingerprint(tokenizer)]
+             tokenizer_fingerprint(tok.tokenizer)]
     if builder.template:
         parts.append(json.dumps(builder.template, sort_keys=True))
     if builder.history is not None:
         parts.append(builder.history.fingerprint())
-    ds, key = encode_dataset(samples_to_encode(split, resample), builder, tokenizer, training.max_length,
-                             cache_dir, parts, progress=progress)
+    ds, key = encode_dataset(samples_to_encode(split, resample), builder, tok, parts)
     return EncodedSplit(ds, split, resample)

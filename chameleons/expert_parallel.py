@@ -12,6 +12,7 @@ AutoEP layers.
 import inspect
 import json
 import math
+from dataclasses import dataclass
 
 from . import launch
 from .errors import UserError
@@ -23,18 +24,27 @@ SAVABLE = {"qwen3_moe": "qwen3_moe", "qwen2_moe": "qwen3_moe"}
 SIZE_KEY = "training.expert_parallel_size"
 
 
-def moe_shape(model_cfg):
-    """(model_type, num_experts) of the configured model; num_experts None for a dense model or
-    when its config is not on this machine."""
+@dataclass(frozen=True)
+class MoeShape:
+    """The configured model's type and number of experts: num_experts None for a dense model,
+    both None when its config is not on this machine."""
+
+    model_type: str | None = None
+    num_experts: int | None = None
+
+
+def moe_shape(model_cfg) -> MoeShape:
     config = model_config(model_cfg)
     if config is None:
-        return None, None
-    return config.model_type, getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None)
+        return MoeShape()
+    return MoeShape(config.model_type,
+                    getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None))
 
 
-def resolve(requested: int, zero_stage, world: int, local_world: int, model_type, num_experts, lora: bool) -> dict:
+def resolve(requested: int, zero_stage, world: int, local_world: int, moe: MoeShape, lora: bool) -> dict:
     """The expert-parallel size a run uses: `requested` (0 = the GPUs of a node) where it can run,
     else 1 with the reason. An explicit size above 1 that cannot run is an error."""
+    model_type, num_experts = moe.model_type, moe.num_experts
     off = None
     if zero_stage != 3:
         off = "ZeRO-3 only"
@@ -70,10 +80,9 @@ def plan_for_run(opts, zero_stage, config) -> dict:
     DeepSpeed config has no `expert_parallel` section to fill."""
     world = opts.nproc_per_node if opts.dry_run else launch.world_size()
     local_world = opts.nproc_per_node if opts.dry_run else launch.local_world_size()
-    model_type, num_experts = moe_shape(config.model) if zero_stage == 3 else (None, None)
+    moe = moe_shape(config.model) if zero_stage == 3 else MoeShape()
     try:
-        plan = resolve(config.training.expert_parallel_size, zero_stage, world, local_world, model_type, num_experts,
-                       bool(config.lora))
+        plan = resolve(config.training.expert_parallel_size, zero_stage, world, local_world, moe, bool(config.lora))
     except UserError as exc:
         given = [o for o in config.overrides if o.startswith(SIZE_KEY + "=")]
         raise UserError(f"{config.path}{', --set ' + given[-1] if given else ''}: {exc}") from None

@@ -107,19 +107,31 @@ def token_budget(gpu_bytes: int, fixed_bytes: int, per_token: float, max_length:
     return tokens if tokens >= max_length else None
 
 
-def estimate(shape: Shape, zero_stage, world_size: int, gpu_bytes: int, checkpointing: bool, lora: bool,
-             supervised_share: float, max_length: int) -> dict:
+@dataclass(frozen=True)
+class MemorySetup:
+    """What the per-GPU figures depend on besides the world size and the batch."""
+
+    shape: Shape
+    zero_stage: int | None
+    gpu_bytes: int
+    checkpointing: bool
+    lora: bool
+    gpu_source: str = "given"  # where `gpu_bytes` comes from (see gpu_bytes); the plan shows it
+
+
+def estimate(setup: MemorySetup, world_size: int, supervised_share: float, max_length: int) -> dict:
     """The per-GPU figures and the budget they give; `supervised_share` is the share of a
     micro-batch's tokens that are supervised (the dry run uses its 95th-percentile sample's)."""
-    fixed = state_bytes(shape, zero_stage, world_size, lora)
-    act = activation_bytes_per_token(shape, checkpointing)
+    shape, gpu = setup.shape, setup.gpu_bytes
+    fixed = state_bytes(shape, setup.zero_stage, world_size, setup.lora)
+    act = activation_bytes_per_token(shape, setup.checkpointing)
     logits = logit_bytes_per_supervised_token(shape)
     per_token = act + supervised_share * logits
-    return {"gpu_bytes": gpu_bytes, "zero_stage": zero_stage, "world_size": world_size, **fixed,
-            "reserved_bytes": int(gpu_bytes * RESERVED_FRACTION + RESERVED_BYTES),
+    return {"gpu_bytes": gpu, "zero_stage": setup.zero_stage, "world_size": world_size, **fixed,
+            "reserved_bytes": int(gpu * RESERVED_FRACTION + RESERVED_BYTES),
             "activation_bytes_per_token": act, "logit_bytes_per_supervised_token": logits,
             "supervised_share": supervised_share, "bytes_per_token": per_token,
-            "budget": token_budget(gpu_bytes, sum(fixed.values()), per_token, max_length)}
+            "budget": token_budget(gpu, sum(fixed.values()), per_token, max_length)}
 
 
 def peak_bytes(figures: dict, tokens: int) -> int:

@@ -1,7 +1,7 @@
 """What a run will do, before any model is loaded: the dry run's plan.json and its printout."""
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from . import leak_checks, memory, split_audit, splitting, zero3
 from .sampling import sampled_counts
@@ -66,15 +66,34 @@ def guide_splits(corpus, split) -> dict:
     return out
 
 
-def make_plan(corpus, split, encoded, training, world_size: int, max_epochs: int, sec_per_step: float,
-              checkpoints=None, memory_setup=None) -> dict:
-    """plan.json: the data, the split, token lengths, the schedule and its hours at
-    `sec_per_step`, the memory estimate and the token budget (from `memory_setup`), micro-batch
-    sizes, `checkpoints` and the guide table (see `model_costs` for the last two arguments)."""
+@dataclass(frozen=True)
+class Schedule:
+    """What the plan's schedule is computed from: the processes, the epochs, and the seconds per
+    optimizer step its hours assume (--sec_per_step)."""
+
+    world_size: int
+    max_epochs: int
+    sec_per_step: float
+
+
+@dataclass(frozen=True)
+class ModelCosts:
+    """The configured model's checkpoint cost (the disk check and the plan) and memory setup (the
+    plan's estimate and token budget); None when its config is not on this machine."""
+
+    checkpoints: dict | None = None
+    memory_setup: memory.MemorySetup | None = None
+
+
+def make_plan(corpus, split, encoded, training, schedule: Schedule, costs: ModelCosts | None = None) -> dict:
+    """plan.json: the data, the split, token lengths, the schedule and its hours, the memory
+    estimate and the token budget, micro-batch sizes, the checkpoint cost and the guide table."""
     from .batching import StepShape, micro_batch_plan  # imports torch: not needed by the checks before the plan
 
+    costs = costs or ModelCosts()
+    world_size, max_epochs, sec_per_step = schedule.world_size, schedule.max_epochs, schedule.sec_per_step
     tokens = encoded_token_stats(encoded)
-    figures = memory_figures(memory_setup, world_size, supervised_share_p95(encoded), training.max_length)
+    figures = memory_figures(costs.memory_setup, world_size, supervised_share_p95(encoded), training.max_length)
     budget = token_budget(training, figures)
     n_train, n_val = len(encoded.train_rows(0)), len(encoded.val_rows)
     bs, ga = training.batch_size, training.gradient_accumulation_steps
@@ -121,25 +140,26 @@ def make_plan(corpus, split, encoded, training, world_size: int, max_epochs: int
         "micro_batches": micro_batch_plan([encoded.lengths[r] for r in encoded.train_rows(0)], StepShape(bs, world_size, ga),
                                           training.batching == "packed", budget, training.seed),
         "memory": figures,
-        "checkpoints": checkpoints,
+        "checkpoints": costs.checkpoints,
         "guide_table": table,
     }
 
 
-def model_costs(config, zero_stage, world_size: int, ranks_per_node: int) -> dict:
-    """make_plan's `checkpoints` and `memory_setup`, from the configured model's shape (built once,
+def model_costs(config, zero_stage, world_size: int, ranks_per_node: int) -> ModelCosts:
+    """The checkpoint cost and memory setup of the configured model, from its shape (built once,
     on the meta device); both None when its config is not on this machine."""
     facts = zero3.model_facts(config.model)
     if facts is None:
-        return {"checkpoints": None, "memory_setup": None}
+        return ModelCosts()
     hf_config, n_params = facts
     gpu, source = memory.gpu_bytes(config.training.gpu_memory_gib)
-    setup = {"shape": memory.shape_of(hf_config, n_params), "zero_stage": zero_stage, "gpu_bytes": gpu,
-             "gpu_source": source, "checkpointing": config.model.gradient_checkpointing, "lora": bool(config.lora)}
+    setup = memory.MemorySetup(shape=memory.shape_of(hf_config, n_params), zero_stage=zero_stage, gpu_bytes=gpu,
+                               checkpointing=config.model.gradient_checkpointing, lora=bool(config.lora),
+                               gpu_source=source)
     n = None if config.lora else n_params
     cost = zero3.checkpoint_cost(n, zero_stage, config.training.save_total_limit, world_size,
                                  min(world_size, ranks_per_node), config.training.full_checkpoint_minutes > 0)
-    return {"checkpoints": cost, "memory_setup": setup}
+    return ModelCosts(checkpoints=cost, memory_setup=setup)
 
 
 def supervised_share_p95(encoded) -> float:
@@ -152,9 +172,8 @@ def supervised_share_p95(encoded) -> float:
 def memory_figures(setup, world_size: int, share: float, max_length: int):
     if setup is None:
         return None
-    figures = memory.estimate(setup["shape"], setup["zero_stage"], world_size, setup["gpu_bytes"],
-                              setup["checkpointing"], setup["lora"], share, max_length)
-    return {**figures, "gpu_source": setup["gpu_source"]}
+    figures = memory.estimate(setup, world_size, share, max_length)
+    return {**figures, "gpu_source": setup.gpu_source}
 
 
 def token_budget(training, figures):

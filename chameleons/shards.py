@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import UserError
@@ -185,8 +185,16 @@ class PartStore:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def run_meta(model_dirs, rows, max_length: int, sampling: Sampling, backend: str, ablation_config: str,
-             prompt_style: str) -> dict:
+@dataclass(frozen=True)
+class PromptSettings:
+    """The settings the prompts were built with, recorded by name beside the hash of their ids."""
+
+    ablation_config: str
+    prompt_style: str
+    max_length: int
+
+
+def run_meta(model_dirs, rows, sampling: Sampling, backend: str, prompts: PromptSettings) -> dict:
     """What the shard lines depend on; a rerun resumes only when all of it matches."""
     h = hashlib.sha256()
     for r in rows:
@@ -197,8 +205,8 @@ def run_meta(model_dirs, rows, max_length: int, sampling: Sampling, backend: str
         "models": [str(Path(d).resolve()) for d in model_dirs],
         "model_fingerprints": [model_fingerprint(d) for d in model_dirs],
         "backend": backend,
-        "ablation_config": ablation_config,
-        "prompt_style": prompt_style,
-        "max_length": max_length,
+        "ablation_config": prompts.ablation_config,
+        "prompt_style": prompts.prompt_style,
+        "max_length": prompts.max_length,
         "sampling": asdict(sampling),
     }

@@ -1,145 +1,34 @@
-"""Model, HF Trainer and the run around them: the training half of the recipe.
+"""The run around the model and the Trainer: the training half of the recipe.
 
 Order matters under ZeRO-3: TrainingArguments (which carry the DeepSpeed config) exist before
 the model is created, so `from_pretrained` builds it already partitioned.
 """
 
-import contextlib
 import json
-import math
 import os
 import platform
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback
 
-from . import (attention, checkpoints, diskspace, expert_parallel, flops, launch, model_spec, outputs, planning,
-               preflight, run_record, saves, tracking, zero3)
-from .batching import (EpochSampler, check_packing_supported, make_collator, split_to_budget,
-                       trainer_args_for_batching)
-from .encoding import encode_split
+from . import (checkpoints, diskspace, expert_parallel, flops, launch, model_spec, outputs, planning, preflight,
+               run_record, saves, tracking, zero3)
+from .batching import check_packing_supported, make_collator, trainer_args_for_batching
+from .encoding import Tokenization, encode_split
 from .errors import UserError
-from .loss import causal_lm_loss, causal_lm_of
+from .model_setup import DevicePolicy, apply_lora, build_model, describe_model, device_policy
 from .runlog import PLOT_NAME, DetailedLogCallback, RunLog, Throughput, decode_with_span, plot_losses
 from .stopping import StopCallback, StopRequest
+from .trainer import ChameleonsTrainer, EpochCallback, EpochRows, TrainerSetup, with_row_meta
 
 DISK_FULL_THEN = (f"a checkpoint being written stays incomplete (no {checkpoints.COMPLETE_MARKER}), and "
                   f"--resume_from_checkpoint auto skips it; free space, then resume with --resume_from_checkpoint auto")
 
 
-class EpochRows(torch.utils.data.Dataset):
-    """Training rows of the current epoch; the length is the same every epoch."""
-
-    def __init__(self, encoded):
-        self.encoded = encoded
-        self.epoch = None
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int):
-        if epoch != self.epoch:
-            self.epoch = epoch
-            self.rows = self.encoded.train_rows(epoch)
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        row = self.rows[i]
-        item = self.encoded.dataset[row]
-        return {"input_ids": item["input_ids"], "prompt_len": item["prompt_len"], "length": item["length"], "row": row}
-
-
-def with_row_meta(collate):
-    """Adds each batch's dataset rows and per-sample token counts as plain lists (no device
-    copies, no syncs): the run records what it trained on and counts tokens and FLOPs."""
-
-    def collate_rows(rows):
-        batch = collate([{k: v for k, v in r.items() if k != "row"} for r in rows])
-        batch["meta"] = {"rows": [r["row"] for r in rows],
-                         "lengths": [r["length"] for r in rows],
-                         "supervised": [r["length"] - r["prompt_len"] for r in rows]}
-        return batch
-
-    return collate_rows
-
-
-class EpochCallback(TrainerCallback):
-    """Tells the dataset which epoch is starting (also after a resume in mid-epoch) and logs how
-    much of the pool the run has now seen. The Trainer's own `set_epoch` goes to the sampler,
-    not to the dataset, so the dataset learns its epoch here."""
-
-    def __init__(self, dataset, runlog):
-        self.dataset = dataset
-        self.runlog = runlog
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        epoch = int(math.floor(state.epoch + 1e-9))
-        self.dataset.set_epoch(epoch)
-        encoded = self.dataset.encoded
-        if not encoded.resample:
-            return
-        earlier = set()
-        for e in range(epoch):
-            earlier.update(encoded.train_rows(e))
-        rows = self.dataset.rows
-        new = sum(1 for r in rows if r not in earlier)
-        pool = sum(len(m) for m in encoded.split.pool.values())
-        coverage = len(earlier | set(rows)) / max(1, pool)
-        self.runlog.line(f"epoch {epoch}: {len(rows)} training samples, {new} not seen in earlier epochs, "
-                         f"pool coverage {coverage:.1%} of {pool}")
-        self.runlog.metrics("epoch", epoch=epoch, samples=len(rows), new_samples=new, pool_coverage=coverage)
-
-
-def device_settings(disable_flash_attn: bool, attn_config: str, batching: str = "padded"):
-    """bf16 + flash-attention 2 on a GPU when available, fp32 + SDPA on CPU. Packed rows without
-    flash-attention: flex_attention with transformers' document mask on a GPU (a library kernel),
-    SDPA per sample (`sdpa_varlen`) on CPU, where flex_attention has no backward."""
-    notices = []
-    on_gpu = torch.cuda.is_available()
-    if on_gpu and torch.cuda.device_count() > 1 and not launch.launched():
-        raise UserError(f"{torch.cuda.device_count()} GPUs are visible but the trainer was not started by torchrun "
-                        f"or srun: HF Trainer would run nn.DataParallel with a {torch.cuda.device_count()}x batch; "
-                        f"launch with torchrun --nproc_per_node={torch.cuda.device_count()}, or set "
-                        f"CUDA_VISIBLE_DEVICES to one GPU")
-    bf16 = on_gpu and torch.cuda.is_bf16_supported()
-    attn = attn_config
-    if attn == "auto":
-        attn = "sdpa"
-        if on_gpu and not disable_flash_attn and _flash_attn_installed():
-            attn = "flash_attention_2"
-        elif on_gpu and batching == "packed":
-            attn = attention.GPU_PACKED
-            notices.append(f"flash-attention 2 is {'disabled' if disable_flash_attn else 'not installed'}: packed "
-                           f"batches use {attn} (PyTorch's kernel, each sample masked to itself)")
-        elif on_gpu and not disable_flash_attn:
-            notices.append("flash-attention 2 is not installed: using SDPA attention")
-    elif attn == "flash_attention_2" and (disable_flash_attn or not on_gpu):
-        attn = "sdpa"
-        notices.append("flash-attention 2 needs a GPU and is not disabled: using SDPA attention")
-    elif attn == "flash_attention_2" and not _flash_attn_installed():
-        raise UserError("model.attn_implementation flash_attention_2: the flash-attn package is not installed "
-                        "(pip install flash-attn), or choose auto or sdpa")
-    if attn == "sdpa" and batching == "packed":
-        attention.register()
-        attn = attention.NAME
-    return {"on_gpu": on_gpu, "bf16": bf16, "attn_implementation": attn, "notices": notices}
-
-
-def _flash_attn_installed() -> bool:
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def training_arguments(opts, config, device, report_to):
+def training_arguments(opts, config, device: DevicePolicy, report_to):
     from transformers import TrainingArguments
 
     t = config.training
@@ -157,15 +46,15 @@ def training_arguments(opts, config, device, report_to):
         max_steps=opts.max_steps,
         eval_strategy="steps",
         save_strategy="steps",
-        eval_steps=1,  # set once the number of steps per epoch is known
+        eval_steps=1,  # TrainingRun.setup sets both from the plan's steps per epoch
         save_steps=1,
         logging_steps=t.logging_steps,
         save_total_limit=t.save_total_limit,
         load_best_model_at_end=True,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
-        bf16=device["bf16"],
-        use_cpu=not device["on_gpu"],
+        bf16=device.bf16,
+        use_cpu=not device.on_gpu,
         deepspeed=opts.deepspeed,
         activation_checkpointing=config.model.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
@@ -190,306 +79,27 @@ def training_arguments(opts, config, device, report_to):
         raise UserError(f"training arguments: {str(exc).splitlines()[0]}") from None
 
 
-def build_model(config, device, deepspeed_zero3: bool):
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    m = config.model
-    dtype = torch.bfloat16 if device["bf16"] else torch.float32
-    extra = {}
-    if m.experts_implementation != "auto":
-        extra["experts_implementation"] = m.experts_implementation
-    if deepspeed_zero3 and not device["on_gpu"]:
-        import deepspeed
-
-        deepspeed.init_distributed(dist_backend="gloo")
-    if m.random_init:
-        spec = dict(m.random_init)
-        model_config = AutoConfig.for_model(spec.pop("model_type"), **spec)
-        _router_settings(model_config, m.router_aux_loss_coef)
-        model = AutoModelForCausalLM.from_config(model_config, dtype=dtype,
-                                                 attn_implementation=device["attn_implementation"], **extra)
-    else:
-        try:
-            model_config = AutoConfig.from_pretrained(m.name_or_path, trust_remote_code=m.trust_remote_code)
-        except OSError as exc:
-            raise UserError(f"model {m.name_or_path!r} could not be loaded: {str(exc).splitlines()[0]}") from None
-        _router_settings(model_config, m.router_aux_loss_coef)
-        model = AutoModelForCausalLM.from_pretrained(m.name_or_path, config=model_config, dtype=dtype,
-                                                     attn_implementation=device["attn_implementation"],
-                                                     trust_remote_code=m.trust_remote_code, **extra)
-    if deepspeed_zero3:
-        register_moe_leaves(model)
-    model.config.use_cache = False
-    return model
-
-
-def _router_settings(model_config, coef):
-    if hasattr(model_config, "router_aux_loss_coef"):
-        model_config.router_aux_loss_coef = coef
-        model_config.output_router_logits = coef > 0
-
-
-def register_moe_leaves(model):
-    """ZeRO-3 must gather a sparse MoE block as one unit, or ranks that route to different
-    experts wait on each other forever."""
-    from deepspeed.utils import set_z3_leaf_modules
-
-    classes = sorted({type(m) for m in model.modules() if type(m).__name__.endswith("SparseMoeBlock")},
-                     key=lambda c: c.__name__)
-    if classes:
-        set_z3_leaf_modules(model, classes)
-    return classes
-
-
-def apply_lora(model, lora):
-    from peft import LoraConfig, get_peft_model
-
-    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                            target_modules=lora.target_modules, task_type="CAUSAL_LM"))
-
-
-class ChameleonsTrainer(Trainer):
-    """HF Trainer with the loss as the true mean token loss, an exact evaluation, strict MoE
-    reloads and resumes that continue exactly where the run stopped."""
-
-    def __init__(self, *a, throughput, stop, collate, router_aux_loss_coef, trace, batching="padded",
-                 max_tokens_per_micro_batch=None, full_saves=None, **kw):
-        super().__init__(*a, **kw)
-        self.batching = batching
-        self.full_saves = full_saves  # saves.FullSavePolicy; None: every save is resumable
-        self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
-        self.split_micro_batches = 0
-        self.model_config = causal_lm_of(self.model).config
-        self.model_accepts_loss_kwargs = True
-        self.throughput = throughput
-        self.stop = stop
-        self.collate_eval = collate
-        self.router_aux_loss_coef = router_aux_loss_coef
-        self.trace = trace
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        """A packed micro-batch over `training.max_tokens_per_micro_batch` runs as consecutive parts
-        (as many on every rank), gradients accumulated before the one optimizer step: the same
-        step, within the memory budget."""
-        parts = split_to_budget(inputs, self.max_tokens_per_micro_batch, self.args.device)
-        if len(parts) == 1:
-            return super().training_step(model, inputs, num_items_in_batch)
-        self.split_micro_batches += 1
-        sync, total = self.accelerator.sync_gradients, 0
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            self.accelerator.gradient_state._set_sync_gradients(sync and last)  # DeepSpeed: step after the last part
-            with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
-                total = total + super().training_step(model, part, num_items_in_batch)
-        return total
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Replaces HF's loss: token cross-entropy over supervised positions only (chameleons/loss.py)."""
-        inputs.pop("meta", None)
-        inputs.pop("length", None)
-        loss, n_tokens = causal_lm_loss(model, inputs, num_items_in_batch,
-                                        self.router_aux_loss_coef if model.training else 0.0)
-        if model.training:
-            if self.stop is not None:
-                self.stop.add_loss(loss.detach() * (num_items_in_batch if num_items_in_batch is not None else n_tokens),
-                                   n_tokens)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * self.accelerator.num_processes
-        return (loss, None) if return_outputs else loss
-
-    def floating_point_ops(self, inputs):
-        """Replaces HF's count (6 x all parameters x padded tokens) for `total_flos`: the MoE-aware
-        model FLOPs of this training micro-batch (chameleons/flops.py); also records its rows and
-        tokens for the data-order trace and the log's throughput."""
-        meta = inputs.get("meta")
-        if meta is None:
-            return super().floating_point_ops(inputs)
-        if self.trace is not None:
-            self.trace.append(meta["rows"])
-        model_flops = flops.train_flops(self.model_config, meta["lengths"], meta["supervised"])
-        if self.throughput is not None:
-            self.throughput.add(sum(meta["lengths"]), int(inputs["input_ids"].numel()), model_flops)
-        return model_flops
-
-    def _get_train_sampler(self, train_dataset=None):
-        """Replaces HF's samplers: each epoch's order depends on the seed, the epoch and the samples
-        per optimizer step, not on the micro-batch layout (batching.EpochSampler)."""
-        ds = train_dataset if train_dataset is not None else self.train_dataset
-        a = self.args
-        per_step = a.train_batch_size * a.gradient_accumulation_steps * a.world_size
-        if self.batching != "length_grouped":
-            return EpochSampler(ds, per_step, seed=a.seed)
-        lengths = ds.encoded.lengths
-        return EpochSampler(ds, per_step, seed=a.seed, lengths=lambda: [lengths[r] for r in ds.rows],
-                            group_size=a.train_batch_size * a.gradient_accumulation_steps)
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-        """Replaces HF's evaluation: the mean token loss over the whole validation set (summed, then
-        divided once), the same number of forward passes on every rank so ZeRO-3's collectives line up."""
-        model = self.model_wrapped if self.is_deepspeed_enabled else self.model
-        model.eval()
-        world, rank = self.args.world_size, self.args.process_index
-        bs = self.args.per_device_eval_batch_size
-        rows = self.eval_dataset  # validation row numbers of the encoded dataset
-        batches = [rows[i:i + bs] for i in range(0, len(rows), bs)]
-        mine = batches[rank::world]
-        n_rounds = math.ceil(len(batches) / world)
-        total = torch.zeros(2, dtype=torch.float64, device=self.args.device)
-        with torch.no_grad():
-            for k in range(n_rounds):
-                rows = mine[k] if k < len(mine) else batches[0]
-                batch = self.collate_eval([self.eval_item(r) for r in rows])
-                batch = self._prepare_inputs(batch)
-                loss_sum, n = causal_lm_loss(model, batch, num_items_in_batch=1, router_aux_loss_coef=0.0)
-                if k < len(mine):
-                    total += torch.stack([loss_sum.double().detach(), n.double().to(total.device)])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(total)
-        loss = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
-        metrics = {f"{metric_key_prefix}_loss": loss, f"{metric_key_prefix}_tokens": int(total[1].item())}
-        if metric_key_prefix == "eval":
-            self.log(metrics)
-            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        model.train()
-        return metrics
-
-    def eval_item(self, row):
-        item = self.train_dataset.encoded.dataset[row]
-        return {"input_ids": item["input_ids"], "prompt_len": item["prompt_len"], "length": item["length"]}
-
-    def _load_best_model(self):
-        """Replaces HF's best-model load. ZeRO-3: each rank reads its own weight partition of the
-        best checkpoint (saves.load_partitions), not DeepSpeed's full states. Outside DeepSpeed HF's
-        load is non-strict and skips MoE experts saved per expert (the model holds them fused;
-        transformers#48805): reload strictly. A stopped run exits as it is: its checkpoint is
-        saved, the best model is not needed."""
-        if self.stop is not None and (self.stop.signal or self.stop.nonfinite):
-            return
-        best = self.state.best_model_checkpoint
-        if self._zero3_weights() and saves.partition_file(best, self.args.process_index, self.args.world_size).is_file():
-            saves.load_partitions(self.model_wrapped, self.model, best, self.args.process_index, self.args.world_size)
-            return
-        if self.is_deepspeed_enabled or hasattr(self.model, "peft_config"):
-            return super()._load_best_model()
-        self._load_strict(best)
-
-    def _zero3_weights(self) -> bool:
-        """ZeRO-3 without LoRA: checkpoints carry each rank's weight partition."""
-        return (self.is_deepspeed_enabled and self.args.hf_deepspeed_config.is_zero3()
-                and not hasattr(self.model, "peft_config"))
-
-    def _weights_only_save(self) -> bool:
-        """This save may skip the resumable state: no stop, the full-save interval not due, and a
-        setup whose best model restores from weights alone (ZeRO-3 without LoRA, or no DeepSpeed)."""
-        stopping = self.stop is not None and (self.stop.signal or self.stop.nonfinite)
-        policy = self.full_saves
-        if stopping or policy is None or policy.interval_s <= 0 or policy.agreed:
-            return False
-        return self._zero3_weights() or not self.is_deepspeed_enabled
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        """Replaces HF's resume load outside DeepSpeed: the same non-strict load as the best-model restore."""
-        if self.is_deepspeed_enabled or hasattr(self.model, "peft_config") or model is not None:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        self._load_strict(resume_from_checkpoint)
-
-    def _load_strict(self, checkpoint):
-        saved = type(self.model).from_pretrained(checkpoint, dtype=self.model.dtype)
-        self.model.load_state_dict(saved.state_dict(), strict=True)
-
-    def _load_callback_state(self):
-        """Replaces HF's callback restore on resume, which builds new callback objects and appends
-        them last: references held elsewhere (the log's patience line) go stale and the call order
-        changes. Restores the saved attributes in place (early-stopping patience, the loss tally),
-        leaves TrainerControl's flags of the save moment alone, and finds the best checkpoint in this
-        output folder, where HF drops a path that does not resolve from the current directory."""
-        if self.args.restore_callback_states_from_checkpoint:
-            by_name = {}
-            for cb in self.callback_handler.callbacks:
-                by_name.setdefault(type(cb).__name__, []).append(cb)
-            for name, saved in self.state.stateful_callbacks.items():
-                for cb, data in zip(by_name.get(name, []), saved if isinstance(saved, list) else [saved]):
-                    for attribute, value in data.get("attributes", {}).items():
-                        setattr(cb, attribute, value)
-        if self.state.best_global_step:
-            best = os.path.join(self.args.output_dir, f"checkpoint-{self.state.best_global_step}")
-            if os.path.isdir(best):
-                self.state.best_model_checkpoint = best
-
-    def save_model(self, output_dir=None, _internal_call=False):
-        """Under ZeRO-3 a checkpoint keeps every rank's own weight partition (the best-model
-        restore reads those) and, when resumable, DeepSpeed's partitioned states (written by HF's
-        optimizer save); DeepSpeed's zero_to_fp32.py rebuilds weights from the latter. The
-        gathered bf16 model (57 GiB for Qwen3-30B-A3B, assembled in rank 0's host RAM while the
-        other ranks wait) is written once, by the final save of the best model."""
-        if _internal_call and self._zero3_weights():
-            if self.args.should_save:  # the folder must exist now: HF records the best checkpoint only if it does
-                self.model.config.save_pretrained(output_dir)
-            saves.save_partitions(self.model, output_dir, self.args.process_index, self.args.world_size)
-            return
-        if not _internal_call and self.is_deepspeed_enabled and expert_parallel.autoep_layers(self.model):
-            expert_parallel.save_hf_model(self.model, output_dir or self.args.output_dir, self.args.should_save)
-            torch.distributed.barrier()
-            return
-        super().save_model(output_dir, _internal_call)
-
-    def _save_checkpoint(self, model, trial):
-        """An evaluation-time save keeps the weights only (HF's `save_only_model` skips the
-        optimizer, scheduler and RNG states) unless a full one is due (saves.FullSavePolicy) or
-        the run is stopping. Marks the checkpoint once every rank has saved, and rotates so that
-        the newest resumable checkpoint survives. A non-finite checkpoint is kept for
-        inspection only: it is not marked and rotates nothing away."""
-        weights_only = self._weights_only_save()
-        limit, only_model = self.args.save_total_limit, self.args.save_only_model
-        self.args.save_total_limit, self.args.save_only_model = None, weights_only or only_model
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit, self.args.save_only_model = limit, only_model
-        run_dir = self._get_output_dir(trial)
-        folder = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()
-        if self.full_saves is not None and not weights_only:
-            self.full_saves.saved()
-        if self.args.should_save and not (self.stop is not None and self.stop.nonfinite):
-            expert_parallel.record(folder, self.model)
-            (checkpoints.mark_weights_only if weights_only else checkpoints.mark_complete)(folder)
-            if limit:
-                self._rotate(run_dir, limit)
-
-    def _rotate(self, run_dir, limit):
-        found = []
-        for path in Path(run_dir).glob("checkpoint-*"):
-            if path.is_dir() and path.name.split("-")[-1].isdigit():
-                found.append((int(path.name.split("-")[-1]), str(path), checkpoints.is_complete(path)))
-        full = [f for f in found if f[2]]
-        newest_full = max(full)[1] if full else None
-        best = self.state.best_model_checkpoint
-        for path in saves.to_delete(found, limit, best and str(Path(best)), newest_full):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-@dataclass
+@dataclass(frozen=True)
 class RunChecks:
     """What the checks before any write found: the run starts from it."""
 
     resume: str
-    device: dict
+    device: DevicePolicy
     zero_stage: int | None
     report_to: list
     notices: list
     expert_parallel: dict
-    costs: dict | None = None  # planning.model_costs: the plan's checkpoint and memory figures
+    costs: planning.ModelCosts | None = None  # the plan's checkpoint and memory figures
 
 
 def check_run(opts, config, inputs) -> RunChecks:
     """The checks that need torch and transformers, after those of `preflight.check_inputs` (whose
     findings `inputs` carries): everything is checked before the first byte is written (the dry
     run calls this too, so a plan it makes does not fail at training start)."""
-    device = device_settings(opts.disable_flash_attn, config.model.attn_implementation, config.training.batching)
+    device = device_policy(opts.disable_flash_attn, config.model.attn_implementation, config.training.batching)
     if config.training.batching == "packed":
-        check_packing_supported(device["attn_implementation"])
+        check_packing_supported(device.attn_implementation)
     if config.model.random_init:
         model_spec.check_random_init(config)
     ep_plan = expert_parallel.plan_for_run(opts, inputs.zero_stage, config)
@@ -497,9 +107,9 @@ def check_run(opts, config, inputs) -> RunChecks:
     world, per_node = ((opts.nproc_per_node, opts.nproc_per_node) if opts.dry_run
                        else (launch.world_size(), launch.local_world_size()))
     costs = planning.model_costs(config, inputs.zero_stage, world, per_node)
-    disk_notice = diskspace.check_run_space(opts.output_dir, costs["checkpoints"])
+    disk_notice = diskspace.check_run_space(opts.output_dir, costs.checkpoints)
     return RunChecks(resume=inputs.resume, device=device, zero_stage=inputs.zero_stage, report_to=inputs.report_to,
-                     notices=inputs.notices + device["notices"] + ([disk_notice] if disk_notice else []),
+                     notices=inputs.notices + list(device.notices) + ([disk_notice] if disk_notice else []),
                      expert_parallel=ep_plan, costs=costs)
 
 
@@ -513,182 +123,209 @@ def start_run_folder(output_dir, overwrite: bool, resume, main: bool):
             outputs.set_aside_previous_logs(output_dir)
 
 
-def run(opts, config, checks, corpus, split, builder, tokenizer, cache_dir) -> int:
-    """The training half of the recipe: tokenize, open the run folder, build the model and the
-    Trainer, train, then either stop cleanly or evaluate and save. Returns the exit code."""
-    from transformers import set_seed
+@dataclass(frozen=True)
+class RunData:
+    """What the recipe prepared before the run: the corpus, its split, the prompt builder, the
+    tokenizer and the folder of the tokenized rows' cache."""
 
-    targs = training_arguments(opts, config, checks.device, checks.report_to)
-    stop = StopRequest()
-    stop.install()
-    encoded, plan = encode_and_plan(opts, config, checks, targs, corpus, split, builder, tokenizer, cache_dir)
-
-    start_run_folder(opts.output_dir, opts.overwrite_output_dir, checks.resume, targs.process_index == 0)
-    runlog = open_run_log(opts, config, checks, targs, encoded, plan, tokenizer)
-    if targs.process_index == 0:
-        run_record.write_run_record(opts.output_dir, corpus.path, builder)
-
-    set_seed(targs.seed)
-    model = build_model(config, checks.device, deepspeed_zero3=checks.zero_stage == 3)
-    if config.lora:
-        model = apply_lora(model, config.lora)
-    runlog.line(describe_model(model))
-    if getattr(targs, "hf_deepspeed_config", None) is not None:
-        sizes = zero3.fill_auto(targs.hf_deepspeed_config.config, model,
-                                one_node=launch.local_world_size() == launch.world_size())
-        if sizes:
-            runlog.line("ZeRO-3 sizes from the largest unit gathered at once (chameleons/zero3.py): "
-                        + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
-    runlog.line(expert_parallel.configure(getattr(targs, "hf_deepspeed_config", None), checks.expert_parallel))
-    trainer, tally, trace = make_trainer(opts, config, targs, model, encoded, tokenizer, runlog, stop,
-                                         plan["micro_batches"]["budget"])
-
-    runlog.line(f"resuming from {checks.resume}" if checks.resume else "starting fresh")
-    started = time.time()
-    with diskspace.full_disk_is_one_line(opts.output_dir, DISK_FULL_THEN):
-        trainer.train(resume_from_checkpoint=checks.resume)
-    write_trace(opts.output_dir, targs.process_index, trace)
-    if trainer.max_tokens_per_micro_batch:
-        runlog.line(f"token budget {trainer.max_tokens_per_micro_batch}: {trainer.split_micro_batches} micro-batches "
-                    f"ran in parts")
-    stop.agree(targs.device)  # a signal during the last step's save reaches one rank only
-
-    with diskspace.full_disk_is_one_line(opts.output_dir, DISK_FULL_THEN):
-        code = report_stop(trainer, stop, runlog) if stop.exit_code else \
-            save_result(opts, config, checks, trainer, tally, runlog, plan, tokenizer, started)
-    tracking.finish_wandb(code)
-    finish_distributed()
-    return code
+    corpus: object
+    split: object
+    builder: object
+    tokenizer: object
+    cache_dir: object
 
 
-def encode_and_plan(opts, config, checks, targs, corpus, split, builder, tokenizer, cache_dir):
-    """Tokenized rows (rank 0 first, the others reuse its cache) and the plan; sets the
-    evaluation and checkpoint interval from the steps per epoch."""
-    with targs.main_process_first(local=False, desc="tokenizing"):
-        encoded = encode_split(split, builder, tokenizer, config.training, cache_dir, opts.resample_each_epoch,
-                               progress=targs.process_index == 0)
-    plan = planning.make_plan(corpus, split, encoded, config.training, targs.world_size, opts.max_epochs,
-                              opts.sec_per_step, **checks.costs)
-    plan["expert_parallel"] = checks.expert_parallel
-    preflight.require_trainable(corpus.path, plan["split"]["train_encoded"], plan["split"]["validation_encoded"])
-    steps_per_epoch = plan["schedule"]["steps_per_epoch"]
-    targs.eval_steps = targs.save_steps = max(1, steps_per_epoch // config.training.evals_per_epoch)
-    return encoded, plan
+def run(opts, config, checks: RunChecks, data: RunData) -> int:
+    """The training half of the recipe (see TrainingRun). Returns the exit code."""
+    recipe = TrainingRun(opts, config, checks, data)
+    recipe.setup()
+    recipe.train()
+    return recipe.save()
 
 
-def open_run_log(opts, config, checks, targs, encoded, plan, tokenizer) -> RunLog:
-    """The detailed log's head (command, versions, notices, config, plan, three decoded samples),
-    the split manifest and the wandb run."""
-    main = targs.process_index == 0
-    device = checks.device
-    runlog = RunLog(opts.output_dir, enabled=main)
-    runlog.line(f"command: {shlex.join([sys.executable, *sys.argv])}")
-    runlog.line(f"versions: {versions()} | world size {targs.world_size} | device "
-                f"{'cuda' if device['on_gpu'] else 'cpu'} | dtype {'bf16' if device['bf16'] else 'fp32'} | "
-                f"attention {device['attn_implementation']} | deepspeed {opts.deepspeed or 'off'} | "
-                f"batching {config.training.batching}")
-    for notice in checks.notices:
-        runlog.line(f"notice: {notice}")
-        if main:
-            print(notice, file=sys.stderr, flush=True)
-    runlog.block("config (resolved, overrides listed)", json.dumps(config.resolved(), indent=2))
-    runlog.block("plan", planning.format_plan(plan))
-    if main:
-        print(planning.format_plan(plan), flush=True)  # the console shows the plan once, then progress
-        tracking.start_wandb(opts, config, checks.report_to, expert_parallel=plan["expert_parallel"])
-        write_manifest(opts.output_dir, encoded, opts.max_epochs)
-        for n, row in enumerate(encoded.train_rows(0)[:3], 1):
-            item = encoded.dataset[row]
-            runlog.block(f"training sample {n} ({item['sample_id']}), supervised span between <<< and >>>",
-                         decode_with_span(tokenizer, item["input_ids"], item["prompt_len"]))
-    return runlog
+def eval_interval(steps_per_epoch: int, evals_per_epoch: int) -> int:
+    """Optimizer steps between evaluations (and the checkpoints saved with them)."""
+    return max(1, steps_per_epoch // evals_per_epoch)
 
 
-def make_trainer(opts, config, targs, model, encoded, tokenizer, runlog, stop, budget=None):
-    """The Trainer with its callbacks: epoch rows, the per-step stop/loss reduction, early
-    stopping and the detailed log; `budget` is the plan's token budget. Returns (trainer, loss
-    tally, data-order trace)."""
-    from transformers import EarlyStoppingCallback
+class TrainingRun:
+    """One training run with its state on the object, as a torchtune recipe owns one: `setup`
+    tokenizes, plans, opens the run folder and its log, builds the model and the Trainer;
+    `train` trains; `save` either stops cleanly or evaluates and saves."""
 
-    train_rows = EpochRows(encoded)
-    collate = make_collator(config.training.batching, tokenizer.pad_token_id)
-    throughput = Throughput()
-    trace = []
-    early = EarlyStoppingCallback(opts.early_stopping_patience, opts.early_stopping_threshold) \
-        if opts.early_stopping_patience > 0 else None
-    full_saves = saves.FullSavePolicy(config.training.full_checkpoint_minutes * 60)
-    tally = StopCallback(stop, full_saves)
-    peak, peak_note = flops.peak_flops(targs.device)
-    runlog.line(f"MFU: model FLOPs of active parameters only (chameleons/flops.py) against {peak_note}")
-    callbacks = [EpochCallback(train_rows, runlog), tally] + ([early] if early else []) + \
-        [DetailedLogCallback(runlog, throughput, targs.world_size, early, peak)]
-    trainer = ChameleonsTrainer(
-        model=model, args=targs, train_dataset=train_rows, data_collator=with_row_meta(collate),
-        processing_class=tokenizer, callbacks=callbacks, throughput=throughput, stop=stop,
-        eval_dataset=encoded.val_rows, collate=collate, batching=config.training.batching,
-        router_aux_loss_coef=config.model.router_aux_loss_coef, trace=trace,
-        max_tokens_per_micro_batch=budget, full_saves=full_saves)
-    return trainer, tally, trace
+    def __init__(self, opts, config, checks: RunChecks, data: RunData):
+        self.opts, self.config, self.checks, self.data = opts, config, checks, data
+        self.targs = self.stop = self.encoded = self.plan = self.runlog = None
+        self.trainer = self.tally = self.trace = self.started = None
 
+    @property
+    def main(self) -> bool:
+        return self.targs.process_index == 0
 
-def report_stop(trainer, stop, runlog) -> int:
-    """A stopped run says why and how to continue; its checkpoint is already saved."""
-    step = trainer.state.global_step
-    if stop.nonfinite and stop.signal is None:
-        message = (f"non-finite training loss at step {step}: stopped; checkpoint-{step} is kept for inspection "
-                   f"and is not resumable; lower the learning rate, or resume from the last complete checkpoint "
-                   f"(--resume_from_checkpoint auto picks it)")
-    else:
-        message = f"stopped at step {step}, resume with: {resume_command()} --resume_from_checkpoint auto"
-    runlog.line(message)
-    runlog.metrics("stopped", step=step, exit_code=stop.exit_code)
-    if trainer.args.process_index == 0:
-        print(message, file=sys.stderr, flush=True)
-    return stop.exit_code
+    def setup(self):
+        """Everything before the first step. The folder is first written once the plan exists."""
+        from transformers import set_seed
 
+        self.targs = training_arguments(self.opts, self.config, self.checks.device, self.checks.report_to)
+        self.stop = StopRequest()
+        self.stop.install()
+        self.encoded, self.plan = self.encode_and_plan()
+        self.targs.eval_steps = self.targs.save_steps = eval_interval(self.plan["schedule"]["steps_per_epoch"],
+                                                                      self.config.training.evals_per_epoch)
+        start_run_folder(self.opts.output_dir, self.opts.overwrite_output_dir, self.checks.resume, self.main)
+        self.runlog = self.open_run_log()
+        if self.main:
+            run_record.write_run_record(self.opts.output_dir, self.data.corpus.path, self.data.builder)
+        set_seed(self.targs.seed)
+        self.trainer = self.make_trainer(self.build_model())
 
-def save_result(opts, config, checks, trainer, tally, runlog, plan, tokenizer, started) -> int:
-    """Final evaluation of the restored best model, the model and tokenizer, the summary, the
-    loss plot, and training_config.json last: its presence marks the run finished."""
-    final = trainer.evaluate(metric_key_prefix="final")
-    best = trainer.state.best_metric
-    runlog.line(f"best model restored from {trainer.state.best_model_checkpoint}: final eval_loss "
-                f"{final['final_loss']:.4f} (best recorded {best:.4f})")
-    trainer.save_model(opts.output_dir)
-    if trainer.args.process_index != 0:
+    def encode_and_plan(self):
+        """Tokenized rows (rank 0 first, the others reuse its cache) and the plan."""
+        d = self.data
+        with self.targs.main_process_first(local=False, desc="tokenizing"):
+            tok = Tokenization(d.tokenizer, self.config.training.max_length, d.cache_dir, progress=self.main)
+            encoded = encode_split(d.split, d.builder, tok, self.opts.resample_each_epoch)
+        schedule = planning.Schedule(self.targs.world_size, self.opts.max_epochs, self.opts.sec_per_step)
+        plan = planning.make_plan(d.corpus, d.split, encoded, self.config.training, schedule, self.checks.costs)
+        plan["expert_parallel"] = self.checks.expert_parallel
+        preflight.require_trainable(d.corpus.path, plan["split"]["train_encoded"], plan["split"]["validation_encoded"])
+        return encoded, plan
+
+    def open_run_log(self) -> RunLog:
+        """The detailed log's head (command, versions, notices, config, plan, three decoded samples),
+        the split manifest and the wandb run."""
+        opts, config, checks, device = self.opts, self.config, self.checks, self.checks.device
+        runlog = RunLog(opts.output_dir, enabled=self.main)
+        runlog.line(f"command: {shlex.join([sys.executable, *sys.argv])}")
+        runlog.line(f"versions: {versions()} | world size {self.targs.world_size} | device "
+                    f"{'cuda' if device.on_gpu else 'cpu'} | dtype {'bf16' if device.bf16 else 'fp32'} | "
+                    f"attention {device.attn_implementation} | deepspeed {opts.deepspeed or 'off'} | "
+                    f"batching {config.training.batching}")
+        for notice in checks.notices:
+            runlog.line(f"notice: {notice}")
+            if self.main:
+                print(notice, file=sys.stderr, flush=True)
+        runlog.block("config (resolved, overrides listed)", json.dumps(config.resolved(), indent=2))
+        runlog.block("plan", planning.format_plan(self.plan))
+        if self.main:
+            print(planning.format_plan(self.plan), flush=True)  # the console shows the plan once, then progress
+            tracking.start_wandb(opts, config, checks.report_to, expert_parallel=self.plan["expert_parallel"])
+            write_manifest(opts.output_dir, self.encoded, opts.max_epochs)
+            for n, row in enumerate(self.encoded.train_rows(0)[:3], 1):
+                item = self.encoded.dataset[row]
+                runlog.block(f"training sample {n} ({item['sample_id']}), supervised span between <<< and >>>",
+                             decode_with_span(self.data.tokenizer, item["input_ids"], item["prompt_len"]))
+        return runlog
+
+    def build_model(self):
+        """The model (LoRA-wrapped when configured), and the DeepSpeed settings that depend on it."""
+        model = build_model(self.config, self.checks.device, deepspeed_zero3=self.checks.zero_stage == 3)
+        if self.config.lora:
+            model = apply_lora(model, self.config.lora)
+        self.runlog.line(describe_model(model))
+        ds_config = getattr(self.targs, "hf_deepspeed_config", None)
+        if ds_config is not None:
+            sizes = zero3.fill_auto(ds_config.config, model, one_node=launch.local_world_size() == launch.world_size())
+            if sizes:
+                self.runlog.line("ZeRO-3 sizes from the largest unit gathered at once (chameleons/zero3.py): "
+                                 + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
+        self.runlog.line(expert_parallel.configure(ds_config, self.checks.expert_parallel))
+        return model
+
+    def make_trainer(self, model) -> ChameleonsTrainer:
+        """The Trainer with its callbacks: epoch rows, the per-step stop/loss reduction, early
+        stopping and the detailed log; the plan's token budget splits micro-batches."""
+        from transformers import EarlyStoppingCallback
+
+        opts, config, runlog = self.opts, self.config, self.runlog
+        train_rows = EpochRows(self.encoded)
+        collate = make_collator(config.training.batching, self.data.tokenizer.pad_token_id)
+        throughput = Throughput()
+        self.trace = []
+        early = EarlyStoppingCallback(opts.early_stopping_patience, opts.early_stopping_threshold) \
+            if opts.early_stopping_patience > 0 else None
+        full_saves = saves.FullSavePolicy(config.training.full_checkpoint_minutes * 60)
+        self.tally = StopCallback(self.stop, full_saves)
+        peak, peak_note = flops.peak_flops(self.targs.device)
+        runlog.line(f"MFU: model FLOPs of active parameters only (chameleons/flops.py) against {peak_note}")
+        callbacks = [EpochCallback(train_rows, runlog), self.tally] + ([early] if early else []) + \
+            [DetailedLogCallback(runlog, throughput, self.targs.world_size, early, peak)]
+        setup = TrainerSetup(batching=config.training.batching, router_aux_loss_coef=config.model.router_aux_loss_coef,
+                             max_tokens_per_micro_batch=self.plan["micro_batches"]["budget"], collate=collate,
+                             stop=self.stop, throughput=throughput, trace=self.trace, full_saves=full_saves)
+        return ChameleonsTrainer(
+            model=model, args=self.targs, train_dataset=train_rows, data_collator=with_row_meta(collate),
+            processing_class=self.data.tokenizer, callbacks=callbacks, eval_dataset=self.encoded.val_rows, setup=setup)
+
+    def train(self):
+        """Trains (from the checkpoint to resume, if any) until the end, early stopping or a stop."""
+        trainer = self.trainer
+        self.runlog.line(f"resuming from {self.checks.resume}" if self.checks.resume else "starting fresh")
+        self.started = time.time()
+        with diskspace.full_disk_is_one_line(self.opts.output_dir, DISK_FULL_THEN):
+            trainer.train(resume_from_checkpoint=self.checks.resume)
+        write_trace(self.opts.output_dir, self.targs.process_index, self.trace)
+        if trainer.max_tokens_per_micro_batch:
+            self.runlog.line(f"token budget {trainer.max_tokens_per_micro_batch}: {trainer.split_micro_batches} "
+                             f"micro-batches ran in parts")
+        self.stop.agree(self.targs.device)  # a signal during the last step's save reaches one rank only
+
+    def save(self) -> int:
+        """A stopped run says how to continue; a finished one evaluates and saves. Returns the exit code."""
+        with diskspace.full_disk_is_one_line(self.opts.output_dir, DISK_FULL_THEN):
+            code = self.report_stop() if self.stop.exit_code else self.save_result()
+        tracking.finish_wandb(code)
+        finish_distributed()
+        return code
+
+    def report_stop(self) -> int:
+        """A stopped run says why and how to continue; its checkpoint is already saved."""
+        stop, step = self.stop, self.trainer.state.global_step
+        if stop.nonfinite and stop.signal is None:
+            message = (f"non-finite training loss at step {step}: stopped; checkpoint-{step} is kept for inspection "
+                       f"and is not resumable; lower the learning rate, or resume from the last complete checkpoint "
+                       f"(--resume_from_checkpoint auto picks it)")
+        else:
+            message = f"stopped at step {step}, resume with: {resume_command()} --resume_from_checkpoint auto"
+        self.runlog.line(message)
+        self.runlog.metrics("stopped", step=step, exit_code=stop.exit_code)
+        if self.main:
+            print(message, file=sys.stderr, flush=True)
+        return stop.exit_code
+
+    def save_result(self) -> int:
+        """Final evaluation of the restored best model, the model and tokenizer, the summary, the
+        loss plot, and training_config.json last: its presence marks the run finished."""
+        trainer, runlog, output_dir = self.trainer, self.runlog, self.opts.output_dir
+        final = trainer.evaluate(metric_key_prefix="final")
+        best = trainer.state.best_metric
+        runlog.line(f"best model restored from {trainer.state.best_model_checkpoint}: final eval_loss "
+                    f"{final['final_loss']:.4f} (best recorded {best:.4f})")
+        trainer.save_model(output_dir)
+        if not self.main:
+            return 0
+        self.data.tokenizer.save_pretrained(output_dir)
+        summary = {
+            "global_step": trainer.state.global_step,
+            "epochs": trainer.state.epoch,
+            "train_runtime_s": round(time.time() - self.started, 1),
+            "train_loss": self.tally.mean_loss,
+            "train_tokens": int(self.tally.tokens),
+            "best_eval_loss": best,
+            "final_eval_loss": final["final_loss"],
+            "best_model_checkpoint": trainer.state.best_model_checkpoint,
+        }
+        runlog.metrics("summary", **summary)
+        plotted = plot_losses(runlog.metrics_path, runlog.dir / PLOT_NAME)
+        runlog.block("summary", json.dumps(summary, indent=2))
+        runlog.line(f"model and tokenizer: {output_dir}; log: {runlog.log_path}"
+                    + (f"; loss curve: {runlog.dir / PLOT_NAME}" if plotted else ""))
+        outputs.write_json(outputs.run_path(output_dir, outputs.FINISHED_MARKER), {
+            "args": self.opts.as_record(), "config": self.config.resolved(), "versions": versions(),
+            "world_size": trainer.args.world_size, "device": self.checks.device.record(), "plan": self.plan,
+            "summary": summary,
+        })
         return 0
-    tokenizer.save_pretrained(opts.output_dir)
-    summary = {
-        "global_step": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
-        "train_runtime_s": round(time.time() - started, 1),
-        "train_loss": tally.mean_loss,
-        "train_tokens": int(tally.tokens),
-        "best_eval_loss": best,
-        "final_eval_loss": final["final_loss"],
-        "best_model_checkpoint": trainer.state.best_model_checkpoint,
-    }
-    runlog.metrics("summary", **summary)
-    plotted = plot_losses(runlog.metrics_path, runlog.dir / PLOT_NAME)
-    runlog.block("summary", json.dumps(summary, indent=2))
-    runlog.line(f"model and tokenizer: {opts.output_dir}; log: {runlog.log_path}"
-                + (f"; loss curve: {runlog.dir / PLOT_NAME}" if plotted else ""))
-    outputs.write_json(outputs.run_path(opts.output_dir, outputs.FINISHED_MARKER), {
-        "args": opts.as_record(), "config": config.resolved(), "versions": versions(), "world_size": trainer.args.world_size,
-        "device": {k: v for k, v in checks.device.items() if k != "notices"}, "plan": plan, "summary": summary,
-    })
-    return 0
-
-
-def describe_model(model) -> str:
-    """Which implementations really run (transformers may fall back), and the size."""
-    lm = causal_lm_of(model)
-    total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-    trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
-    cfg = lm.config
-    return (f"model: {type(lm).__name__}, {total / 1e6:,.1f} M parameters ({trainable / 1e6:,.1f} M trainable), "
-            f"attention {getattr(cfg, '_attn_implementation', 'n/a')}, "
-            f"experts {getattr(cfg, '_experts_implementation', None) or 'n/a'}, dtype {lm.dtype}")
 
 
 def versions() -> str:

@@ -69,19 +69,19 @@ def test_gpu_packed_batches_run_a_library_kernel(monkeypatch):
     sample); padded ones keep SDPA; the CPU keeps sdpa_varlen."""
     import sys
 
-    from chameleons.training import device_settings
+    from chameleons.model_setup import device_policy
 
-    assert device_settings(False, "auto", "packed")["attn_implementation"] == attention.NAME  # this CPU host
+    assert device_policy(False, "auto", "packed").attn_implementation == attention.NAME  # this CPU host
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.setitem(sys.modules, "flash_attn", None)  # not installed
-    packed = device_settings(False, "auto", "packed")
-    assert packed["attn_implementation"] == attention.GPU_PACKED == "flex_attention"
-    assert any("flex_attention" in n for n in packed["notices"])
-    check_packing_supported(packed["attn_implementation"])
-    assert device_settings(True, "auto", "packed")["attn_implementation"] == "flex_attention"  # --disable_flash_attn
-    assert device_settings(False, "auto", "padded")["attn_implementation"] == "sdpa"
+    packed = device_policy(False, "auto", "packed")
+    assert packed.attn_implementation == attention.GPU_PACKED == "flex_attention"
+    assert any("flex_attention" in n for n in packed.notices)
+    check_packing_supported(packed.attn_implementation)
+    assert device_policy(True, "auto", "packed").attn_implementation == "flex_attention"  # --disable_flash_attn
+    assert device_policy(False, "auto", "padded").attn_implementation == "sdpa"
 
 
 def test_gpu_packed_kernel_keeps_samples_apart_on_cpu():

@@ -5,7 +5,7 @@ restore must bring back every weight."""
 import torch
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM, Trainer, TrainingArguments
 
-from chameleons.training import ChameleonsTrainer
+from chameleons.trainer import ChameleonsTrainer
 
 
 def _tiny_moe():
@@ -34,8 +34,7 @@ def _trainer(cls, model, tmp_path, **extra):
 
 def test_best_model_restore_brings_back_every_weight(tmp_path):
     model, checkpoint, saved = _perturbed_after_save(tmp_path)
-    trainer = _trainer(ChameleonsTrainer, model, tmp_path, throughput=None, stop=None, collate=None,
-                       router_aux_loss_coef=0.0, trace=None)
+    trainer = _trainer(ChameleonsTrainer, model, tmp_path)
     trainer.state.best_model_checkpoint = str(checkpoint)
     trainer._load_best_model()
     for key, value in model.state_dict().items():
@@ -55,8 +54,7 @@ def test_stock_restore_misses_the_experts(tmp_path):
 def test_resume_load_brings_back_every_weight(tmp_path):
     """Resuming without DeepSpeed goes through the same strict reload."""
     model, checkpoint, saved = _perturbed_after_save(tmp_path)
-    trainer = _trainer(ChameleonsTrainer, model, tmp_path, throughput=None, stop=None, collate=None,
-                       router_aux_loss_coef=0.0, trace=None)
+    trainer = _trainer(ChameleonsTrainer, model, tmp_path)
     trainer._load_from_checkpoint(str(checkpoint))
     for key, value in model.state_dict().items():
         assert torch.equal(value, saved[key]), key

@@ -16,7 +16,7 @@ from chameleons.checkpoints import WEIGHTS_MARKER, is_complete, resolve_resume
 from chameleons.errors import UserError
 from chameleons.runlog import Throughput
 from chameleons.stopping import StopCallback, StopRequest
-from chameleons.training import ChameleonsTrainer
+from chameleons.trainer import ChameleonsTrainer, TrainerSetup
 
 INTERVAL_S, SECONDS_PER_STEP = 10, 4  # a resumable save is due at steps 3 and 6
 
@@ -60,8 +60,7 @@ def trainer_for(out, signal_at=None, steps=6):
                              restore_callback_states_from_checkpoint=True)
     return ChameleonsTrainer(model=model, args=args, train_dataset=rows, data_collator=make_collator("padded", 0),
                              callbacks=[StopCallback(stop, policy), Script(clock, stop, signal_at)],
-                             throughput=Throughput(), stop=stop, collate=None, router_aux_loss_coef=0.0, trace=None,
-                             full_saves=policy)
+                             setup=TrainerSetup(stop=stop, throughput=Throughput(), full_saves=policy))
 
 
 def weights(model):

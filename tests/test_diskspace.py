@@ -65,11 +65,11 @@ def test_other_errors_pass_through():
 def test_training_run_wraps_its_saves_in_the_full_disk_line():
     """Both places a run writes checkpoints and the final model sit inside the full-disk guard."""
     source = (REPO / "chameleons" / "training.py").read_text()
-    body = source[source.index("def run(opts, config, checks"):source.index("def encode_and_plan")]
-    guarded = body.split("with diskspace.full_disk_is_one_line(opts.output_dir, DISK_FULL_THEN):")
+    body = source[source.index("    def train(self)"):source.index("    def report_stop(self)")]
+    guarded = body.split("with diskspace.full_disk_is_one_line(self.opts.output_dir, DISK_FULL_THEN):")
     assert len(guarded) == 3
     assert guarded[1].lstrip().startswith("trainer.train(")
-    assert "save_result(" in guarded[2].split("\n\n")[0]
+    assert "self.save_result()" in guarded[2].split("\n\n")[0]
 
 
 def _dry_run_args(tmp_path):

@@ -3,7 +3,7 @@
 import copy
 
 from chameleons.data import extract_samples
-from chameleons.encoding import encode_dataset
+from chameleons.encoding import Tokenization, encode_dataset
 from chameleons.prompts import Ablation, PromptBuilder
 
 from conftest import simple_corpus
@@ -13,16 +13,14 @@ def test_cache_key_covers_profile_and_sample_ids(tmp_path, tokenizer):
     records = simple_corpus([3, 2])
     builder = PromptBuilder(Ablation("profile_and_context", True, False, True))
     first = extract_samples(records).samples
-    _, key = encode_dataset(first, builder, tokenizer, 256, tmp_path, ["x"], progress=False)
-    _, again = encode_dataset(extract_samples(copy.deepcopy(records)).samples, builder, tokenizer, 256, tmp_path,
-                              ["x"], progress=False)
+    tok = Tokenization(tokenizer, 256, tmp_path, progress=False)
+    _, key = encode_dataset(first, builder, tok, ["x"])
+    _, again = encode_dataset(extract_samples(copy.deepcopy(records)).samples, builder, tok, ["x"])
     assert again == key
     changed = copy.deepcopy(records)
     changed[0].setdefault("user", {}).setdefault("profile", {})["age"] = 99
-    _, other = encode_dataset(extract_samples(changed).samples, builder, tokenizer, 256, tmp_path, ["x"],
-                              progress=False)
+    _, other = encode_dataset(extract_samples(changed).samples, builder, tok, ["x"])
     assert other != key
     shifted = [{"user_hash": "empty", "task": {"task_behavior_collections": []}}] + copy.deepcopy(records)
-    _, moved = encode_dataset(extract_samples(shifted).samples, builder, tokenizer, 256, tmp_path, ["x"],
-                              progress=False)
+    _, moved = encode_dataset(extract_samples(shifted).samples, builder, tok, ["x"])
     assert moved != key  # same samples, other sample ids (r1..., not r0...)

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def resolve(requested=0, zero_stage=3, world=2, local_world=2, model_type="qwen3_moe", num_experts=8, lora=False):
-    return ep.resolve(requested, zero_stage, world, local_world, model_type, num_experts, lora)
+    return ep.resolve(requested, zero_stage, world, local_world, ep.MoeShape(model_type, num_experts), lora)
 
 
 def test_on_by_default_with_the_gpus_of_a_node():

@@ -6,7 +6,7 @@ from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 from chameleons.batching import make_collator
 from chameleons.loss import causal_lm_loss
 from chameleons.config import LoraConfig
-from chameleons.training import apply_lora
+from chameleons.model_setup import apply_lora
 
 
 def test_lora_trains_only_adapters():

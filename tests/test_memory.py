@@ -46,7 +46,7 @@ def test_checkpointing_keeps_one_layer(shape):
 
 @pytest.mark.parametrize("gib", [80, 141])
 def test_the_budget_is_the_most_tokens_that_fit(shape, gib):
-    f = memory.estimate(shape, 3, 8, gib * GIB, True, False, 0.11, 1024)
+    f = memory.estimate(memory.MemorySetup(shape, 3, gib * GIB, True, False), 8, 0.11, 1024)
     budget = f["budget"]
     assert budget % memory.BUDGET_STEP == 0
     assert memory.peak_bytes(f, budget) + f["reserved_bytes"] <= gib * GIB
@@ -56,13 +56,15 @@ def test_the_budget_is_the_most_tokens_that_fit(shape, gib):
 def test_qwen3_30b_on_eight_80gb_gpus(shape):
     """The issue's estimate: 16 samples near 1,024 tokens come to 78-80 GiB, so the former
     16,384-token budget never split anything; the memory model's budget is below it."""
-    f = memory.estimate(shape, 3, 8, 80 * GIB, True, False, 0.11, 1024)
+    f = memory.estimate(memory.MemorySetup(shape, 3, 80 * GIB, True, False), 8, 0.11, 1024)
     assert 70 * GIB < memory.peak_bytes(f, 16384) < 80 * GIB
     assert 1024 < f["budget"] < 16384
-    more_logits = memory.estimate(shape, 3, 8, 80 * GIB, True, False, 0.3, 1024)["budget"]
+    more_logits = memory.estimate(memory.MemorySetup(shape, 3, 80 * GIB, True, False), 8, 0.3, 1024)["budget"]
     assert more_logits < f["budget"]
-    assert memory.estimate(shape, 3, 8, 141 * GIB, True, False, 0.11, 1024)["budget"] > 4 * f["budget"]
-    assert memory.estimate(shape, None, 1, 80 * GIB, True, False, 0.11, 1024)["budget"] is None  # 244 GB of states
+    assert memory.estimate(memory.MemorySetup(shape, 3, 141 * GIB, True, False), 8, 0.11, 1024)["budget"] \
+        > 4 * f["budget"]
+    assert memory.estimate(memory.MemorySetup(shape, None, 80 * GIB, True, False), 1, 0.11,
+                           1024)["budget"] is None  # 244 GB of states
 
 
 def test_token_budget_setting():

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from chameleons.batching import (StepShape, budget_parts, exact_parts, make_collator, micro_batch_plan, split_packed,
-                                 split_to_budget)
+from chameleons.batching import (BatchMeta, StepShape, budget_parts, exact_parts, make_collator, micro_batch_plan,
+                                 split_packed, split_to_budget)
 from chameleons.config import load_config
 from chameleons.errors import UserError
 from chameleons.loss import causal_lm_loss, supervised_positions
@@ -46,8 +46,8 @@ def test_parts_stay_within_the_budget_and_keep_every_sample():
 
 
 def _with_meta(batch, rows):
-    batch["meta"] = {"rows": list(range(len(rows))), "lengths": [len(r["input_ids"]) for r in rows],
-                     "supervised": [len(r["input_ids"]) - r["prompt_len"] for r in rows]}
+    batch["meta"] = BatchMeta(rows=list(range(len(rows))), lengths=[len(r["input_ids"]) for r in rows],
+                              supervised=[len(r["input_ids"]) - r["prompt_len"] for r in rows])
     return batch
 
 
@@ -62,7 +62,7 @@ def test_parts_of_a_packed_batch_give_its_loss_and_gradients():
     want = {k: p.grad.clone() for k, p in model.named_parameters()}
 
     parts = split_packed(batch, [2, 1, 3])
-    assert [p["meta"]["rows"] for p in parts] == [[0, 1], [2], [3, 4, 5]]
+    assert [p["meta"].rows for p in parts] == [[0, 1], [2], [3, 4, 5]]
     for key in ("input_ids", "position_ids", "labels"):
         assert torch.equal(torch.cat([p[key] for p in parts], dim=1), batch[key])
     for p, own in zip(parts, ([0, 1], [2], [3, 4, 5])):

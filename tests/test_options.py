@@ -69,11 +69,12 @@ def test_a_bad_value_from_a_shorthand_flag_names_that_flag(tmp_path, run_in_proc
 
 
 def test_training_arguments_take_the_seed_from_the_config(tmp_path):
+    from chameleons.model_setup import DevicePolicy
     from chameleons.training import training_arguments
 
     opts = _train("--seed", "11", "--max_epochs", "2")
     config = load_config(opts.config, opts.overrides, opts.config_flags())
-    targs = training_arguments(opts, config, {"bf16": False, "on_gpu": False}, [])
+    targs = training_arguments(opts, config, DevicePolicy(on_gpu=False, bf16=False, attn_implementation="sdpa"), [])
     assert (targs.seed, targs.data_seed, targs.num_train_epochs) == (11, 11, 2)
 
 

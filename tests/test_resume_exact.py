@@ -18,7 +18,7 @@ from chameleons.batching import make_collator
 from chameleons.checkpoints import is_complete, resolve_resume
 from chameleons.runlog import Throughput
 from chameleons.stopping import StopCallback, StopRequest
-from chameleons.training import ChameleonsTrainer
+from chameleons.trainer import ChameleonsTrainer, TrainerSetup
 from conftest import REPO, SINGLE_RUN_ARGS, train_single
 
 
@@ -140,8 +140,8 @@ def test_nonfinite_stop_keeps_the_last_good_checkpoint(tmp_path):
                              per_device_train_batch_size=2, save_strategy="steps", save_steps=1, save_total_limit=2,
                              logging_nan_inf_filter=False, remove_unused_columns=False)
     trainer = ChameleonsTrainer(model=model, args=args, train_dataset=rows, data_collator=make_collator("padded", 0),
-                                callbacks=[StopCallback(stop), _BestAtOneThenPoison(model)], throughput=Throughput(),
-                                stop=stop, collate=None, router_aux_loss_coef=0.0, trace=None)
+                                callbacks=[StopCallback(stop), _BestAtOneThenPoison(model)],
+                                setup=TrainerSetup(stop=stop, throughput=Throughput()))
     trainer.train()
     assert stop.nonfinite and trainer.state.global_step == 3
     assert is_complete(tmp_path / "checkpoint-2") and not is_complete(tmp_path / "checkpoint-3")

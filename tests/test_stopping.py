@@ -11,7 +11,7 @@ from chameleons.batching import make_collator
 from chameleons.checkpoints import is_complete, newest_complete, resolve_resume
 from chameleons.runlog import Throughput
 from chameleons.stopping import EXIT_NONFINITE, StopCallback, StopRequest
-from chameleons.training import ChameleonsTrainer
+from chameleons.trainer import ChameleonsTrainer, TrainerSetup
 
 
 def test_signal_exit_codes_and_repeats_within_the_window():
@@ -39,8 +39,7 @@ def test_nonfinite_loss_stops_after_the_step_with_a_complete_checkpoint(tmp_path
                              remove_unused_columns=False)
     trainer = ChameleonsTrainer(model=model, args=args, train_dataset=rows,
                                    data_collator=make_collator("padded", 0), callbacks=[StopCallback(stop)],
-                                   throughput=Throughput(), stop=stop, collate=None, router_aux_loss_coef=0.0,
-                                   trace=None)
+                                   setup=TrainerSetup(stop=stop, throughput=Throughput()))
     trainer.train()
     assert stop.nonfinite and stop.exit_code == EXIT_NONFINITE
     assert trainer.state.global_step == 1
@@ -61,7 +60,7 @@ def test_total_flos_and_throughput_count_model_flops_of_real_tokens(tmp_path):
     """HF's total_flos would be 6 x all parameters x padded tokens; the trainer counts the
     MoE-aware FLOPs of the samples it trained on (chameleons/flops.py), once per micro-batch."""
     from chameleons.flops import train_flops
-    from chameleons.training import with_row_meta
+    from chameleons.trainer import with_row_meta
 
     torch.manual_seed(0)
     model = Qwen3MoeForCausalLM(Qwen3MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
@@ -74,7 +73,7 @@ def test_total_flos_and_throughput_count_model_flops_of_real_tokens(tmp_path):
                              per_device_train_batch_size=2, save_strategy="no", remove_unused_columns=False)
     trainer = ChameleonsTrainer(model=model, args=args, train_dataset=rows,
                                 data_collator=with_row_meta(make_collator("packed", 0)), callbacks=[StopCallback(stop)],
-                                throughput=throughput, stop=stop, collate=None, router_aux_loss_coef=0.0, trace=trace)
+                                setup=TrainerSetup(stop=stop, throughput=throughput, trace=trace))
     trainer.train()
     trained = [rows[r] for batch in trace for r in batch]
     assert sorted(r["row"] for r in trained) == list(range(6))

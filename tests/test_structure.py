@@ -23,7 +23,7 @@ def test_no_function_is_over_60_lines():
 
 
 def test_the_trainer_subclass_is_a_module_level_class():
-    tree = _trees()["training.py"]
+    tree = _trees()["trainer.py"]
     top = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
     assert "ChameleonsTrainer" in top
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_sizes_follow_the_largest_unit_zero3_gathers():
-    from chameleons.training import register_moe_leaves
+    from chameleons.model_setup import register_moe_leaves
 
     model = tiny_model()  # 2 layers, hidden 64, 8 experts of width 32, vocabulary 512
     assert max(zero3.gather_units(model)) == 512 * 64  # no leaves yet: the embedding is the largest parameter
@@ -82,8 +82,9 @@ def test_ddp_timeout_setting(tmp_path):
     path.write_text(json.dumps(cfg))
     config = load_config(path)
     from chameleons.cli import parse_train_args
+    from chameleons.model_setup import DevicePolicy
     from chameleons.training import training_arguments
 
     opts = parse_train_args(["--config", str(path), "--output_dir", str(tmp_path / "out"), "--max_epochs", "1"])
-    targs = training_arguments(opts, config, {"bf16": False, "on_gpu": False}, [])
+    targs = training_arguments(opts, config, DevicePolicy(on_gpu=False, bf16=False, attn_implementation="sdpa"), [])
     assert targs.ddp_timeout == 7200
