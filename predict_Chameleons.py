@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     corpus = data.extract_samples(records, opts.input_file, for_prediction=True)
     if opts.evaluate and not any(s.target for s in corpus.samples):
         raise UserError(f"--evaluate: {opts.input_file} has no continuations to score against")
-    history = prediction.history_index(ablation, config, opts, settings.pool)
+    training = training_data(opts, config, settings.pool, ablation, dist)  # read once: history and fidelity
+    history = prediction.history_index(ablation, training)
     builder = prompts.PromptBuilder(ablation, opts.prompt_style, history, config.training.max_context_turns,
                                     opts.template_filename, settings.template_text)
     # The checks above need no torch (a bad input is one line in well under a second); these do.
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
     rows = prediction.build_prompts(corpus.samples, builder, tokenizer, fmt, max_length)
 
     shards.check_output(opts.output_file, opts.overwrite)  # last check: tries a write
-    fid = fidelity_setup(opts, config, settings.pool, corpus, model_dirs, dist)
+    fid = fidelity_setup(opts, training, corpus, model_dirs, dist)
 
     # Generate: every rank takes its share of the items not already in the shards. Models are
     # loaded when first needed, one at a time (an ensemble never holds two members).
@@ -112,17 +113,27 @@ def check_run(opts, dist) -> list:
     return model_dirs
 
 
-def fidelity_setup(opts, config, pool, corpus, model_dirs, dist):
-    """Rank 0, --fidelity on: the speaker classifier of the first model's run (its training pool,
-    never validation nor the input's references), cached in that model folder."""
-    if opts.fidelity == "off" or not dist.is_main:
+def training_data(opts, config, pool, ablation, dist):
+    """The training file's samples and the run's pool of them (`prediction.training_pool`), read
+    once for both users: use_history prompts (a missing file is an error) and rank 0's fidelity
+    classifier (a missing file is a notice); None when neither needs them."""
+    wants_fidelity = opts.fidelity == "on" and dist.is_main
+    if not (ablation.use_history or wants_fidelity):
         return None
     train_file = opts.data_file or config.resolve_path(config.data.train_file)
-    if not Path(train_file).is_file():
+    if not ablation.use_history and not Path(train_file).is_file():
         dist.warn(f"fidelity: training file {train_file} not found: no fidelity figures (pass --data_file, or "
                   f"--fidelity off)")
         return None
-    train, train_pool = prediction.training_pool(config, opts, pool)
+    return prediction.training_pool(config, opts, pool)
+
+
+def fidelity_setup(opts, training, corpus, model_dirs, dist):
+    """Rank 0, --fidelity on: the speaker classifier of the first model's run (its training pool,
+    never validation nor the input's references), cached in that model folder."""
+    if opts.fidelity == "off" or not dist.is_main or training is None:
+        return None
+    train, train_pool = training
     return fidelity.setup(train, train_pool, Conversations(train), [s.target for s in corpus.samples if s.target],
                           model_dirs[0], dist.warn)
 

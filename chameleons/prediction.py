@@ -238,11 +238,12 @@ def all_item_ids(records) -> list:
     return ids
 
 
-def history_index(ablation, config, opts: DataOptions, pool=None):
-    """use_history prompts draw on the training run's pool (`training_pool`)."""
+def history_index(ablation, training):
+    """use_history prompts draw on the training run's pool; `training` is what `training_pool`
+    returned (read once by the caller: the fidelity classifier learns from the same lines)."""
     if not ablation.use_history:
         return None
-    samples, pool_samples = training_pool(config, opts, pool)
+    samples, pool_samples = training
     return HistoryIndex.for_pool(pool_samples, samples)
 
 

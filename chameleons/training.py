@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
-from . import (attention, checkpoints, diskspace, expert_parallel, flops, launch, model_spec, outputs, planning,
-               preflight, run_record, saves, tracking, zero3)
+from . import (attention, checkpoints, diskspace, expert_parallel, final_fidelity, flops, launch, model_spec, outputs,
+               planning, preflight, run_record, saves, tracking, zero3)
 from .batching import (EpochSampler, check_packing_supported, make_collator, split_to_budget,
                        trainer_args_for_batching)
 from .encoding import encode_split
@@ -556,6 +556,8 @@ def run(opts, config, checks, corpus, split, builder, tokenizer, cache_dir) -> i
     with diskspace.full_disk_is_one_line(opts.output_dir, DISK_FULL_THEN):
         code = report_stop(trainer, stop, runlog) if stop.exit_code else \
             save_result(opts, config, checks, trainer, tally, runlog, plan, tokenizer, started)
+        if not stop.exit_code:
+            final_fidelity.final_fidelity(opts, trainer, encoded, tokenizer, runlog)
     tracking.finish_wandb(code)
     finish_distributed()
     return code

@@ -214,16 +214,22 @@ def test_validation_subset_is_fixed_by_content_and_keeps_record_fields(tmp_path)
         tool.main([str(run), "--data_file", str(data), "--out", str(tmp_path / "x.json")])
 
 
-def test_prediction_fidelity_flag_off_and_a_missing_training_file(tmp_path):
+def test_prediction_reads_the_training_file_once_and_a_missing_one_is_a_notice(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("predict_script", REPO / "predict_Chameleons.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     notices = []
     dist = SimpleNamespace(is_main=True, warn=notices.append)
-    corpus = SimpleNamespace(samples=[_sample("1", "a", "hi")])
     config = SimpleNamespace(data=SimpleNamespace(train_file="unused.json"))
+    history, plain = SimpleNamespace(use_history=True), SimpleNamespace(use_history=False)
     off = SimpleNamespace(fidelity="off", data_file=str(tmp_path / "missing.json"))
-    assert script.fidelity_setup(off, config, None, corpus, [tmp_path], dist) is None and notices == []
+    assert script.training_data(off, config, None, plain, dist) is None and notices == []
     on = SimpleNamespace(fidelity="on", data_file=str(tmp_path / "missing.json"))
-    assert script.fidelity_setup(on, config, None, corpus, [tmp_path], dist) is None
+    assert script.training_data(on, config, None, plain, dist) is None
     assert len(notices) == 1 and "missing.json not found" in notices[0] and not list(tmp_path.iterdir())
+    assert script.fidelity_setup(on, None, SimpleNamespace(samples=[]), [tmp_path], dist) is None
+
+    reads = []
+    monkeypatch.setattr(script.prediction, "training_pool", lambda *a: reads.append(a) or ([], []))
+    training = script.training_data(on, config, None, history, dist)
+    assert len(reads) == 1 and training == ([], [])  # one read serves the history index and the classifier

@@ -223,7 +223,7 @@ def test_prediction_prompt_ids_equal_training_prompt_ids(env, qwen_tok, ablation
     config = load_config(env["config"])
     abl = config.ablation(ablation)
     args = prediction.parse_predict_args(_argv(env, env["root"] / "unused.json", ablation=ablation))
-    history = prediction.history_index(abl, config, args)
+    history = prediction.history_index(abl, prediction.training_pool(config, args))
     builder = prompts.PromptBuilder(abl, style, history, config.training.max_context_turns)
     fmt = ChatFormat(qwen_tok)
     samples = [s for s in load_corpus(env["input"], for_prediction=True).samples if s.target]
@@ -245,7 +245,7 @@ def test_truncated_prompts_follow_the_training_rule(env, qwen_tok, style):
     config = load_config(env["config"])
     abl = config.ablation("profile_and_history_and_context")
     args = prediction.parse_predict_args(_argv(env, env["root"] / "unused.json"))
-    builder = prompts.PromptBuilder(abl, style, prediction.history_index(abl, config, args), None)
+    builder = prompts.PromptBuilder(abl, style, prediction.history_index(abl, prediction.training_pool(config, args)), None)
     fmt = ChatFormat(qwen_tok)
     samples = [s for s in load_corpus(env["input"], for_prediction=True).samples if s.target]
     full = encode_samples(samples, builder, qwen_tok, fmt, 100000, with_target=True)
@@ -504,7 +504,7 @@ def scored(env, qwen_tok):
     config = load_config(env["config"])
     abl = config.ablation("profile_and_history_and_context")
     args = prediction.parse_predict_args(_argv(env, env["root"] / "unused.json"))
-    builder = prompts.PromptBuilder(abl, "simple", prediction.history_index(abl, config, args), 8)
+    builder = prompts.PromptBuilder(abl, "simple", prediction.history_index(abl, prediction.training_pool(config, args)), 8)
     samples = load_corpus(env["input"], for_prediction=True).samples
     rows, dropped, unlabelled = evaluation.supervised_rows(samples, builder, qwen_tok, ChatFormat(qwen_tok), 512)
     models = [transformers.AutoModelForCausalLM.from_pretrained(str(env["models"][m])).eval() for m in ("m1", "m2")]
