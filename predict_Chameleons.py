@@ -18,8 +18,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from chameleons import (data, diskspace, encoding, evaluation, fidelity, generation, model_loading, prediction,
-                        prompts, run_record, shards)
+from chameleons import (data, diskspace, encoding, evaluation, fidelity, fidelity_summary, generation, model_loading,
+                        prediction, predictor, prompts, ranks, run_record, shards)
 from chameleons.errors import UserError, user_errors_exit
 from chameleons.outputs import write_json, write_records, write_text
 from chameleons.splitting import Conversations
@@ -28,7 +28,7 @@ from chameleons.splitting import Conversations
 def main(argv=None) -> int:
     started = time.time()
     opts = prediction.parse_predict_args(argv)
-    dist = prediction.Distributed.from_env()
+    dist = ranks.Distributed.from_env()
     paths = shards.output_paths(opts.output_file)
     model_dirs = check_run(opts, dist)
     settings = run_record.resolve(opts, model_dirs)  # the models' run records, and the flags typed over them
@@ -69,13 +69,15 @@ def main(argv=None) -> int:
     # Generate: every rank takes its share of the items not already in the shards. Models are
     # loaded when first needed, one at a time (an ensemble never holds two members).
     dist.init()
-    members = prediction.make_members(model_dirs, opts.backend, tokenizer, fmt, sampling, dist,
-                                      max_length + opts.max_new_tokens, opts.tensor_parallel_size, opts.device_map)
-    predictor = prediction.Predictor(members, sampling, opts.batch_size)
+    spec = predictor.GeneratorSpec(opts.backend, tokenizer, fmt, sampling, max_length + opts.max_new_tokens,
+                                   opts.tensor_parallel_size, opts.device_map,
+                                   (config.model, config.training.seed) if opts.untrained else None)
+    members = predictor.make_members(model_dirs, spec, dist)
     store = shards.PartStore(opts.output_file, dist.rank)
     meta = shards.run_meta(model_dirs, rows, max_length, sampling, opts.backend, opts.ablation_config,
-                            opts.prompt_style)
-    results, stats = prediction.generate_all(rows, predictor, store, dist, meta, opts.overwrite)
+                           opts.prompt_style) | ({"untrained": True} if opts.untrained else {})
+    results, stats = prediction.generate_all(rows, predictor.Predictor(members, sampling, opts.batch_size),
+                                             prediction.ShardRun(store, meta, opts.overwrite), dist)
 
     # Extract and write: answers were extracted per item; the output gets each item's own.
     summary = None
@@ -86,7 +88,8 @@ def main(argv=None) -> int:
         summary = run_summary(opts, paths, model_dirs, dist.world, max_length, sampling, corpus, rows, results,
                               stats, time.time() - started)
         if fid is not None:
-            summary["fidelity"], summary["fidelity_file"] = character_fidelity(fid, corpus, results, paths, dist)
+            summary["fidelity"], summary["fidelity_file"] = character_fidelity(fid, corpus, results, paths, dist,
+                                                                                  opts.untrained)
 
     # Evaluate: loss as training computes it (split across ranks), metrics of the first continuations.
     if opts.evaluate:
@@ -107,6 +110,8 @@ def check_run(opts, dist) -> list:
     generation.check_backend(opts.backend, len(opts.model), dist.world, opts.evaluate, opts.tensor_parallel_size,
                              opts.device_map)
     model_dirs = model_loading.check_model_dirs(opts.model)
+    if opts.untrained and (len(model_dirs) > 1 or opts.backend != "hf"):
+        raise UserError("--untrained generates with the model one run started from: give one --model, --backend hf")
     if len(model_dirs) * opts.candidates_per_member < opts.num_samples:
         raise UserError(f"--candidates_per_member {opts.candidates_per_member} x {len(model_dirs)} models gives fewer "
                         f"candidates than --num_samples {opts.num_samples}")
@@ -138,12 +143,12 @@ def fidelity_setup(opts, training, corpus, model_dirs, dist):
                           model_dirs[0], dist.warn)
 
 
-def character_fidelity(fid, corpus, results, paths, dist):
+def character_fidelity(fid, corpus, results, paths, dist, untrained: bool = False):
     """Per-item fidelity figures to <output>.fidelity.json; the run's summary, also printed."""
     rows, summary = fidelity.evaluate_items(fid, fidelity.prediction_items(corpus.samples, results), dist.warn)
     path = f"{paths['output']}.fidelity.json"
     write_json(path, {"summary": summary, "items": rows})
-    print(fidelity.format_summary(summary), flush=True)
+    print(("untrained model: " if untrained else "") + fidelity_summary.format_summary(summary), flush=True)
     if fid.fitted_now:
         fidelity.save_cache(fid.run_dir, fid.attributor, dist.warn)
     return summary, path
@@ -159,6 +164,7 @@ def run_summary(opts, paths, model_dirs, world, max_length, sampling, corpus, ro
         "models": [str(d) for d in model_dirs],
         "backend": opts.backend,
         "world_size": world,
+        "untrained": opts.untrained,
         "ablation_config": opts.ablation_config,
         "prompt_style": opts.prompt_style,
         "max_length": max_length,

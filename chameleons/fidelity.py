@@ -13,7 +13,8 @@ distinct-1/2 and how often a line copies a context line verbatim.
 The classifier learns only from the run's training pool: lines that validation never holds
 (see `splitting`), minus any line whose text is a reference of the evaluated file, so the
 ceiling is always scored on unseen lines. A film is a set of records joined by shared
-conversations (`splitting.Conversations`), as the format names no film.
+conversations (`splitting.Conversations`), as the format names no film. The style figures live
+in `fidelity_style`, the run's aggregation in `fidelity_summary`.
 """
 
 import hashlib
@@ -22,23 +23,16 @@ import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .evaluation import distinct_n
+from .fidelity_style import normalize, style
+from .fidelity_summary import aggregate
 
 CACHE_NAME = "fidelity_attributor.pkl"
 SETTINGS = {"analyzer": "char_wb", "ngram_range": [2, 4], "min_df": 2, "sublinear_tf": True, "loss": "log_loss",
             "alpha": 1e-5, "random_state": 0, "format": 1}
-COPY_MIN_WORDS = 5  # a shorter line shared with the context ("yes", "I know") is not a copy
-BOOTSTRAP_SAMPLES = 1000
 # One-vs-rest SGD costs characters x lines: 428 characters x 4,170 lines (1.8e6) fit in 6-11 s of
 # CPU; the real corpus (7,797 characters x 72k lines) would take hours and a dense weight matrix
 # of characters x n-grams, so above this the figures are skipped with a notice.
 MAX_FIT_SIZE = 2_000_000
-KINDS = ("generated", "reference", "baseline")
-
-
-def normalize(text: str) -> str:
-    return " ".join((text or "").lower().split())
-
 
 def training_lines(samples, held_out=()) -> dict:
     """{character: [line, ...]} from the samples' targets; lines whose normalised text is in
@@ -93,6 +87,10 @@ class Attributor:
     pipeline: object
     mean_words: dict  # character -> mean words of its training lines
 
+    def describe(self) -> dict:
+        """What a summary records about the classifier."""
+        return {"characters": len(self.classes), "key": self.key[:16], "settings": SETTINGS}
+
     def probabilities(self, lines) -> list:
         """One row of class probabilities (in `classes` order) per line."""
         return self.pipeline.predict_proba([line or "" for line in lines]).tolist() if lines else []
@@ -132,33 +130,6 @@ def attribution(probs, classes, intended: str, candidates=None) -> dict:
     total = sum(probs[index[c]] for c in pool)
     rank = 1 + sum(1 for c in pool if c != intended and probs[index[c]] >= mine)
     return {"p": round(mine / total, 6) if total > 0 else 1.0 / len(pool), "rank": rank, "n": len(pool)}
-
-
-def copies_context(line: str, context) -> bool:
-    """The line repeats a context line: equal to one, or one holds the other whole and the
-    shorter has at least COPY_MIN_WORDS words."""
-    mine = normalize(line)
-    if not mine:
-        return False
-    for turn in context:
-        other = normalize(turn)
-        if not other:
-            continue
-        if mine == other:
-            return True
-        short, long_ = (mine, other) if len(mine) <= len(other) else (other, mine)
-        if len(short.split()) >= COPY_MIN_WORDS and f" {short} " in f" {long_} ":
-            return True
-    return False
-
-
-def style(line: str, context, mean_words) -> dict:
-    """Style figures of one line: words, length ratio to the character's mean training line,
-    within-line distinct-1/2, and whether it copies a context line."""
-    words = len((line or "").split())
-    return {"words": words, "length_ratio": round(words / mean_words, 4) if mean_words else None,
-            "distinct_1": round(distinct_n([line or ""], 1), 4), "distinct_2": round(distinct_n([line or ""], 2), 4),
-            "copies_context": copies_context(line, context)}
 
 
 @dataclass
@@ -257,117 +228,6 @@ def _notices(rows, items) -> list:
     return out
 
 
-def mean_ci(values, seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -> dict:
-    """Mean and a 95% percentile bootstrap interval (seeded: the same figures on every run)."""
-    import numpy as np
-
-    values = [float(v) for v in values if v is not None]
-    if not values:
-        return {"mean": None, "ci95": None, "n": 0}
-    x = np.asarray(values)
-    means = x[np.random.default_rng(seed).integers(0, len(x), size=(samples, len(x)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean": round(float(x.mean()), 6), "ci95": [round(float(lo), 6), round(float(hi), 6)], "n": len(values)}
-
-
-def rank_score(rank, n):
-    """1 for rank 1, 0 for last, 0.5 expected by chance: comparable across candidate set sizes."""
-    if rank is None or n is None or n < 2:
-        return None
-    return 1 - (rank - 1) / (n - 1)
-
-
-def _kind_figures(rows, kind: str) -> list:
-    """The first figures of `kind` per attributed item (the first continuation for generated)."""
-    return [(r, _first(r, kind)) for r in rows if r["attributed"] and _first(r, kind) is not None]
-
-
-def summarize_kind(rows, kind: str, n_all: int) -> dict:
-    """Attribution among all characters and within the film, chance levels beside them."""
-    pairs = _kind_figures(rows, kind)
-    out = {"items": len(pairs)}
-    for scope, n_of in (("all", lambda r: n_all), ("film", lambda r: r["film_characters"])):
-        got = [(f[f"p_{scope}"], f[f"rank_{scope}"], n_of(r)) for r, f in pairs if f[f"rank_{scope}"] is not None]
-        out[scope] = {
-            "items": len(got),
-            "p": mean_ci([p for p, _, _ in got]),
-            "rank": mean_ci([k for _, k, _ in got]),
-            "top1": mean_ci([k == 1 for _, k, _ in got]),
-            "top3": mean_ci([k <= 3 for _, k, _ in got]),
-            "score": mean_ci([rank_score(k, n) for _, k, n in got]),
-            "chance": {"p": _mean([1 / n for _, _, n in got]), "rank": _mean([(n + 1) / 2 for _, _, n in got]),
-                       "top1": _mean([1 / n for _, _, n in got]), "top3": _mean([min(3, n) / n for _, _, n in got]),
-                       "score": 0.5 if got else None},
-        }
-    return out
-
-
-def _mean(values):
-    return round(sum(values) / len(values), 6) if values else None
-
-
-def margin(rows, high: str, low: str, n_all: int) -> dict:
-    """Paired difference `high` - `low` of the all-characters rank score and probability, on the
-    items that have both, with bootstrap intervals: above 0 means `high` sounds more like the
-    intended character."""
-    score, prob = [], []
-    for r in rows:
-        a, b = _first(r, high), _first(r, low)
-        if r["attributed"] and a and b and a["rank_all"] is not None and b["rank_all"] is not None:
-            score.append(rank_score(a["rank_all"], n_all) - rank_score(b["rank_all"], n_all))
-            prob.append(a["p_all"] - b["p_all"])
-    return {"score": mean_ci(score), "p": mean_ci(prob)}
-
-
-def _first(row, kind: str):
-    return (row["generated"][:1] or [None])[0] if kind == "generated" else row[kind]
-
-
-def style_summary(rows, items, kind: str) -> dict:
-    """Length ratio and copy rate of the first line of `kind` per item (all items, attributed
-    or not: they need no classifier), and distinct-1/2 over those lines. Empty lines (an answer
-    that could not be extracted) are counted; they are not attributed (the classifier would score
-    them at its prior)."""
-    texts = {"generated": lambda it: it.generated[0] if it.generated else None,
-             "reference": lambda it: it.reference or None, "baseline": lambda it: it.baseline or None}[kind]
-    figures = [_first(r, kind) for r in rows if r["attributed"]]
-    figures = [f for f in figures if f]
-    lines = [t for t in (texts(it) for it in items) if t is not None]
-    copied = [copies_context(texts(it), it.context) for it in items if texts(it) is not None]
-    return {"lines": len(lines), "empty": sum(1 for t in lines if not t.strip()),
-            "length_ratio": mean_ci([f["length_ratio"] for f in figures]),
-            "distinct_1": round(distinct_n(lines, 1), 4), "distinct_2": round(distinct_n(lines, 2), 4),
-            "copy_rate": mean_ci(copied)}
-
-
-def aggregate(rows, items, attributor: Attributor, notices=()) -> dict:
-    """The run's fidelity summary: attribution per kind (generated, reference = ceiling,
-    baseline = another character's line), the margins, style statistics and the notices."""
-    n_all = len(attributor.classes)
-    out = {"classifier": {"characters": n_all, "key": attributor.key[:16], "settings": SETTINGS},
-           "items": len(rows), "attributed": sum(r["attributed"] for r in rows)}
-    for kind in KINDS:
-        out[kind] = summarize_kind(rows, kind, n_all)
-        out[kind]["style"] = style_summary(rows, items, kind)
-    out["margin"] = {"reference_minus_baseline": margin(rows, "reference", "baseline", n_all),
-                     "generated_minus_baseline": margin(rows, "generated", "baseline", n_all),
-                     "reference_minus_generated": margin(rows, "reference", "generated", n_all)}
-    out["notices"] = list(notices)
-    return out
-
-
-def format_summary(summary: dict) -> str:
-    """One line per kind for the console: the all-characters score and top-1 with chance."""
-    parts = []
-    for kind in KINDS:
-        a = summary[kind]["all"]
-        if a["items"]:
-            parts.append(f"{kind} score {a['score']['mean']:.3f} top-1 {a['top1']['mean']:.3f} "
-                         f"rank {a['rank']['mean']:.1f} ({a['items']} items)")
-    chance = f"; chance: score 0.5, top-1 {1 / summary['classifier']['characters']:.3f}"
-    return f"fidelity among {summary['classifier']['characters']} characters: " + "; ".join(parts or ["nothing"]) + chance
-
-
 # The run's edge: the training pool of a run folder, the cached classifier, the whole evaluation.
 
 def validation_ids(run_dir) -> set:
@@ -463,7 +323,7 @@ def evaluate_items(fid: Setup, items, warn=None) -> tuple:
     if other_film:
         notices.append(f"fidelity: {other_film} items' baselines come from another film's character (no other "
                        f"character of their film has a reference in the file)")
-    summary = aggregate(rows, items, fid.attributor, notices)
+    summary = aggregate(rows, items, fid.attributor.describe(), notices)
     summary["classifier"].update(training_lines=fid.training_lines, excluded_validation=fid.excluded_validation,
                                  cached=not fid.fitted_now)
     for line in notices:

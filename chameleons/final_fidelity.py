@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 
 from . import fidelity
+from .fidelity_summary import format_summary
 from .errors import UserError
 from .outputs import run_path, write_json
 
@@ -106,7 +107,7 @@ def score_and_write(output_dir, split, chosen, generated: dict, runlog):
                                s.target) for s in chosen]
         rows, summary = fidelity.evaluate_items(fid, items, warn)
         record.update(summary=summary, items=rows)
-        line = f"final {fidelity.format_summary(summary)}"
+        line = f"final {format_summary(summary)}"
         if fid.fitted_now:
             fidelity.save_cache(output_dir, fid.attributor, warn)
     path = run_path(output_dir, FILE_NAME)

@@ -25,7 +25,8 @@ def _config(build, tmp_path):
     return cfg, train
 
 
-def test_final_fidelity_scores_the_runs_fixed_validation_subset(build, run_in_process, tmp_path):
+def test_final_fidelity_scores_the_runs_fixed_validation_subset(build, run_in_process, run_predict_in_process,
+                                                                 tmp_path):
     cfg, train = _config(build, tmp_path)
     out = tmp_path / "run"
     proc = run_in_process(["--config", cfg, "--output_dir", out, "--max_steps", "1", "--evals_per_epoch", "100",
@@ -34,8 +35,8 @@ def test_final_fidelity_scores_the_runs_fixed_validation_subset(build, run_in_pr
     record = json.loads((out / "final_fidelity.json").read_text())
     assert record["items_requested"] == 3 and len(record["items"]) == 3
     assert all(len(row["generated"]) == 1 for row in record["items"])
-    assert summary["generated"]["style"]["lines"] == 3  # one continuation each (a random model's: no [ANSWER])
     summary = record["summary"]
+    assert summary["generated"]["style"]["lines"] == 3  # one continuation each (a random model's: no [ANSWER])
     assert summary["items"] == 3 and summary["classifier"]["characters"] >= 2
     ceiling = summary["reference"]["all"]
     assert ceiling["items"] == 3 and ceiling["top1"]["mean"] > ceiling["chance"]["top1"]  # lines name their speaker
@@ -55,6 +56,21 @@ def test_final_fidelity_scores_the_runs_fixed_validation_subset(build, run_in_pr
     assert sorted(samples[sid] for sid in scored) == targets  # the tool's items, chosen by one function
     log = (out / "training_logs" / "detailed_training_log.txt").read_text()
     assert sum("final fidelity among" in line for line in log.splitlines()) == 1
+
+    # the untrained baseline: the model the run started from, on the same items, by the same classifier
+    pred = tmp_path / "subset.untrained.json"
+    proc = run_predict_in_process(["--model", out, "--untrained", "--input_file", subset, "--output_file", pred,
+                                   "--max_new_tokens", "4"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "untrained model: fidelity among 6 characters" in proc.stdout
+    assert json.loads(Path(f"{pred}.summary.json").read_text())["untrained"] is True
+    versus = importlib.util.spec_from_file_location("fidelity_versus", REPO / "tools" / "fidelity_versus.py")
+    tool = importlib.util.module_from_spec(versus)
+    versus.loader.exec_module(tool)
+    assert tool.main([str(out / "final_fidelity.json"), str(pred)]) == 0  # same classifier key, or an error
+    bad = run_predict_in_process(["--model", out, "--model", out, "--untrained", "--input_file", subset,
+                                  "--output_file", tmp_path / "two.json"])
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --untrained") and not (tmp_path / "two.json").exists()
 
 
 def _samples(path):

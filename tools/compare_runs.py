@@ -162,7 +162,7 @@ def _fidelity(folder: Path):
     for path in reversed(files):
         report = _read_json(path)
         fid = _dig(report, "fidelity")
-        if fid:
+        if fid and not report.get("untrained"):  # an --untrained output is the baseline (tools/fidelity_versus.py)
             return {"fid_input": Path(str(report.get("input_file"))).name,
                     "fid_score": _dig(fid, "generated", "all", "score", "mean"),
                     "fid_top1": _dig(fid, "generated", "all", "top1", "mean"),

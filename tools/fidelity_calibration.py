@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from chameleons import fidelity  # noqa: E402
+from chameleons import fidelity, fidelity_summary  # noqa: E402
 from chameleons.cli import OneLineParser  # noqa: E402
 from chameleons.data import is_training_sample, load_corpus  # noqa: E402
 from chameleons.errors import user_errors_exit  # noqa: E402
@@ -36,7 +36,7 @@ def calibrate(samples, val_seed: int, val_ratio: float = 0.1) -> tuple:
 
 
 def pooled_margin(all_rows, n_all: int) -> dict:
-    return fidelity.margin(all_rows, "reference", "baseline", n_all)
+    return fidelity_summary.margin(all_rows, "reference", "baseline", n_all)
 
 
 def verdict(margin: dict, min_margin: float) -> str:
