@@ -31,7 +31,7 @@ SETTINGS = {"analyzer": "char_wb", "ngram_range": [2, 4], "min_df": 2, "sublinea
             "alpha": 1e-5, "random_state": 0, "format": 1}
 # One-vs-rest SGD costs characters x lines: 428 characters x 4,170 lines (1.8e6) fit in 6-11 s of
 # CPU; the real corpus (7,797 characters x 72k lines) would take hours and a dense weight matrix
-# of characters x n-grams, so above this the figures are skipped with a notice.
+# of characters x n-grams, so above this class centroids are fitted instead (`fidelity_centroids`).
 MAX_FIT_SIZE = 2_000_000
 
 def training_lines(samples, held_out=()) -> dict:
@@ -86,37 +86,53 @@ class Attributor:
     classes: list
     pipeline: object
     mean_words: dict  # character -> mean words of its training lines
+    kind: str = "sgd"  # or "centroid" (`model_kind`)
 
     def describe(self) -> dict:
         """What a summary records about the classifier."""
-        return {"characters": len(self.classes), "key": self.key[:16], "settings": SETTINGS}
+        return {"characters": len(self.classes), "key": self.key[:16], "settings": SETTINGS, "model": self.kind}
 
-    def probabilities(self, lines) -> list:
-        """One row of class probabilities (in `classes` order) per line."""
-        return self.pipeline.predict_proba([line or "" for line in lines]).tolist() if lines else []
+    def probabilities(self, lines, chunk: int = 500):
+        """One row of class probabilities (in `classes` order) per line, computed `chunk` lines at
+        a time: with thousands of characters a whole file's rows would not fit in memory."""
+        for start in range(0, len(lines), chunk):
+            yield from self.pipeline.predict_proba([line or "" for line in lines[start:start + chunk]]).tolist()
 
 
 def fit_attributor(lines_by_char: dict) -> Attributor:
     """Character n-gram TF-IDF and a linear log-loss model; SGD rather than lbfgs logistic
     regression because it fits a few thousand lines of 50 characters in under a second (lbfgs:
-    2-5 s) with the same attribution on the shipped sample. Needs two characters."""
+    2-5 s) with the same attribution on the shipped sample. Above MAX_FIT_SIZE (characters x
+    lines) class centroids instead (`fidelity_centroids`). Needs two characters."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import SGDClassifier
-    from sklearn.pipeline import make_pipeline
+
+    from .fidelity_centroids import CentroidClassifier
 
     if len(lines_by_char) < 2:
         raise ValueError("a speaker classifier needs lines of at least two characters")
     texts = [line for c in sorted(lines_by_char) for line in lines_by_char[c]]
     labels = [c for c in sorted(lines_by_char) for _ in lines_by_char[c]]
     min_df = SETTINGS["min_df"] if len(texts) >= 50 else 1  # a tiny set has almost no n-gram twice
-    pipeline = make_pipeline(
-        TfidfVectorizer(analyzer=SETTINGS["analyzer"], ngram_range=tuple(SETTINGS["ngram_range"]), min_df=min_df,
-                        sublinear_tf=SETTINGS["sublinear_tf"]),
-        SGDClassifier(loss=SETTINGS["loss"], alpha=SETTINGS["alpha"], random_state=SETTINGS["random_state"]))
-    pipeline.fit(texts, labels)
+    vectorizer = TfidfVectorizer(analyzer=SETTINGS["analyzer"], ngram_range=tuple(SETTINGS["ngram_range"]),
+                                 min_df=min_df, sublinear_tf=SETTINGS["sublinear_tf"])
+    if model_kind(lines_by_char) == "centroid":
+        model = CentroidClassifier(vectorizer).fit(texts, labels)
+    else:
+        from sklearn.pipeline import make_pipeline
+
+        model = make_pipeline(vectorizer, SGDClassifier(loss=SETTINGS["loss"], alpha=SETTINGS["alpha"],
+                                                        random_state=SETTINGS["random_state"])).fit(texts, labels)
     mean_words = {c: sum(len(x.split()) for x in lines) / len(lines) for c, lines in lines_by_char.items()}
-    return Attributor(key=lines_key(lines_by_char), classes=[str(c) for c in pipeline.classes_], pipeline=pipeline,
-                      mean_words=mean_words)
+    return Attributor(key=lines_key(lines_by_char), classes=[str(c) for c in model.classes_], pipeline=model,
+                      mean_words=mean_words, kind=model_kind(lines_by_char))
+
+
+def model_kind(lines_by_char: dict) -> str:
+    """The classifier for these lines: sgd, or centroid where one-vs-rest SGD (its cost grows with
+    characters x lines) would not fit on a CPU in about a minute."""
+    size = len(lines_by_char) * sum(len(v) for v in lines_by_char.values())
+    return "centroid" if size > MAX_FIT_SIZE else "sgd"
 
 
 def attribution(probs, classes, intended: str, candidates=None) -> dict:
@@ -298,13 +314,11 @@ def setup(train_samples, pool_samples, conversations, held_out, run_dir=None, wa
             warn(f"fidelity: the run's training pool has lines of {len(lines)} character(s); a speaker classifier "
                  f"needs two: no fidelity figures")
         return None
-    size = len(lines) * sum(len(v) for v in lines.values())
-    if size > MAX_FIT_SIZE:
-        if warn:
-            warn(f"fidelity: {len(lines):,} characters x {size // len(lines):,} training lines is beyond what the "
-                 f"speaker classifier fits on a CPU in about a minute (limit {MAX_FIT_SIZE:,}): no fidelity figures "
-                 f"(--fidelity off silences this)")
-        return None
+    if model_kind(lines) == "centroid" and warn:
+        size = sum(len(v) for v in lines.values())
+        warn(f"fidelity: {len(lines):,} characters x {size:,} training lines is beyond what one-vs-rest SGD fits on "
+             f"a CPU in about a minute (limit {MAX_FIT_SIZE:,}): class-centroid classifier instead (ranks exact, "
+             f"probabilities relative; compare runs only within one classifier kind)")
     try:
         attributor, fitted = cached_attributor(run_dir, lines)
     except ValueError as exc:  # e.g. scikit-learn's "empty vocabulary" for lines with no n-gram in common

@@ -100,7 +100,7 @@ def test_mean_ci_is_seeded_and_brackets_the_mean():
 
 def test_the_classifier_attributes_distinct_voices(attributor):
     held_out = {"pirate": "arr the rum matey", "robot": "beep unit affirmative", "poet": "o silver moonlight"}
-    probs = attributor.probabilities(list(held_out.values()))
+    probs = list(attributor.probabilities(list(held_out.values()), chunk=2))
     for (character, _), row in zip(held_out.items(), probs):
         assert fidelity.attribution(row, attributor.classes, character)["rank"] == 1, character
     with pytest.raises(ValueError, match="two characters"):
@@ -156,9 +156,22 @@ def test_setup_excludes_manifest_validation_and_needs_two_characters(tmp_path, m
     odd = [_sample(str(i), "ab"[i % 2], chr(0x4e00 + i)) for i in range(60)]  # no n-gram twice: no vocabulary
     assert fidelity.setup(odd, odd, conversations, [], None, notices.append) is None
     assert len(notices) == 2 and "no speaker classifier could be fitted" in notices[1]
-    monkeypatch.setattr(fidelity, "MAX_FIT_SIZE", 3 * 12)  # 3 characters x 13 lines is over it
-    assert fidelity.setup(pool, pool, conversations, [], None, notices.append) is None
-    assert len(notices) == 3 and "beyond what the speaker classifier fits" in notices[2]
+    monkeypatch.setattr(fidelity, "MAX_FIT_SIZE", 3 * 12)  # 3 characters x 13 lines is over it: class centroids
+    big = fidelity.setup(pool, pool, conversations, [], None, notices.append)
+    assert big.attributor.kind == "centroid" and big.attributor.describe()["model"] == "centroid"
+    assert len(notices) == 3 and "class-centroid classifier instead" in notices[2]
+
+
+def test_the_centroid_classifier_attributes_distinct_voices(monkeypatch):
+    """Above MAX_FIT_SIZE (the real corpus: 5,845 characters x 64,768 lines fit in 4.9 s of CPU):
+    ranks by cosine similarity to each character's summed TF-IDF; rows are distributions."""
+    monkeypatch.setattr(fidelity, "MAX_FIT_SIZE", 0)
+    attributor = fidelity.fit_attributor(VOICES)
+    held_out = {"pirate": "arr the rum matey", "robot": "beep unit affirmative", "poet": "o silver moonlight"}
+    rows = list(attributor.probabilities(list(held_out.values())))
+    assert attributor.kind == "centroid" and all(abs(sum(r) - 1) < 1e-9 for r in rows)
+    for character, row in zip(held_out, rows):
+        assert fidelity.attribution(row, attributor.classes, character)["rank"] == 1, character
 
 
 def _calibration_tool():
