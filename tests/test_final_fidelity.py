@@ -6,6 +6,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -68,9 +69,26 @@ def test_final_fidelity_scores_the_runs_fixed_validation_subset(build, run_in_pr
     tool = importlib.util.module_from_spec(versus)
     versus.loader.exec_module(tool)
     assert tool.main([str(out / "final_fidelity.json"), str(pred)]) == 0  # same classifier key, or an error
+    _untrained_is_seeded_and_not_the_trained_model(out)
     bad = run_predict_in_process(["--model", out, "--model", out, "--untrained", "--input_file", subset,
                                   "--output_file", tmp_path / "two.json"])
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --untrained") and not (tmp_path / "two.json").exists()
+
+
+def _untrained_is_seeded_and_not_the_trained_model(run):
+    import torch
+
+    from chameleons import model_loading
+
+    model = SimpleNamespace(random_init=TINY_DENSE, name_or_path=None)  # the run's config.model
+    cpu = torch.device("cpu")
+    first, again = (model_loading.load_untrained(run, model, 42, cpu).state_dict() for _ in range(2))
+    other_seed = model_loading.load_untrained(run, model, 43, cpu).state_dict()
+    trained = model_loading.load_model(run, cpu).state_dict()
+    assert first.keys() == trained.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other_seed[k]) for k in first)
+    assert not all(torch.equal(first[k], trained[k]) for k in first)
 
 
 def _samples(path):
