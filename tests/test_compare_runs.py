@@ -198,6 +198,10 @@ def test_fidelity_columns_setting_mean_and_plot(three_runs, tmp_path):
     untrained.write_text(json.dumps({"input_file": "data/dev.json", "untrained": True,
                                      "fidelity": {"generated": {"all": {"score": {"mean": 0.5}}}}}))
     assert compare_runs.read_run(three_runs[0]).fidelity["fid_score"] == 0.6
+    final = {"items_requested": 200, "summary": {"generated": {"all": {"score": {"mean": 0.55}}}}}
+    (three_runs[0] / "final_fidelity.json").write_text(json.dumps(final))  # --final_fidelity_items, newest
+    got = compare_runs.read_run(three_runs[0]).fidelity
+    assert (got["fid_score"], got["fid_input"]) == (0.55, "final_fidelity (200 items)")
 
 
 def _run_tool(*args, cwd):
