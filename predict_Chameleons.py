@@ -139,8 +139,9 @@ def fidelity_setup(opts, training, corpus, model_dirs, dist):
     if opts.fidelity == "off" or not dist.is_main or training is None:
         return None
     train, train_pool = training
-    return fidelity.setup(train, train_pool, Conversations(train), [s.target for s in corpus.samples if s.target],
-                          model_dirs[0], dist.warn)
+    return fidelity.setup(fidelity.TrainingPool(train, train_pool, Conversations(train)),
+                          [s.target for s in corpus.samples if s.target], model_dirs[0], dist.warn,
+                          opts.fidelity_context == "on")
 
 
 def character_fidelity(fid, corpus, results, paths, dist, untrained: bool = False):

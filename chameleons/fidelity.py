@@ -17,6 +17,7 @@ conversations (`splitting.Conversations`), as the format names no film. The styl
 in `fidelity_style`, the run's aggregation in `fidelity_summary`.
 """
 
+import functools
 import hashlib
 import json
 import pickle
@@ -33,16 +34,41 @@ SETTINGS = {"analyzer": "char_wb", "ngram_range": [2, 4], "min_df": 2, "sublinea
 # CPU; the real corpus (7,797 characters x 72k lines) would take hours and a dense weight matrix
 # of characters x n-grams, so above this class centroids are fitted instead (`fidelity_centroids`).
 MAX_FIT_SIZE = 2_000_000
+CONTEXT_MARK = "\x1e"  # joins a line and its context line in a classifier input (--fidelity_context on)
 
-def training_lines(samples, held_out=()) -> dict:
+def training_lines(samples, held_out=(), context: bool = False) -> dict:
     """{character: [line, ...]} from the samples' targets; lines whose normalised text is in
-    `held_out` (the evaluated references) are left out."""
+    `held_out` (the evaluated references) are left out. With `context`, each line carries the
+    context line it answers (`with_context`)."""
     held = {normalize(t) for t in held_out if t}
     out = {}
     for s in samples:
         if s.target and normalize(s.target) not in held:
-            out.setdefault(s.user_hash, []).append(s.target)
+            line = with_context(s.target, [c for _, c in s.context]) if context else s.target
+            out.setdefault(s.user_hash, []).append(line)
     return out
+
+
+def with_context(line: str, context) -> str:
+    """A classifier input of a line and the last context line (the turn it answers), joined by
+    CONTEXT_MARK; `line_and_context_ngrams` keeps their n-grams apart."""
+    return f"{line or ''}{CONTEXT_MARK}{context[-1] if context else ''}"
+
+
+def line_and_context_ngrams(text: str) -> list:
+    """The line's character n-grams (as without context) and the context line's, marked: the
+    classifier weighs "who answers this" apart from "who says this"."""
+    line, _, context = text.partition(CONTEXT_MARK)
+    ngrams = _char_ngrams()
+    return ngrams(line) + [CONTEXT_MARK + g for g in ngrams(context)]
+
+
+@functools.lru_cache(maxsize=1)
+def _char_ngrams():
+    """scikit-learn's own char_wb analyzer with the classifier's n-gram range."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(analyzer=SETTINGS["analyzer"], ngram_range=tuple(SETTINGS["ngram_range"])).build_analyzer()
 
 
 def film_mates(samples, conversations) -> dict:
@@ -68,7 +94,8 @@ def film_mates(samples, conversations) -> dict:
 
 
 def lines_key(lines_by_char: dict) -> str:
-    """What the classifier depends on: its settings, scikit-learn's version and every line."""
+    """What the classifier depends on: its settings, scikit-learn's version and every line (with
+    its context line where the classifier uses them)."""
     from importlib.metadata import version
 
     h = hashlib.sha256(json.dumps([SETTINGS, version("scikit-learn")], sort_keys=True).encode())
@@ -87,10 +114,12 @@ class Attributor:
     pipeline: object
     mean_words: dict  # character -> mean words of its training lines
     kind: str = "sgd"  # or "centroid" (`model_kind`)
+    context: bool = False  # inputs are `with_context(line, context)`
 
     def describe(self) -> dict:
         """What a summary records about the classifier."""
-        return {"characters": len(self.classes), "key": self.key[:16], "settings": SETTINGS, "model": self.kind}
+        return {"characters": len(self.classes), "key": self.key[:16], "settings": SETTINGS, "model": self.kind,
+                "context": self.context}
 
     def probabilities(self, lines, chunk: int = 500):
         """One row of class probabilities (in `classes` order) per line, computed `chunk` lines at
@@ -113,9 +142,11 @@ def fit_attributor(lines_by_char: dict) -> Attributor:
         raise ValueError("a speaker classifier needs lines of at least two characters")
     texts = [line for c in sorted(lines_by_char) for line in lines_by_char[c]]
     labels = [c for c in sorted(lines_by_char) for _ in lines_by_char[c]]
+    context = any(CONTEXT_MARK in t for t in texts)
     min_df = SETTINGS["min_df"] if len(texts) >= 50 else 1  # a tiny set has almost no n-gram twice
-    vectorizer = TfidfVectorizer(analyzer=SETTINGS["analyzer"], ngram_range=tuple(SETTINGS["ngram_range"]),
-                                 min_df=min_df, sublinear_tf=SETTINGS["sublinear_tf"])
+    ngrams = {"analyzer": line_and_context_ngrams} if context else \
+        {"analyzer": SETTINGS["analyzer"], "ngram_range": tuple(SETTINGS["ngram_range"])}
+    vectorizer = TfidfVectorizer(**ngrams, min_df=min_df, sublinear_tf=SETTINGS["sublinear_tf"])
     if model_kind(lines_by_char) == "centroid":
         model = CentroidClassifier(vectorizer).fit(texts, labels)
     else:
@@ -123,9 +154,10 @@ def fit_attributor(lines_by_char: dict) -> Attributor:
 
         model = make_pipeline(vectorizer, SGDClassifier(loss=SETTINGS["loss"], alpha=SETTINGS["alpha"],
                                                         random_state=SETTINGS["random_state"])).fit(texts, labels)
-    mean_words = {c: sum(len(x.split()) for x in lines) / len(lines) for c, lines in lines_by_char.items()}
+    mean_words = {c: sum(len(x.partition(CONTEXT_MARK)[0].split()) for x in lines) / len(lines)
+                  for c, lines in lines_by_char.items()}
     return Attributor(key=lines_key(lines_by_char), classes=[str(c) for c in model.classes_], pipeline=model,
-                      mean_words=mean_words, kind=model_kind(lines_by_char))
+                      mean_words=mean_words, kind=model_kind(lines_by_char), context=context)
 
 
 def model_kind(lines_by_char: dict) -> str:
@@ -206,7 +238,8 @@ def score_items(attributor: Attributor, films: dict, items) -> tuple:
             for kind, j, text in texts:
                 lines.append(text)
                 where.append((k, kind, j))
-    probs = attributor.probabilities(lines)
+    inputs = [with_context(t, items[k].context) for t, (k, _, _) in zip(lines, where)] if attributor.context else lines
+    probs = attributor.probabilities(inputs)
     rows = [{"sample_id": it.sample_id, "character": it.character, "attributed": it.character in known,
              "film_characters": len(films.get(it.character, {it.character}) & known), "reference": None,
              "baseline": None} for it in items]
@@ -292,6 +325,15 @@ def save_cache(folder, attributor: Attributor, warn=None):
             warn(f"fidelity: classifier not cached in {folder} ({exc.strerror or exc})")
 
 
+@dataclass(frozen=True)
+class TrainingPool:
+    """What a run's classifier learns from: the training file's samples (their films), the run's
+    pool of them, and their conversations (`splitting.Conversations`)."""
+    samples: list
+    pool: list
+    conversations: object
+
+
 @dataclass
 class Setup:
     """What scoring needs from the run: the classifier and the films."""
@@ -303,12 +345,13 @@ class Setup:
     fitted_now: bool = False
 
 
-def setup(train_samples, pool_samples, conversations, held_out, run_dir=None, warn=None):
+def setup(training: TrainingPool, held_out, run_dir=None, warn=None, context: bool = False):
     """The classifier of a run (its training pool, minus the manifest's validation ids and the
-    evaluated references) and its films; None, with one notice, when it cannot be built."""
+    evaluated references; with `context`, each line with the line it answers) and its films;
+    None, with one notice, when it cannot be built."""
     val = validation_ids(run_dir) if run_dir else set()
-    pool = [s for s in pool_samples if s.sample_id not in val]
-    lines = training_lines(pool, held_out)
+    pool = [s for s in training.pool if s.sample_id not in val]
+    lines = training_lines(pool, held_out, context)
     if len(lines) < 2:
         if warn:
             warn(f"fidelity: the run's training pool has lines of {len(lines)} character(s); a speaker classifier "
@@ -325,8 +368,8 @@ def setup(train_samples, pool_samples, conversations, held_out, run_dir=None, wa
         if warn:
             warn(f"fidelity: no speaker classifier could be fitted ({exc}): no fidelity figures")
         return None
-    return Setup(attributor=attributor, films=film_mates(train_samples, conversations),
-                 training_lines=sum(len(v) for v in lines.values()), excluded_validation=len(pool_samples) - len(pool),
+    return Setup(attributor=attributor, films=film_mates(training.samples, training.conversations),
+                 training_lines=sum(len(v) for v in lines.values()), excluded_validation=len(training.pool) - len(pool),
                  run_dir=run_dir, fitted_now=fitted)
 
 

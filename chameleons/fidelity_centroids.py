@@ -23,7 +23,8 @@ class CentroidClassifier:
         self.classes_ = np.array(sorted(set(labels)))
         index = {c: i for i, c in enumerate(self.classes_)}
         rows = np.array([index[c] for c in labels])
-        member = sp.csr_matrix((np.ones(len(rows)), (rows, np.arange(len(rows)))), shape=(len(self.classes_), len(rows)))
+        member = sp.csr_matrix((np.ones(len(rows)), (rows, np.arange(len(rows)))),
+                               shape=(len(self.classes_), len(rows)))  # classes x lines, 1 where a line is the class's
         self.centroids = normalize(member @ features).tocsr()
         return self
 

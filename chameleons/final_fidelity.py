@@ -98,7 +98,8 @@ def score_and_write(output_dir, split, chosen, generated: dict, runlog):
     warn = notices.append
     samples = list(split.val) + split.pool_samples()
     films = split.index if isinstance(split.index, Conversations) else Conversations(samples)
-    fid = fidelity.setup(samples, split.pool_samples(), films, [s.target for s in chosen], output_dir, warn)
+    fid = fidelity.setup(fidelity.TrainingPool(samples, split.pool_samples(), films), [s.target for s in chosen],
+                         output_dir, warn)
     record = {"items_requested": len(chosen), "notices": notices}
     if fid is None:
         line = f"final fidelity: no figures ({'; '.join(notices)})"

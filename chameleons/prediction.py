@@ -92,9 +92,12 @@ class PredictOptions(DataOptions):
     fidelity: str = flag("on", "on: speaker-attribution and style figures per item (<output>.fidelity.json) and in the "
                                "summary, from a classifier of the training run's lines (chameleons/fidelity.py)",
                          choices=["on", "off"])
+    fidelity_context: str = flag("off", "on: the speaker classifier also sees the context line each line answers "
+                                        "(docs/PREDICTION.md section 5)", choices=["on", "off"])
     untrained: bool = flag(False, "generate with the model the --model run started from (its base model; for a "
                                   "model.random_init run, weights drawn with the run's training.seed), scored like the "
-                                  "trained model: the untrained baseline (tools/fidelity_versus.py)", action="store_true")
+                                  "trained model: the untrained baseline (tools/fidelity_versus.py)",
+                           action="store_true")
     typed: frozenset = field(default=frozenset())
 
 

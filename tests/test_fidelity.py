@@ -144,20 +144,21 @@ def test_setup_excludes_manifest_validation_and_needs_two_characters(tmp_path, m
             enumerate((c, line) for c, lines in VOICES.items() for line in lines)]
     (tmp_path / "split_manifest.json").write_text(json.dumps({"validation": ["0", "1"]}))
     conversations = SimpleNamespace(members=[[s] for s in pool])
-    fid = fidelity.setup(pool, pool, conversations, [], tmp_path)
+    training = fidelity.TrainingPool(pool, pool, conversations)
+    fid = fidelity.setup(training, [], tmp_path)
     assert fid.excluded_validation == 2 and fid.training_lines == len(pool) - 2 and fid.fitted_now
     fidelity.save_cache(tmp_path, fid.attributor)
-    assert not fidelity.setup(pool, pool, conversations, [], tmp_path).fitted_now  # read from the cache
+    assert not fidelity.setup(training, [], tmp_path).fitted_now  # read from the cache
     (tmp_path / fidelity.CACHE_NAME).write_bytes(b"damaged")
-    assert fidelity.setup(pool, pool, conversations, [], tmp_path).fitted_now  # refitted, no error
+    assert fidelity.setup(training, [], tmp_path).fitted_now  # refitted, no error
     notices = []
-    assert fidelity.setup(pool[:5], pool[:5], conversations, [], None, notices.append) is None
+    assert fidelity.setup(fidelity.TrainingPool(pool[:5], pool[:5], conversations), [], None, notices.append) is None
     assert len(notices) == 1 and "needs two" in notices[0]
     odd = [_sample(str(i), "ab"[i % 2], chr(0x4e00 + i)) for i in range(60)]  # no n-gram twice: no vocabulary
-    assert fidelity.setup(odd, odd, conversations, [], None, notices.append) is None
+    assert fidelity.setup(fidelity.TrainingPool(odd, odd, conversations), [], None, notices.append) is None
     assert len(notices) == 2 and "no speaker classifier could be fitted" in notices[1]
     monkeypatch.setattr(fidelity, "MAX_FIT_SIZE", 3 * 12)  # 3 characters x 13 lines is over it: class centroids
-    big = fidelity.setup(pool, pool, conversations, [], None, notices.append)
+    big = fidelity.setup(training, [], None, notices.append)
     assert big.attributor.kind == "centroid" and big.attributor.describe()["model"] == "centroid"
     assert len(notices) == 3 and "class-centroid classifier instead" in notices[2]
 
@@ -247,6 +248,13 @@ def test_prediction_reads_the_training_file_once_and_a_missing_one_is_a_notice(t
     training = script.training_data(on, config, None, history, dist)
     assert len(reads) == 1 and training == ([], [])  # one read serves the history index and the classifier
 
+    pool = [_sample(str(i), c, line, context=["hello"]) for i, (c, line) in
+            enumerate((c, line) for c, lines in VOICES.items() for line in lines)]
+    with_context = SimpleNamespace(fidelity="on", fidelity_context="on")
+    monkeypatch.setattr(script, "Conversations", lambda samples: SimpleNamespace(members=[[s] for s in samples]))
+    fid = script.fidelity_setup(with_context, (pool, pool), SimpleNamespace(samples=[]), [tmp_path], dist)
+    assert fid.attributor.context  # --fidelity_context on reaches the classifier
+
 
 def _row(sid, rank_all, p_all, attributed=True):
     line = {"p_film": None, "rank_film": None, "p_all": p_all, "rank_all": rank_all}
@@ -278,3 +286,24 @@ def test_versus_pairs_two_outputs_by_item_for_the_untrained_baseline_line(tmp_pa
         tool.main([str(tmp_path / "t.json"), str(tmp_path / "o.json")])
     with pytest.raises(tool.UserError, match="not a readable fidelity file"):
         tool.main([str(tmp_path / "t.json"), str(tmp_path / "missing.json")])
+
+
+def test_the_context_line_is_an_optional_classifier_feature():
+    """Two characters who say the same things, told apart only by what they answer: with the
+    context feature the answering character ranks first; the style figures and the cache key
+    keep the line and the setting apart."""
+    says = ["yes indeed", "of course", "very well", "as you wish", "right away"]
+    topics = {"cook": "kitchen soup pepper", "pilot": "runway altitude wind"}
+    samples = [_sample(f"{c}{i}", c, line, context=[f"{topic} question {i}"]) for c, topic in topics.items()
+               for i, line in enumerate(says)]
+    training = fidelity.TrainingPool(samples, samples, SimpleNamespace(members=[[s] for s in samples]))
+    plain, ctx = fidelity.setup(training, []), fidelity.setup(training, [], context=True)
+    assert not plain.attributor.context and ctx.attributor.describe()["context"] is True
+    assert ctx.attributor.mean_words == plain.attributor.mean_words and ctx.attributor.key != plain.attributor.key
+    item = [Item("q", "uq", "pilot", ["check the runway wind"], ["of course"], "")]
+    with_ctx = fidelity.score_items(ctx.attributor, ctx.films, item)[0][0]["generated"][0]
+    without = fidelity.score_items(plain.attributor, plain.films, item)[0][0]["generated"][0]
+    assert with_ctx["rank_all"] == 1 and with_ctx["p_all"] > 0.9  # the line alone: 0.55 (seen when it was dropped)
+    cook = [Item("q", "uq", "cook", ["check the runway wind"], ["of course"], "")]
+    assert fidelity.score_items(ctx.attributor, ctx.films, cook)[0][0]["generated"][0]["rank_all"] == 2
+    assert with_ctx["words"] == without["words"] == 2
