@@ -18,8 +18,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from chameleons import (data, diskspace, encoding, evaluation, fidelity, generation, model_loading, prediction,
-                        prompts, run_record, shards)
+from chameleons import (data, diskspace, encoding, evaluation, fidelity, fidelity_summary, generation, model_loading,
+                        prediction, predictor, prompts, ranks, run_record, shards)
 from chameleons.errors import UserError, user_errors_exit
 from chameleons.outputs import write_json, write_records, write_text
 from chameleons.conversations import Conversations
@@ -28,7 +28,7 @@ from chameleons.conversations import Conversations
 def main(argv=None) -> int:
     started = time.time()
     opts = prediction.parse_predict_args(argv)
-    dist = prediction.Distributed.from_env()
+    dist = ranks.Distributed.from_env()
     paths = shards.output_paths(opts.output_file)
     model_dirs = check_run(opts, dist)
     settings = run_record.resolve(opts, model_dirs)  # the models' run records, and the flags typed over them
@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     corpus = data.extract_samples(records, opts.input_file, for_prediction=True)
     if opts.evaluate and not any(s.target for s in corpus.samples):
         raise UserError(f"--evaluate: {opts.input_file} has no continuations to score against")
-    history = prediction.history_index(ablation, config, opts, settings.pool)
+    training = training_data(opts, config, settings.pool, ablation, dist)  # read once: history and fidelity
+    history = prediction.history_index(ablation, training)
     builder = prompts.PromptBuilder(ablation, opts.prompt_style, history, config.training.max_context_turns,
                                     opts.template_filename, settings.template_text)
     # The checks above need no torch (a bad input is one line in well under a second); these do.
@@ -63,18 +64,21 @@ def main(argv=None) -> int:
     rows = prediction.build_prompts(corpus.samples, builder, tokenizer, fmt, max_length)
 
     shards.check_output(opts.output_file, opts.overwrite)  # last check: tries a write
-    fid = fidelity_setup(opts, config, settings.pool, corpus, model_dirs, dist)
+    fid = fidelity_setup(opts, training, corpus, model_dirs, dist)
 
     # Generate: every rank takes its share of the items not already in the shards. Models are
     # loaded when first needed, one at a time (an ensemble never holds two members).
     dist.init()
-    members = prediction.make_members(model_dirs, opts.backend, tokenizer, fmt, sampling, dist,
-                                      max_length + opts.max_new_tokens, opts.tensor_parallel_size, opts.device_map)
-    predictor = prediction.Predictor(members, sampling, opts.batch_size)
+    spec = predictor.GeneratorSpec(opts.backend, tokenizer, fmt, sampling, max_length + opts.max_new_tokens,
+                                   opts.tensor_parallel_size, opts.device_map,
+                                   (config.model, config.training.seed) if opts.untrained else None)
+    members = predictor.make_members(model_dirs, spec, dist)
     store = shards.PartStore(opts.output_file, dist.rank)
     meta = shards.run_meta(model_dirs, rows, sampling, opts.backend,
-                           shards.PromptSettings(opts.ablation_config, opts.prompt_style, max_length))
-    results, stats = prediction.generate_all(rows, predictor, store, dist, meta, opts.overwrite)
+                           shards.PromptSettings(opts.ablation_config, opts.prompt_style, max_length)) \
+        | ({"untrained": True} if opts.untrained else {})
+    results, stats = prediction.generate_all(rows, predictor.Predictor(members, sampling, opts.batch_size),
+                                             prediction.ShardRun(store, meta, opts.overwrite), dist)
 
     # Extract and write: answers were extracted per item; the output gets each item's own.
     summary = None
@@ -85,7 +89,8 @@ def main(argv=None) -> int:
         summary = run_summary(opts, paths, model_dirs, dist.world, max_length, sampling, corpus, rows, results,
                               stats, time.time() - started)
         if fid is not None:
-            summary["fidelity"], summary["fidelity_file"] = character_fidelity(fid, corpus, results, paths, dist)
+            summary["fidelity"], summary["fidelity_file"] = character_fidelity(fid, corpus, results, paths, dist,
+                                                                                  opts.untrained)
 
     # Evaluate: loss as training computes it (split across ranks), metrics of the first continuations.
     if opts.evaluate:
@@ -106,33 +111,46 @@ def check_run(opts, dist) -> list:
     generation.check_backend(opts.backend, len(opts.model), dist.world, opts.evaluate, opts.tensor_parallel_size,
                              opts.device_map)
     model_dirs = model_loading.check_model_dirs(opts.model)
+    if opts.untrained and (len(model_dirs) > 1 or opts.backend != "hf"):
+        raise UserError("--untrained generates with the model one run started from: give one --model, --backend hf")
     if len(model_dirs) * opts.candidates_per_member < opts.num_samples:
         raise UserError(f"--candidates_per_member {opts.candidates_per_member} x {len(model_dirs)} models gives fewer "
                         f"candidates than --num_samples {opts.num_samples}")
     return model_dirs
 
 
-def fidelity_setup(opts, config, pool, corpus, model_dirs, dist):
-    """Rank 0, --fidelity on: the speaker classifier of the first model's run (its training pool,
-    never validation nor the input's references), cached in that model folder."""
-    if opts.fidelity == "off" or not dist.is_main:
+def training_data(opts, config, pool, ablation, dist):
+    """The training file's samples and the run's pool of them (`prediction.training_pool`), read
+    once for both users: use_history prompts (a missing file is an error) and rank 0's fidelity
+    classifier (a missing file is a notice); None when neither needs them."""
+    wants_fidelity = opts.fidelity == "on" and dist.is_main
+    if not (ablation.use_history or wants_fidelity):
         return None
     train_file = opts.data_file or config.resolve_path(config.data.train_file)
-    if not Path(train_file).is_file():
+    if not ablation.use_history and not Path(train_file).is_file():
         dist.warn(f"fidelity: training file {train_file} not found: no fidelity figures (pass --data_file, or "
                   f"--fidelity off)")
         return None
-    train, train_pool = prediction.training_pool(config, opts, pool)
-    return fidelity.setup(train, train_pool, Conversations(train), [s.target for s in corpus.samples if s.target],
-                          model_dirs[0], dist.warn)
+    return prediction.training_pool(config, opts, pool)
 
 
-def character_fidelity(fid, corpus, results, paths, dist):
+def fidelity_setup(opts, training, corpus, model_dirs, dist):
+    """Rank 0, --fidelity on: the speaker classifier of the first model's run (its training pool,
+    never validation nor the input's references), cached in that model folder."""
+    if opts.fidelity == "off" or not dist.is_main or training is None:
+        return None
+    train, train_pool = training
+    return fidelity.setup(fidelity.TrainingPool(train, train_pool, Conversations(train)),
+                          [s.target for s in corpus.samples if s.target], model_dirs[0], dist.warn,
+                          opts.fidelity_context == "on")
+
+
+def character_fidelity(fid, corpus, results, paths, dist, untrained: bool = False):
     """Per-item fidelity figures to <output>.fidelity.json; the run's summary, also printed."""
     rows, summary = fidelity.evaluate_items(fid, fidelity.prediction_items(corpus.samples, results), dist.warn)
     path = f"{paths['output']}.fidelity.json"
     write_json(path, {"summary": summary, "items": rows})
-    print(fidelity.format_summary(summary), flush=True)
+    print(("untrained model: " if untrained else "") + fidelity_summary.format_summary(summary), flush=True)
     if fid.fitted_now:
         fidelity.save_cache(fid.run_dir, fid.attributor, dist.warn)
     return summary, path
@@ -148,6 +166,7 @@ def run_summary(opts, paths, model_dirs, world, max_length, sampling, corpus, ro
         "models": [str(d) for d in model_dirs],
         "backend": opts.backend,
         "world_size": world,
+        "untrained": opts.untrained,
         "ablation_config": opts.ablation_config,
         "prompt_style": opts.prompt_style,
         "max_length": max_length,

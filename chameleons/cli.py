@@ -180,6 +180,9 @@ class TrainOptions(DataOptions):
     nproc_per_node: int | None = flag(None, "world size for the dry run's step counts (default: WORLD_SIZE or 1)",
                                       type=positive_int)
     seed: int | None = flag(None, "training seed (default: the config's training.seed)", type=int)
+    final_fidelity_items: int = flag(0, "after saving the best model, generate for the first N items of the run's fixed "
+                                        "validation subset and score character fidelity into final_fidelity.json "
+                                        "(chameleons/final_fidelity.py); 0 = off", type=non_negative_int)
 
     def config_flags(self) -> list:
         """The flags that stand for a config key, as `config.load_config` takes them."""

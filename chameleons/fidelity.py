@@ -13,42 +13,62 @@ distinct-1/2 and how often a line copies a context line verbatim.
 The classifier learns only from the run's training pool: lines that validation never holds
 (see `splitting`), minus any line whose text is a reference of the evaluated file, so the
 ceiling is always scored on unseen lines. A film is a set of records joined by shared
-conversations (`splitting.Conversations`), as the format names no film.
+conversations (`conversations.Conversations`), as the format names no film. The style figures live
+in `fidelity_style`, the run's aggregation in `fidelity_summary`.
 """
 
+import functools
 import hashlib
 import json
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .evaluation import distinct_n
+from .fidelity_style import normalize, style
+from .fidelity_summary import aggregate
 
 CACHE_NAME = "fidelity_attributor.pkl"
 SETTINGS = {"analyzer": "char_wb", "ngram_range": [2, 4], "min_df": 2, "sublinear_tf": True, "loss": "log_loss",
             "alpha": 1e-5, "random_state": 0, "format": 1}
-COPY_MIN_WORDS = 5  # a shorter line shared with the context ("yes", "I know") is not a copy
-BOOTSTRAP_SAMPLES = 1000
 # One-vs-rest SGD costs characters x lines: 428 characters x 4,170 lines (1.8e6) fit in 6-11 s of
 # CPU; the real corpus (7,797 characters x 72k lines) would take hours and a dense weight matrix
-# of characters x n-grams, so above this the figures are skipped with a notice.
+# of characters x n-grams, so above this class centroids are fitted instead (`fidelity_centroids`).
 MAX_FIT_SIZE = 2_000_000
-KINDS = ("generated", "reference", "baseline")
+CONTEXT_MARK = "\x1e"  # joins a line and its context line in a classifier input (--fidelity_context on)
 
-
-def normalize(text: str) -> str:
-    return " ".join((text or "").lower().split())
-
-
-def training_lines(samples, held_out=()) -> dict:
+def training_lines(samples, held_out=(), context: bool = False) -> dict:
     """{character: [line, ...]} from the samples' targets; lines whose normalised text is in
-    `held_out` (the evaluated references) are left out."""
+    `held_out` (the evaluated references) are left out. With `context`, each line carries the
+    context line it answers (`with_context`)."""
     held = {normalize(t) for t in held_out if t}
     out = {}
     for s in samples:
         if s.target and normalize(s.target) not in held:
-            out.setdefault(s.user_hash, []).append(s.target)
+            line = with_context(s.target, [c for _, c in s.context]) if context else s.target
+            out.setdefault(s.user_hash, []).append(line)
     return out
+
+
+def with_context(line: str, context) -> str:
+    """A classifier input of a line and the last context line (the turn it answers), joined by
+    CONTEXT_MARK; `line_and_context_ngrams` keeps their n-grams apart."""
+    return f"{line or ''}{CONTEXT_MARK}{context[-1] if context else ''}"
+
+
+def line_and_context_ngrams(text: str) -> list:
+    """The line's character n-grams (as without context) and the context line's, marked: the
+    classifier weighs "who answers this" apart from "who says this"."""
+    line, _, context = text.partition(CONTEXT_MARK)
+    ngrams = _char_ngrams()
+    return ngrams(line) + [CONTEXT_MARK + g for g in ngrams(context)]
+
+
+@functools.lru_cache(maxsize=1)
+def _char_ngrams():
+    """scikit-learn's own char_wb analyzer with the classifier's n-gram range."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(analyzer=SETTINGS["analyzer"], ngram_range=tuple(SETTINGS["ngram_range"])).build_analyzer()
 
 
 def film_mates(samples, conversations) -> dict:
@@ -74,7 +94,8 @@ def film_mates(samples, conversations) -> dict:
 
 
 def lines_key(lines_by_char: dict) -> str:
-    """What the classifier depends on: its settings, scikit-learn's version and every line."""
+    """What the classifier depends on: its settings, scikit-learn's version and every line (with
+    its context line where the classifier uses them)."""
     from importlib.metadata import version
 
     h = hashlib.sha256(json.dumps([SETTINGS, version("scikit-learn")], sort_keys=True).encode())
@@ -92,33 +113,58 @@ class Attributor:
     classes: list
     pipeline: object
     mean_words: dict  # character -> mean words of its training lines
+    kind: str = "sgd"  # or "centroid" (`model_kind`)
+    context: bool = False  # inputs are `with_context(line, context)`
 
-    def probabilities(self, lines) -> list:
-        """One row of class probabilities (in `classes` order) per line."""
-        return self.pipeline.predict_proba([line or "" for line in lines]).tolist() if lines else []
+    def describe(self) -> dict:
+        """What a summary records about the classifier."""
+        return {"characters": len(self.classes), "key": self.key[:16], "settings": SETTINGS, "model": self.kind,
+                "context": self.context}
+
+    def probabilities(self, lines, chunk: int = 500):
+        """One row of class probabilities (in `classes` order) per line, computed `chunk` lines at
+        a time: with thousands of characters a whole file's rows would not fit in memory."""
+        for start in range(0, len(lines), chunk):
+            yield from self.pipeline.predict_proba([line or "" for line in lines[start:start + chunk]]).tolist()
 
 
 def fit_attributor(lines_by_char: dict) -> Attributor:
     """Character n-gram TF-IDF and a linear log-loss model; SGD rather than lbfgs logistic
     regression because it fits a few thousand lines of 50 characters in under a second (lbfgs:
-    2-5 s) with the same attribution on the shipped sample. Needs two characters."""
+    2-5 s) with the same attribution on the shipped sample. Above MAX_FIT_SIZE (characters x
+    lines) class centroids instead (`fidelity_centroids`). Needs two characters."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import SGDClassifier
-    from sklearn.pipeline import make_pipeline
+
+    from .fidelity_centroids import CentroidClassifier
 
     if len(lines_by_char) < 2:
         raise ValueError("a speaker classifier needs lines of at least two characters")
     texts = [line for c in sorted(lines_by_char) for line in lines_by_char[c]]
     labels = [c for c in sorted(lines_by_char) for _ in lines_by_char[c]]
+    context = any(CONTEXT_MARK in t for t in texts)
     min_df = SETTINGS["min_df"] if len(texts) >= 50 else 1  # a tiny set has almost no n-gram twice
-    pipeline = make_pipeline(
-        TfidfVectorizer(analyzer=SETTINGS["analyzer"], ngram_range=tuple(SETTINGS["ngram_range"]), min_df=min_df,
-                        sublinear_tf=SETTINGS["sublinear_tf"]),
-        SGDClassifier(loss=SETTINGS["loss"], alpha=SETTINGS["alpha"], random_state=SETTINGS["random_state"]))
-    pipeline.fit(texts, labels)
-    mean_words = {c: sum(len(x.split()) for x in lines) / len(lines) for c, lines in lines_by_char.items()}
-    return Attributor(key=lines_key(lines_by_char), classes=[str(c) for c in pipeline.classes_], pipeline=pipeline,
-                      mean_words=mean_words)
+    ngrams = {"analyzer": line_and_context_ngrams} if context else \
+        {"analyzer": SETTINGS["analyzer"], "ngram_range": tuple(SETTINGS["ngram_range"])}
+    vectorizer = TfidfVectorizer(**ngrams, min_df=min_df, sublinear_tf=SETTINGS["sublinear_tf"])
+    if model_kind(lines_by_char) == "centroid":
+        model = CentroidClassifier(vectorizer).fit(texts, labels)
+    else:
+        from sklearn.pipeline import make_pipeline
+
+        model = make_pipeline(vectorizer, SGDClassifier(loss=SETTINGS["loss"], alpha=SETTINGS["alpha"],
+                                                        random_state=SETTINGS["random_state"])).fit(texts, labels)
+    mean_words = {c: sum(len(x.partition(CONTEXT_MARK)[0].split()) for x in lines) / len(lines)
+                  for c, lines in lines_by_char.items()}
+    return Attributor(key=lines_key(lines_by_char), classes=[str(c) for c in model.classes_], pipeline=model,
+                      mean_words=mean_words, kind=model_kind(lines_by_char), context=context)
+
+
+def model_kind(lines_by_char: dict) -> str:
+    """The classifier for these lines: sgd, or centroid where one-vs-rest SGD (its cost grows with
+    characters x lines) would not fit on a CPU in about a minute."""
+    size = len(lines_by_char) * sum(len(v) for v in lines_by_char.values())
+    return "centroid" if size > MAX_FIT_SIZE else "sgd"
 
 
 def attribution(probs, classes, intended: str, candidates=None) -> dict:
@@ -132,33 +178,6 @@ def attribution(probs, classes, intended: str, candidates=None) -> dict:
     total = sum(probs[index[c]] for c in pool)
     rank = 1 + sum(1 for c in pool if c != intended and probs[index[c]] >= mine)
     return {"p": round(mine / total, 6) if total > 0 else 1.0 / len(pool), "rank": rank, "n": len(pool)}
-
-
-def copies_context(line: str, context) -> bool:
-    """The line repeats a context line: equal to one, or one holds the other whole and the
-    shorter has at least COPY_MIN_WORDS words."""
-    mine = normalize(line)
-    if not mine:
-        return False
-    for turn in context:
-        other = normalize(turn)
-        if not other:
-            continue
-        if mine == other:
-            return True
-        short, long_ = (mine, other) if len(mine) <= len(other) else (other, mine)
-        if len(short.split()) >= COPY_MIN_WORDS and f" {short} " in f" {long_} ":
-            return True
-    return False
-
-
-def style(line: str, context, mean_words) -> dict:
-    """Style figures of one line: words, length ratio to the character's mean training line,
-    within-line distinct-1/2, and whether it copies a context line."""
-    words = len((line or "").split())
-    return {"words": words, "length_ratio": round(words / mean_words, 4) if mean_words else None,
-            "distinct_1": round(distinct_n([line or ""], 1), 4), "distinct_2": round(distinct_n([line or ""], 2), 4),
-            "copies_context": copies_context(line, context)}
 
 
 @dataclass
@@ -219,7 +238,8 @@ def score_items(attributor: Attributor, films: dict, items) -> tuple:
             for kind, j, text in texts:
                 lines.append(text)
                 where.append((k, kind, j))
-    probs = attributor.probabilities(lines)
+    inputs = [with_context(t, items[k].context) for t, (k, _, _) in zip(lines, where)] if attributor.context else lines
+    probs = attributor.probabilities(inputs)
     rows = [{"sample_id": it.sample_id, "character": it.character, "attributed": it.character in known,
              "film_characters": len(films.get(it.character, {it.character}) & known), "reference": None,
              "baseline": None} for it in items]
@@ -255,117 +275,6 @@ def _notices(rows, items) -> list:
     if any(it.reference for it in items) and not any(it.baseline for it in items):
         out.append("fidelity: the file has references of one character only: no other-character baseline")
     return out
-
-
-def mean_ci(values, seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -> dict:
-    """Mean and a 95% percentile bootstrap interval (seeded: the same figures on every run)."""
-    import numpy as np
-
-    values = [float(v) for v in values if v is not None]
-    if not values:
-        return {"mean": None, "ci95": None, "n": 0}
-    x = np.asarray(values)
-    means = x[np.random.default_rng(seed).integers(0, len(x), size=(samples, len(x)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean": round(float(x.mean()), 6), "ci95": [round(float(lo), 6), round(float(hi), 6)], "n": len(values)}
-
-
-def rank_score(rank, n):
-    """1 for rank 1, 0 for last, 0.5 expected by chance: comparable across candidate set sizes."""
-    if rank is None or n is None or n < 2:
-        return None
-    return 1 - (rank - 1) / (n - 1)
-
-
-def _kind_figures(rows, kind: str) -> list:
-    """The first figures of `kind` per attributed item (the first continuation for generated)."""
-    return [(r, _first(r, kind)) for r in rows if r["attributed"] and _first(r, kind) is not None]
-
-
-def summarize_kind(rows, kind: str, n_all: int) -> dict:
-    """Attribution among all characters and within the film, chance levels beside them."""
-    pairs = _kind_figures(rows, kind)
-    out = {"items": len(pairs)}
-    for scope, n_of in (("all", lambda r: n_all), ("film", lambda r: r["film_characters"])):
-        got = [(f[f"p_{scope}"], f[f"rank_{scope}"], n_of(r)) for r, f in pairs if f[f"rank_{scope}"] is not None]
-        out[scope] = {
-            "items": len(got),
-            "p": mean_ci([p for p, _, _ in got]),
-            "rank": mean_ci([k for _, k, _ in got]),
-            "top1": mean_ci([k == 1 for _, k, _ in got]),
-            "top3": mean_ci([k <= 3 for _, k, _ in got]),
-            "score": mean_ci([rank_score(k, n) for _, k, n in got]),
-            "chance": {"p": _mean([1 / n for _, _, n in got]), "rank": _mean([(n + 1) / 2 for _, _, n in got]),
-                       "top1": _mean([1 / n for _, _, n in got]), "top3": _mean([min(3, n) / n for _, _, n in got]),
-                       "score": 0.5 if got else None},
-        }
-    return out
-
-
-def _mean(values):
-    return round(sum(values) / len(values), 6) if values else None
-
-
-def margin(rows, high: str, low: str, n_all: int) -> dict:
-    """Paired difference `high` - `low` of the all-characters rank score and probability, on the
-    items that have both, with bootstrap intervals: above 0 means `high` sounds more like the
-    intended character."""
-    score, prob = [], []
-    for r in rows:
-        a, b = _first(r, high), _first(r, low)
-        if r["attributed"] and a and b and a["rank_all"] is not None and b["rank_all"] is not None:
-            score.append(rank_score(a["rank_all"], n_all) - rank_score(b["rank_all"], n_all))
-            prob.append(a["p_all"] - b["p_all"])
-    return {"score": mean_ci(score), "p": mean_ci(prob)}
-
-
-def _first(row, kind: str):
-    return (row["generated"][:1] or [None])[0] if kind == "generated" else row[kind]
-
-
-def style_summary(rows, items, kind: str) -> dict:
-    """Length ratio and copy rate of the first line of `kind` per item (all items, attributed
-    or not: they need no classifier), and distinct-1/2 over those lines. Empty lines (an answer
-    that could not be extracted) are counted; they are not attributed (the classifier would score
-    them at its prior)."""
-    texts = {"generated": lambda it: it.generated[0] if it.generated else None,
-             "reference": lambda it: it.reference or None, "baseline": lambda it: it.baseline or None}[kind]
-    figures = [_first(r, kind) for r in rows if r["attributed"]]
-    figures = [f for f in figures if f]
-    lines = [t for t in (texts(it) for it in items) if t is not None]
-    copied = [copies_context(texts(it), it.context) for it in items if texts(it) is not None]
-    return {"lines": len(lines), "empty": sum(1 for t in lines if not t.strip()),
-            "length_ratio": mean_ci([f["length_ratio"] for f in figures]),
-            "distinct_1": round(distinct_n(lines, 1), 4), "distinct_2": round(distinct_n(lines, 2), 4),
-            "copy_rate": mean_ci(copied)}
-
-
-def aggregate(rows, items, attributor: Attributor, notices=()) -> dict:
-    """The run's fidelity summary: attribution per kind (generated, reference = ceiling,
-    baseline = another character's line), the margins, style statistics and the notices."""
-    n_all = len(attributor.classes)
-    out = {"classifier": {"characters": n_all, "key": attributor.key[:16], "settings": SETTINGS},
-           "items": len(rows), "attributed": sum(r["attributed"] for r in rows)}
-    for kind in KINDS:
-        out[kind] = summarize_kind(rows, kind, n_all)
-        out[kind]["style"] = style_summary(rows, items, kind)
-    out["margin"] = {"reference_minus_baseline": margin(rows, "reference", "baseline", n_all),
-                     "generated_minus_baseline": margin(rows, "generated", "baseline", n_all),
-                     "reference_minus_generated": margin(rows, "reference", "generated", n_all)}
-    out["notices"] = list(notices)
-    return out
-
-
-def format_summary(summary: dict) -> str:
-    """One line per kind for the console: the all-characters score and top-1 with chance."""
-    parts = []
-    for kind in KINDS:
-        a = summary[kind]["all"]
-        if a["items"]:
-            parts.append(f"{kind} score {a['score']['mean']:.3f} top-1 {a['top1']['mean']:.3f} "
-                         f"rank {a['rank']['mean']:.1f} ({a['items']} items)")
-    chance = f"; chance: score 0.5, top-1 {1 / summary['classifier']['characters']:.3f}"
-    return f"fidelity among {summary['classifier']['characters']} characters: " + "; ".join(parts or ["nothing"]) + chance
 
 
 # The run's edge: the training pool of a run folder, the cached classifier, the whole evaluation.
@@ -416,6 +325,15 @@ def save_cache(folder, attributor: Attributor, warn=None):
             warn(f"fidelity: classifier not cached in {folder} ({exc.strerror or exc})")
 
 
+@dataclass(frozen=True)
+class TrainingPool:
+    """What a run's classifier learns from: the training file's samples (their films), the run's
+    pool of them, and their conversations (`conversations.Conversations`)."""
+    samples: list
+    pool: list
+    conversations: object
+
+
 @dataclass
 class Setup:
     """What scoring needs from the run: the classifier and the films."""
@@ -427,32 +345,31 @@ class Setup:
     fitted_now: bool = False
 
 
-def setup(train_samples, pool_samples, conversations, held_out, run_dir=None, warn=None):
+def setup(training: TrainingPool, held_out, run_dir=None, warn=None, context: bool = False):
     """The classifier of a run (its training pool, minus the manifest's validation ids and the
-    evaluated references) and its films; None, with one notice, when it cannot be built."""
+    evaluated references; with `context`, each line with the line it answers) and its films;
+    None, with one notice, when it cannot be built."""
     val = validation_ids(run_dir) if run_dir else set()
-    pool = [s for s in pool_samples if s.sample_id not in val]
-    lines = training_lines(pool, held_out)
+    pool = [s for s in training.pool if s.sample_id not in val]
+    lines = training_lines(pool, held_out, context)
     if len(lines) < 2:
         if warn:
             warn(f"fidelity: the run's training pool has lines of {len(lines)} character(s); a speaker classifier "
                  f"needs two: no fidelity figures")
         return None
-    size = len(lines) * sum(len(v) for v in lines.values())
-    if size > MAX_FIT_SIZE:
-        if warn:
-            warn(f"fidelity: {len(lines):,} characters x {size // len(lines):,} training lines is beyond what the "
-                 f"speaker classifier fits on a CPU in about a minute (limit {MAX_FIT_SIZE:,}): no fidelity figures "
-                 f"(--fidelity off silences this)")
-        return None
+    if model_kind(lines) == "centroid" and warn:
+        size = sum(len(v) for v in lines.values())
+        warn(f"fidelity: {len(lines):,} characters x {size:,} training lines is beyond what one-vs-rest SGD fits on "
+             f"a CPU in about a minute (limit {MAX_FIT_SIZE:,}): class-centroid classifier instead (ranks exact, "
+             f"probabilities relative; compare runs only within one classifier kind)")
     try:
         attributor, fitted = cached_attributor(run_dir, lines)
     except ValueError as exc:  # e.g. scikit-learn's "empty vocabulary" for lines with no n-gram in common
         if warn:
             warn(f"fidelity: no speaker classifier could be fitted ({exc}): no fidelity figures")
         return None
-    return Setup(attributor=attributor, films=film_mates(train_samples, conversations),
-                 training_lines=sum(len(v) for v in lines.values()), excluded_validation=len(pool_samples) - len(pool),
+    return Setup(attributor=attributor, films=film_mates(training.samples, training.conversations),
+                 training_lines=sum(len(v) for v in lines.values()), excluded_validation=len(training.pool) - len(pool),
                  run_dir=run_dir, fitted_now=fitted)
 
 
@@ -463,7 +380,7 @@ def evaluate_items(fid: Setup, items, warn=None) -> tuple:
     if other_film:
         notices.append(f"fidelity: {other_film} items' baselines come from another film's character (no other "
                        f"character of their film has a reference in the file)")
-    summary = aggregate(rows, items, fid.attributor, notices)
+    summary = aggregate(rows, items, fid.attributor.describe(), notices)
     summary["classifier"].update(training_lines=fid.training_lines, excluded_validation=fid.excluded_validation,
                                  cached=not fid.fitted_now)
     for line in notices:

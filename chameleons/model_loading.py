@@ -239,6 +239,21 @@ def load_model(model_dir, device, device_map: str = "rank", warn=None):
     return model.eval()
 
 
+def load_untrained(model_dir, model, seed: int, device, warn=None):
+    """The model a run started from, for the untrained baseline: its base (`model.name_or_path`,
+    loaded as a member is), or for a `model.random_init` run the architecture of the run's saved
+    config.json with weights drawn after seeding with the run's seed."""
+    if not model.random_init:
+        return load_model(model.name_or_path, device, "rank", warn)
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    with _quiet_loading():
+        built = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(model_dir)), dtype=torch.float32)
+    return prepare_for_inference(built).to(device).eval()
+
+
 def free_memory():
     """Drop what a released model left: Python cycles, and the CUDA cache the next load needs."""
     gc.collect()

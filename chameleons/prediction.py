@@ -1,7 +1,8 @@
 """Continuations for a Chameleons file, the flow: the flags, the input, prompts built exactly as
 training builds them, the models turned into results (one model, or an ensemble ranking its
 members' candidates), every rank's share generated and merged, the answers attached to the
-input, and the run's summaries. The parts it drives live beside it: `generation` (sampling,
+input, and the run's summaries. The parts it drives live beside it: `predictor` (the models
+turned into results), `ranks` (the launcher's ranks), `generation` (sampling,
 seeds, the HF and vLLM generators), `model_loading` (model folders, fingerprints, loading one
 member at a time, the shared tokenizer) and `shards` (output paths and the resumable per-rank
 shards).
@@ -32,21 +33,22 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import data, launch, model_loading
+from . import data
 from .cli import (DataOptions, OneLineParser, add_flags, flag, non_negative_float, non_negative_int, parse_options,
                   positive_float, positive_int, probability, typed_flags)
 from .data import item_id, item_position, load_corpus, read_records
 from .encoding import encode_samples
 from .errors import UserError
-from .evaluation import ensemble_token_logprobs, mean_loglik, token_logprobs
-from .generation import BACKENDS, DEVICE_MAPS, Candidate, HFGenerator, Sampling, VllmGenerator, sample_seed
+from .evaluation import token_logprobs
+from .generation import BACKENDS, DEVICE_MAPS
 from .model_loading import Members
-from .prompts import HistoryIndex, extract_answer
+from .predictor import unpromptable_result
+from .prompts import HistoryIndex
+from .ranks import Distributed
 from .run_record import PROMPT_FLAGS, SPLIT_FLAGS
 from .shards import PartStore
 from .splitting import SplitSettings, split_train_val
 
-PROBLEM_PROMPT_TOO_LONG = "prompt_too_long"
 TRAINING_CONFIG = "training_config.json"
 
 
@@ -91,6 +93,12 @@ class PredictOptions(DataOptions):
     fidelity: str = flag("on", "on: speaker-attribution and style figures per item (<output>.fidelity.json) and in the "
                                "summary, from a classifier of the training run's lines (chameleons/fidelity.py)",
                          choices=["on", "off"])
+    fidelity_context: str = flag("off", "on: the speaker classifier also sees the context line each line answers "
+                                        "(docs/PREDICTION.md section 5)", choices=["on", "off"])
+    untrained: bool = flag(False, "generate with the model the --model run started from (its base model; for a "
+                                  "model.random_init run, weights drawn with the run's training.seed), scored like the "
+                                  "trained model: the untrained baseline (tools/fidelity_versus.py)",
+                           action="store_true")
     typed: frozenset = field(default=frozenset())
 
 
@@ -105,92 +113,6 @@ def parse_predict_args(argv=None) -> PredictOptions:
     opts = parse_options(PredictOptions, predict_parser(), argv,
                          candidates_per_member=lambda values: values["num_samples"])
     return replace(opts, typed=typed_flags(PredictOptions, argv))
-
-
-# ---------------------------------------------------------------- ranks
-
-class Distributed:
-    """RANK/WORLD_SIZE from the launcher; a gloo group carries the (small) Python objects."""
-
-    def __init__(self, rank=0, world=1, local_rank=0):
-        self.rank, self.world, self.local_rank = rank, world, local_rank
-        self._group = False
-
-    @classmethod
-    def from_env(cls):
-        """The launcher's variables, read as training reads them (`launch`) and checked: a bad one
-        is one error line, not a traceback later."""
-        rank, world, local = launch.rank(), launch.world_size(), launch.local_rank()
-        if world < 1:
-            raise UserError(f"environment variable WORLD_SIZE={world} must be at least 1")
-        if not 0 <= rank < world:
-            raise UserError(f"environment variable RANK={rank} must be in 0..WORLD_SIZE-1 ({world - 1})")
-        if local < 0:
-            raise UserError(f"environment variable LOCAL_RANK={local} must not be negative")
-        return cls(rank, world, local)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def init(self):
-        if self.world > 1 and not self._group:
-            from datetime import timedelta
-
-            import torch.distributed as dist
-
-            if not dist.is_initialized():
-                dist.init_process_group("gloo", timeout=timedelta(hours=12))
-            self._group = True
-
-    def device(self):
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.set_device(self.local_rank)
-            return torch.device("cuda", self.local_rank)
-        return torch.device("cpu")
-
-    def broadcast(self, obj):
-        if self.world == 1:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def gather(self, obj) -> list:
-        """Every rank's object, on rank 0 (None elsewhere)."""
-        if self.world == 1:
-            return [obj]
-        import torch.distributed as dist
-
-        box = [None] * self.world if self.is_main else None
-        dist.gather_object(obj, box, dst=0)
-        return box
-
-    def barrier(self):
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def close(self):
-        if self._group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-            self._group = False
-
-    def warn(self, message: str):
-        if self.is_main:
-            print(f"warning: {message}", file=sys.stderr, flush=True)
-
-    def notice(self, message: str):
-        if self.is_main:
-            print(f"notice: {message}", file=sys.stderr, flush=True)
-
 
 # ---------------------------------------------------------------- inputs
 
@@ -238,11 +160,12 @@ def all_item_ids(records) -> list:
     return ids
 
 
-def history_index(ablation, config, opts: DataOptions, pool=None):
-    """use_history prompts draw on the training run's pool (`training_pool`)."""
+def history_index(ablation, training):
+    """use_history prompts draw on the training run's pool; `training` is what `training_pool`
+    returned (read once by the caller: the fidelity classifier learns from the same lines)."""
     if not ablation.use_history:
         return None
-    samples, pool_samples = training_pool(config, opts, pool)
+    samples, pool_samples = training
     return HistoryIndex.for_pool(pool_samples, samples)
 
 
@@ -286,160 +209,22 @@ def build_prompts(samples, builder, tokenizer, fmt, max_length: int, chunk: int 
 
 
 # ---------------------------------------------------------------- results
-
-def make_members(model_dirs, backend: str, tokenizer, fmt, sampling: Sampling, dist, max_model_len: int,
-                 tensor_parallel_size: int = 1, device_map: str = "rank") -> Members:
-    """The run's models behind its backend, each loaded when first needed. vLLM: the engine is
-    the generator; HF: the model is loaded on this rank's device, an ensemble member proposing
-    --candidates_per_member candidates, a lone model --num_samples."""
-    if backend == "vllm":
-        return Members(model_dirs, lambda d: VllmGenerator(d, tokenizer, fmt, sampling, max_model_len,
-                                                           tensor_parallel_size), lambda g: g)
-    device = dist.device()
-    n = sampling.candidates_per_member if len(model_dirs) > 1 else sampling.num_samples
-    return Members(model_dirs, lambda d: model_loading.load_model(d, device, device_map, dist.warn),
-                   lambda m: HFGenerator(m, tokenizer, fmt, sampling, n))
+@dataclass(frozen=True)
+class ShardRun:
+    """Where this rank's results are appended, what an earlier run's must match to be resumed
+    (`shards.run_meta`), and whether they are discarded instead (--overwrite)."""
+    store: PartStore
+    meta: dict
+    overwrite: bool = False
 
 
-def choose_best(candidates, scores, k: int) -> list:
-    """Indices of the k best candidates by score (ties: proposal order), distinct answers first."""
-    order = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))
-    seen, first, rest = set(), [], []
-    for i in order:
-        key = extract_answer(candidates[i].text)[0] or candidates[i].text
-        (rest if key in seen else first).append(i)
-        seen.add(key)
-    return (first + rest)[:k]
-
-
-class Predictor:
-    """Turns prompt rows into finished results (one JSON-able dict per item).
-
-    One model: batch by batch, each batch's results final at once. An ensemble: member by
-    member (see the module docstring), each member's proposals and scores written to the shards
-    as they are made, so peak memory is one model and a resumed run skips finished members."""
-
-    def __init__(self, members: Members, sampling: Sampling, batch_size: int, score_batch_size: int = None):
-        self.members = members
-        self.sampling = sampling
-        self.batch_size = batch_size
-        self.score_batch_size = score_batch_size or batch_size
-        self.generated_tokens = 0
-
-    def seeds(self, member: int, rows, n: int) -> list:
-        return [[sample_seed(self.sampling.seed, member, r.sample.uid, j) for j in range(n)] for r in rows]
-
-    def _propose(self, member: int, rows) -> list:
-        gen = self.members.generator(member)
-        out = gen.generate([r.ids for r in rows], self.seeds(member, rows, gen.n))
-        self.generated_tokens += sum(len(c.token_ids) for cands in out for c in cands[:gen.draws])
-        return out
-
-    def __call__(self, rows) -> list:
-        """One model: a batch's final results."""
-        return [make_result(row, cands[:self.sampling.num_samples]) for row, cands in zip(rows, self._propose(0, rows))]
-
-    def run(self, rows, store=None, progress=None):
-        """Final results of `rows` (longest prompts first), as they are finished."""
-        batches = [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
-        if len(self.members) == 1:
-            if progress:
-                progress("generate", 0)
-            for batch in batches:
-                yield from self(batch)
-                if progress:
-                    progress("generate", len(batch))
-            return
-        yield from self._ensemble(rows, batches, store, progress)
-
-    def _ensemble(self, rows, batches, store, progress):
-        """Generate with members 1..M, then score with M..1 (the last generator is still in memory):
-        2M - 1 loads, one model at a time."""
-        m_count = len(self.members)
-        uid_of = {r.sample_id: r.sample.uid for r in rows}
-        proposals = {sid: [None] * m_count for sid in uid_of}
-        for m in range(m_count):
-            self._proposals_of(m, batches, uid_of, proposals, store, progress)
-        flat = {sid: [c for per_member in props for c in per_member] for sid, props in proposals.items()}
-        logprobs = {sid: [None] * m_count for sid in uid_of}
-        for m in reversed(range(m_count)):
-            self._scores_of(m, batches, uid_of, flat, logprobs, store, progress)
-        for row in rows:
-            cands, per_member = flat[row.sample_id], logprobs[row.sample_id]
-            scores = [mean_loglik(ensemble_token_logprobs([per_member[m][j] for m in range(m_count)]))
-                      for j in range(len(cands))]
-            keep = choose_best(cands, scores, self.sampling.num_samples)
-            yield make_result(row, [cands[i] for i in keep], [scores[i] for i in keep])
-
-    def _proposals_of(self, m: int, batches, uid_of, proposals, store, progress):
-        """Member m's candidates of every item into `proposals[sample_id][m]`: read back from its
-        shard stage where an earlier run made them, else generated and appended there."""
-        stage, label = f"gen.m{m}", f"generate {m + 1}/{len(self.members)}"
-        if progress:
-            progress(label, 0)
-        for sid, line in store.read_stage(stage, uid_of).items():
-            proposals[sid][m] = [Candidate.from_json(c) for c in line["cands"]]
-        for batch in batches:
-            todo = [r for r in batch if proposals[r.sample_id][m] is None]
-            if todo:
-                for r, cands in zip(todo, self._propose(m, todo)):
-                    proposals[r.sample_id][m] = cands
-                    store.append_stage(stage, {"sample_id": r.sample_id, "uid": r.sample.uid,
-                                               "cands": [c.to_json() for c in cands]})
-            if progress:
-                progress(label, len(batch))
-
-    def _scores_of(self, m: int, batches, uid_of, flat, logprobs, store, progress):
-        """Member m's token log-probs of every item's candidates (`flat`) into
-        `logprobs[sample_id][m]`: read back from its shard stage, else scored and appended there."""
-        stage, label = f"score.m{m}", f"score {len(self.members) - m}/{len(self.members)}"
-        if progress:
-            progress(label, 0)
-        for sid, line in store.read_stage(stage, uid_of).items():
-            if len(line["lps"]) == len(flat[sid]):
-                logprobs[sid][m] = line["lps"]
-        for batch in batches:
-            todo = [r for r in batch if logprobs[r.sample_id][m] is None]
-            if todo:
-                pairs = [(r.ids + c.token_ids, len(r.ids)) for r in todo for c in flat[r.sample_id]]
-                lps = token_logprobs(self.members.model(m), pairs, self.score_batch_size)
-                k = 0
-                for r in todo:
-                    n = len(flat[r.sample_id])
-                    logprobs[r.sample_id][m] = lps[k:k + n]
-                    k += n
-                    store.append_stage(stage, {"sample_id": r.sample_id, "uid": r.sample.uid,
-                                               "lps": logprobs[r.sample_id][m]})
-            if progress:
-                progress(label, len(batch))
-
-
-def make_result(row, candidates, scores=None) -> dict:
-    answers = [extract_answer(c.text) for c in candidates]
-    return {
-        "sample_id": row.sample_id,
-        "uid": row.sample.uid,
-        "continuations": [a for a, _ in answers],
-        "problems": [p for _, p in answers],
-        "raw": [c.raw for c in candidates],
-        "scores": [round(s, 6) for s in scores] if scores is not None else None,
-        "prompt_tokens": len(row.ids),
-        "prompt_truncated": row.truncated,
-    }
-
-
-def unpromptable_result(row, n: int) -> dict:
-    return {"sample_id": row.sample_id, "uid": row.sample.uid, "continuations": [""] * n,
-            "problems": [PROBLEM_PROMPT_TOO_LONG] * n, "raw": [""] * n, "scores": None,
-            "prompt_tokens": 0, "prompt_truncated": True}
-
-
-def generate_all(rows, predictor, store: PartStore, dist: Distributed, meta: dict, overwrite: bool,
-                 progress: bool = True):
+def generate_all(rows, predictor, shard_run: ShardRun, dist: Distributed, progress: bool = True):
     """Every row's result on rank 0 ({sample_id: result}, or None on other ranks) and this run's
     counts. Rows done by an earlier run are read back, not regenerated; the rest are split
     across ranks, longest prompts first, and each result is appended to this rank's shard."""
-    done = store.prepare(meta, rows, predictor.sampling.num_samples, overwrite) if dist.is_main else None
+    store = shard_run.store
+    done = store.prepare(shard_run.meta, rows, predictor.sampling.num_samples, shard_run.overwrite) \
+        if dist.is_main else None
     done_set = set(dist.broadcast(sorted(done) if dist.is_main else None))
     mine = [r for r in rows if r.sample_id not in done_set][dist.rank::dist.world]
     started = time.time()

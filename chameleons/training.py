@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import (checkpoints, diskspace, expert_parallel, flops, launch, model_spec, outputs, planning, preflight,
-               run_record, saves, tracking, zero3)
+from . import (checkpoints, diskspace, expert_parallel, final_fidelity, flops, launch, model_spec, outputs, planning,
+               preflight, run_record, saves, tracking, zero3)
 from .batching import check_packing_supported, make_collator, trainer_args_for_batching
 from .encoding import Tokenization, encode_split
 from .errors import UserError
@@ -302,6 +302,7 @@ class TrainingRun:
         runlog.line(f"best model restored from {trainer.state.best_model_checkpoint}: final eval_loss "
                     f"{final['final_loss']:.4f} (best recorded {best:.4f})")
         trainer.save_model(output_dir)
+        final_fidelity.final_fidelity(self.opts, trainer, self.encoded, self.data.tokenizer, runlog)  # every rank
         if not self.main:
             return 0
         self.data.tokenizer.save_pretrained(output_dir)

@@ -194,6 +194,14 @@ def test_fidelity_columns_setting_mean_and_plot(three_runs, tmp_path):
     _fidelity_summary(three_runs[1], 0.7, input_file="data/other.json")  # seeds that predicted other files
     ctx = {s["setting"]: s for s in compare_runs.compare(three_runs, out)["settings"]}["context_only simple N2"]
     assert ctx["fid_score"] is None and ctx["fid_input"] == "dev.json other.json"
+    untrained = three_runs[0] / "dev_pred.untrained.json.summary.json"  # newest, but the baseline's
+    untrained.write_text(json.dumps({"input_file": "data/dev.json", "untrained": True,
+                                     "fidelity": {"generated": {"all": {"score": {"mean": 0.5}}}}}))
+    assert compare_runs.read_run(three_runs[0]).fidelity["fid_score"] == 0.6
+    final = {"items_requested": 200, "summary": {"generated": {"all": {"score": {"mean": 0.55}}}}}
+    (three_runs[0] / "final_fidelity.json").write_text(json.dumps(final))  # --final_fidelity_items, newest
+    got = compare_runs.read_run(three_runs[0]).fidelity
+    assert (got["fid_score"], got["fid_input"]) == (0.55, "final_fidelity (200 items)")
 
 
 def _run_tool(*args, cwd):

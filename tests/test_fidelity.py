@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from chameleons import fidelity  # noqa: E402
+from chameleons import fidelity, fidelity_style, fidelity_summary  # noqa: E402
 from chameleons.data import load_corpus  # noqa: E402
 from chameleons.fidelity import Item  # noqa: E402
 
@@ -44,23 +44,23 @@ def test_attribution_probability_is_renormalised_and_ties_count_against():
     film = fidelity.attribution(probs, classes, "a", ["a", "d"])
     assert film == {"p": 0.5, "rank": 2, "n": 2}
     assert fidelity.attribution(probs, classes, "zzz")["rank"] is None
-    assert fidelity.rank_score(1, 4) == 1 and fidelity.rank_score(4, 4) == 0 and fidelity.rank_score(1, 1) is None
+    assert fidelity_summary.rank_score(1, 4) == 1 and fidelity_summary.rank_score(4, 4) == 0 and fidelity_summary.rank_score(1, 1) is None
 
 
 def test_copies_context_needs_a_whole_line_of_five_words():
     context = ["Where were you last night, John?", "I know."]
-    assert fidelity.copies_context("where were you  last night, john?", context)  # equal once normalised
-    assert fidelity.copies_context("Well. Where were you last night, John? Tell me.", context)  # holds it whole
-    assert fidelity.copies_context("I know.", context)  # equal, however short
-    assert not fidelity.copies_context("I know. Fine.", context)  # holds a short line: not a copy
-    assert not fidelity.copies_context("", context)
+    assert fidelity_style.copies_context("where were you  last night, john?", context)  # equal once normalised
+    assert fidelity_style.copies_context("Well. Where were you last night, John? Tell me.", context)  # holds it whole
+    assert fidelity_style.copies_context("I know.", context)  # equal, however short
+    assert not fidelity_style.copies_context("I know. Fine.", context)  # holds a short line: not a copy
+    assert not fidelity_style.copies_context("", context)
 
 
 def test_style_figures():
-    s = fidelity.style("a b a b", ["x"], 2.0)
+    s = fidelity_style.style("a b a b", ["x"], 2.0)
     assert s == {"words": 4, "length_ratio": 2.0, "distinct_1": 0.5, "distinct_2": round(2 / 3, 4),
                  "copies_context": False}
-    assert fidelity.style("a", [], None)["length_ratio"] is None
+    assert fidelity_style.style("a", [], None)["length_ratio"] is None
 
 
 def test_training_lines_leave_out_the_evaluated_references():
@@ -91,16 +91,16 @@ def test_baselines_prefer_the_same_film_and_are_deterministic():
 
 
 def test_mean_ci_is_seeded_and_brackets_the_mean():
-    assert fidelity.mean_ci([2, 2, 2]) == {"mean": 2.0, "ci95": [2.0, 2.0], "n": 3}
-    assert fidelity.mean_ci([None]) == {"mean": None, "ci95": None, "n": 0}
+    assert fidelity_summary.mean_ci([2, 2, 2]) == {"mean": 2.0, "ci95": [2.0, 2.0], "n": 3}
+    assert fidelity_summary.mean_ci([None]) == {"mean": None, "ci95": None, "n": 0}
     values = [0, 1] * 50
-    ci = fidelity.mean_ci(values)
-    assert ci == fidelity.mean_ci(values) and ci["ci95"][0] < 0.5 < ci["ci95"][1] and ci["ci95"][1] - ci["ci95"][0] < 0.3
+    ci = fidelity_summary.mean_ci(values)
+    assert ci == fidelity_summary.mean_ci(values) and ci["ci95"][0] < 0.5 < ci["ci95"][1] and ci["ci95"][1] - ci["ci95"][0] < 0.3
 
 
 def test_the_classifier_attributes_distinct_voices(attributor):
     held_out = {"pirate": "arr the rum matey", "robot": "beep unit affirmative", "poet": "o silver moonlight"}
-    probs = attributor.probabilities(list(held_out.values()))
+    probs = list(attributor.probabilities(list(held_out.values()), chunk=2))
     for (character, _), row in zip(held_out.items(), probs):
         assert fidelity.attribution(row, attributor.classes, character)["rank"] == 1, character
     with pytest.raises(ValueError, match="two characters"):
@@ -121,13 +121,13 @@ def test_scoring_bad_items_is_notices_not_a_crash(attributor):
     assert rows[2]["generated"][0]["rank_film"] is None and rows[2]["generated"][0]["rank_all"] is not None
     assert rows[3]["generated"][0]["rank_all"] is None and rows[3]["generated"][0]["words"] == 3 and len(notices) == 2
     assert "1 of 4 items (1 characters) have no training lines" in notices[0] and "only character" in notices[1]
-    summary = fidelity.aggregate(rows, items, attributor, notices)
+    summary = fidelity_summary.aggregate(rows, items, attributor.describe(), notices)
     assert summary["generated"]["all"]["items"] == 3 and summary["generated"]["film"]["items"] == 2
     assert summary["generated"]["all"]["chance"]["top1"] == pytest.approx(1 / 3)
     assert summary["generated"]["style"]["lines"] == 4  # style needs no classifier
     assert summary["generated"]["style"]["empty"] == 0 and summary["baseline"]["style"]["lines"] == 3
     json.dumps(summary)  # JSON-able as written
-    assert "fidelity among 3 characters" in fidelity.format_summary(summary)
+    assert "fidelity among 3 characters" in fidelity_summary.format_summary(summary)
 
     # an empty answer (nothing extracted) is not attributed: at the classifier's prior it could
     # outscore the reference; the order of an item's continuations is kept
@@ -136,7 +136,7 @@ def test_scoring_bad_items_is_notices_not_a_crash(attributor):
     assert rows[1]["generated"][0]["rank_all"] is None and rows[1]["generated"][0]["words"] == 0
     assert rows[1]["generated"][1]["rank_all"] == 1
     assert "1 generated lines are empty" in " ".join(notices)
-    assert fidelity.aggregate(rows, items, attributor, notices)["generated"]["all"]["items"] == 2
+    assert fidelity_summary.aggregate(rows, items, attributor.describe(), notices)["generated"]["all"]["items"] == 2
 
 
 def test_setup_excludes_manifest_validation_and_needs_two_characters(tmp_path, monkeypatch):
@@ -144,21 +144,35 @@ def test_setup_excludes_manifest_validation_and_needs_two_characters(tmp_path, m
             enumerate((c, line) for c, lines in VOICES.items() for line in lines)]
     (tmp_path / "split_manifest.json").write_text(json.dumps({"validation": ["0", "1"]}))
     conversations = SimpleNamespace(members=[[s] for s in pool])
-    fid = fidelity.setup(pool, pool, conversations, [], tmp_path)
+    training = fidelity.TrainingPool(pool, pool, conversations)
+    fid = fidelity.setup(training, [], tmp_path)
     assert fid.excluded_validation == 2 and fid.training_lines == len(pool) - 2 and fid.fitted_now
     fidelity.save_cache(tmp_path, fid.attributor)
-    assert not fidelity.setup(pool, pool, conversations, [], tmp_path).fitted_now  # read from the cache
+    assert not fidelity.setup(training, [], tmp_path).fitted_now  # read from the cache
     (tmp_path / fidelity.CACHE_NAME).write_bytes(b"damaged")
-    assert fidelity.setup(pool, pool, conversations, [], tmp_path).fitted_now  # refitted, no error
+    assert fidelity.setup(training, [], tmp_path).fitted_now  # refitted, no error
     notices = []
-    assert fidelity.setup(pool[:5], pool[:5], conversations, [], None, notices.append) is None
+    assert fidelity.setup(fidelity.TrainingPool(pool[:5], pool[:5], conversations), [], None, notices.append) is None
     assert len(notices) == 1 and "needs two" in notices[0]
     odd = [_sample(str(i), "ab"[i % 2], chr(0x4e00 + i)) for i in range(60)]  # no n-gram twice: no vocabulary
-    assert fidelity.setup(odd, odd, conversations, [], None, notices.append) is None
+    assert fidelity.setup(fidelity.TrainingPool(odd, odd, conversations), [], None, notices.append) is None
     assert len(notices) == 2 and "no speaker classifier could be fitted" in notices[1]
-    monkeypatch.setattr(fidelity, "MAX_FIT_SIZE", 3 * 12)  # 3 characters x 13 lines is over it
-    assert fidelity.setup(pool, pool, conversations, [], None, notices.append) is None
-    assert len(notices) == 3 and "beyond what the speaker classifier fits" in notices[2]
+    monkeypatch.setattr(fidelity, "MAX_FIT_SIZE", 3 * 12)  # 3 characters x 13 lines is over it: class centroids
+    big = fidelity.setup(training, [], None, notices.append)
+    assert big.attributor.kind == "centroid" and big.attributor.describe()["model"] == "centroid"
+    assert len(notices) == 3 and "class-centroid classifier instead" in notices[2]
+
+
+def test_the_centroid_classifier_attributes_distinct_voices(monkeypatch):
+    """Above MAX_FIT_SIZE (the real corpus: 5,845 characters x 64,768 lines fit in 4.9 s of CPU):
+    ranks by cosine similarity to each character's summed TF-IDF; rows are distributions."""
+    monkeypatch.setattr(fidelity, "MAX_FIT_SIZE", 0)
+    attributor = fidelity.fit_attributor(VOICES)
+    held_out = {"pirate": "arr the rum matey", "robot": "beep unit affirmative", "poet": "o silver moonlight"}
+    rows = list(attributor.probabilities(list(held_out.values())))
+    assert attributor.kind == "centroid" and all(abs(sum(r) - 1) < 1e-9 for r in rows)
+    for character, row in zip(held_out, rows):
+        assert fidelity.attribution(row, attributor.classes, character)["rank"] == 1, character
 
 
 def _calibration_tool():
@@ -214,16 +228,82 @@ def test_validation_subset_is_fixed_by_content_and_keeps_record_fields(tmp_path)
         tool.main([str(run), "--data_file", str(data), "--out", str(tmp_path / "x.json")])
 
 
-def test_prediction_fidelity_flag_off_and_a_missing_training_file(tmp_path):
+def test_prediction_reads_the_training_file_once_and_a_missing_one_is_a_notice(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("predict_script", REPO / "predict_Chameleons.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     notices = []
     dist = SimpleNamespace(is_main=True, warn=notices.append)
-    corpus = SimpleNamespace(samples=[_sample("1", "a", "hi")])
     config = SimpleNamespace(data=SimpleNamespace(train_file="unused.json"))
+    history, plain = SimpleNamespace(use_history=True), SimpleNamespace(use_history=False)
     off = SimpleNamespace(fidelity="off", data_file=str(tmp_path / "missing.json"))
-    assert script.fidelity_setup(off, config, None, corpus, [tmp_path], dist) is None and notices == []
+    assert script.training_data(off, config, None, plain, dist) is None and notices == []
     on = SimpleNamespace(fidelity="on", data_file=str(tmp_path / "missing.json"))
-    assert script.fidelity_setup(on, config, None, corpus, [tmp_path], dist) is None
+    assert script.training_data(on, config, None, plain, dist) is None
     assert len(notices) == 1 and "missing.json not found" in notices[0] and not list(tmp_path.iterdir())
+    assert script.fidelity_setup(on, None, SimpleNamespace(samples=[]), [tmp_path], dist) is None
+
+    reads = []
+    monkeypatch.setattr(script.prediction, "training_pool", lambda *a: reads.append(a) or ([], []))
+    training = script.training_data(on, config, None, history, dist)
+    assert len(reads) == 1 and training == ([], [])  # one read serves the history index and the classifier
+
+    pool = [_sample(str(i), c, line, context=["hello"]) for i, (c, line) in
+            enumerate((c, line) for c, lines in VOICES.items() for line in lines)]
+    with_context = SimpleNamespace(fidelity="on", fidelity_context="on")
+    monkeypatch.setattr(script, "Conversations", lambda samples: SimpleNamespace(members=[[s] for s in samples]))
+    fid = script.fidelity_setup(with_context, (pool, pool), SimpleNamespace(samples=[]), [tmp_path], dist)
+    assert fid.attributor.context  # --fidelity_context on reaches the classifier
+
+
+def _row(sid, rank_all, p_all, attributed=True):
+    line = {"p_film": None, "rank_film": None, "p_all": p_all, "rank_all": rank_all}
+    return {"sample_id": sid, "attributed": attributed, "film_characters": 1, "generated": [line],
+            "reference": None, "baseline": None}
+
+
+def test_versus_pairs_two_outputs_by_item_for_the_untrained_baseline_line(tmp_path):
+    trained = [_row("a", 1, 0.6), _row("b", 2, 0.3), _row("c", 1, 0.9)]
+    untrained = [_row("a", 3, 0.1), _row("b", 2, 0.3), _row("d", 1, 0.8)]  # c and d are in one output only
+    result = fidelity_summary.versus(trained, untrained, 3)
+    assert result["items"] == 2
+    base = result["baseline"]["all"]
+    assert (base["items"], base["rank"]["mean"], base["top1"]["mean"], base["score"]["mean"]) == (2, 2.5, 0.0, 0.25)
+    assert result["margin"]["score"]["mean"] == 0.5 and result["margin"]["p"]["mean"] == 0.25  # (1 - 0 + 0) / 2
+    line = fidelity_summary.format_versus(result)
+    assert line.startswith("untrained baseline: score 0.250 top-1 0.000 rank 2.5 (2 items); margin over it +0.500")
+
+    spec = importlib.util.spec_from_file_location("fidelity_versus", REPO / "tools" / "fidelity_versus.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    summary = {"classifier": {"characters": 3, "key": "k1"}}
+    (tmp_path / "t.json.fidelity.json").write_text(json.dumps({"summary": summary, "items": trained}))
+    (tmp_path / "u.json.fidelity.json").write_text(json.dumps({"summary": summary, "items": untrained}))
+    assert tool.main([str(tmp_path / "t.json"), str(tmp_path / "u.json")]) == 0
+    other = {"summary": {"classifier": {"characters": 3, "key": "k2"}}, "items": untrained}
+    (tmp_path / "o.json.fidelity.json").write_text(json.dumps(other))
+    with pytest.raises(tool.UserError, match="another speaker classifier"):
+        tool.main([str(tmp_path / "t.json"), str(tmp_path / "o.json")])
+    with pytest.raises(tool.UserError, match="not a readable fidelity file"):
+        tool.main([str(tmp_path / "t.json"), str(tmp_path / "missing.json")])
+
+
+def test_the_context_line_is_an_optional_classifier_feature():
+    """Two characters who say the same things, told apart only by what they answer: with the
+    context feature the answering character ranks first; the style figures and the cache key
+    keep the line and the setting apart."""
+    says = ["yes indeed", "of course", "very well", "as you wish", "right away"]
+    topics = {"cook": "kitchen soup pepper", "pilot": "runway altitude wind"}
+    samples = [_sample(f"{c}{i}", c, line, context=[f"{topic} question {i}"]) for c, topic in topics.items()
+               for i, line in enumerate(says)]
+    training = fidelity.TrainingPool(samples, samples, SimpleNamespace(members=[[s] for s in samples]))
+    plain, ctx = fidelity.setup(training, []), fidelity.setup(training, [], context=True)
+    assert not plain.attributor.context and ctx.attributor.describe()["context"] is True
+    assert ctx.attributor.mean_words == plain.attributor.mean_words and ctx.attributor.key != plain.attributor.key
+    item = [Item("q", "uq", "pilot", ["check the runway wind"], ["of course"], "")]
+    with_ctx = fidelity.score_items(ctx.attributor, ctx.films, item)[0][0]["generated"][0]
+    without = fidelity.score_items(plain.attributor, plain.films, item)[0][0]["generated"][0]
+    assert with_ctx["rank_all"] == 1 and with_ctx["p_all"] > 0.9  # the line alone: 0.55 (seen when it was dropped)
+    cook = [Item("q", "uq", "cook", ["check the runway wind"], ["of course"], "")]
+    assert fidelity.score_items(ctx.attributor, ctx.films, cook)[0][0]["generated"][0]["rank_all"] == 2
+    assert with_ctx["words"] == without["words"] == 2

@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from chameleons import encoding, evaluation, fidelity, generation, model_loading, prediction, prompts, shards  # noqa: E402
+from chameleons import (encoding, evaluation, fidelity, generation, model_loading, prediction, predictor, prompts,  # noqa: E402
+                        ranks, shards)
 from chameleons.config import load_config  # noqa: E402
 from chameleons.data import load_corpus  # noqa: E402
 from chameleons.encoding import ChatFormat, build_labels, encode_samples  # noqa: E402
@@ -223,7 +224,7 @@ def test_prediction_prompt_ids_equal_training_prompt_ids(env, qwen_tok, ablation
     config = load_config(env["config"])
     abl = config.ablation(ablation)
     args = prediction.parse_predict_args(_argv(env, env["root"] / "unused.json", ablation=ablation))
-    history = prediction.history_index(abl, config, args)
+    history = prediction.history_index(abl, prediction.training_pool(config, args))
     builder = prompts.PromptBuilder(abl, style, history, config.training.max_context_turns)
     fmt = ChatFormat(qwen_tok)
     samples = [s for s in load_corpus(env["input"], for_prediction=True).samples if s.target]
@@ -245,7 +246,7 @@ def test_truncated_prompts_follow_the_training_rule(env, qwen_tok, style):
     config = load_config(env["config"])
     abl = config.ablation("profile_and_history_and_context")
     args = prediction.parse_predict_args(_argv(env, env["root"] / "unused.json"))
-    builder = prompts.PromptBuilder(abl, style, prediction.history_index(abl, config, args), None)
+    builder = prompts.PromptBuilder(abl, style, prediction.history_index(abl, prediction.training_pool(config, args)), None)
     fmt = ChatFormat(qwen_tok)
     samples = [s for s in load_corpus(env["input"], for_prediction=True).samples if s.target]
     full = encode_samples(samples, builder, qwen_tok, fmt, 100000, with_target=True)
@@ -387,7 +388,7 @@ def test_resume_skips_done_items_and_keeps_their_results(env, tmp_path, monkeypa
     # A run killed after its first batch: the shard holds two items and a half-written line.
     out = tmp_path / "pred.json"
     calls, kill_at = [], [2]
-    original = prediction.Predictor.__call__
+    original = predictor.Predictor.__call__
 
     def dies_on_second_batch(self, rows):
         calls.append([r.sample_id for r in rows])
@@ -395,7 +396,7 @@ def test_resume_skips_done_items_and_keeps_their_results(env, tmp_path, monkeypa
             raise SimulatedKill
         return original(self, rows)
 
-    monkeypatch.setattr(prediction.Predictor, "__call__", dies_on_second_batch)
+    monkeypatch.setattr(predictor.Predictor, "__call__", dies_on_second_batch)
     with pytest.raises(SimulatedKill):
         main(_argv(env, out, "--seed", "7"))
     assert not out.exists()
@@ -435,7 +436,7 @@ def test_resume_skips_done_items_and_keeps_their_results(env, tmp_path, monkeypa
     assert not Path(f"{out}.parts").exists()
 
 
-class _FakeDist(prediction.Distributed):
+class _FakeDist(ranks.Distributed):
     """A rank of a world, without a process group: broadcast and gather are handed in."""
 
     def __init__(self, rank, world, done_ids=(), peers=()):
@@ -461,7 +462,7 @@ class _EchoPredictor:
     def __call__(self, rows):
         self.seen.extend(r.sample_id for r in rows)
         cands = [generation.Candidate([1], f"[ANSWER]{r.sample_id}[/ANSWER]", "", True) for r in rows]
-        return [prediction.make_result(r, [c] * self.sampling.num_samples) for r, c in zip(rows, cands)]
+        return [predictor.make_result(r, [c] * self.sampling.num_samples) for r, c in zip(rows, cands)]
 
     def run(self, rows, store=None, progress=None):
         return self(rows)
@@ -475,11 +476,11 @@ def test_ranks_split_the_items_and_rank_0_merges(env, qwen_tok, tmp_path):
     out = tmp_path / "pred.json"
     r1 = _FakeDist(1, 2)
     p1 = _EchoPredictor()
-    assert prediction.generate_all(rows, p1, shards.PartStore(tmp_path / "other.json", 1), r1, {}, False,
-                                   progress=False) == (None, None)
+    assert prediction.generate_all(rows, p1, prediction.ShardRun(shards.PartStore(tmp_path / "other.json", 1), {}),
+                                   r1, progress=False) == (None, None)
     p0 = _EchoPredictor()
-    results, stats = prediction.generate_all(rows, p0, shards.PartStore(out, 0), _FakeDist(0, 2, peers=[r1.sent]),
-                                             {}, False, progress=False)
+    results, stats = prediction.generate_all(rows, p0, prediction.ShardRun(shards.PartStore(out, 0), {}),
+                                             _FakeDist(0, 2, peers=[r1.sent]), progress=False)
     assert p0.seen and p1.seen and not set(p0.seen) & set(p1.seen)
     assert sorted(p0.seen + p1.seen) == sorted(r.sample_id for r in rows)
     assert {sid: res["continuations"] for sid, res in results.items()} == {r.sample_id: [r.sample_id] * 2 for r in rows}
@@ -488,7 +489,7 @@ def test_ranks_split_the_items_and_rank_0_merges(env, qwen_tok, tmp_path):
 
 def test_shards_from_other_settings_are_refused(env, tmp_path, monkeypatch):
     out = tmp_path / "pred.json"
-    monkeypatch.setattr(prediction.Predictor, "__call__", lambda self, rows: (_ for _ in ()).throw(SimulatedKill))
+    monkeypatch.setattr(predictor.Predictor, "__call__", lambda self, rows: (_ for _ in ()).throw(SimulatedKill))
     with pytest.raises(SimulatedKill):
         _main()(_argv(env, out))
     with pytest.raises(UserError, match="other settings .*sampling.* pass --overwrite"):
@@ -504,7 +505,7 @@ def scored(env, qwen_tok):
     config = load_config(env["config"])
     abl = config.ablation("profile_and_history_and_context")
     args = prediction.parse_predict_args(_argv(env, env["root"] / "unused.json"))
-    builder = prompts.PromptBuilder(abl, "simple", prediction.history_index(abl, config, args), 8)
+    builder = prompts.PromptBuilder(abl, "simple", prediction.history_index(abl, prediction.training_pool(config, args)), 8)
     samples = load_corpus(env["input"], for_prediction=True).samples
     rows, dropped, unlabelled = evaluation.supervised_rows(samples, builder, qwen_tok, ChatFormat(qwen_tok), 512)
     models = [transformers.AutoModelForCausalLM.from_pretrained(str(env["models"][m])).eval() for m in ("m1", "m2")]
@@ -565,8 +566,8 @@ def test_ensemble_token_probability_is_the_mean_probability(members):
 
 def test_choose_best_ranks_by_score_distinct_answers_first():
     c = [generation.Candidate([1], f"[ANSWER]{t}[/ANSWER]", "", True) for t in ("a", "b", "a", "c")]
-    assert prediction.choose_best(c, [-1.0, -3.0, -0.5, -2.0], 3) == [2, 3, 1]
-    assert prediction.choose_best(c, [-1.0, -3.0, -0.5, -2.0], 4) == [2, 3, 1, 0]
+    assert predictor.choose_best(c, [-1.0, -3.0, -0.5, -2.0], 3) == [2, 3, 1]
+    assert predictor.choose_best(c, [-1.0, -3.0, -0.5, -2.0], 4) == [2, 3, 1, 0]
 
 
 def test_reference_metrics():
@@ -718,14 +719,14 @@ def test_sampled_continuations_do_not_depend_on_batch_order_or_world_size(env, q
     def texts(results):
         return {res["sample_id"]: res["raw"] for res in results}
 
-    runs = {f"batch {b}": texts(prediction.Predictor(members, sampling, b).run(rows)) for b in (1, 3, 7)}
-    runs["reversed"] = texts(prediction.Predictor(members, sampling, 2).run(rows[::-1]))
+    runs = {f"batch {b}": texts(predictor.Predictor(members, sampling, b).run(rows)) for b in (1, 3, 7)}
+    runs["reversed"] = texts(predictor.Predictor(members, sampling, 2).run(rows[::-1]))
     r1 = _FakeDist(1, 2)
-    prediction.generate_all(rows, prediction.Predictor(members, sampling, 2), shards.PartStore(tmp_path / "b.json", 1),
-                            r1, {}, False, progress=False)
-    results, _ = prediction.generate_all(rows, prediction.Predictor(members, sampling, 2),
-                                         shards.PartStore(tmp_path / "a.json", 0), _FakeDist(0, 2, peers=[r1.sent]),
-                                         {}, False, progress=False)
+    prediction.generate_all(rows, predictor.Predictor(members, sampling, 2),
+                            prediction.ShardRun(shards.PartStore(tmp_path / "b.json", 1), {}), r1, progress=False)
+    results, _ = prediction.generate_all(rows, predictor.Predictor(members, sampling, 2),
+                                         prediction.ShardRun(shards.PartStore(tmp_path / "a.json", 0), {}),
+                                         _FakeDist(0, 2, peers=[r1.sent]), progress=False)
     runs["2 ranks"] = {sid: res["raw"] for sid, res in results.items()}
     first = runs["batch 1"]
     assert len(first) == len(rows) == 7
@@ -733,7 +734,7 @@ def test_sampled_continuations_do_not_depend_on_batch_order_or_world_size(env, q
         assert got == first, name
     assert any(a != b for a, b in first.values())  # two samples of an item are two draws
     other_seed = generation.Sampling(1.0, 0.95, 0, 1.0, 6, 2, 2, 12)
-    assert texts(prediction.Predictor(_members(env, qwen_tok, other_seed), other_seed, 7).run(rows)) != first
+    assert texts(predictor.Predictor(_members(env, qwen_tok, other_seed), other_seed, 7).run(rows)) != first
 
 
 def test_batch_size_does_not_change_what_is_sampled(env, tmp_path):
@@ -767,7 +768,7 @@ def test_a_model_retrained_into_the_same_folder_does_not_resume_the_old_ones_sha
     out = tmp_path / "pred.json"
     argv = _argv(env, out, "--log_examples", "7", models=(str(model),))
     calls = []
-    original = prediction.Predictor.__call__
+    original = predictor.Predictor.__call__
 
     def dies_on_second_batch(self, rows):
         calls.append(len(rows))
@@ -775,10 +776,10 @@ def test_a_model_retrained_into_the_same_folder_does_not_resume_the_old_ones_sha
             raise SimulatedKill
         return original(self, rows)
 
-    monkeypatch.setattr(prediction.Predictor, "__call__", dies_on_second_batch)
+    monkeypatch.setattr(predictor.Predictor, "__call__", dies_on_second_batch)
     with pytest.raises(SimulatedKill):
         _main()(argv)
-    monkeypatch.setattr(prediction.Predictor, "__call__", original)
+    monkeypatch.setattr(predictor.Predictor, "__call__", original)
     (model / "model.safetensors").unlink()  # "retrained": same folder, same size, new weights
     shutil.copy(env["models"]["m2"] / "model.safetensors", model / "model.safetensors")
     with pytest.raises(UserError, match=r"earlier version of --model .*run.*retrained.*--overwrite"):
@@ -826,7 +827,7 @@ def _all_at_once_reference(env, qwen_tok, rows, sampling, names, batch_size):
             scores = [evaluation.mean_loglik(evaluation.ensemble_token_logprobs([pm[j + c] for pm in per_member]))
                       for c in range(len(cands))]
             j += len(cands)
-            keep = prediction.choose_best(cands, scores, sampling.num_samples)
+            keep = predictor.choose_best(cands, scores, sampling.num_samples)
             out[r.sample_id] = [cands[i].raw for i in keep]
     return out
 
@@ -855,7 +856,7 @@ def test_ensemble_holds_one_member_at_a_time_and_matches_all_at_once(env, qwen_t
     store = shards.PartStore(tmp_path / "e.json")
     store.prepare({}, rows, 2, False)
     store.open()
-    got = {res["sample_id"]: res["raw"] for res in prediction.Predictor(members, sampling, 3).run(rows, store)}
+    got = {res["sample_id"]: res["raw"] for res in predictor.Predictor(members, sampling, 3).run(rows, store)}
     store.close()
     assert [n for _, n in loads] == [0] * 5  # no model alive when the next one loads
     assert len(loads) == 2 * len(names) - 1  # generate 1, 2, 3; score 3 (still loaded), 2, 1
@@ -871,7 +872,7 @@ def test_a_killed_ensemble_resumes_without_redoing_finished_members(env, tmp_pat
 
     out = tmp_path / "pred.json"
     scored = []
-    original_lp = prediction.token_logprobs
+    original_lp = predictor.token_logprobs
 
     def dies_on_second_scoring(model, pairs, batch_size):
         scored.append(len(pairs))
@@ -879,13 +880,13 @@ def test_a_killed_ensemble_resumes_without_redoing_finished_members(env, tmp_pat
             raise SimulatedKill
         return original_lp(model, pairs, batch_size)
 
-    monkeypatch.setattr(prediction, "token_logprobs", dies_on_second_scoring)
+    monkeypatch.setattr(predictor, "token_logprobs", dies_on_second_scoring)
     with pytest.raises(SimulatedKill):
         _main()(_argv(env, out, *argv, models=("m1", "m2")))
     parts = Path(f"{out}.parts")
     assert sorted(p.name for p in parts.glob("*.jsonl")) == ["gen.m0.rank0.jsonl", "gen.m1.rank0.jsonl",
                                                              "rank0.jsonl", "score.m1.rank0.jsonl"]
-    monkeypatch.setattr(prediction, "token_logprobs", original_lp)
+    monkeypatch.setattr(predictor, "token_logprobs", original_lp)
     generated, loaded = [], []
     original_gen, original_load = generation.HFGenerator.generate, model_loading.load_model
     monkeypatch.setattr(generation.HFGenerator, "generate",
@@ -1070,7 +1071,7 @@ def test_vllm_generator_requests_with_a_fake_vllm(env, qwen_tok, monkeypatch):
         sampling = generation.Sampling(temperature, 0.9, 0, 1.0, 4, 3, 3, 21)
         members = model_loading.Members(["m"], lambda d: generation.VllmGenerator(d, qwen_tok, fmt, sampling, 600, 4),
                                      lambda g: g)
-        results = prediction.Predictor(members, sampling, 8)(rows)
+        results = predictor.Predictor(members, sampling, 8)(rows)
         assert calls["engine"]["tensor_parallel_size"] == 4 and calls["engine"]["max_model_len"] == 600
         params = calls["params"][0]
         assert [p["n"] for p in params] == [n_asked] * 3

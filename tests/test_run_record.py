@@ -139,12 +139,12 @@ def test_the_recorded_pool_is_read_by_id_and_checked_by_content(tmp_path, build,
     config = load_config(cfg)
     abl = config.ablation("history_and_context")
     opts = dataclasses.replace(_opts("--model", "m"), data_file=str(train))
-    index = prediction.history_index(abl, config, opts, pool)
+    index = prediction.history_index(abl, prediction.training_pool(config, opts, pool))
     assert index.lines_for(samples[3]) == []  # bb's lines are not in the pool
     assert sorted(index.lines_for(samples[0])) == ["aa answer 1", "aa answer 2"]
     changed = run_record.RecordedPool("m", {**pool.uids, samples[0].sample_id: "other"})
     with pytest.raises(UserError, match=f"{train}: sample r0.c0.i0 is not the one --model m was trained on"):
-        prediction.history_index(abl, config, opts, changed)
+        prediction.training_pool(config, opts, changed)
 
 
 def test_item_ids_have_one_format():
@@ -198,6 +198,8 @@ def test_predict_with_only_model_gets_the_training_prompt_ids(tmp_path, build, r
 
     monkeypatch.setattr(prediction, "build_prompts", spy)
     monkeypatch.setattr(generation.HFGenerator, "generate", fake_generate)
+    reads, training_pool = [], prediction.training_pool
+    monkeypatch.setattr(prediction, "training_pool", lambda *a: reads.append(a) or training_pool(*a))
     import predict_Chameleons
 
     pred = tmp_path / "pred.json"
@@ -209,6 +211,7 @@ def test_predict_with_only_model_gets_the_training_prompt_ids(tmp_path, build, r
         assert seen[sid].ids == ids[:plen], sid
         compared += 1
     assert compared >= 8
+    assert len(reads) == 1  # history and the fidelity classifier (on by default) share one read
     text = tokenizer.decode(seen[trained["sample_id"][0]].ids)
     assert CUSTOM_MARK in text and "Other lines" in text and "What we know about" in text  # template, history, profile
     summary = json.loads(Path(f"{pred}.summary.json").read_text())

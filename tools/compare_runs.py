@@ -7,7 +7,8 @@ Reads each run folder as training leaves it, finished or not: `training_config.j
 plan and summary of a finished run), else the command line and plan at the top of
 `training_logs/detailed_training_log.txt`; `training_logs/metrics.jsonl` (losses, tokens, times);
 `split_manifest.json` (the validation sample ids); and prediction `*.eval.json` and
-`*.summary.json` files (character fidelity, chameleons/fidelity.py) when present. Writes
+`*.summary.json` files and the run's `final_fidelity.json` (character fidelity,
+chameleons/fidelity.py) when present: the newest. Writes
 `runs.csv`, `runs.md`, `eval_loss.png` and `best_eval_loss.png` into --output, and
 `fidelity.png` when some run has fidelity figures.
 
@@ -157,12 +158,16 @@ def _fidelity(folder: Path):
     """The newest prediction summary inside the run folder that has fidelity figures: the first
     continuations' rank score (0.5 = chance) and top-1 among all characters, the reference
     lines' score (ceiling), another character's lines' score (baseline), copy rate, length ratio."""
-    files = sorted((p for p in folder.rglob("*.summary.json") if not any(x.startswith("checkpoint-") for x in p.parts)),
+    files = sorted((p for p in [*folder.rglob("*.summary.json"), folder / "final_fidelity.json"]
+                    if p.is_file() and not any(x.startswith("checkpoint-") for x in p.parts)),
                    key=lambda p: p.stat().st_mtime)
     for path in reversed(files):
         report = _read_json(path)
+        if path.name == "final_fidelity.json":  # the run's own --final_fidelity_items evaluation
+            report = {"input_file": f"final_fidelity ({_dig(report, 'items_requested')} items)",
+                      "fidelity": _dig(report, "summary")}
         fid = _dig(report, "fidelity")
-        if fid:
+        if fid and not report.get("untrained"):  # an --untrained output is the baseline (tools/fidelity_versus.py)
             return {"fid_input": Path(str(report.get("input_file"))).name,
                     "fid_score": _dig(fid, "generated", "all", "score", "mean"),
                     "fid_top1": _dig(fid, "generated", "all", "top1", "mean"),

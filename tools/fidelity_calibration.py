@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from chameleons import fidelity  # noqa: E402
+from chameleons import fidelity, fidelity_summary  # noqa: E402
 from chameleons.cli import OneLineParser  # noqa: E402
 from chameleons.data import is_training_sample, load_corpus  # noqa: E402
 from chameleons.errors import user_errors_exit  # noqa: E402
@@ -26,18 +26,19 @@ from chameleons.conversations import Conversations  # noqa: E402
 from chameleons.splitting import SplitSettings, split_train_val  # noqa: E402
 
 
-def calibrate(samples, val_seed: int, val_ratio: float = 0.1) -> tuple:
+def calibrate(samples, val_seed: int, val_ratio: float = 0.1, context: bool = False) -> tuple:
     """(per-item rows, summary) of one held-out split: references and baselines only."""
     conversations = Conversations(samples)
     split = split_train_val(samples, SplitSettings(None, val_seed, val_ratio), index=conversations)
     items = [fidelity.Item(s.sample_id, s.uid, s.user_hash, [c for _, c in s.context], [], s.target)
              for s in split.val if is_training_sample(s)]
-    fid = fidelity.setup(samples, split.pool_samples(), conversations, [it.reference for it in items])
+    fid = fidelity.setup(fidelity.TrainingPool(samples, split.pool_samples(), conversations),
+                         [it.reference for it in items], context=context)
     return fidelity.evaluate_items(fid, items)
 
 
 def pooled_margin(all_rows, n_all: int) -> dict:
-    return fidelity.margin(all_rows, "reference", "baseline", n_all)
+    return fidelity_summary.margin(all_rows, "reference", "baseline", n_all)
 
 
 def verdict(margin: dict, min_margin: float) -> str:
@@ -52,12 +53,14 @@ def main(argv=None) -> int:
     parser.add_argument("data_file")
     parser.add_argument("--val_seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--val_ratio", type=float, default=0.1)
+    parser.add_argument("--context", action="store_true", help="the classifier also sees the context line each line "
+                                                               "answers (predict_Chameleons.py --fidelity_context on)")
     parser.add_argument("--min_margin", type=float, default=0.05, help="rank-score margin below which it cannot separate")
     args = parser.parse_args(argv)
     samples = load_corpus(args.data_file).samples
     all_rows, n_all = [], None
     for seed in args.val_seeds:
-        rows, summary = calibrate(samples, seed, args.val_ratio)
+        rows, summary = calibrate(samples, seed, args.val_ratio, args.context)
         n_all = summary["classifier"]["characters"]
         all_rows += rows
         ref, base = summary["reference"]["all"], summary["baseline"]["all"]

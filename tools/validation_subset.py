@@ -7,13 +7,12 @@ BLEU/ROUGE-L) figures compare.
         --out outputs/val_subset_200.json
 
 The validation ids come from the run's split_manifest.json (never re-split); the subset is the
-first --n of them in an order fixed by each item's content hash (not by file position or seed).
+first --n of them in an order fixed by each item's content hash (not by file position or seed):
+`final_fidelity.validation_subset`, the items a run's `--final_fidelity_items N` scores.
 Each record keeps its fields; its collections keep only the chosen items (a collection left
 empty is dropped).
 """
 
-import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from chameleons.cli import OneLineParser, positive_int  # noqa: E402
 from chameleons.data import extract_samples, read_records  # noqa: E402
 from chameleons.errors import UserError, user_errors_exit  # noqa: E402
+from chameleons.final_fidelity import validation_subset  # noqa: E402
 from chameleons.outputs import write_json  # noqa: E402
 
 
@@ -36,17 +36,6 @@ def manifest_validation(run_dir) -> list:
     if not isinstance(ids, list) or not ids:
         raise UserError(f"{path}: no list of validation ids")
     return ids
-
-
-def choose(samples, validation_ids, n: int) -> list:
-    """The first n validation samples in content-hash order."""
-    by_id = {s.sample_id: s for s in samples}
-    missing = [i for i in validation_ids if i not in by_id]
-    if missing:
-        raise UserError(f"split_manifest.json: validation id {missing[0]} is not an item of the data file "
-                        f"({len(missing)} missing): pass the run's training file as --data_file")
-    chosen = sorted((by_id[i] for i in validation_ids), key=lambda s: hashlib.blake2b(s.uid.encode()).hexdigest())
-    return chosen[:n]
 
 
 def subset_records(records, chosen) -> list:
@@ -75,7 +64,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     ids = manifest_validation(args.run_dir)
     records = read_records(args.data_file)
-    chosen = choose(extract_samples(records, args.data_file).samples, ids, args.n)
+    chosen = validation_subset(extract_samples(records, args.data_file).samples, ids, args.n)
     if Path(args.out).exists():
         raise UserError(f"--out {args.out}: exists")
     write_json(args.out, subset_records(records, chosen))

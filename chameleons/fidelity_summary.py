@@ -1,0 +1,144 @@
+"""A run's fidelity figures aggregated from the per-item rows of `fidelity.score_items`: mean
+probability, rank, top-1/top-3 and the rank score per kind (generated, reference = ceiling,
+baseline = another character's line), each with a seeded bootstrap interval and its chance
+level; the paired margins; style statistics. Pure functions of the rows."""
+
+from .evaluation import distinct_n
+from .fidelity_style import copies_context
+
+BOOTSTRAP_SAMPLES = 1000
+KINDS = ("generated", "reference", "baseline")
+
+
+def mean_ci(values, seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -> dict:
+    """Mean and a 95% percentile bootstrap interval (seeded: the same figures on every run)."""
+    import numpy as np
+
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return {"mean": None, "ci95": None, "n": 0}
+    x = np.asarray(values)
+    means = x[np.random.default_rng(seed).integers(0, len(x), size=(samples, len(x)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"mean": round(float(x.mean()), 6), "ci95": [round(float(lo), 6), round(float(hi), 6)], "n": len(values)}
+
+
+def rank_score(rank, n):
+    """1 for rank 1, 0 for last, 0.5 expected by chance: comparable across candidate set sizes."""
+    if rank is None or n is None or n < 2:
+        return None
+    return 1 - (rank - 1) / (n - 1)
+
+
+def _kind_figures(rows, kind: str) -> list:
+    """The first figures of `kind` per attributed item (the first continuation for generated)."""
+    return [(r, _first(r, kind)) for r in rows if r["attributed"] and _first(r, kind) is not None]
+
+
+def summarize_kind(rows, kind: str, n_all: int) -> dict:
+    """Attribution among all characters and within the film, chance levels beside them."""
+    pairs = _kind_figures(rows, kind)
+    out = {"items": len(pairs)}
+    for scope, n_of in (("all", lambda r: n_all), ("film", lambda r: r["film_characters"])):
+        got = [(f[f"p_{scope}"], f[f"rank_{scope}"], n_of(r)) for r, f in pairs if f[f"rank_{scope}"] is not None]
+        out[scope] = {
+            "items": len(got),
+            "p": mean_ci([p for p, _, _ in got]),
+            "rank": mean_ci([k for _, k, _ in got]),
+            "top1": mean_ci([k == 1 for _, k, _ in got]),
+            "top3": mean_ci([k <= 3 for _, k, _ in got]),
+            "score": mean_ci([rank_score(k, n) for _, k, n in got]),
+            "chance": {"p": _mean([1 / n for _, _, n in got]), "rank": _mean([(n + 1) / 2 for _, _, n in got]),
+                       "top1": _mean([1 / n for _, _, n in got]), "top3": _mean([min(3, n) / n for _, _, n in got]),
+                       "score": 0.5 if got else None},
+        }
+    return out
+
+
+def _mean(values):
+    return round(sum(values) / len(values), 6) if values else None
+
+
+def margin(rows, high: str, low: str, n_all: int) -> dict:
+    """Paired difference `high` - `low` of the all-characters rank score and probability, on the
+    items that have both, with bootstrap intervals: above 0 means `high` sounds more like the
+    intended character."""
+    score, prob = [], []
+    for r in rows:
+        a, b = _first(r, high), _first(r, low)
+        if r["attributed"] and a and b and a["rank_all"] is not None and b["rank_all"] is not None:
+            score.append(rank_score(a["rank_all"], n_all) - rank_score(b["rank_all"], n_all))
+            prob.append(a["p_all"] - b["p_all"])
+    return {"score": mean_ci(score), "p": mean_ci(prob)}
+
+
+def _first(row, kind: str):
+    return (row["generated"][:1] or [None])[0] if kind == "generated" else row[kind]
+
+
+def style_summary(rows, items, kind: str) -> dict:
+    """Length ratio and copy rate of the first line of `kind` per item (all items, attributed
+    or not: they need no classifier), and distinct-1/2 over those lines. Empty lines (an answer
+    that could not be extracted) are counted; they are not attributed (the classifier would score
+    them at its prior)."""
+    texts = {"generated": lambda it: it.generated[0] if it.generated else None,
+             "reference": lambda it: it.reference or None, "baseline": lambda it: it.baseline or None}[kind]
+    figures = [_first(r, kind) for r in rows if r["attributed"]]
+    figures = [f for f in figures if f]
+    lines = [t for t in (texts(it) for it in items) if t is not None]
+    copied = [copies_context(texts(it), it.context) for it in items if texts(it) is not None]
+    return {"lines": len(lines), "empty": sum(1 for t in lines if not t.strip()),
+            "length_ratio": mean_ci([f["length_ratio"] for f in figures]),
+            "distinct_1": round(distinct_n(lines, 1), 4), "distinct_2": round(distinct_n(lines, 2), 4),
+            "copy_rate": mean_ci(copied)}
+
+
+def aggregate(rows, items, classifier: dict, notices=()) -> dict:
+    """The run's fidelity summary: attribution per kind (generated, reference = ceiling,
+    baseline = another character's line), the margins, style statistics and the notices;
+    `classifier` describes the speaker classifier (`Attributor.describe`)."""
+    n_all = classifier["characters"]
+    out = {"classifier": dict(classifier), "items": len(rows), "attributed": sum(r["attributed"] for r in rows)}
+    for kind in KINDS:
+        out[kind] = summarize_kind(rows, kind, n_all)
+        out[kind]["style"] = style_summary(rows, items, kind)
+    out["margin"] = {"reference_minus_baseline": margin(rows, "reference", "baseline", n_all),
+                     "generated_minus_baseline": margin(rows, "generated", "baseline", n_all),
+                     "reference_minus_generated": margin(rows, "reference", "generated", n_all)}
+    out["notices"] = list(notices)
+    return out
+
+
+def format_summary(summary: dict) -> str:
+    """One line per kind for the console: the all-characters score and top-1 with chance."""
+    parts = []
+    for kind in KINDS:
+        a = summary[kind]["all"]
+        if a["items"]:
+            parts.append(f"{kind} score {a['score']['mean']:.3f} top-1 {a['top1']['mean']:.3f} "
+                         f"rank {a['rank']['mean']:.1f} ({a['items']} items)")
+    chance = f"; chance: score 0.5, top-1 {1 / summary['classifier']['characters']:.3f}"
+    return f"fidelity among {summary['classifier']['characters']} characters: " + "; ".join(parts or ["nothing"]) + chance
+
+
+def versus(rows, baseline_rows, n_all: int) -> dict:
+    """Another model's output on the same items as a baseline for these rows (e.g. the untrained
+    model's, `predict_Chameleons.py --untrained`): its first continuations' figures on the items
+    both have, and the paired margin these - it (above 0: these sound more like the intended
+    character), matched by sample id."""
+    theirs = {r["sample_id"]: r for r in baseline_rows}
+    both = [(r, theirs[r["sample_id"]]) for r in rows if r["sample_id"] in theirs]
+    paired = [{"attributed": r["attributed"], "generated": r["generated"], "baseline": _first(b, "generated")}
+              for r, b in both]
+    return {"items": len(both), "baseline": summarize_kind([b for _, b in both], "generated", n_all),
+            "margin": margin(paired, "generated", "baseline", n_all)}
+
+
+def format_versus(result: dict, name: str = "untrained") -> str:
+    """One line: the baseline model's score and top-1 among all characters, and the margin."""
+    a, m = result["baseline"]["all"], result["margin"]["score"]
+    if not a["items"] or m["ci95"] is None:
+        return f"{name} baseline: no item attributed in both outputs ({result['items']} items in both)"
+    return (f"{name} baseline: score {a['score']['mean']:.3f} top-1 {a['top1']['mean']:.3f} rank "
+            f"{a['rank']['mean']:.1f} ({a['items']} items); margin over it {m['mean']:+.3f} "
+            f"[{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}] ({m['n']} paired items)")
