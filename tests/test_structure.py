@@ -8,6 +8,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "chameleons"
 MAX_FUNCTION_LINES = 60
+MAX_FILE_LINES = 450
+MAX_PARAMETERS = 6  # self and cls not counted; grouped settings travel as small frozen dataclasses
 
 
 def _trees():
@@ -20,6 +22,24 @@ def test_no_function_is_over_60_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
             and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
     assert long == []
+
+
+def test_no_module_is_over_450_lines():
+    long = [f"{p.name} ({n} lines)" for p in sorted(PACKAGE.glob("*.py"))
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_FILE_LINES]
+    assert long == []
+
+
+def _parameters(node) -> int:
+    args = node.args
+    names = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
+    return len(names) - (names[:1] in (["self"], ["cls"]))
+
+
+def test_no_function_takes_more_than_6_parameters():
+    wide = [f"{name}:{node.name} ({_parameters(node)})" for name, tree in _trees().items() for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _parameters(node) > MAX_PARAMETERS]
+    assert wide == []
 
 
 def test_the_trainer_subclass_is_a_module_level_class():
