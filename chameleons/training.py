@@ -11,6 +11,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -18,9 +19,12 @@ from . import (checkpoints, diskspace, expert_parallel, final_fidelity, flops, l
                preflight, run_record, saves, tracking, zero3)
 from .batching import check_packing_supported, make_collator, trainer_args_for_batching
 from .encoding import Tokenization, encode_split
+from .data import Corpus
 from .errors import UserError
 from .model_setup import DevicePolicy, apply_lora, build_model, describe_model, device_policy
+from .prompts import PromptBuilder
 from .runlog import PLOT_NAME, DetailedLogCallback, RunLog, Throughput, decode_with_span, plot_losses
+from .splitting import Split
 from .stopping import StopCallback, StopRequest
 from .trainer import ChameleonsTrainer, EpochCallback, EpochRows, TrainerSetup, with_row_meta
 
@@ -128,11 +132,11 @@ class RunData:
     """What the recipe prepared before the run: the corpus, its split, the prompt builder, the
     tokenizer and the folder of the tokenized rows' cache."""
 
-    corpus: object
-    split: object
-    builder: object
-    tokenizer: object
-    cache_dir: object
+    corpus: Corpus
+    split: Split
+    builder: PromptBuilder
+    tokenizer: object  # a transformers tokenizer
+    cache_dir: Path
 
 
 def run(opts, config, checks: RunChecks, data: RunData) -> int:

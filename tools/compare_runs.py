@@ -20,7 +20,6 @@ set is plotted in its own panel, so losses on different sets are never drawn as 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import json

@@ -13,7 +13,6 @@ bootstrap interval; says "cannot separate" when the interval's lower end is belo
 --min_margin.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
