@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=10 tests "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n auto --durations=10 tests "$@"

@@ -19,6 +19,11 @@ settings.register_profile("fixed", derandomize=True)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))
 
+# Two workers on two cores: a second torch thread per worker only spins against the other one
+# (this file is imported before any test module imports torch, and subprocesses inherit it).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -310,3 +315,39 @@ def early_stopped_run(tmp_path_factory):
                         env_extra={"HOME": str(tmp)})  # no ~/.netrc: wandb has no key and must fall back to offline
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp, config, out, proc
+
+
+
+# How scripts/test.sh spreads the suite over its workers (pytest-xdist, one per core): a module
+# runs whole on one worker, so its module fixtures are built once; the modules that use the
+# single-process run share one worker, so it is trained once; the longest modules start first,
+# so the workers finish together.
+SHARED_RUN_MODULES = ("test_train_e2e", "test_resume_exact", "test_sweep_e2e")
+LONG_MODULES = (*SHARED_RUN_MODULES, "test_prediction", "test_split_scenes", "test_bench_expert_parallel",
+                "test_bench_zero3_layouts")
+
+
+def _module(nodeid: str) -> str:
+    return Path(nodeid.split("::", 1)[0]).stem
+
+
+def pytest_collection_modifyitems(config, items):
+    stray = [it.nodeid for it in items if "early_stopped_run" in getattr(it, "fixturenames", ())
+             and _module(it.nodeid) not in SHARED_RUN_MODULES]
+    if stray:
+        raise pytest.UsageError(f"{stray[0]} uses early_stopped_run: add its module to SHARED_RUN_MODULES")
+    rank = {m: i for i, m in enumerate(LONG_MODULES)}
+    items.sort(key=lambda it: rank.get(_module(it.nodeid), len(rank)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            module = _module(nodeid)
+            return "early_stopped_run" if module in SHARED_RUN_MODULES else module
+
+    config.option.loadscopereorder = False  # keep the collection's order: longest first
+    return ByModule(config, log)

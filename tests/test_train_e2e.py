@@ -1,6 +1,6 @@
 """Real trainings on CPU with the tiny Qwen3-MoE model: two 2-process ZeRO-3 runs of the same
-training with per-epoch resampling (run_a: 4 x 2 micro-batches, expert parallelism on; run_b:
-8 x 1 under a token budget, expert parallelism off, a SIGTERM and an exact resume), compared
+training with per-epoch resampling (run_a: 2 x 2 micro-batches, expert parallelism on; run_b:
+4 x 1 under a token budget, expert parallelism off, a SIGTERM and an exact resume), compared
 step by step, and the suite's single-process run that early-stops.
 
 These are the slow tests; they run the script exactly as users do. One comparison of two runs
@@ -28,23 +28,26 @@ from chameleons.saves import partition_file
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train_distributed_Chameleons.py"
 TORCHRUN = Path(sys.executable).parent / "torchrun"
-# run_b: run_a's steps as one micro-batch of 8 per rank; 8 samples of the tiny config's data are
-# about 2,000 tokens, so under this budget some micro-batches run in parts and some do not
-BUDGET = 2048
-RUN_B = ["--set", "training.expert_parallel_size=1", "--set", "training.batch_size=8",
+# run_a: 2 x 2 micro-batches per rank (8 samples a step, 6 steps an epoch); run_b: run_a's steps as
+# one micro-batch of 4 per rank; 4 samples of the tiny config's data are about 1,000 tokens, so
+# under this budget some micro-batches run in parts and most do not
+PER_RANK = 4
+BUDGET = 1152
+RUN_B = ["--set", "training.expert_parallel_size=1", "--set", f"training.batch_size={PER_RANK}",
          "--set", "training.gradient_accumulation_steps=1", "--set", f"training.max_tokens_per_micro_batch={BUDGET}",
          "--set", "training.full_checkpoint_minutes=0"]
 # Seen: equal to 2e-7 for 4 steps, then Adam amplifies the layouts' other summation order to at most
 # 1.3e-4 by step 12 (the final weights then differ by up to 5e-3, so they are not compared; the
 # saved model's own loss is, in test_zero3_run_trains_logs_and_saves)
 LOSS_RTOL = 5e-4
-COMMON = ["--max_samples_per_user", "2", "--max_epochs", "2", "--resample_each_epoch", "--sample_seed", "7"]
+COMMON = ["--max_samples_per_user", "1", "--max_epochs", "2", "--resample_each_epoch", "--sample_seed", "7"]
 
 
 def tiny_config(tmp: Path) -> Path:
     config = json.loads((ROOT / "config_tiny_cpu.json").read_text())
     config["data"] = {"train_file": str(ROOT / "data" / "sample_chameleons.json"), "cache_dir": str(tmp / "cache")}
     config["training"]["logging_steps"] = 1  # the resume test compares losses step by step
+    config["training"]["batch_size"] = PER_RANK // config["training"]["gradient_accumulation_steps"]
     path = tmp / "config.json"
     path.write_text(json.dumps(config))
     return path
@@ -75,9 +78,9 @@ def data_order(output_dir):
             for r in (0, 1)]
 
 
-def rows_per_step(orders, per_rank=8):
+def rows_per_step(orders, per_rank=PER_RANK):
     """The dataset rows of each optimizer step, all ranks together (each rank trains `per_rank` a
-    step, in 4 x 2 or 8 x 1 micro-batches, some of them run in parts)."""
+    step, in 2 x 2 or 4 x 1 micro-batches, some of them run in parts)."""
     steps = []
     for rank in orders:
         flat = [row for batch in rank for row in batch]
@@ -174,7 +177,7 @@ def test_zero3_run_trains_logs_and_saves(run_a, workdir):
     best = min(e["eval_loss"] for e in evals)
     assert summary["summary"]["best_eval_loss"] == pytest.approx(best, abs=1e-6)
     assert summary["summary"]["final_eval_loss"] == pytest.approx(best, abs=1e-4)
-    assert summary["args"]["max_samples_per_user"] == 2 and summary["world_size"] == 2
+    assert summary["args"]["max_samples_per_user"] == 1 and summary["world_size"] == 2
 
     manifest = json.loads((run_a / "split_manifest.json").read_text())
     epoch0, epoch1 = manifest["epochs"]
@@ -205,8 +208,8 @@ def _worker_pids(output_dir):
 
 @pytest.fixture(scope="module")
 def run_b(run_a, workdir):
-    """run_a's training in another layout (one micro-batch of 8 per rank under a token budget that
-    runs some of them in parts, instead of 4 x 2), with expert parallelism off and every checkpoint
+    """run_a's training in another layout (one micro-batch of 4 per rank under a token budget that
+    runs some of them in parts, instead of 2 x 2), with expert parallelism off and every checkpoint
     resumable, stopped by a SIGTERM to one rank in epoch 2 and resumed with `auto`. Equal losses,
     rows and weights then show three things at once: the layout, expert parallelism and the
     interruption change nothing. Returns (folder, the step it stopped at, the first console)."""
