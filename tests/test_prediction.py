@@ -119,6 +119,43 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def tokenizer_parsed_once_per_content(qwen_tok):
+    """Every script run loads the tokenizer saved beside its models, and parsing its 11 MB
+    tokenizer.json costs about a second of CPU. Here the same files give the same tokenizer
+    object (nothing in prediction changes a loaded tokenizer), and different files, such as
+    badtok's, their own load, so every tokenizer check still sees what is on disk."""
+    from chameleons.encoding import BUILTIN_TOKENIZER
+
+    loaded = {BUILTIN_TOKENIZER: qwen_tok}
+    original = model_loading.load_tokenizer
+
+    def load(name):
+        key = model_loading._tokenizer_files_digest(Path(name)) if Path(name).is_dir() else name
+        if key not in loaded:
+            loaded[key] = original(name)
+        return loaded[key]
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(model_loading, "load_tokenizer", load)
+    yield
+    patch.undo()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def long_lived_objects_out_of_gc():
+    """The session's long-lived objects (tokenizers, hypothesis, imported modules) moved out of
+    the collector's reach: the gc.collect() between ensemble members then scans only what this
+    module makes (it took ~0.4 s a call). Objects made later, models included, are collected as
+    before."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
 @pytest.fixture(scope="session")
 def qwen_tok(tokenizer):
     return tokenizer  # the session's one load (conftest.py)
@@ -157,10 +194,16 @@ def env(tmp_path_factory, qwen_tok):
     return {"root": root, "train": train, "input": inp, "config": cfg, "models": models, "badtok": bad}
 
 
-def _argv(env, out, *extra, models=("m1",), ablation="profile_and_history_and_context", input_file=None):
+def _argv(env, out, *extra, models=("m1",), ablation="profile_and_history_and_context", input_file=None,
+          top_p="1.0"):
+    """The script's flags for these tests. top_p 1.0 unless a test asks otherwise: top-p sorts the
+    whole 151,936-token vocabulary at every generated token (half the generation time here);
+    test_output_file_shape_summary_and_log runs the script's default top-p end to end."""
     args = ["--config", str(env["config"]), "--ablation_config", ablation,
             "--input_file", str(input_file or env["input"]), "--output_file", str(out),
             "--max_new_tokens", "6", "--batch_size", "2", "--num_samples", "2", "--log_examples", "2"]
+    if top_p is not None:
+        args += ["--top_p", top_p]
     for m in models:
         args += ["--model", str(env["models"].get(m, m))]
     return args + [str(a) for a in extra]
@@ -298,7 +341,7 @@ def test_generator_feeds_the_model_left_padded_prompts(env, qwen_tok):
 
 def test_output_file_shape_summary_and_log(env, tmp_path, capsys):
     out = tmp_path / "pred.json"
-    assert _main()(_argv(env, out)) == 0
+    assert _main()(_argv(env, out, top_p=None)) == 0  # the script's default top-p, through generation
     records = json.loads(out.read_text())
     original = json.loads(env["input"].read_text())
     assert len(records) == len(original)
@@ -314,6 +357,7 @@ def test_output_file_shape_summary_and_log(env, tmp_path, capsys):
     assert summary["ends_on_character_items"] == ["r2.c1.i0"]
     assert "not_predicted_items" not in summary
     assert summary["sampling"]["num_samples"] == 2 and summary["sampling"]["max_new_tokens"] == 6
+    assert summary["sampling"]["top_p"] == 0.9
     assert summary["throughput"]["generated_tokens"] > 0 and summary["time"]["total_s"] > 0
     problems = summary["extraction_problems"]
     assert set(problems["by_item"]) <= {sid for sid, _ in _items(original)}
@@ -713,7 +757,7 @@ def test_sampled_continuations_do_not_depend_on_batch_order_or_world_size(env, q
     """Each continuation is seeded from (seed, member, item, sample index): the same text whatever
     the batch size, the order of the items, or how many ranks share them."""
     rows = sorted(_context_rows(env, qwen_tok), key=lambda r: -len(r.ids))
-    sampling = generation.Sampling(1.0, 0.95, 0, 1.0, 6, 2, 2, 11)
+    sampling = generation.Sampling(1.0, 1.0, 0, 1.0, 6, 2, 2, 11)
     members = _members(env, qwen_tok, sampling)
 
     def texts(results):
@@ -733,7 +777,7 @@ def test_sampled_continuations_do_not_depend_on_batch_order_or_world_size(env, q
     for name, got in runs.items():
         assert got == first, name
     assert any(a != b for a, b in first.values())  # two samples of an item are two draws
-    other_seed = generation.Sampling(1.0, 0.95, 0, 1.0, 6, 2, 2, 12)
+    other_seed = generation.Sampling(1.0, 1.0, 0, 1.0, 6, 2, 2, 12)
     assert texts(predictor.Predictor(_members(env, qwen_tok, other_seed), other_seed, 7).run(rows)) != first
 
 
@@ -839,7 +883,7 @@ def test_ensemble_holds_one_member_at_a_time_and_matches_all_at_once(env, qwen_t
     import torch
 
     rows = sorted(_context_rows(env, qwen_tok), key=lambda r: -len(r.ids))
-    sampling = generation.Sampling(1.0, 0.95, 0, 1.0, 5, 2, 2, 3)
+    sampling = generation.Sampling(1.0, 1.0, 0, 1.0, 5, 2, 2, 3)
     names = ("m1", "m2", "m1")
     alive, loads = [], []
 
