@@ -753,6 +753,29 @@ def test_item_sampler_draws_from_the_softmax():
     assert not torch.equal(alone, generation.gumbel_noise(keys[8:9], 3, 1000))
 
 
+def test_gumbel_noise_is_the_murmur_hash_of_key_step_and_token():
+    """The tensor code (in place, for speed) computes the hash it documents, here in Python
+    integers: a rearrangement of the tensor code cannot change which continuations a seed draws."""
+    import torch
+
+    def mix(x):
+        x ^= x >> 16
+        x = x * 0x85EBCA6B & 0xFFFFFFFF
+        x ^= x >> 13
+        x = x * 0xC2B2AE35 & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    keys = [generation.sample_seed(3, 1, f"item{i}", 2) for i in range(3)]
+    for step in (0, 5, 2**32 + 9):
+        noise = generation.gumbel_noise(torch.tensor(keys), step, 1000)
+        for r, key in enumerate(keys):
+            k1, k2 = key & 0xFFFFFFFF, key >> 32
+            stream = mix(k1 ^ mix((step & 0xFFFFFFFF) ^ k2))
+            for token in (0, 1, 517, 999):
+                uniform = ((mix(mix((token * 0x9E3779B1 & 0xFFFFFFFF) ^ stream) ^ k2) >> 8) + 0.5) / 2**24
+                assert float(noise[r, token]) == pytest.approx(-math.log(-math.log(uniform)), rel=1e-5, abs=1e-5)
+
+
 def test_sampled_continuations_do_not_depend_on_batch_order_or_world_size(env, qwen_tok, tmp_path):
     """Each continuation is seeded from (seed, member, item, sample index): the same text whatever
     the batch size, the order of the items, or how many ranks share them."""
