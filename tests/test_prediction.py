@@ -143,13 +143,19 @@ def tokenizer_parsed_once_per_content(qwen_tok):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def long_lived_objects_out_of_gc():
-    """The session's long-lived objects (tokenizers, hypothesis, imported modules) moved out of
-    the collector's reach: the gc.collect() between ensemble members then scans only what this
-    module makes (it took ~0.4 s a call). Objects made later, models included, are collected as
-    before."""
+def long_lived_objects_out_of_gc(env, qwen_tok):
+    """The session's long-lived objects (tokenizers, hypothesis, the modules that loading and
+    generating a model import, made here once) moved out of the collector's reach: the
+    gc.collect() between ensemble members then scans only what the tests make (it took ~0.2 s
+    a call). Objects made later, models included, are collected as before."""
     import gc
 
+    import torch
+
+    model = model_loading.load_model(env["models"]["m1"], torch.device("cpu"))
+    sampling = generation.Sampling(1.0, 1.0, 0, 1.0, 1, 1, 1, 0)
+    generation.HFGenerator(model, qwen_tok, ChatFormat(qwen_tok), sampling, 1).generate([[11, 22]], [[0]])
+    del model
     gc.collect()
     gc.freeze()
     yield
@@ -753,11 +759,9 @@ def test_item_sampler_draws_from_the_softmax():
     assert not torch.equal(alone, generation.gumbel_noise(keys[8:9], 3, 1000))
 
 
-def test_gumbel_noise_is_the_murmur_hash_of_key_step_and_token():
-    """The tensor code (in place, for speed) computes the hash it documents, here in Python
-    integers: a rearrangement of the tensor code cannot change which continuations a seed draws."""
-    import torch
-
+def _hash_bits(key, step, token):
+    """The 32 random bits behind the noise of (key, step, token), in Python integers: the hash
+    `generation.gumbel_noise` documents, computed without tensors."""
     def mix(x):
         x ^= x >> 16
         x = x * 0x85EBCA6B & 0xFFFFFFFF
@@ -765,15 +769,54 @@ def test_gumbel_noise_is_the_murmur_hash_of_key_step_and_token():
         x = x * 0xC2B2AE35 & 0xFFFFFFFF
         return x ^ (x >> 16)
 
+    k1, k2 = key & 0xFFFFFFFF, key >> 32
+    stream = mix(k1 ^ mix((step & 0xFFFFFFFF) ^ k2))
+    return mix(mix((token * 0x9E3779B1 & 0xFFFFFFFF) ^ stream) ^ k2)
+
+
+def test_gumbel_noise_is_the_murmur_hash_of_key_step_and_token():
+    """The tensor code (in place, for speed) computes the hash it documents: a rearrangement of
+    the tensor code cannot change which continuations a seed draws."""
+    import torch
+
     keys = [generation.sample_seed(3, 1, f"item{i}", 2) for i in range(3)]
     for step in (0, 5, 2**32 + 9):
         noise = generation.gumbel_noise(torch.tensor(keys), step, 1000)
         for r, key in enumerate(keys):
-            k1, k2 = key & 0xFFFFFFFF, key >> 32
-            stream = mix(k1 ^ mix((step & 0xFFFFFFFF) ^ k2))
             for token in (0, 1, 517, 999):
-                uniform = ((mix(mix((token * 0x9E3779B1 & 0xFFFFFFFF) ^ stream) ^ k2) >> 8) + 0.5) / 2**24
+                uniform = ((_hash_bits(key, step, token) >> 8) + 0.5) / 2**24
                 assert float(noise[r, token]) == pytest.approx(-math.log(-math.log(uniform)), rel=1e-5, abs=1e-5)
+
+
+def test_gumbel_noise_is_finite_where_the_hash_is_at_its_top():
+    """The top 24-bit value rounded to 1.0 in float32, whose noise was +inf: on a token top-k
+    had removed (-inf) that made NaN, which argmax picks, so about 1 sampled token in 110 came
+    from the whole vocabulary. Item 95 of seed 0 meets that value at token 144,625."""
+    import torch
+
+    key = generation.sample_seed(0, 0, "item95", 0)
+    assert _hash_bits(key, 0, 144625) >> 8 == 2**24 - 1
+    noise = generation.gumbel_noise(torch.tensor([key]), 0, 151936)
+    assert torch.isfinite(noise).all() and float(noise[0, 144625]) == float(noise.max()) > 16
+    top_k = torch.full((1, 151936), float("-inf"))
+    top_k[0, :50] = 0.0
+    assert int((top_k + noise).argmax()) < 50
+
+
+def test_item_sampler_adds_the_same_noise_when_top_k_left_few_tokens():
+    """After top-k most scores are -inf and only the rest get noise: the sampler's scores are,
+    bit for bit, the warped scores plus the full noise (with and without top-k)."""
+    import torch
+    from transformers import TopKLogitsWarper
+
+    torch.manual_seed(0)
+    scores = torch.randn(4, 5000)
+    keys = torch.tensor([generation.sample_seed(1, 0, f"item{r}", 0) for r in range(4)])
+    input_ids = torch.zeros((4, 10), dtype=torch.long)  # step 7 of prompts 3 wide
+    sampler = generation.ItemSampler(keys, prompt_width=3)
+    for warped in (TopKLogitsWarper(50)(input_ids, scores), scores):
+        assert torch.equal(sampler(input_ids, warped), warped + generation.gumbel_noise(keys, 7, 5000))
+    assert int(torch.isfinite(sampler(input_ids, TopKLogitsWarper(50)(input_ids, scores))).sum()) == 4 * 50
 
 
 def test_sampled_continuations_do_not_depend_on_batch_order_or_world_size(env, qwen_tok, tmp_path):
