@@ -120,24 +120,12 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def tokenizer_parsed_once_per_content(qwen_tok):
-    """Every script run loads the tokenizer saved beside its models, and parsing its 11 MB
-    tokenizer.json costs about a second of CPU. Here the same files give the same tokenizer
-    object (nothing in prediction changes a loaded tokenizer), and different files, such as
-    badtok's, their own load, so every tokenizer check still sees what is on disk."""
-    from chameleons.encoding import BUILTIN_TOKENIZER
-
-    loaded = {BUILTIN_TOKENIZER: qwen_tok}
-    original = model_loading.load_tokenizer
-
-    def load(name):
-        key = model_loading._tokenizer_files_digest(Path(name)) if Path(name).is_dir() else name
-        if key not in loaded:
-            loaded[key] = original(name)
-        return loaded[key]
-
+def tokenizer_parsed_once_per_content(load_tokenizer_once):
+    """Every script run loads the tokenizer saved beside its models: here the same files give
+    the session's tokenizer object (conftest.py), and different files, such as badtok's, their
+    own load, so every tokenizer check still sees what is on disk."""
     patch = pytest.MonkeyPatch()
-    patch.setattr(model_loading, "load_tokenizer", load)
+    patch.setattr(model_loading, "load_tokenizer", load_tokenizer_once)
     yield
     patch.undo()
 
