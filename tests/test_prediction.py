@@ -119,44 +119,42 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def tokenizer_parsed_once_per_content(load_tokenizer_once):
-    """Every script run loads the tokenizer saved beside its models: here the same files give
-    the session's tokenizer object (conftest.py), and different files, such as badtok's, their
-    own load, so every tokenizer check still sees what is on disk."""
-    patch = pytest.MonkeyPatch()
-    patch.setattr(model_loading, "load_tokenizer", load_tokenizer_once)
-    yield
-    patch.undo()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def long_lived_objects_out_of_gc(env, qwen_tok):
-    """The session's long-lived objects (tokenizers, hypothesis, the modules that loading and
-    generating a model import, made here once) moved out of the collector's reach: the
-    gc.collect() between ensemble members then scans only what the tests make (it took ~0.2 s
-    a call). Objects made later, models included, are collected as before."""
-    import gc
-
-    import torch
-
-    model = model_loading.load_model(env["models"]["m1"], torch.device("cpu"))
-    sampling = generation.Sampling(1.0, 1.0, 0, 1.0, 1, 1, 1, 0)
-    generation.HFGenerator(model, qwen_tok, ChatFormat(qwen_tok), sampling, 1).generate([[11, 22]], [[0]])
-    del model
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
-
-
 @pytest.fixture(scope="session")
 def qwen_tok(tokenizer):
     return tokenizer  # the session's one load (conftest.py)
 
 
+@pytest.fixture(scope="module")
+def env(model_files, load_tokenizer_once, qwen_tok):
+    """The files and models, and for the module's runs on them, from the first test that asks:
+
+    - one tokenizer parse per tokenizer content: every script run loads the tokenizer saved
+      beside its models; the same files give the session's tokenizer object (conftest.py), and
+      other files, such as badtok's, their own load, so tokenizer checks still see the disk;
+    - the session's long-lived objects (with the modules that loading and generating a model
+      import, made here once) out of the collector's reach: the gc.collect() between ensemble
+      members then scans only what the tests make (it took ~0.2 s a call). Objects made later,
+      models included, are collected as before.
+    """
+    import gc
+
+    import torch
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(model_loading, "load_tokenizer", load_tokenizer_once)
+    model = model_loading.load_model(model_files["models"]["m1"], torch.device("cpu"))
+    sampling = generation.Sampling(1.0, 1.0, 0, 1.0, 1, 1, 1, 0)
+    generation.HFGenerator(model, qwen_tok, ChatFormat(qwen_tok), sampling, 1).generate([[11, 22]], [[0]])
+    del model
+    gc.collect()
+    gc.freeze()
+    yield model_files
+    gc.unfreeze()
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
-def env(tmp_path_factory, qwen_tok):
+def model_files(tmp_path_factory, qwen_tok):
     """Files and tiny models shared by the whole module (models are random, never downloaded)."""
     import torch
     import transformers
