@@ -150,7 +150,8 @@ def _tokenizer_files_digest(d: Path) -> str:
 def shared_tokenizer(model_dirs, fallback: str, warn=None):
     """The members' tokenizer: the one saved beside each model (else the config's), and the same
     for every member: prompts are token ids, and an ensemble adds up token probabilities.
-    Byte-identical tokenizer files are not loaded twice."""
+    Byte-identical tokenizer files are not loaded twice, and a vocabulary is only compared (its
+    151k-entry dict built) when a second tokenizer was loaded."""
     first, first_fp, first_dir = None, None, None
     loaded_digests = set()
     for d in model_dirs:
@@ -164,10 +165,11 @@ def shared_tokenizer(model_dirs, fallback: str, warn=None):
             if warn:
                 warn(f"--model {d}: no tokenizer saved beside the model; using the config's {fallback!r}")
             tok = load_tokenizer(fallback)
-        fp = (tok.get_vocab(), str(tok.chat_template))
         if first is None:
-            first, first_fp, first_dir = tok, fp, d
-        elif fp != first_fp:
+            first, first_dir = tok, d
+            continue
+        first_fp = first_fp or (first.get_vocab(), str(first.chat_template))
+        if (tok.get_vocab(), str(tok.chat_template)) != first_fp:
             detail = (f"vocabularies of {len(first)} and {len(tok)} tokens" if len(first) != len(tok)
                       else "same size, different vocabulary or chat template")
             raise UserError(f"--model {d}: tokenizer differs from --model {first_dir}'s ({detail}); "

@@ -351,3 +351,24 @@ def pytest_xdist_make_scheduler(config, log):
 
     config.option.loadscopereorder = False  # keep the collection's order: longest first
     return ByModule(config, log)
+@pytest.fixture(scope="session")
+def load_tokenizer_once(tokenizer, tmp_path_factory):
+    """`model_loading.load_tokenizer` for in-process prediction runs, one parse per tokenizer
+    content (the 11 MB tokenizer.json costs about a second of CPU each time): a folder holding
+    exactly the files the session's tokenizer saves, as every run folder training writes and
+    the tests' model folders do, gets the session's tokenizer; other files get their own load,
+    once. Nothing in the package changes a loaded tokenizer. Patch it in with monkeypatch."""
+    from chameleons import encoding, model_loading
+
+    saved = tmp_path_factory.mktemp("session_tokenizer")
+    tokenizer.save_pretrained(saved)
+    loaded = {encoding.BUILTIN_TOKENIZER: tokenizer, model_loading._tokenizer_files_digest(saved): tokenizer}
+    original = model_loading.load_tokenizer
+
+    def load(name):
+        key = model_loading._tokenizer_files_digest(Path(name)) if Path(name).is_dir() else name
+        if key not in loaded:
+            loaded[key] = original(name)
+        return loaded[key]
+
+    return load

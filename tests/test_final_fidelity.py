@@ -27,7 +27,10 @@ def _config(build, tmp_path):
 
 
 def test_final_fidelity_scores_the_runs_fixed_validation_subset(build, run_in_process, run_predict_in_process,
-                                                                 tmp_path):
+                                                                 tmp_path, monkeypatch, load_tokenizer_once):
+    from chameleons import model_loading
+
+    monkeypatch.setattr(model_loading, "load_tokenizer", load_tokenizer_once)  # the run folder's: parsed once
     cfg, train = _config(build, tmp_path)
     out = tmp_path / "run"
     proc = run_in_process(["--config", cfg, "--output_dir", out, "--max_steps", "1", "--evals_per_epoch", "100",

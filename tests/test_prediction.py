@@ -124,8 +124,37 @@ def qwen_tok(tokenizer):
     return tokenizer  # the session's one load (conftest.py)
 
 
+@pytest.fixture(scope="module")
+def env(model_files, load_tokenizer_once, qwen_tok):
+    """The files and models, and for the module's runs on them, from the first test that asks:
+
+    - one tokenizer parse per tokenizer content: every script run loads the tokenizer saved
+      beside its models; the same files give the session's tokenizer object (conftest.py), and
+      other files, such as badtok's, their own load, so tokenizer checks still see the disk;
+    - the session's long-lived objects (with the modules that loading and generating a model
+      import, made here once) out of the collector's reach: the gc.collect() between ensemble
+      members then scans only what the tests make (it took ~0.2 s a call). Objects made later,
+      models included, are collected as before.
+    """
+    import gc
+
+    import torch
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(model_loading, "load_tokenizer", load_tokenizer_once)
+    model = model_loading.load_model(model_files["models"]["m1"], torch.device("cpu"))
+    sampling = generation.Sampling(1.0, 1.0, 0, 1.0, 1, 1, 1, 0)
+    generation.HFGenerator(model, qwen_tok, ChatFormat(qwen_tok), sampling, 1).generate([[11, 22]], [[0]])
+    del model
+    gc.collect()
+    gc.freeze()
+    yield model_files
+    gc.unfreeze()
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
-def env(tmp_path_factory, qwen_tok):
+def model_files(tmp_path_factory, qwen_tok):
     """Files and tiny models shared by the whole module (models are random, never downloaded)."""
     import torch
     import transformers
@@ -157,10 +186,16 @@ def env(tmp_path_factory, qwen_tok):
     return {"root": root, "train": train, "input": inp, "config": cfg, "models": models, "badtok": bad}
 
 
-def _argv(env, out, *extra, models=("m1",), ablation="profile_and_history_and_context", input_file=None):
+def _argv(env, out, *extra, models=("m1",), ablation="profile_and_history_and_context", input_file=None,
+          top_p="1.0"):
+    """The script's flags for these tests. top_p 1.0 unless a test asks otherwise: top-p sorts the
+    whole 151,936-token vocabulary at every generated token (half the generation time here);
+    test_output_file_shape_summary_and_log runs the script's default top-p end to end."""
     args = ["--config", str(env["config"]), "--ablation_config", ablation,
             "--input_file", str(input_file or env["input"]), "--output_file", str(out),
             "--max_new_tokens", "6", "--batch_size", "2", "--num_samples", "2", "--log_examples", "2"]
+    if top_p is not None:
+        args += ["--top_p", top_p]
     for m in models:
         args += ["--model", str(env["models"].get(m, m))]
     return args + [str(a) for a in extra]
@@ -298,7 +333,7 @@ def test_generator_feeds_the_model_left_padded_prompts(env, qwen_tok):
 
 def test_output_file_shape_summary_and_log(env, tmp_path, capsys):
     out = tmp_path / "pred.json"
-    assert _main()(_argv(env, out)) == 0
+    assert _main()(_argv(env, out, top_p=None)) == 0  # the script's default top-p, through generation
     records = json.loads(out.read_text())
     original = json.loads(env["input"].read_text())
     assert len(records) == len(original)
@@ -314,6 +349,7 @@ def test_output_file_shape_summary_and_log(env, tmp_path, capsys):
     assert summary["ends_on_character_items"] == ["r2.c1.i0"]
     assert "not_predicted_items" not in summary
     assert summary["sampling"]["num_samples"] == 2 and summary["sampling"]["max_new_tokens"] == 6
+    assert summary["sampling"]["top_p"] == 0.9
     assert summary["throughput"]["generated_tokens"] > 0 and summary["time"]["total_s"] > 0
     problems = summary["extraction_problems"]
     assert set(problems["by_item"]) <= {sid for sid, _ in _items(original)}
@@ -709,11 +745,71 @@ def test_item_sampler_draws_from_the_softmax():
     assert not torch.equal(alone, generation.gumbel_noise(keys[8:9], 3, 1000))
 
 
+def _hash_bits(key, step, token):
+    """The 32 random bits behind the noise of (key, step, token), in Python integers: the hash
+    `generation.gumbel_noise` documents, computed without tensors."""
+    def mix(x):
+        x ^= x >> 16
+        x = x * 0x85EBCA6B & 0xFFFFFFFF
+        x ^= x >> 13
+        x = x * 0xC2B2AE35 & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    k1, k2 = key & 0xFFFFFFFF, key >> 32
+    stream = mix(k1 ^ mix((step & 0xFFFFFFFF) ^ k2))
+    return mix(mix((token * 0x9E3779B1 & 0xFFFFFFFF) ^ stream) ^ k2)
+
+
+def test_gumbel_noise_is_the_murmur_hash_of_key_step_and_token():
+    """The tensor code (in place, for speed) computes the hash it documents: a rearrangement of
+    the tensor code cannot change which continuations a seed draws."""
+    import torch
+
+    keys = [generation.sample_seed(3, 1, f"item{i}", 2) for i in range(3)]
+    for step in (0, 5, 2**32 + 9):
+        noise = generation.gumbel_noise(torch.tensor(keys), step, 1000)
+        for r, key in enumerate(keys):
+            for token in (0, 1, 517, 999):
+                uniform = ((_hash_bits(key, step, token) >> 8) + 0.5) / 2**24
+                assert float(noise[r, token]) == pytest.approx(-math.log(-math.log(uniform)), rel=1e-5, abs=1e-5)
+
+
+def test_gumbel_noise_is_finite_where_the_hash_is_at_its_top():
+    """The top 24-bit value rounded to 1.0 in float32, whose noise was +inf: on a token top-k
+    had removed (-inf) that made NaN, which argmax picks, so about 1 sampled token in 110 came
+    from the whole vocabulary. Item 95 of seed 0 meets that value at token 144,625."""
+    import torch
+
+    key = generation.sample_seed(0, 0, "item95", 0)
+    assert _hash_bits(key, 0, 144625) >> 8 == 2**24 - 1
+    noise = generation.gumbel_noise(torch.tensor([key]), 0, 151936)
+    assert torch.isfinite(noise).all() and float(noise[0, 144625]) == float(noise.max()) > 16
+    top_k = torch.full((1, 151936), float("-inf"))
+    top_k[0, :50] = 0.0
+    assert int((top_k + noise).argmax()) < 50
+
+
+def test_item_sampler_adds_the_same_noise_when_top_k_left_few_tokens():
+    """After top-k most scores are -inf and only the rest get noise: the sampler's scores are,
+    bit for bit, the warped scores plus the full noise (with and without top-k)."""
+    import torch
+    from transformers import TopKLogitsWarper
+
+    torch.manual_seed(0)
+    scores = torch.randn(4, 5000)
+    keys = torch.tensor([generation.sample_seed(1, 0, f"item{r}", 0) for r in range(4)])
+    input_ids = torch.zeros((4, 10), dtype=torch.long)  # step 7 of prompts 3 wide
+    sampler = generation.ItemSampler(keys, prompt_width=3)
+    for warped in (TopKLogitsWarper(50)(input_ids, scores), scores):
+        assert torch.equal(sampler(input_ids, warped), warped + generation.gumbel_noise(keys, 7, 5000))
+    assert int(torch.isfinite(sampler(input_ids, TopKLogitsWarper(50)(input_ids, scores))).sum()) == 4 * 50
+
+
 def test_sampled_continuations_do_not_depend_on_batch_order_or_world_size(env, qwen_tok, tmp_path):
     """Each continuation is seeded from (seed, member, item, sample index): the same text whatever
     the batch size, the order of the items, or how many ranks share them."""
     rows = sorted(_context_rows(env, qwen_tok), key=lambda r: -len(r.ids))
-    sampling = generation.Sampling(1.0, 0.95, 0, 1.0, 6, 2, 2, 11)
+    sampling = generation.Sampling(1.0, 1.0, 0, 1.0, 6, 2, 2, 11)
     members = _members(env, qwen_tok, sampling)
 
     def texts(results):
@@ -733,7 +829,7 @@ def test_sampled_continuations_do_not_depend_on_batch_order_or_world_size(env, q
     for name, got in runs.items():
         assert got == first, name
     assert any(a != b for a, b in first.values())  # two samples of an item are two draws
-    other_seed = generation.Sampling(1.0, 0.95, 0, 1.0, 6, 2, 2, 12)
+    other_seed = generation.Sampling(1.0, 1.0, 0, 1.0, 6, 2, 2, 12)
     assert texts(predictor.Predictor(_members(env, qwen_tok, other_seed), other_seed, 7).run(rows)) != first
 
 
@@ -839,7 +935,7 @@ def test_ensemble_holds_one_member_at_a_time_and_matches_all_at_once(env, qwen_t
     import torch
 
     rows = sorted(_context_rows(env, qwen_tok), key=lambda r: -len(r.ids))
-    sampling = generation.Sampling(1.0, 0.95, 0, 1.0, 5, 2, 2, 3)
+    sampling = generation.Sampling(1.0, 1.0, 0, 1.0, 5, 2, 2, 3)
     names = ("m1", "m2", "m1")
     alive, loads = [], []
 

@@ -153,13 +153,14 @@ def test_item_ids_have_one_format():
     assert data.ends_on_character((("user", "hi"), ("assistant", "me"))) and not data.ends_on_character(())
 
 
-def test_predict_with_only_model_gets_the_training_prompt_ids(tmp_path, build, run_in_process, monkeypatch, tokenizer):
+def test_predict_with_only_model_gets_the_training_prompt_ids(tmp_path, build, run_in_process, monkeypatch, tokenizer,
+                                                              load_tokenizer_once):
     """Train (one step) with two --set overrides, non-default data flags and a custom template;
     move the template and the config away, add lines to the training file; predict with only
     --model: every prompt is training's."""
     from datasets import Dataset
 
-    from chameleons import generation
+    from chameleons import generation, model_loading
 
     scenes = {"n_chars": 4, "scenes": 3, "lines_per_scene": 6}
     train = build.write_data(tmp_path / "data.json", build.scene_corpus(**scenes))
@@ -198,6 +199,7 @@ def test_predict_with_only_model_gets_the_training_prompt_ids(tmp_path, build, r
 
     monkeypatch.setattr(prediction, "build_prompts", spy)
     monkeypatch.setattr(generation.HFGenerator, "generate", fake_generate)
+    monkeypatch.setattr(model_loading, "load_tokenizer", load_tokenizer_once)  # the run folder's: parsed once
     reads, training_pool = [], prediction.training_pool
     monkeypatch.setattr(prediction, "training_pool", lambda *a: reads.append(a) or training_pool(*a))
     import predict_Chameleons
