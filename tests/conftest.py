@@ -351,6 +351,8 @@ def pytest_xdist_make_scheduler(config, log):
 
     config.option.loadscopereorder = False  # keep the collection's order: longest first
     return ByModule(config, log)
+
+
 @pytest.fixture(scope="session")
 def load_tokenizer_once(tokenizer, tmp_path_factory):
     """`model_loading.load_tokenizer` for in-process prediction runs, one parse per tokenizer
