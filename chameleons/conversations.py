@@ -187,30 +187,32 @@ class Conversations:
             for pair in set(zip(seq, seq[1:])):
                 self.holders.setdefault(pair, []).append(s)
         self.ending = {s.sample_id: seq[-2:] for s, seq in zip(samples, seqs) if len(seq) > 1}
-        self.shared_ending = set()
-        for s in samples:
-            pair = self.ending.get(s.sample_id)
-            own = self.label[s.sample_id]
-            if pair and any(self.label[q.sample_id] != own for q in self.holders[pair]):
-                self.shared_ending.add(own)
+        labels_of = {pair: {self.label[q.sample_id] for q in holders} for pair, holders in self.holders.items()}
+        self.shared_ending = {self.label[sid] for sid, pair in self.ending.items() if len(labels_of[pair]) > 1}
 
     def _join_near_duplicates(self, lines, uf):
-        """Scene runs holding the same lines with word-level differences are one conversation;
-        each link is also a key (never cut by _divide). Counts the runs and records that only
-        this joined to another conversation."""
+        """Scene runs verified to hold the same lines with word-level differences are one
+        conversation; each link is also a key (never cut by _divide). Keeps every join with the
+        lines that matched (`near_duplicate_joins`) and counts the runs and records joined."""
         samples, keys_of, run_of = lines.samples, lines.keys_of, lines.run_of
         first_of_run = {}
         for i, r in enumerate(run_of):
             first_of_run.setdefault(r, i)
-        joined = set()
         group_of = {r: uf.find(i) for r, i in first_of_run.items()}
-        for a, b in near_duplicates.near_duplicate_runs(lines.seqs, run_of, group_of):
-            i, j = first_of_run[a], first_of_run[b]
-            if uf.find(i) != uf.find(j):
-                joined.update((i, j))
-                uf.union(i, j)
-            keys_of[i].add((None, "near", a, b))
-            keys_of[j].add((None, "near", a, b))
+        joins = near_duplicates.near_duplicate_joins(lines.seqs, run_of, group_of,
+                                                     [s.record_index for s in samples])
+        self.near_duplicate_joins = []
+        joined = set()
+        for join in joins:
+            i, j = first_of_run[join.a], first_of_run[join.b]
+            joined.update((i, j))
+            uf.union(i, j)
+            keys_of[i].add((None, "near", join.a, join.b))
+            keys_of[j].add((None, "near", join.a, join.b))
+            self.near_duplicate_joins.append({
+                "scenes": [samples[i].sample_id, samples[j].sample_id],
+                "characters": [samples[i].user_hash, samples[j].user_hash],
+                "lines_matched": join.matched, "lines": [list(pair) for pair in join.lines]})
         self.near_duplicate_scenes = len({run_of[i] for i in joined})
         self.near_duplicate_records = len({samples[i].record_index for i in joined})
 

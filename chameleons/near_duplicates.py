@@ -1,95 +1,188 @@
-"""Scenes held twice with word-level differences (a re-transcribed film, a copy under new ids
+"""Scenes held twice with word-level differences (a re-transcribed episode, a copy under new ids
 with edited lines): found by the lines they share approximately, so the split can put them in
 one conversation.
 
-Each line of six or more words gets a small MinHash sketch: the two smallest CRC-32 values of
-its word bigrams (of its `conversations.line_key`: case, punctuation and accents folded). Two lines
-that differ by a word or two share a sketch value with high probability. A scene run is
-described by its pairs of consecutive sketched lines; two runs in different conversations are
-near duplicates when enough of the smaller run's line pairs match a pair of the other run.
-Pairs of lines, not single lines: unrelated lines can share words and phrases (in the
-synthetic corpus many lines are overlapping slices of one word stream), two consecutive ones
-practically never. Not `datasketch`: its MinHash hashes every shingle with a NumPy
+A join is evidence that two scene runs are the same scene held twice, so it is verified on the
+lines themselves, never taken from a sketch collision:
+
+1. Candidate lines. Each distinct line of MIN_WORDS or more words, said in at most
+   COMMON_RECORDS records, gets a MinHash sketch (the SKETCH smallest CRC-32 values of its word
+   bigrams). Lines sharing a value held by at most MAX_POSTINGS lines are candidates; a
+   candidate is a similar line only when its words match (`similar`: difflib's ratio over the
+   word sequences at least LINE_SIMILARITY, and the same numbers), checked where it matters.
+2. Candidate runs. A run's evidence is its consecutive pairs of such lines. Two runs in
+   different conversations share a pair when each line of one pair is the other's line or
+   similar to it.
+3. Verified join. The shared pairs must chain into MIN_CHAIN consecutive matched lines (one
+   shared exchange of two lines is what catchphrases and stock exchanges look like) and cover
+   MIN_SHARE of the smaller run's lines; a run whose own lines never chain that far (a
+   character's single short exchange) joins only when every line of it is matched. Short and
+   common lines never count.
+
+Verified joins are few and bounded; there is no transitive closure over sketch collisions (the
+known way to build giant clusters). Each join keeps the lines that matched, for the plan's
+notice and `split_audit.json`. Not `datasketch`: its MinHash hashes every shingle with a NumPy
 permutation array, built for long documents; lines are a dozen words and there are about
-100,000 of them, so one CRC per word and one tuple hash per bigram is the whole cost.
+100,000 of them, so one CRC per word and one tuple hash per bigram is the whole cost, and the
+verification needs the lines anyway.
 """
 
+import difflib
 import zlib
 from collections import Counter
+from dataclasses import dataclass
 
 MIN_WORDS = 6  # shorter lines ("Come on, let us go.") say too little to be matched approximately
-MIN_PAIRS = 1  # line pairs of the smaller run that must match ...
-MIN_SHARE = 0.3  # ... and at least this share of its line pairs
-MAX_POSTINGS = 64  # a signature held by more runs than this is a common exchange, not a copy
-
-def _sketcher():
-    """sketch(key): the two smallest hash values of the word bigrams of a line key; () for a
-    short line. Words are hashed with CRC-32, bigrams as int tuples (Python hashes ints
-    without a per-process seed, so every rank gets the same values). Each value carries the
-    line's words with digits: lines that differ in a number are not near duplicates."""
-    word_hash = {}
-
-    def sketch(key: str) -> tuple:
-        words = key.split()
-        if len(words) < MIN_WORDS:
-            return ()
-        hs = [word_hash.get(w) or word_hash.setdefault(w, zlib.crc32(w.encode())) for w in words]
-        values = sorted(set(map(hash, zip(hs, hs[1:]))))
-        numbers = zlib.crc32(" ".join(w for w in words if not w.isalpha()).encode())  # "line 3" != "line 4"
-        return (values[0], numbers), (values[1 if len(values) > 1 else 0], numbers)
-    return sketch
+COMMON_RECORDS = 20  # a line said in more records than this is a stock line, never evidence
+SKETCH = 4  # MinHash values per line
+MAX_POSTINGS = 64  # a sketch value held by more lines than this is a common phrase, not a copy
+LINE_SIMILARITY = 0.6  # difflib ratio of two lines' words: one word changed in six is 0.83
+MIN_CHAIN = 3  # consecutive matched lines a join needs
+MIN_SHARE = 0.3  # ... and this share of the smaller run's lines matched
+EVIDENCE = 3  # matched line pairs kept per join
 
 
-def _run_pairs(seqs, run_of) -> dict:
-    """run -> its pairs of consecutive sketched lines (short lines skipped), as sketch pairs.
-    `seqs`: each sample's lines as line keys."""
-    sketch = _sketcher()
-    sketch_of = {key: sketch(key) for key in {key for seq in seqs for key in seq}}
+@dataclass(frozen=True)
+class Join:
+    """Two scene runs verified to hold the same scene: `lines` are (line of a, line of b) pairs
+    that matched (by `conversations.line_key`), at most EVIDENCE of them."""
+
+    a: int
+    b: int
+    matched: int  # lines of the smaller run matched
+    lines: tuple
+
+
+def _words(key: str) -> tuple:
+    return tuple(key.split())
+
+
+def _numbers(words) -> str:
+    return " ".join(w for w in words if not w.isalpha())
+
+
+def similar(x: str, y: str) -> bool:
+    """Two line keys are one line transcribed twice: the same numbers ("line 3" is not "line
+    4") and words that mostly match in order."""
+    wx, wy = _words(x), _words(y)
+    if _numbers(wx) != _numbers(wy):
+        return False
+    return difflib.SequenceMatcher(None, wx, wy, autojunk=False).ratio() >= LINE_SIMILARITY
+
+
+def _sketch(words, word_hash) -> list:
+    """The SKETCH smallest hash values of the word bigrams (Python hashes int tuples without a
+    per-process seed, so every rank gets the same values)."""
+    hs = [word_hash.get(w) or word_hash.setdefault(w, zlib.crc32(w.encode())) for w in words]
+    return sorted(set(map(hash, zip(hs, hs[1:]))))[:SKETCH]
+
+
+def _evidence_lines(seqs, record_of) -> set:
+    """Lines that can be evidence: long enough, and said in at most COMMON_RECORDS records."""
+    records = {}
+    for seq, r in zip(seqs, record_of):
+        for key in seq:
+            held = records.setdefault(key, set())
+            if len(held) <= COMMON_RECORDS:
+                held.add(r)
+    return {key for key, held in records.items() if len(held) <= COMMON_RECORDS and len(key.split()) >= MIN_WORDS}
+
+
+def candidate_lines(lines) -> dict:
+    """line -> the other lines sharing a sketch value with it (held by at most MAX_POSTINGS
+    lines): cheap, unverified; `similar` decides."""
+    word_hash, holders = {}, {}
+    for key in sorted(lines):
+        for value in _sketch(_words(key), word_hash):
+            holders.setdefault(value, []).append(key)
+    out = {}
+    for held in holders.values():
+        if 1 < len(held) <= MAX_POSTINGS:
+            for key in held:
+                out.setdefault(key, set()).update(held)
+    for key, others in out.items():
+        others.discard(key)
+    return out
+
+
+def _run_pairs(seqs, run_of, evidence) -> dict:
+    """run -> its pairs of consecutive evidence lines (other lines skipped)."""
     out = {}
     for seq, run in zip(seqs, run_of):
-        sketches = [x for x in map(sketch_of.__getitem__, seq) if x]
-        out.setdefault(run, set()).update(zip(sketches, sketches[1:]))
-    return {r: pairs for r, pairs in out.items() if len(pairs) >= MIN_PAIRS}
+        kept = [key for key in seq if key in evidence]
+        out.setdefault(run, set()).update((a, b) for a, b in zip(kept, kept[1:]) if a != b)
+    return {r: pairs for r, pairs in out.items() if pairs}
 
 
-def _signatures(pair) -> tuple:
-    """Each of the first line's two values with each of the second's: one of them matches when
-    two line pairs are near duplicates, with high probability."""
-    (a0, a1), (b0, b1) = pair
-    return (a0, b0), (a1, b1), (a0, b1), (a1, b0)
-
-
-def _candidates(pairs_of, group_of) -> Counter:
-    """(run, run) of different groups -> how many signatures they share (held by few runs)."""
-    holders = {}
+def _shared_pairs(pairs_of, like, group_of) -> dict:
+    """(run a, run b), a < b, of different conversations -> [(pair of a, pair of b)] where each
+    line of one pair is the other's or similar to it. `like`: candidate lines, verified here
+    only where a run holds the candidate pair (most candidates never need a look)."""
+    after = {}  # first line -> second line -> runs holding the pair
     for run, pairs in pairs_of.items():
-        for sig in {sig for pair in pairs for sig in _signatures(pair)}:
-            holders.setdefault(sig, []).append(run)
-    hits = Counter()
-    for runs in holders.values():
-        if 1 < len(runs) <= MAX_POSTINGS:
-            runs.sort()
-            for x, a in enumerate(runs):
-                for b in runs[x + 1:]:
-                    if group_of[a] != group_of[b]:
-                        hits[a, b] += 1
-    return hits
+        for x1, x2 in pairs:
+            after.setdefault(x1, {}).setdefault(x2, []).append(run)
+    verdict = {}
+
+    def same(x, y):
+        if x == y:
+            return True
+        if (x, y) not in verdict:
+            verdict[x, y] = verdict[y, x] = similar(x, y)
+        return verdict[x, y]
+
+    shared = {}
+    for a, pairs in pairs_of.items():
+        for x1, x2 in pairs:
+            seconds = like.get(x2, set()) | {x2}
+            for y1 in (x1, *like.get(x1, ())):
+                for y2, runs in after.get(y1, {}).items():
+                    if y2 not in seconds or len(runs) > MAX_POSTINGS or \
+                            not any(a < b and group_of[a] != group_of[b] for b in runs):
+                        continue
+                    if same(x1, y1) and same(x2, y2):
+                        for b in runs:
+                            if a < b and group_of[a] != group_of[b]:
+                                shared.setdefault((a, b), []).append(((x1, x2), (y1, y2)))
+    return shared
 
 
-def near_duplicate_runs(seqs, run_of, group_of) -> list:
-    """Pairs of scene runs (numbers as in `run_of`, one per sample) of different groups
-    (`group_of`: run -> its conversation so far) whose lines are the same, some of them with
-    word-level differences; sorted, so the result does not depend on hashing."""
-    pairs_of = _run_pairs(seqs, run_of)
-    signatures_of = {}
-    found = []
-    for (a, b), hits in sorted(_candidates(pairs_of, group_of).items()):
-        if hits < MIN_PAIRS:
+def _chain(matches) -> int:
+    """Most consecutive matched lines (at most MIN_CHAIN looked for): matched pairs chain where
+    one's second line, on both sides, is the next one's first."""
+    nxt = {}
+    for (x1, x2), (y1, y2) in matches:
+        nxt.setdefault((x1, y1), set()).add((x2, y2))
+    ends, length = set(nxt), 1
+    while length < MIN_CHAIN:
+        ends = {n for node in ends for n in nxt.get(node, ())}
+        if not ends:
+            break
+        length += 1
+    return length
+
+
+def near_duplicate_joins(seqs, run_of, group_of, record_of) -> list:
+    """Verified joins of scene runs (numbers as in `run_of`, one per sample) of different
+    conversations (`group_of`: run -> its conversation so far); `seqs`: each sample's lines by
+    `line_key`, `record_of`: its record. Sorted, so the result does not depend on hashing."""
+    evidence = _evidence_lines(seqs, record_of)
+    pairs_of = _run_pairs(seqs, run_of, evidence)
+    like = candidate_lines({line for pairs in pairs_of.values() for pair in pairs for line in pair})
+    lines_of = {r: {line for pair in pairs for line in pair} for r, pairs in pairs_of.items()}
+    joins = []
+    for (a, b), matches in sorted(_shared_pairs(pairs_of, like, group_of).items()):
+        side = 0 if len(lines_of[a]) <= len(lines_of[b]) else 1
+        small = (a, b)[side]
+        matched = {line for m in matches for line in m[side]}
+        if _chain(matches) >= MIN_CHAIN:
+            need = MIN_SHARE * len(lines_of[small])
+        elif _chain([(p, p) for p in pairs_of[small]]) < MIN_CHAIN:
+            need = len(lines_of[small])  # a run too short to chain: every line of it matched
+        else:
             continue
-        small, big = (a, b) if len(pairs_of[a]) <= len(pairs_of[b]) else (b, a)
-        if big not in signatures_of:
-            signatures_of[big] = {sig for pair in pairs_of[big] for sig in _signatures(pair)}
-        matched = sum(1 for pair in pairs_of[small] if not signatures_of[big].isdisjoint(_signatures(pair)))
-        if matched >= max(MIN_PAIRS, MIN_SHARE * len(pairs_of[small])):
-            found.append((a, b))
-    return found
+        if len(matched) < need:
+            continue
+        pairs = Counter((x, y) for (xs, ys) in matches for x, y in zip(xs, ys))
+        joins.append(Join(a, b, len(matched), tuple(sorted(pairs, key=lambda p: (p[0] == p[1], p))[:EVIDENCE])))
+    return joins

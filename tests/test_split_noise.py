@@ -180,7 +180,7 @@ def test_re_transcribed_copies_are_one_conversation(monkeypatch):
     assert total == 0 and merged > 0
     assert 0 < split.stats.grouping.near_duplicate_records <= split.stats.grouping.near_duplicate_scenes
     assert split.stats.lost_to_split == 0 and abs(split.stats.validation_share - 0.1) <= 0.01
-    monkeypatch.setattr(near_duplicates, "near_duplicate_runs", lambda *args: [])
+    monkeypatch.setattr(near_duplicates, "near_duplicate_joins", lambda *args: [])
     assert _near_duplicate_leaks(samples, place_of, range(4))[0] > 0
 
 
