@@ -5,14 +5,13 @@ one conversation.
 A join is evidence that two scene runs are the same scene held twice, so it is verified on the
 lines themselves, never taken from a sketch collision:
 
-1. Candidate lines. Each distinct line of MIN_WORDS or more words, said in at most
-   COMMON_RECORDS records, gets a MinHash sketch (the SKETCH smallest CRC-32 values of its word
-   bigrams). Lines sharing a value held by at most MAX_POSTINGS lines are candidates; a
-   candidate is a similar line only when its words match (`similar`: difflib's ratio over the
-   word sequences at least LINE_SIMILARITY, and the same numbers), checked where it matters.
-2. Candidate runs. A run's evidence is its consecutive pairs of such lines. Two runs in
-   different conversations share a pair when each line of one pair is the other's line or
-   similar to it.
+1. Evidence: lines of MIN_WORDS or more words said in at most COMMON_RECORDS records; a run's
+   evidence is its pairs of consecutive evidence lines.
+2. Candidates. Each evidence line gets a MinHash sketch (the SKETCH smallest CRC-32 values of
+   its word bigrams); two pairs whose lines share a sketch value each (a signature held by at
+   most MAX_POSTINGS pairs) are candidates. Two runs of different conversations share a pair
+   when each line of one candidate pair is similar to the other's (`similar`: difflib's ratio
+   over the word sequences at least LINE_SIMILARITY, and the same numbers).
 3. Verified join. The shared pairs must chain into MIN_CHAIN consecutive matched lines (one
    shared exchange of two lines is what catchphrases and stock exchanges look like) and cover
    MIN_SHARE of the smaller run's lines; a run whose own lines never chain that far (a
@@ -35,7 +34,7 @@ from dataclasses import dataclass
 MIN_WORDS = 6  # shorter lines ("Come on, let us go.") say too little to be matched approximately
 COMMON_RECORDS = 20  # a line said in more records than this is a stock line, never evidence
 SKETCH = 4  # MinHash values per line
-MAX_POSTINGS = 64  # a sketch value held by more lines than this is a common phrase, not a copy
+MAX_POSTINGS = 64  # a signature held by more line pairs than this is a common phrase, not a copy
 LINE_SIMILARITY = 0.6  # difflib ratio of two lines' words: one word changed in six is 0.83
 MIN_CHAIN = 3  # consecutive matched lines a join needs
 MIN_SHARE = 0.3  # ... and this share of the smaller run's lines matched
@@ -88,23 +87,6 @@ def _evidence_lines(seqs, record_of) -> set:
     return {key for key, held in records.items() if len(held) <= COMMON_RECORDS and len(key.split()) >= MIN_WORDS}
 
 
-def candidate_lines(lines) -> dict:
-    """line -> the other lines sharing a sketch value with it (held by at most MAX_POSTINGS
-    lines): cheap, unverified; `similar` decides."""
-    word_hash, holders = {}, {}
-    for key in sorted(lines):
-        for value in _sketch(_words(key), word_hash):
-            holders.setdefault(value, []).append(key)
-    out = {}
-    for held in holders.values():
-        if 1 < len(held) <= MAX_POSTINGS:
-            for key in held:
-                out.setdefault(key, set()).update(held)
-    for key, others in out.items():
-        others.discard(key)
-    return out
-
-
 def _run_pairs(seqs, run_of, evidence) -> dict:
     """run -> its pairs of consecutive evidence lines (other lines skipped)."""
     out = {}
@@ -114,15 +96,17 @@ def _run_pairs(seqs, run_of, evidence) -> dict:
     return {r: pairs for r, pairs in out.items() if pairs}
 
 
-def _shared_pairs(pairs_of, like, group_of) -> dict:
+def _shared_pairs(pairs_of, group_of) -> dict:
     """(run a, run b), a < b, of different conversations -> [(pair of a, pair of b)] where each
-    line of one pair is the other's or similar to it. `like`: candidate lines, verified here
-    only where a run holds the candidate pair (most candidates never need a look)."""
-    after = {}  # first line -> second line -> runs holding the pair
-    for run, pairs in pairs_of.items():
-        for x1, x2 in pairs:
-            after.setdefault(x1, {}).setdefault(x2, []).append(run)
-    verdict = {}
+    line of one pair is similar to the other's. Candidates share a signature (a sketch value of
+    each line; held by at most MAX_POSTINGS pairs); `similar` verifies them, once per lines."""
+    word_hash, sketch, holders = {}, {}, {}
+    for run, pairs in sorted(pairs_of.items()):
+        for pair in sorted(pairs):
+            v1, v2 = (sketch[x] if x in sketch else sketch.setdefault(x, _sketch(_words(x), word_hash)) for x in pair)
+            for sig in {(h1, h2) for h1 in v1 for h2 in v2}:
+                holders.setdefault(sig, []).append((run, pair))
+    verdict, shared, seen = {}, {}, set()
 
     def same(x, y):
         if x == y:
@@ -131,19 +115,16 @@ def _shared_pairs(pairs_of, like, group_of) -> dict:
             verdict[x, y] = verdict[y, x] = similar(x, y)
         return verdict[x, y]
 
-    shared = {}
-    for a, pairs in pairs_of.items():
-        for x1, x2 in pairs:
-            seconds = like.get(x2, set()) | {x2}
-            for y1 in (x1, *like.get(x1, ())):
-                for y2, runs in after.get(y1, {}).items():
-                    if y2 not in seconds or len(runs) > MAX_POSTINGS or \
-                            not any(a < b and group_of[a] != group_of[b] for b in runs):
-                        continue
-                    if same(x1, y1) and same(x2, y2):
-                        for b in runs:
-                            if a < b and group_of[a] != group_of[b]:
-                                shared.setdefault((a, b), []).append(((x1, x2), (y1, y2)))
+    for held in holders.values():
+        if not 1 < len(held) <= MAX_POSTINGS:
+            continue
+        for k, (a, pa) in enumerate(held):
+            for b, pb in held[k + 1:]:
+                if group_of[a] == group_of[b] or (a, pa, b, pb) in seen:
+                    continue
+                seen.add((a, pa, b, pb))
+                if same(pa[0], pb[0]) and same(pa[1], pb[1]):
+                    shared.setdefault((a, b) if a < b else (b, a), []).append((pa, pb) if a < b else (pb, pa))
     return shared
 
 
@@ -168,10 +149,9 @@ def near_duplicate_joins(seqs, run_of, group_of, record_of) -> list:
     `line_key`, `record_of`: its record. Sorted, so the result does not depend on hashing."""
     evidence = _evidence_lines(seqs, record_of)
     pairs_of = _run_pairs(seqs, run_of, evidence)
-    like = candidate_lines({line for pairs in pairs_of.values() for pair in pairs for line in pair})
     lines_of = {r: {line for pair in pairs for line in pair} for r, pairs in pairs_of.items()}
     joins = []
-    for (a, b), matches in sorted(_shared_pairs(pairs_of, like, group_of).items()):
+    for (a, b), matches in sorted(_shared_pairs(pairs_of, group_of).items()):
         side = 0 if len(lines_of[a]) <= len(lines_of[b]) else 1
         small = (a, b)[side]
         matched = {line for m in matches for line in m[side]}
