@@ -10,6 +10,7 @@ model, train with HF Trainer (DeepSpeed when asked) and save the best model.
         --output_dir outputs/run --max_samples_per_user 2 --sample_seed 42
 """
 
+import dataclasses
 import sys
 
 from chameleons import (cli, data, encoding, expert_parallel, launch, outputs, planning, preflight, prompts, quiet,
@@ -39,6 +40,7 @@ def main(argv=None) -> int:
     data.require_samples(corpus)
     split = splitting.split_train_val(corpus.samples, splitting.SplitSettings.from_options(opts))
     splitting.check_validation_share(split, opts.accept_val_share, corpus.path)
+    inputs = dataclasses.replace(inputs, notices=inputs.notices + split.notices)
     preflight.require_trainable(corpus.path, split.stats.train, split.stats.validation)
     history = prompts.HistoryIndex.for_pool(split.pool_samples(), corpus.samples, split.index) \
         if ablation.use_history else None

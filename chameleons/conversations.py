@@ -20,7 +20,9 @@ from .data import item_position
 
 HUGE_SHARE = 0.05  # a conversation above this share of the corpus is divided at scene boundaries
 HUGE_MIN = 200  # ... but never one this small: a small corpus is not split up
-COMMON_RECORDS = 20  # a line said in more records than this is a common one ("Yeah."), not a place
+NOTICE_SHARE = 0.2  # a conversation above this share of the samples is a notice naming its links
+LINKS_NAMED = 3
+COMMON_RECORDS = near_duplicates.COMMON_RECORDS  # a line said in more records is a common one ("Yeah."), not a place
 
 _APOSTROPHES = re.compile(r"['\u2019\u02bc`]")
 _NOT_ALNUM = re.compile(r"[\W_]+")
@@ -176,6 +178,7 @@ class Conversations:
         self.cap = cap
         self._name(samples, parts, loose)
         self._endings(samples, seqs)
+        self.notices = self._notices(lines, parts)
 
     def _endings(self, samples, seqs):
         """For windows as short as one turn: a sample's visible place is its last context line
@@ -237,6 +240,42 @@ class Conversations:
 
     def __len__(self):
         return len(self.members)
+
+    def _notices(self, lines, parts) -> list:
+        """A conversation above NOTICE_SHARE of the samples, or above the cap for over-large ones
+        with near-duplicate joins in it, is a notice naming the links that built it: the joins,
+        then the shared lines that tie the most records together."""
+        n, out = len(lines.samples), []
+        for part in parts:
+            c = self.label[lines.samples[part[0]].sample_id]
+            joins = [j for j in self.near_duplicate_joins if self.label[j["scenes"][0]] == c]
+            if len(part) <= NOTICE_SHARE * n and not (joins and len(part) > self.cap):
+                continue
+            named = [f"near duplicates {j['scenes'][0]} ~ {j['scenes'][1]} ({' | '.join(j['lines'][0])})"
+                     for j in joins[:LINKS_NAMED]]
+            named += _shared_links(part, lines)[:LINKS_NAMED]
+            out.append(f"conversation {self.names[c]} holds {len(part):,} of {n:,} samples ({len(part) / n:.0%}); "
+                       f"{len(joins):,} near-duplicate join(s) in it; links: " + "; ".join(named))
+        return out
+
+
+def _shared_links(part, lines) -> list:
+    """The utterances shared by the most records of `part`, as "line / line (records, scenes)"."""
+    holders = {}
+    for i in part:
+        for k in lines.keys_of[i]:
+            if k[0] is not None or k[1] in ("opening", "edge"):
+                holders.setdefault(k, []).append(i)
+    spread = []
+    for k, members in holders.items():
+        records = {lines.samples[i].record_index for i in members}
+        if len(records) > 1:
+            first = min(members, key=lambda i: _item_position(lines.samples[i]))
+            last = max(members, key=lambda i: _item_position(lines.samples[i]))
+            text = " / ".join(k if k[0] is not None else k[2:])
+            spread.append((-len(records), text, f'"{text}" ({len(records):,} records, items '
+                                                f'{lines.samples[first].sample_id} .. {lines.samples[last].sample_id})'))
+    return [described for _, _, described in sorted(spread)]
 
 
 def _scene_runs(samples, keys_of) -> list:

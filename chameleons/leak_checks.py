@@ -151,6 +151,7 @@ class ConversationCounts:
     validation_conversations: int
     huge_conversations_split: int
     largest_conversation: int
+    largest_share: float  # of the corpus's samples
     near_duplicate_scenes: int
     near_duplicate_records: int
     uncertain_conversations: int
@@ -190,6 +191,11 @@ class LeakCheck:
         """Added to the error when validation misses its share."""
         return ""
 
+    def report(self, index) -> dict:
+        """What the index did, for split_audit.json: `notices` (what a user must see in the plan
+        and the log) and, for the conversation check, every near-duplicate join."""
+        return {"notices": []}
+
     def __repr__(self):
         return self.name
 
@@ -218,6 +224,7 @@ class ConversationCheck(LeakCheck):
         counts = ConversationCounts(
             conversations=len(index), validation_conversations=len(chosen),
             huge_conversations_split=index.split_up, largest_conversation=index.largest,
+            largest_share=round(index.largest / max(1, len(index.label)), 4),
             near_duplicate_scenes=index.near_duplicate_scenes, near_duplicate_records=index.near_duplicate_records,
             uncertain_conversations=len(index.uncertain))
         return Choice(frozenset(val_ids), frozenset(leaking), counts)
@@ -227,11 +234,15 @@ class ConversationCheck(LeakCheck):
                 if sp["huge_conversations_split"] else "none had to be split up")
         if sp.get("uncertain_conversations"):
             huge += f", {sp['uncertain_conversations']:,} of unknown film kept out of validation"
-        return (f"leaks      {sp['conversations']:,} conversations (largest {sp['largest_conversation']:,} samples; "
+        return (f"leaks      {sp['conversations']:,} conversations (largest {sp['largest_conversation']:,} samples, "
+                f"{sp.get('largest_share', 0):.1%} of the corpus; "
                 f"{huge}; {sp.get('near_duplicate_scenes', 0):,} scenes of {sp.get('near_duplicate_records', 0):,} "
                 f"records joined as near duplicates), {sp['validation_conversations']:,} of them validation "
                 f"({sp['whole_validation']:,} samples, one set for every N); {sp['excluded_for_leakage']:,} samples of "
                 f"validation conversations left out of the training pool")
+
+    def report(self, index: Conversations) -> dict:
+        return {"notices": index.notices, "near_duplicate_joins": index.near_duplicate_joins}
 
     def share_hint(self, index: Conversations) -> str:
         """Why validation may miss its share: the largest conversations."""

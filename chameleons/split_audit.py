@@ -12,7 +12,8 @@ unrelated scenes, where its text alone says nothing about the scene; or said aft
 different lines and shown by training only elsewhere (after another line than in validation, or
 in a history line or at the start of a dialogue, where no line before it is shown): the same
 words in another scene, which a split by scene rightly allows. Both are counted and listed
-apart, with examples. `leaked_after_the_same_line` counts the leaks training shows after the
+apart, with examples; those of GAG_WORDS or more words (a series' catchphrases and running
+gags, not "Yeah.") are counted again as `running_gags`, so a real corpus's repeats are seen. `leaked_after_the_same_line` counts the leaks training shows after the
 line that precedes them in validation (the same place: the split failed). Reading the prompts
 line by line, a history line that history cut at MAX_HISTORY_CHARS is matched by its first
 PREFIX_CHARS normalised characters.
@@ -25,6 +26,7 @@ import unicodedata
 from .prompts import MAX_HISTORY_CHARS
 
 COMMON_CONTEXTS = 3
+GAG_WORDS = 4  # a line set apart with this many words is a repeated phrase, not a generic "Yeah."
 PREFIX_CHARS = 80
 EXAMPLES = 10
 AUDIT_NAME = "split_audit.json"
@@ -154,6 +156,7 @@ def _report(val, found, contexts, per_epoch) -> dict:
                 "training_sample": s.sample_id, "epoch": e}
 
     leaks = by_kind["leak"]
+    gags = [f for k in ("common", "elsewhere") for f in by_kind[k] if len(normalised(f[1].target).split()) >= GAG_WORDS]
     common_texts = sorted({normalised(f[1].target) for f in by_kind["common"]}, key=lambda t: (-contexts[t], t))
     return {
         "validation_targets": len(val),
@@ -166,15 +169,25 @@ def _report(val, found, contexts, per_epoch) -> dict:
         "common_lines": [{"text": t, "preceded_by_different_lines": contexts[t]} for t in common_texts[:50]],
         "shown_elsewhere": len(by_kind["elsewhere"]),
         "elsewhere_examples": [example(f) for f in by_kind["elsewhere"][:EXAMPLES]],
+        "running_gags": len(gags),
+        "running_gag_examples": [example(f) for f in sorted(gags, key=lambda f: f[1].sample_id)[:EXAMPLES]],
         "rule": f"normalised text (case, accents, punctuation, spacing ignored); common = said after >= "
                 f"{COMMON_CONTEXTS} different lines in the corpus; elsewhere = said after 2 different lines, shown "
-                f"by training after another line than in validation (or without the line before it)",
+                f"by training after another line than in validation (or without the line before it); running gags "
+                f"= those of the two kinds with {GAG_WORDS} or more words (catchphrases, stock exchanges)",
     }
 
 
 def audit_split(split, builder, samples, n_epochs: int) -> dict:
     """The report for a split as training would use it: `n_epochs` epochs (1 without resampling)."""
-    return audit(split.val, [split.epoch_train(e) for e in range(n_epochs)], samples, builder)
+    return {**audit(split.val, [split.epoch_train(e) for e in range(n_epochs)], samples, builder),
+            "grouping": grouping(split)}
+
+
+def grouping(split) -> dict:
+    """What the split's grouping did: its notices and every near-duplicate join, with the lines
+    that matched (the audit reports it beside the leaks it checks)."""
+    return split.settings.leak_check.report(split.index)
 
 
 def summary(report: dict) -> dict:
@@ -182,12 +195,13 @@ def summary(report: dict) -> dict:
     return {"validation_targets": report["validation_targets"], "leaked_targets": report["leaked_targets"],
             "epochs": len(report["epochs"]),
             "worst_epoch": max((e["leaked_targets"] for e in report["epochs"]), default=0),
-            "common_targets_shown": report["common_targets_shown"], "shown_elsewhere": report["shown_elsewhere"]}
+            "common_targets_shown": report["common_targets_shown"], "shown_elsewhere": report["shown_elsewhere"],
+            "running_gags": report.get("running_gags", 0)}
 
 
 def summary_line(sm: dict) -> str:
     """The dry run's line, from `summary`."""
     return (f"audit      {sm['leaked_targets']:,} of {sm['validation_targets']:,} validation targets shown to training "
             f"by normalised text ({sm['epochs']} epoch(s), at most {sm['worst_epoch']:,} in one); "
-            f"apart: {sm['common_targets_shown']:,} common lines, {sm['shown_elsewhere']:,} said in another scene "
-            f"({AUDIT_NAME})")
+            f"apart: {sm['common_targets_shown']:,} common lines, {sm['shown_elsewhere']:,} said in another scene, "
+            f"{sm.get('running_gags', 0):,} of them running gags of {GAG_WORDS}+ words ({AUDIT_NAME})")

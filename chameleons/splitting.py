@@ -95,6 +95,11 @@ class Split:
             chosen.extend(ranked(group, self.pool[group], self.sample_seed, epoch)[: self.sizes[group]])
         return sorted(chosen, key=_file_order)
 
+    @property
+    def notices(self) -> list:
+        """What the grouping found that the user must see (a conversation built too big)."""
+        return self.settings.leak_check.report(self.index)["notices"]
+
     def pool_samples(self) -> list:
         return [s for group in sorted(self.pool) for s in self.pool[group]]
 

@@ -93,7 +93,7 @@ def run_audit(opts: cli.TrainOptions, run_dir: Path | None) -> dict:
         source = "recomputed from the flags"
     else:
         val, epochs = recorded
-        report = split_audit.audit(val, epochs, corpus.samples, builder)
+        report = {**split_audit.audit(val, epochs, corpus.samples, builder), "grouping": split_audit.grouping(split)}
         same = sorted(s.sample_id for s in val) == sorted(s.sample_id for s in split.val) and all(
             sorted(s.sample_id for s in ep) == sorted(s.sample_id for s in split.epoch_train(e))
             for e, ep in enumerate(epochs))
