@@ -19,3 +19,10 @@ def test_property_tests_draw_the_same_examples_every_run():
     from hypothesis import settings
 
     assert settings.default.derandomize is True
+
+
+def test_the_suite_installs_its_own_requirements():
+    """The real-corpus tests need a package that requirements.txt does not carry: scripts/test.sh
+    installs requirements-test.txt, which pins it (CI has nothing installed by hand)."""
+    assert "bash scripts/setup.sh requirements-test.txt" in (ROOT / "scripts" / "test.sh").read_text()
+    assert "seinfeld-laugh-corpus==" in (ROOT / "requirements-test.txt").read_text()

@@ -31,6 +31,7 @@ from make_synthetic_corpus import NOISE_STYLES, renormalised  # noqa: E402
 
 EDIT_SHARE = 0.5
 STYLE_SHARE = 0.3
+MIN_EDIT_WORDS = 4  # shorter lines only gain a word (a dropped word would change what they say)
 FILLERS = ("uh", "well", "just", "really", "so", "oh", "now", "like")
 
 
@@ -38,7 +39,7 @@ def _edited(words: list, rng: random.Random) -> list:
     words = list(words)
     for _ in range(rng.choice((1, 1, 2))):
         k = rng.randrange(len(words))
-        op = rng.choice(("replace", "drop", "insert", "swap"))
+        op = rng.choice(("replace", "drop", "insert", "swap")) if len(words) >= MIN_EDIT_WORDS else "insert"
         if op == "replace":
             words[k] = rng.choice(FILLERS)
         elif op == "drop" and len(words) > 3:
@@ -50,11 +51,13 @@ def _edited(words: list, rng: random.Random) -> list:
     return words
 
 
-def retranscribed_line(text: str, seed: int) -> str:
-    """The line as another transcriber wrote it; the same for the same (text, seed)."""
+def retranscribed_line(text: str, seed: int, every_line: bool = False) -> str:
+    """The line as another transcriber wrote it; the same for the same (text, seed). With
+    `every_line`, every line differs in its words (a short one gains a filler word): only
+    near-duplicate matching can then tie the copy to its original."""
     rng = random.Random(zlib.crc32(f"{seed}\x00{text}".encode()))
     words = text.split()
-    if len(words) >= 4 and rng.random() < EDIT_SHARE:
+    if words and (every_line or (len(words) >= MIN_EDIT_WORDS and rng.random() < EDIT_SHARE)):
         text = " ".join(_edited(words, rng))
     if rng.random() < STYLE_SHARE:
         text = renormalised(text, rng.choice(NOISE_STYLES))
@@ -65,7 +68,8 @@ def _episode(record: dict, index: int):
     return record.get("user", {}).get("profile", {}).get("episode", f"record {index}")
 
 
-def retranscribe(records: list, share: float, seed: int = 0, truth: list = None) -> tuple[list, list]:
+def retranscribe(records: list, share: float, seed: int = 0, truth: list = None,
+                 every_line: bool = False) -> tuple[list, list]:
     """(records, truth) with a noisy copy of each record of `share` of the episodes appended
     after the originals; `truth` (per record, per item: line ids) extended alike."""
     episodes = sorted({_episode(r, i) for i, r in enumerate(records)})
@@ -78,8 +82,8 @@ def retranscribe(records: list, share: float, seed: int = 0, truth: list = None)
         for coll in twin["task"]["task_behavior_collections"]:
             for item in coll["data"]:
                 for turn in item["context"]:
-                    turn["content"] = retranscribed_line(turn["content"], seed)
-                item["continuation"] = retranscribed_line(item["continuation"], seed)
+                    turn["content"] = retranscribed_line(turn["content"], seed, every_line)
+                item["continuation"] = retranscribed_line(item["continuation"], seed, every_line)
         out.append(twin)
         if out_truth is not None:
             out_truth.append(truth[i])
@@ -92,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output JSON file")
     p.add_argument("--share", type=ratio, default=0.1, help="share of the episodes transcribed twice (default 0.1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--every_line", action="store_true", help="edit the words of every line, short ones too")
     args = p.parse_args(argv)
     records = read_records(args.data_file)
-    out, _ = retranscribe(records, args.share, args.seed)
+    out, _ = retranscribe(records, args.share, args.seed, every_line=args.every_line)
     write_records(args.out, out)
     print(f"wrote {args.out}: {len(records):,} records and {len(out) - len(records):,} noisy copies", file=sys.stderr)
     return 0
