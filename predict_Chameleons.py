@@ -151,8 +151,6 @@ def character_fidelity(fid, corpus, results, paths, dist, untrained: bool = Fals
     path = f"{paths['output']}.fidelity.json"
     write_json(path, {"summary": summary, "items": rows})
     print(("untrained model: " if untrained else "") + fidelity_summary.format_summary(summary), flush=True)
-    if fid.fitted_now:
-        fidelity.save_cache(fid.run_dir, fid.attributor, dist.warn)
     return summary, path
 
 

@@ -289,23 +289,53 @@ def validation_ids(run_dir) -> set:
         return set()
 
 
-def _load_cached(path: Path, key: str):
-    """The cached classifier when it was fitted on exactly these lines and settings; anything
-    unreadable is refitted, never an error."""
+# Every global a cached classifier may name: what `fit_attributor`'s two kinds pickle to (recorded
+# with the pinned scikit-learn) and numpy's scalars. A pickle naming anything else (os.system,
+# builtins.eval, numpy.memmap) is refused before it is built: a model folder handed to prediction
+# may come from someone else, and pickle runs what it names.
+CACHE_GLOBALS = frozenset({
+    ("chameleons.fidelity", "Attributor"), ("chameleons.fidelity", "line_and_context_ngrams"),
+    ("chameleons.fidelity_centroids", "CentroidClassifier"),
+    ("numpy", "dtype"), ("numpy", "ndarray"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"), ("numpy", "float64"), ("numpy", "float32"), ("numpy", "int64"),
+    ("numpy", "int32"), ("numpy", "str_"), ("numpy", "bool_"),
+    ("scipy.sparse._csr", "csr_matrix"),
+    ("sklearn._loss._loss", "CyHalfBinomialLoss"),
+    ("sklearn.feature_extraction.text", "TfidfTransformer"), ("sklearn.feature_extraction.text", "TfidfVectorizer"),
+    ("sklearn.linear_model._stochastic_gradient", "SGDClassifier"), ("sklearn.pipeline", "Pipeline"),
+})
+
+
+class _CacheUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in CACHE_GLOBALS:
+            raise pickle.UnpicklingError(f"names {module}.{name}, which a fidelity classifier never holds")
+        return super().find_class(module, name)
+
+
+def _load_cached(path: Path, key: str) -> tuple:
+    """(the cached classifier when it was fitted on exactly these lines and settings, else None;
+    why not, for a notice). Read with `_CacheUnpickler`: nothing but a classifier's own types is
+    ever built, so a planted file runs no code; anything unreadable is refitted."""
     try:
         with open(path, "rb") as f:
-            cached = pickle.load(f)
-    except Exception:  # a damaged or foreign cache file is replaced, whatever is wrong with it
-        return None
-    return cached if isinstance(cached, Attributor) and cached.key == key else None
+            cached = _CacheUnpickler(f).load()
+    except Exception as exc:  # a damaged or foreign cache file is refitted, whatever is wrong with it
+        return None, f"not a classifier this trainer wrote ({str(exc) or type(exc).__name__})"
+    if not isinstance(cached, Attributor):
+        return None, f"a {type(cached).__name__}, not a classifier"
+    return (cached, "") if cached.key == key else (None, "")
 
 
-def cached_attributor(folder, lines_by_char: dict) -> tuple:
+def cached_attributor(folder, lines_by_char: dict, warn=None) -> tuple:
     """(classifier, whether it was fitted now): read from the run folder's cache when it was
-    fitted on exactly these lines and settings, else fitted."""
+    fitted on exactly these lines and settings, else fitted (a cache that cannot be used is one
+    notice; one fitted on other lines is simply stale)."""
     key = lines_key(lines_by_char)
     path = Path(folder) / CACHE_NAME if folder else None
-    cached = _load_cached(path, key) if path and path.is_file() else None
+    cached, why = _load_cached(path, key) if path and path.is_file() else (None, "")
+    if why and warn:
+        warn(f"fidelity: the classifier cache {path} is {why}; ignored, the classifier is fitted again")
     return (cached, False) if cached is not None else (fit_attributor(lines_by_char), True)
 
 
@@ -363,7 +393,7 @@ def setup(training: TrainingPool, held_out, run_dir=None, warn=None, context: bo
              f"a CPU in about a minute (limit {MAX_FIT_SIZE:,}): class-centroid classifier instead (ranks exact, "
              f"probabilities relative; compare runs only within one classifier kind)")
     try:
-        attributor, fitted = cached_attributor(run_dir, lines)
+        attributor, fitted = cached_attributor(run_dir, lines, warn)
     except ValueError as exc:  # e.g. scikit-learn's "empty vocabulary" for lines with no n-gram in common
         if warn:
             warn(f"fidelity: no speaker classifier could be fitted ({exc}): no fidelity figures")

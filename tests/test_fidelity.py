@@ -150,7 +150,9 @@ def test_setup_excludes_manifest_validation_and_needs_two_characters(tmp_path, m
     fidelity.save_cache(tmp_path, fid.attributor)
     assert not fidelity.setup(training, [], tmp_path).fitted_now  # read from the cache
     (tmp_path / fidelity.CACHE_NAME).write_bytes(b"damaged")
-    assert fidelity.setup(training, [], tmp_path).fitted_now  # refitted, no error
+    damaged = []
+    assert fidelity.setup(training, [], tmp_path, damaged.append).fitted_now  # refitted, no error
+    assert len(damaged) == 1 and "is not a classifier this trainer wrote" in damaged[0]
     notices = []
     assert fidelity.setup(fidelity.TrainingPool(pool[:5], pool[:5], conversations), [], None, notices.append) is None
     assert len(notices) == 1 and "needs two" in notices[0]
@@ -307,3 +309,40 @@ def test_the_context_line_is_an_optional_classifier_feature():
     cook = [Item("q", "uq", "cook", ["check the runway wind"], ["of course"], "")]
     assert fidelity.score_items(ctx.attributor, ctx.films, cook)[0][0]["generated"][0]["rank_all"] == 2
     assert with_ctx["words"] == without["words"] == 2
+
+
+class _Planted:
+    """What an attacker plants as fidelity_attributor.pkl: unpickling it calls `os.system`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("centroid", [False, True])
+def test_a_planted_pickle_in_the_model_folder_runs_nothing(tmp_path, monkeypatch, centroid):
+    """The cache is read with an unpickler that builds only a classifier's own types: a pickle
+    naming os.system is refused before it runs (one notice, a refit), while the cache training
+    writes for either classifier kind reads back."""
+    import pickle
+
+    pool = [_sample(str(i), c, line) for i, (c, line) in
+            enumerate((c, line) for c, lines in VOICES.items() for line in lines)]
+    training = fidelity.TrainingPool(pool, pool, SimpleNamespace(members=[[s] for s in pool]))
+    if centroid:
+        monkeypatch.setattr(fidelity, "MAX_FIT_SIZE", 3 * 12)
+    fitted = fidelity.setup(training, [], tmp_path)
+    fidelity.save_cache(tmp_path, fitted.attributor)
+    assert not fidelity.setup(training, [], tmp_path).fitted_now
+    marker = tmp_path / "ran"
+    (tmp_path / fidelity.CACHE_NAME).write_bytes(pickle.dumps(_Planted(marker)))
+    assert pickle.loads(pickle.dumps(_Planted(tmp_path / "control"))) == 0  # the control: plain pickle runs it
+    assert (tmp_path / "control").exists()
+    notices = []
+    assert fidelity.setup(training, [], tmp_path, notices.append).fitted_now
+    assert not marker.exists()
+    assert len(notices) == (2 if centroid else 1) and "names posix.system" in notices[-1]

@@ -361,7 +361,7 @@ def test_output_file_shape_summary_and_log(env, tmp_path, capsys):
     assert [r["sample_id"] for r in fid["items"]] == [sid for sid, _ in _items(original)]
     assert all(r["attributed"] and len(r["generated"]) == 2 for r in fid["items"])
     assert summary["fidelity"]["classifier"]["characters"] == 3 and summary["fidelity"]["reference"]["all"]["items"] == 6
-    assert (env["models"]["m1"] / fidelity.CACHE_NAME).is_file()  # cached in the run folder
+    assert not (env["models"]["m1"] / fidelity.CACHE_NAME).exists()  # prediction writes nothing into a model folder
     err = capsys.readouterr().err
     assert "trained with --ablation_config context_only" in err  # m1's training_config.json differs
     with pytest.raises(UserError, match="exists; pass --overwrite"):
