@@ -26,9 +26,14 @@ def where(path, record=None, field=None) -> str:
 
 @contextmanager
 def user_errors_exit():
-    """Turn a UserError into `error: ...` on stderr and exit code 2."""
+    """Turn a UserError into `error: ...` on stderr and exit code 2. Under torchrun every rank
+    runs the same checks on the same input, so rank 0 alone prints the line (once, not once per
+    rank); every rank exits 2."""
+    from .launch import maybe_rank_zero
+
     try:
         yield
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        if maybe_rank_zero():
+            print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_BAD_INPUT) from None

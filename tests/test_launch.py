@@ -1,4 +1,14 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+
+from chameleons.errors import UserError, user_errors_exit
 from chameleons.launch import slurm_to_torch_env
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_slurm_task_becomes_a_torch_rank():
@@ -17,3 +27,30 @@ def test_torchrun_and_single_tasks_are_left_alone():
 def test_tasks_per_node_with_repeat_count():
     env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "16", "SLURM_NTASKS_PER_NODE": "8(x2)"}
     assert slurm_to_torch_env(env)["LOCAL_WORLD_SIZE"] == "8"
+
+
+@pytest.mark.parametrize("rank, prints", [(None, True), ("0", True), ("1", False), ("3", False), ("x", True)])
+def test_bad_input_is_said_by_rank_zero_alone(monkeypatch, capsys, rank, prints):
+    """Every rank finds the same bad input; rank 0 says it (a RANK that cannot be read counts as
+    0, so its line is never lost) and every rank exits 2."""
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    with pytest.raises(SystemExit) as info, user_errors_exit():
+        raise UserError("config.json: key training.batch_size: must be at least 1")
+    assert info.value.code == 2
+    assert capsys.readouterr().err == ("error: config.json: key training.batch_size: must be at least 1\n" if prints else "")
+
+
+def test_two_process_torchrun_prints_one_error_line(tmp_path):
+    """The real launcher: a flag value every rank refuses is one `error:` line, not one per rank,
+    and torchrun reports the workers' exit code 2."""
+    out = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2", f"--master_port={free_port()}",
+                          str(REPO / "train_distributed_Chameleons.py"), "--config", str(REPO / "config_tiny_cpu.json"),
+                          "--output_dir", str(tmp_path / "run"), "--max_samples_per_user", "0"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--max_samples_per_user" in errors[0], out.stderr[-2000:]
+    assert out.returncode != 0 and "exitcode  : 2" in out.stderr.replace("exitcode: ", "exitcode  : ")
+    assert not (tmp_path / "run").exists()
