@@ -40,35 +40,49 @@ def device_policy(disable_flash_attn: bool, attn_config: str, batching: str = "p
                         f"launch with torchrun --nproc_per_node={torch.cuda.device_count()}, or set "
                         f"CUDA_VISIBLE_DEVICES to one GPU")
     bf16 = on_gpu and torch.cuda.is_bf16_supported()
-    attn = attn_config
-    if attn == "auto":
-        attn = "sdpa"
-        if on_gpu and not disable_flash_attn and _flash_attn_installed():
-            attn = "flash_attention_2"
-        elif on_gpu and batching == "packed":
-            attn = attention.GPU_PACKED
-            notices.append(f"flash-attention 2 is {'disabled' if disable_flash_attn else 'not installed'}: packed "
-                           f"batches use {attn} (PyTorch's kernel, each sample masked to itself)")
-        elif on_gpu and not disable_flash_attn:
-            notices.append("flash-attention 2 is not installed: using SDPA attention")
-    elif attn == "flash_attention_2" and (disable_flash_attn or not on_gpu):
-        attn = "sdpa"
-        notices.append("flash-attention 2 needs a GPU and is not disabled: using SDPA attention")
-    elif attn == "flash_attention_2" and not _flash_attn_installed():
-        raise UserError("model.attn_implementation flash_attention_2: the flash-attn package is not installed "
-                        "(pip install flash-attn), or choose auto or sdpa")
-    if attn == "sdpa" and batching == "packed":
+    attn, notices = choose_attention(attn_config, on_gpu, on_gpu and flash_attn_2_available(), disable_flash_attn,
+                                     batching)
+    if attn == attention.NAME:
         attention.register()
-        attn = attention.NAME
     return DevicePolicy(on_gpu=on_gpu, bf16=bf16, attn_implementation=attn, notices=tuple(notices))
 
 
-def _flash_attn_installed() -> bool:
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def choose_attention(requested: str, on_gpu: bool, flash2: bool, disable_flash_attn: bool, batching: str) -> tuple:
+    """(the attention implementation that will run, notices): a pure function of the config's
+    request, the device and whether flash-attention 2 is usable (`flash_attn_2_available`), so
+    the plan and the run name the same kernel. Packed rows without flash-attention: flex_attention
+    with transformers' document mask on a GPU (a library kernel), SDPA per sample (`sdpa_varlen`)
+    on CPU, where flex_attention has no backward."""
+    notices = []
+    attn = requested
+    if attn == "auto":
+        attn = "sdpa"
+        if on_gpu and not disable_flash_attn and flash2:
+            attn = "flash_attention_2"
+        elif on_gpu and batching == "packed":
+            attn = attention.GPU_PACKED
+            notices.append(f"flash-attention 2 is {'disabled' if disable_flash_attn else 'not usable'}: packed "
+                           f"batches use {attn} (PyTorch's kernel, each sample masked to itself)")
+        elif on_gpu and not disable_flash_attn:
+            notices.append("flash-attention 2 is not usable: using SDPA attention")
+    elif attn == "flash_attention_2" and (disable_flash_attn or not on_gpu):
+        attn = "sdpa"
+        notices.append("flash-attention 2 needs a GPU and is not disabled: using SDPA attention")
+    elif attn == "flash_attention_2" and not flash2:
+        raise UserError("model.attn_implementation flash_attention_2: no usable flash-attn 2 (transformers' "
+                        "is_flash_attn_2_available: the flash-attn package, 2.3.3 or later; flash-attn-4 is not it), "
+                        "or choose auto or sdpa")
+    if attn == "sdpa" and batching == "packed":
+        attn = attention.NAME
+    return attn, notices
+
+
+def flash_attn_2_available() -> bool:
+    """transformers' own check, the one its model loading applies: `import flash_attn` also
+    succeeds with only flash-attn-4 installed, which transformers then refuses."""
+    from transformers.utils import is_flash_attn_2_available
+
+    return is_flash_attn_2_available()
 
 
 def build_model(config, device: DevicePolicy, deepspeed_zero3: bool):
