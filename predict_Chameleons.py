@@ -18,8 +18,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from chameleons import (data, diskspace, encoding, evaluation, fidelity, fidelity_summary, generation, model_loading,
-                        prediction, predictor, prompts, ranks, run_record, shards)
+from chameleons import (data, diskspace, encoding, evaluation, fidelity, fidelity_summary, generation, launch,
+                        model_loading, prediction, predictor, prompts, ranks, run_record, shards)
 from chameleons.errors import UserError, user_errors_exit
 from chameleons.outputs import write_json, write_records, write_text
 from chameleons.conversations import Conversations
@@ -230,7 +230,7 @@ def finish(opts, paths, summary, started, store):
 
 
 if __name__ == "__main__":
-    with user_errors_exit(), diskspace.full_disk_is_one_line(
+    with user_errors_exit(launch.maybe_rank_zero), diskspace.full_disk_is_one_line(
             "the output", "the items generated so far are kept in <output_file>.parts; free space and rerun the "
                           "same command to resume from them"):
         sys.exit(main())

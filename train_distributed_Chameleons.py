@@ -73,6 +73,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    with user_errors_exit():
+    with user_errors_exit(launch.maybe_rank_zero):
         code = main()
     launch.exit_worker(code)

@@ -25,15 +25,13 @@ def where(path, record=None, field=None) -> str:
 
 
 @contextmanager
-def user_errors_exit():
+def user_errors_exit(speaks=lambda: True):
     """Turn a UserError into `error: ...` on stderr and exit code 2. Under torchrun every rank
-    runs the same checks on the same input, so rank 0 alone prints the line (once, not once per
-    rank); every rank exits 2."""
-    from .launch import maybe_rank_zero
-
+    runs the same checks on the same input: the entry scripts pass `launch.maybe_rank_zero` as
+    `speaks`, so the line is printed once (rank 0), not once per rank; every rank exits 2."""
     try:
         yield
     except UserError as exc:
-        if maybe_rank_zero():
+        if speaks():
             print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_BAD_INPUT) from None

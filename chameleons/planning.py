@@ -4,9 +4,7 @@ import math
 from dataclasses import dataclass, replace
 
 from . import leak_checks, memory, split_audit, splitting, zero3
-from .sampling import sampled_counts
-
-GUIDE_SIZES = (1, 2, 5, 10, None)
+from .sampling import GUIDE_SIZES, sampled_counts
 
 
 def steps_per_epoch(n_train: int, batch_size: int, world_size: int, grad_accum: int) -> int:

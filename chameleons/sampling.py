@@ -9,6 +9,8 @@ number of processes), and the subset for N is a prefix of the subset for N + 1.
 import hashlib
 from collections import defaultdict
 
+GUIDE_SIZES = (1, 2, 5, 10, None)  # the N of the plan's sampling guide (None: all)
+
 
 def rank_key(seed: int, group: str, uid: str, epoch: int = 0) -> bytes:
     """Epoch 0 is the plain per-run sample; later epochs rank afresh."""
@@ -37,7 +39,7 @@ def sample_per_character(samples, max_per_user, seed: int, group_by: str = "user
     return [s for s in samples if s.sample_id in keep]
 
 
-def sampled_counts(samples, group_by: str = "user_hash", sizes=(1, 2, 5, 10, None)) -> dict:
+def sampled_counts(samples, group_by: str = "user_hash", sizes=GUIDE_SIZES) -> dict:
     """Samples kept for each N of the sampling guide's table (counts only, no draw needed)."""
     per_group = [len(m) for m in group_samples(samples, group_by).values()]
     return {("all" if n is None else n): sum(c if n is None else min(c, n) for c in per_group) for n in sizes}

@@ -6,7 +6,7 @@ import pytest
 from conftest import free_port
 
 from chameleons.errors import UserError, user_errors_exit
-from chameleons.launch import slurm_to_torch_env
+from chameleons.launch import maybe_rank_zero, slurm_to_torch_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def test_bad_input_is_said_by_rank_zero_alone(monkeypatch, capsys, rank, prints)
         monkeypatch.delenv("RANK", raising=False)
     else:
         monkeypatch.setenv("RANK", rank)
-    with pytest.raises(SystemExit) as info, user_errors_exit():
+    with pytest.raises(SystemExit) as info, user_errors_exit(maybe_rank_zero):
         raise UserError("config.json: key training.batch_size: must be at least 1")
     assert info.value.code == 2
     assert capsys.readouterr().err == ("error: config.json: key training.batch_size: must be at least 1\n" if prints else "")
