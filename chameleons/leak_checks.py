@@ -16,30 +16,13 @@ from dataclasses import dataclass
 
 from . import conversations
 from .conversations import Conversations
-from .sampling import GUIDE_SIZES, group_samples, ranked
+from .sampling import group_samples
 
 MAX_QUOTING_FIRST_PASS = 2
 
 
 def _val_rank(seed: int, uid: str) -> bytes:
     return hashlib.blake2b(f"val\x00{seed}\x00{uid}".encode(), digest_size=8).digest()
-
-
-def draw_weights(grouped: Conversations, samples, seed: int, group_by: str = "user_hash") -> dict:
-    """Conversation -> its mean share, over the guide's N (`sampling.GUIDE_SIZES`), of the
-    per-character sample drawn with `seed` (the draw a run with that validation seed makes):
-    what taking it adds to a typical run's validation share. A series' one-episode characters
-    weigh more at small N than at N = all."""
-    sizes = [n for n in GUIDE_SIZES if n is not None]
-    totals = dict.fromkeys(sizes, 0)
-    places = {}  # conversation -> the place of each of its samples in its character's seeded order
-    for group, members in group_samples(samples, group_by).items():
-        for n in sizes:
-            totals[n] += min(n, len(members))
-        for place, s in enumerate(ranked(group, members, seed)):
-            places.setdefault(grouped.label[s.sample_id], []).append(place)
-    return {c: (len(p) / len(samples) + sum(sum(x < n for x in p) / totals[n] for n in sizes)) / len(GUIDE_SIZES)
-            for c, p in places.items()}
 
 
 def _ending_cost(grouped: Conversations, c) -> int:
@@ -54,59 +37,54 @@ def _ending_cost(grouped: Conversations, c) -> int:
 
 def choose_conversations(grouped: Conversations, samples, val_ratio: float, seed: int,
                          group_by: str = "user_hash") -> list:
-    """Whole conversations, in an order seeded by `seed`, until about `val_ratio` of the sampled
-    set of a typical run: each conversation weighs its mean share over the guide's N
-    (`draw_weights`), so N = 2 and N = all both land near `val_ratio` (by sample count alone,
-    a series' small N sat 1-2 points above it).
+    """Whole conversations, in an order seeded by `seed`, until about `val_ratio` of `samples`.
 
     A conversation that would overshoot the target is passed over for a later, smaller one. A
     first pass also passes over a conversation that would take the last training data of a
     character seen in several conversations, or that has a sample whose last context line and
     target other conversations show too (those samples would leave training: a one-turn window
-    shows nothing else); the second pass takes it only when the target cannot be met otherwise,
-    those that would take the fewest such samples out of training first.
+    shows nothing else). Later passes relax this only as far as the target needs: the last
+    training data of a character first; last, conversations whose endings others show, those
+    that would take the fewest samples out of training first.
     A character of one conversation is not protected: keeping all of them out of validation
     would leave small-N validation sets short of their share (at N = 1 every character counts
     once). Returns conversation labels."""
     if len(samples) < 2:
         return []
+    target = min(len(samples) - 1, max(1, round(val_ratio * len(samples))))
     label = grouped.label
     members_in = {}
     for s in samples:
         if label[s.sample_id] not in grouped.uncertain:
             members_in.setdefault(label[s.sample_id], []).append(s)
-    weight = draw_weights(grouped, samples, seed, group_by)
-    target = min(len(samples) - 1, max(1, round(val_ratio * len(samples)))) / len(samples)
-    limit = (len(samples) - 1) / len(samples)  # of the whole corpus: training keeps a sample
     order = sorted(members_in, key=lambda c: (_val_rank(seed, grouped.names[c]), grouped.names[c]))
     pool_left = Counter(s.group_key(group_by) for s in samples)
     scenes_of = Counter(g for members in grouped.members for g in {s.group_key(group_by) for s in members})
-    chosen, total, taken = {}, 0.0, 0
-
+    chosen, total = {}, 0
     def take(c):
-        nonlocal total, taken
+        nonlocal total
         pool_left.subtract(s.group_key(group_by) for s in grouped.members[c])
         chosen[c] = True
-        total += weight[c]
-        taken += len(members_in[c])
+        total += len(members_in[c])
 
-    for protect in (True, False):
-        for c in (order if protect else sorted(order, key=lambda c: _ending_cost(grouped, c))):
+    for protect, costly in ((True, False), (False, False), (False, True)):
+        for c in (sorted(order, key=lambda c: _ending_cost(grouped, c)) if costly else order):
             if total >= target:
                 break
-            if c in chosen or total + weight[c] > target or (taken + len(members_in[c])) / len(samples) > limit:
+            if c in chosen or total + len(members_in[c]) > target:
+                continue
+            if not costly and c in grouped.shared_ending:
                 continue
             every = Counter(s.group_key(group_by) for s in grouped.members[c])
-            if protect and (c in grouped.shared_ending or
-                            any(pool_left[g] - k < 1 and scenes_of[g] > 1 for g, k in every.items())):
+            if protect and any(pool_left[g] - k < 1 and scenes_of[g] > 1 for g, k in every.items()):
                 continue
             take(c)
     if total < target:  # every conversation left overshoots: take the smallest if it gets closer (or
         # if there is no validation yet: a run needs some)
-        rest = [c for c in order if c not in chosen and taken + len(members_in[c]) <= len(samples) - 1]
+        rest = [c for c in order if c not in chosen and total + len(members_in[c]) <= len(samples) - 1]
         if rest:
-            best = min(rest, key=lambda c: (weight[c], len(members_in[c])))
-            if total == 0 or abs(total + weight[best] - target) < target - total:
+            best = min(rest, key=lambda c: len(members_in[c]))
+            if total == 0 or abs(total + len(members_in[best]) - target) < target - total:
                 take(best)
     return list(chosen)
 
