@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 from . import conversations
 from .conversations import Conversations
-from .sampling import group_samples
+from .sampling import GUIDE_SIZES, group_samples, ranked
 
 MAX_QUOTING_FIRST_PASS = 2
+BALANCE = 0.005  # how far above val_ratio a small N's validation may go (of its draw; at least one sample)
 
 
 def _val_rank(seed: int, uid: str) -> bytes:
@@ -35,11 +36,31 @@ def _ending_cost(grouped: Conversations, c) -> int:
     return len({q.sample_id for pair in pairs for q in grouped.holders[pair]} - own)
 
 
+def small_n_draws(grouped: Conversations, samples, seed: int, group_by: str = "user_hash") -> tuple:
+    """({conversation: its samples in each small N's draw}, [each draw's size]) for the N of the
+    plan's guide below all (`sampling.GUIDE_SIZES`), drawn as a run with validation seed `seed`
+    draws them."""
+    sizes = [n for n in GUIDE_SIZES if n is not None]
+    drawn, counts = [0] * len(sizes), {}
+    for group, members in group_samples(samples, group_by).items():
+        for k, n in enumerate(sizes):
+            drawn[k] += min(n, len(members))
+        for place, s in enumerate(ranked(group, members, seed)[:sizes[-1]]):
+            row = counts.setdefault(grouped.label[s.sample_id], [0] * len(sizes))
+            for k, n in enumerate(sizes):
+                row[k] += place < n
+    return counts, drawn
+
+
 def choose_conversations(grouped: Conversations, samples, val_ratio: float, seed: int,
                          group_by: str = "user_hash") -> list:
     """Whole conversations, in an order seeded by `seed`, until about `val_ratio` of `samples`.
 
-    A conversation that would overshoot the target is passed over for a later, smaller one. A
+    A conversation that would overshoot the target is passed over for a later, smaller one, and
+    so is one that would put the validation share of a small N's draw (the guide's 1, 2, 5, 10,
+    as a run with this validation seed draws them) more than BALANCE above `val_ratio`: a
+    series' validation episodes hold many one-episode characters, which count fully at small N
+    (without this, N = 10 on a real series reached 11-13% while N = all sat at 10%). A
     first pass also passes over a conversation that would take the last training data of a
     character seen in several conversations, or that has a sample whose last context line and
     target other conversations show too (those samples would leave training: a one-turn window
@@ -61,17 +82,26 @@ def choose_conversations(grouped: Conversations, samples, val_ratio: float, seed
     pool_left = Counter(s.group_key(group_by) for s in samples)
     scenes_of = Counter(g for members in grouped.members for g in {s.group_key(group_by) for s in members})
     chosen, total = {}, 0
+    small, drawn = small_n_draws(grouped, samples, seed, group_by)
+    small_total = [0] * len(drawn)
+    small_cap = [round(val_ratio * d) + max(1, round(BALANCE * d)) for d in drawn]
+
+    def fits_small_n(c):
+        return all(t + k <= cap for t, k, cap in zip(small_total, small.get(c, ()), small_cap))
+
     def take(c):
         nonlocal total
         pool_left.subtract(s.group_key(group_by) for s in grouped.members[c])
         chosen[c] = True
         total += len(members_in[c])
+        for k, x in enumerate(small.get(c, ())):
+            small_total[k] += x
 
     for protect, costly in ((True, False), (False, False), (False, True)):
         for c in (sorted(order, key=lambda c: _ending_cost(grouped, c)) if costly else order):
             if total >= target:
                 break
-            if c in chosen or total + len(members_in[c]) > target:
+            if c in chosen or total + len(members_in[c]) > target or not fits_small_n(c):
                 continue
             if not costly and c in grouped.shared_ending:
                 continue
@@ -81,7 +111,8 @@ def choose_conversations(grouped: Conversations, samples, val_ratio: float, seed
             take(c)
     if total < target:  # every conversation left overshoots: take the smallest if it gets closer (or
         # if there is no validation yet: a run needs some)
-        rest = [c for c in order if c not in chosen and total + len(members_in[c]) <= len(samples) - 1]
+        rest = [c for c in order if c not in chosen and total + len(members_in[c]) <= len(samples) - 1
+                and (total == 0 or fits_small_n(c))]
         if rest:
             best = min(rest, key=lambda c: len(members_in[c]))
             if total == 0 or abs(total + len(members_in[best]) - target) < target - total:
