@@ -36,20 +36,30 @@ def _ending_cost(grouped: Conversations, c) -> int:
     return len({q.sample_id for pair in pairs for q in grouped.holders[pair]} - own)
 
 
-def small_n_draws(grouped: Conversations, samples, seed: int, group_by: str = "user_hash") -> tuple:
-    """({conversation: its samples in each small N's draw}, [each draw's size]) for the N of the
-    plan's guide below all (`sampling.GUIDE_SIZES`), drawn as a run with validation seed `seed`
-    draws them."""
-    sizes = [n for n in GUIDE_SIZES if n is not None]
-    drawn, counts = [0] * len(sizes), {}
-    for group, members in group_samples(samples, group_by).items():
-        for k, n in enumerate(sizes):
-            drawn[k] += min(n, len(members))
-        for place, s in enumerate(ranked(group, members, seed)[:sizes[-1]]):
-            row = counts.setdefault(grouped.label[s.sample_id], [0] * len(sizes))
+class SmallDraws:
+    """The validation share of each small N's draw (the guide's N below all,
+    `sampling.GUIDE_SIZES`, drawn as a run with validation seed `seed` draws them) as
+    conversations are taken, held at most BALANCE (and one sample) above `val_ratio`."""
+
+    def __init__(self, grouped: Conversations, samples, val_ratio: float, seed: int, group_by: str):
+        sizes = [n for n in GUIDE_SIZES if n is not None]
+        drawn, self.counts = [0] * len(sizes), {}
+        for group, members in group_samples(samples, group_by).items():
             for k, n in enumerate(sizes):
-                row[k] += place < n
-    return counts, drawn
+                drawn[k] += min(n, len(members))
+            for place, s in enumerate(ranked(group, members, seed)[:sizes[-1]]):
+                row = self.counts.setdefault(grouped.label[s.sample_id], [0] * len(sizes))
+                for k, n in enumerate(sizes):
+                    row[k] += place < n
+        self.caps = [round(val_ratio * d) + max(1, round(BALANCE * d)) for d in drawn]
+        self.taken = [0] * len(sizes)
+
+    def fits(self, c) -> bool:
+        return all(t + k <= cap for t, k, cap in zip(self.taken, self.counts.get(c, ()), self.caps))
+
+    def add(self, c):
+        for k, x in enumerate(self.counts.get(c, ())):
+            self.taken[k] += x
 
 
 def choose_conversations(grouped: Conversations, samples, val_ratio: float, seed: int,
@@ -82,26 +92,20 @@ def choose_conversations(grouped: Conversations, samples, val_ratio: float, seed
     pool_left = Counter(s.group_key(group_by) for s in samples)
     scenes_of = Counter(g for members in grouped.members for g in {s.group_key(group_by) for s in members})
     chosen, total = {}, 0
-    small, drawn = small_n_draws(grouped, samples, seed, group_by)
-    small_total = [0] * len(drawn)
-    small_cap = [round(val_ratio * d) + max(1, round(BALANCE * d)) for d in drawn]
-
-    def fits_small_n(c):
-        return all(t + k <= cap for t, k, cap in zip(small_total, small.get(c, ()), small_cap))
+    small = SmallDraws(grouped, samples, val_ratio, seed, group_by)
 
     def take(c):
         nonlocal total
         pool_left.subtract(s.group_key(group_by) for s in grouped.members[c])
         chosen[c] = True
         total += len(members_in[c])
-        for k, x in enumerate(small.get(c, ())):
-            small_total[k] += x
+        small.add(c)
 
     for protect, costly in ((True, False), (False, False), (False, True)):
         for c in (sorted(order, key=lambda c: _ending_cost(grouped, c)) if costly else order):
             if total >= target:
                 break
-            if c in chosen or total + len(members_in[c]) > target or not fits_small_n(c):
+            if c in chosen or total + len(members_in[c]) > target or not small.fits(c):
                 continue
             if not costly and c in grouped.shared_ending:
                 continue
@@ -112,7 +116,7 @@ def choose_conversations(grouped: Conversations, samples, val_ratio: float, seed
     if total < target:  # every conversation left overshoots: take the smallest if it gets closer (or
         # if there is no validation yet: a run needs some)
         rest = [c for c in order if c not in chosen and total + len(members_in[c]) <= len(samples) - 1
-                and (total == 0 or fits_small_n(c))]
+                and (total == 0 or small.fits(c))]
         if rest:
             best = min(rest, key=lambda c: len(members_in[c]))
             if total == 0 or abs(total + len(members_in[best]) - target) < target - total:
