@@ -61,6 +61,7 @@ def main(argv=None) -> int:
         schedule = planning.Schedule(opts.nproc_per_node, opts.max_epochs, opts.sec_per_step)
         plan = {**planning.make_plan(corpus, split, encoded, config.training, schedule, checks.costs),
                 "config": config.resolved(), "notices": checks.notices, "expert_parallel": checks.expert_parallel,
+                "device": checks.device.record(),
                 "split_audit": split_audit.summary(audit)}
         preflight.require_trainable(corpus.path, plan["split"]["train_encoded"], plan["split"]["validation_encoded"])
         print(planning.format_plan(plan), flush=True)

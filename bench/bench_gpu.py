@@ -71,7 +71,7 @@ def ours_attention(device):
                 return "flash_attention_2"
         except ImportError:
             pass
-        return attention.GPU_PACKED  # what training runs on a GPU without flash-attn
+        return attention.NAME  # what training runs on a GPU without flash-attn
     return attention.NAME
 
 

@@ -4,10 +4,13 @@ Stock SDPA on a packed row computes the full (sum of lengths)^2 masked attention
 padding saving; here each sample attends only to itself, block by block on the diagonal. Rows
 that are not packed (padded batches) go to stock SDPA unchanged.
 
-This is the CPU path: a Python loop over samples in every layer. On a GPU, packed batches run
-flash-attention's varlen kernel when flash-attn is installed, else `GPU_PACKED` (PyTorch's
-flex_attention through transformers, with the document mask transformers builds from the
-position ids): library kernels, no loop (`chameleons.model_setup.device_policy`).
+This runs packed batches wherever flash-attention 2 does not: on CPU, and on a GPU without a
+usable flash-attn (`chameleons.model_setup.choose_attention`). Not flex_attention there: it
+compiles in every process and again when training and evaluation switch, and its backward on
+packed rows has never run here (no CPU kernel in torch 2.13); this path's forward and backward
+are what every CPU test trains with, need no compile, and each sample's call is PyTorch's fused
+SDPA kernel. Its cost is one call per sample per layer, and one host read of the sample bounds
+per forward (cached across the layers, which all get the same offsets tensor).
 """
 
 import torch
@@ -15,12 +18,22 @@ import torch.nn.functional as F
 
 from .batching_kinds import SDPA_VARLEN as NAME
 
-GPU_PACKED = "flex_attention"
+_last_bounds = [None, None]  # (offsets or positions tensor, its bounds): one read per forward, not per layer
 
 
 def _sample_bounds(position_ids, cu_seq_lens=None):
     """Start offsets of the samples of a packed row (the collator's cumulative lengths, else where
-    the positions restart at 0), or None."""
+    the positions restart at 0), or None. Read from the device once per tensor: every layer of a
+    forward gets the same one."""
+    source = cu_seq_lens if cu_seq_lens is not None else position_ids
+    if source is not None and _last_bounds[0] is source:
+        return _last_bounds[1]
+    bounds = _read_bounds(position_ids, cu_seq_lens)
+    _last_bounds[:] = [source, bounds]
+    return bounds
+
+
+def _read_bounds(position_ids, cu_seq_lens):
     if position_ids is None or position_ids.dim() != 2 or position_ids.shape[0] != 1:
         return None
     if cu_seq_lens is not None:

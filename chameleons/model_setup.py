@@ -29,9 +29,7 @@ class DevicePolicy:
 
 
 def device_policy(disable_flash_attn: bool, attn_config: str, batching: str = "padded") -> DevicePolicy:
-    """bf16 + flash-attention 2 on a GPU when available, fp32 + SDPA on CPU. Packed rows without
-    flash-attention: flex_attention with transformers' document mask on a GPU (a library kernel),
-    SDPA per sample (`sdpa_varlen`) on CPU, where flex_attention has no backward."""
+    """bf16 + flash-attention 2 on a GPU when usable, fp32 + SDPA on CPU (`choose_attention`)."""
     notices = []
     on_gpu = torch.cuda.is_available()
     if on_gpu and torch.cuda.device_count() > 1 and not launch.launched():
@@ -50,9 +48,8 @@ def device_policy(disable_flash_attn: bool, attn_config: str, batching: str = "p
 def choose_attention(requested: str, on_gpu: bool, flash2: bool, disable_flash_attn: bool, batching: str) -> tuple:
     """(the attention implementation that will run, notices): a pure function of the config's
     request, the device and whether flash-attention 2 is usable (`flash_attn_2_available`), so
-    the plan and the run name the same kernel. Packed rows without flash-attention: flex_attention
-    with transformers' document mask on a GPU (a library kernel), SDPA per sample (`sdpa_varlen`)
-    on CPU, where flex_attention has no backward."""
+    the plan and the run name the same kernel. Packed rows without flash-attention run SDPA per
+    sample (`sdpa_varlen`, on a GPU too: why not flex_attention is in `attention`)."""
     notices = []
     attn = requested
     if attn == "auto":
@@ -60,9 +57,9 @@ def choose_attention(requested: str, on_gpu: bool, flash2: bool, disable_flash_a
         if on_gpu and not disable_flash_attn and flash2:
             attn = "flash_attention_2"
         elif on_gpu and batching == "packed":
-            attn = attention.GPU_PACKED
+            attn = attention.NAME
             notices.append(f"flash-attention 2 is {'disabled' if disable_flash_attn else 'not usable'}: packed "
-                           f"batches use {attn} (PyTorch's kernel, each sample masked to itself)")
+                           f"batches use {attn} (PyTorch's SDPA kernel per sample)")
         elif on_gpu and not disable_flash_attn:
             notices.append("flash-attention 2 is not usable: using SDPA attention")
     elif attn == "flash_attention_2" and (disable_flash_attn or not on_gpu):

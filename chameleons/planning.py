@@ -238,6 +238,15 @@ def _micro_line(sc: dict, mb: dict) -> str:
             f"median {mb['micro_batches_per_step_median']} / max {mb['micro_batches_per_step_max']} (one shuffled epoch)")
 
 
+def _device_line(device) -> list:
+    """The device, precision and attention kernel the run will use (`model_setup.device_policy`,
+    the same decision training logs)."""
+    if not device:
+        return []
+    return [f"device     {'GPU' if device['on_gpu'] else 'CPU'}, {'bf16' if device['bf16'] else 'fp32'}, "
+            f"attention {device['attn_implementation']}"]
+
+
 def format_plan(plan: dict) -> str:
     d, sp, t, sc = plan["data"], plan["split"], plan["tokens"], plan["schedule"]
     skipped = ", ".join(f"{k} {v:,}" for k, v in d["skipped"].items()) or "none"
@@ -259,6 +268,7 @@ def format_plan(plan: dict) -> str:
         f"{sc['gradient_accumulation_steps']} = {sc['samples_per_optimizer_step']} samples/step; "
         f"{sc['steps_per_epoch']:,} steps/epoch, {sc['hours_per_epoch']} h/epoch at {sc['sec_per_step']} s/step",
         _micro_line(sc, plan["micro_batches"]),
+        *_device_line(plan.get("device")),
         _memory_line(plan),
         _checkpoint_line(plan.get("checkpoints")),
         "",

@@ -316,6 +316,10 @@ def test_dry_run_plan_matches_independent_counts(tmp_path, run_trainer, run_in_p
     assert t["supervised_share"] == round(t["supervised_tokens"] / t["tokens_total"], 4)
     assert 0 < t["supervised_share"] < 1
 
+    # --- device: the kernel the run would use, named as training logs it
+    assert plan["device"] == {"on_gpu": False, "bf16": False, "attn_implementation": "sdpa_varlen"}
+    assert "device     CPU, fp32, attention sdpa_varlen" in proc.stdout
+
     # --- schedule
     sc = plan["schedule"]
     assert sc["world_size"] == world

@@ -38,8 +38,8 @@ def test_explicit_flash_attention_without_the_package_is_one_error(gpu_host, mon
 
 @pytest.mark.parametrize("requested, on_gpu, flash2, disabled, batching, expected", [
     ("auto", True, True, False, "packed", "flash_attention_2"),
-    ("auto", True, False, False, "packed", "flex_attention"),
-    ("auto", True, True, True, "packed", "flex_attention"),
+    ("auto", True, False, False, "packed", "sdpa_varlen"),
+    ("auto", True, True, True, "packed", "sdpa_varlen"),
     ("auto", True, False, False, "padded", "sdpa"),
     ("auto", False, True, False, "packed", "sdpa_varlen"),  # CPU: whatever is installed
     ("auto", False, False, False, "padded", "sdpa"),
@@ -88,5 +88,5 @@ def test_a_flash_attn_4_install_is_not_flash_attention_2(tmp_path, monkeypatch, 
         for cached in (import_utils.is_flash_attn_2_available, import_utils._package_distribution_mapping):
             cached.cache_clear()
         sys.modules.pop("flash_attn", None)
-    assert policy.attn_implementation == ("flash_attention_2" if usable else "flex_attention")
+    assert policy.attn_implementation == ("flash_attention_2" if usable else "sdpa_varlen")
     assert bool(policy.notices) != usable
