@@ -8,6 +8,7 @@ import torch
 from . import attention, launch
 from .errors import UserError
 from .loss import causal_lm_of
+from .zero3 import remote_code_errors
 
 
 @dataclass(frozen=True)
@@ -102,13 +103,15 @@ def build_model(config, device: DevicePolicy, deepspeed_zero3: bool):
                                                  attn_implementation=device.attn_implementation, **extra)
     else:
         try:
-            model_config = AutoConfig.from_pretrained(m.name_or_path, trust_remote_code=m.trust_remote_code)
+            with remote_code_errors(m):
+                model_config = AutoConfig.from_pretrained(m.name_or_path, trust_remote_code=m.trust_remote_code)
         except OSError as exc:
             raise UserError(f"model {m.name_or_path!r} could not be loaded: {str(exc).splitlines()[0]}") from None
         _router_settings(model_config, m.router_aux_loss_coef)
-        model = AutoModelForCausalLM.from_pretrained(m.name_or_path, config=model_config, dtype=dtype,
-                                                     attn_implementation=device.attn_implementation,
-                                                     trust_remote_code=m.trust_remote_code, **extra)
+        with remote_code_errors(m):
+            model = AutoModelForCausalLM.from_pretrained(m.name_or_path, config=model_config, dtype=dtype,
+                                                         attn_implementation=device.attn_implementation,
+                                                         trust_remote_code=m.trust_remote_code, **extra)
     if deepspeed_zero3:
         register_moe_leaves(model)
     model.config.use_cache = False

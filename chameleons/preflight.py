@@ -5,11 +5,13 @@ uses the standard library only; `training.check_run` adds the checks that need t
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 
 from . import checkpoints, ds_checkpoint, sources, tracking
 from .encoding import BUILTIN_TOKENIZER
 from .errors import UserError
+from .launch import maybe_rank_zero
 
 
 @dataclass
@@ -20,6 +22,7 @@ class Inputs:
     zero_stage: int | None
     report_to: list
     notices: list = field(default_factory=list)
+    printed: list = field(default_factory=list)  # notices already on the console (the log still gets them)
 
 
 def check_inputs(opts, config) -> Inputs:
@@ -37,15 +40,18 @@ def check_inputs(opts, config) -> Inputs:
         sources.require_source(m.tokenizer, f"{config.path}: model.tokenizer",
                                hint=f"set model.tokenizer to a tokenizer folder, a hub id, or {BUILTIN_TOKENIZER} "
                                     f"(the bundled Qwen3 tokenizer)")
-    notices = []
-    if m.trust_remote_code:
+    notices, printed = [], []
+    if m.trust_remote_code:  # said now: the pre-run checks read the model's config, which runs its code
         notices.append(f"model.trust_remote_code is on: Python code from {m.name_or_path} will run in this process")
+        printed.append(notices[-1])
+        if maybe_rank_zero():
+            print(notices[-1], file=sys.stderr, flush=True)
     report_to, wandb_notice = tracking.wandb_settings(opts.wandb_project, opts.wandb_run_name, opts.output_dir)
     if opts.tensorboard:
         tracking.require_tensorboard()
         report_to = report_to + ["tensorboard"]
     return Inputs(resume=resume, zero_stage=zero_stage, report_to=report_to,
-                  notices=notices + ([wandb_notice] if wandb_notice else []))
+                  notices=notices + ([wandb_notice] if wandb_notice else []), printed=printed)
 
 
 def deepspeed_stage(path):

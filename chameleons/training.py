@@ -94,6 +94,7 @@ class RunChecks:
     report_to: list
     notices: list
     expert_parallel: dict
+    printed: tuple = ()  # notices the console already showed
     costs: planning.ModelCosts | None = None  # the plan's checkpoint and memory figures
 
 
@@ -114,7 +115,7 @@ def check_run(opts, config, inputs) -> RunChecks:
     disk_notice = diskspace.check_run_space(opts.output_dir, costs.checkpoints)
     return RunChecks(resume=inputs.resume, device=device, zero_stage=inputs.zero_stage, report_to=inputs.report_to,
                      notices=inputs.notices + list(device.notices) + ([disk_notice] if disk_notice else []),
-                     expert_parallel=ep_plan, costs=costs)
+                     expert_parallel=ep_plan, costs=costs, printed=tuple(inputs.printed))
 
 
 def start_run_folder(output_dir, overwrite: bool, resume, main: bool):
@@ -207,7 +208,7 @@ class TrainingRun:
                     f"batching {config.training.batching}")
         for notice in checks.notices:
             runlog.line(f"notice: {notice}")
-            if self.main:
+            if self.main and notice not in checks.printed:
                 print(notice, file=sys.stderr, flush=True)
         runlog.block("config (resolved, overrides listed)", json.dumps(config.resolved(), indent=2))
         runlog.block("plan", planning.format_plan(self.plan))

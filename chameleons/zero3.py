@@ -22,6 +22,10 @@ Here the sizes come from what ZeRO-3 really moves:
 Only keys set to `auto` are filled; a number in the DeepSpeed config wins.
 """
 
+import traceback
+from contextlib import contextmanager
+
+from .errors import UserError
 
 
 def _numel(p) -> int:
@@ -79,10 +83,25 @@ def model_config(model_cfg):
         if model_cfg.random_init:
             spec = dict(model_cfg.random_init)
             return AutoConfig.for_model(spec.pop("model_type"), **spec)
-        return AutoConfig.from_pretrained(model_cfg.name_or_path, local_files_only=True,
-                                          trust_remote_code=model_cfg.trust_remote_code)
+        with remote_code_errors(model_cfg):
+            return AutoConfig.from_pretrained(model_cfg.name_or_path, local_files_only=True,
+                                              trust_remote_code=model_cfg.trust_remote_code)
     except (OSError, ValueError, KeyError):
         return None
+
+
+@contextmanager
+def remote_code_errors(model_cfg):
+    """With `trust_remote_code`, an exception raised by the model folder's own code is one error
+    line naming the file and line it came from, not a traceback."""
+    try:
+        yield
+    except Exception as exc:
+        if not model_cfg.trust_remote_code or isinstance(exc, (OSError, ValueError, KeyError)):
+            raise
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        raise UserError(f"{model_cfg.name_or_path}: the model's own code failed in {frame.filename}, line "
+                        f"{frame.lineno} ({type(exc).__name__}: {exc})") from None
 
 
 def model_facts(model_cfg):

