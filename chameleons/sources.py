@@ -14,6 +14,11 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE is set: nothing may be fetched from the hub."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
 def require_source(name: str, what: str, hint: str = None) -> str:
     """The local folder, or a hub id that is in the local cache or reachable; else one error line
     (ending in `hint`, what to do, where the caller knows it)."""
@@ -30,7 +35,7 @@ def require_source(name: str, what: str, hint: str = None) -> str:
     for filename in ("config.json", "tokenizer_config.json"):
         if isinstance(try_to_load_from_cache(name, filename), str):
             return name
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if hub_offline():
         raise UserError(f"{what} {name!r}: no such local folder, and not in the Hugging Face cache (HF_HUB_OFFLINE is set)"
                         f"{todo}")
     import huggingface_hub

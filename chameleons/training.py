@@ -113,8 +113,9 @@ def check_run(opts, config, inputs) -> RunChecks:
                        else (launch.world_size(), launch.local_world_size()))
     costs = planning.model_costs(config, inputs.zero_stage, world, per_node)
     disk_notice = diskspace.check_run_space(opts.output_dir, costs.checkpoints)
+    unread = zero3.unread_config_notice(config.model) if costs.memory_setup is None else None
     return RunChecks(resume=inputs.resume, device=device, zero_stage=inputs.zero_stage, report_to=inputs.report_to,
-                     notices=inputs.notices + list(device.notices) + ([disk_notice] if disk_notice else []),
+                     notices=inputs.notices + list(device.notices) + [n for n in (disk_notice, unread) if n],
                      expert_parallel=ep_plan, costs=costs, printed=tuple(inputs.printed))
 
 

@@ -22,10 +22,12 @@ Here the sizes come from what ZeRO-3 really moves:
 Only keys set to `auto` are filled; a number in the DeepSpeed config wins.
 """
 
+import os
 import traceback
 from contextlib import contextmanager
 
 from .errors import UserError
+from .sources import hub_offline
 
 
 def _numel(p) -> int:
@@ -75,8 +77,11 @@ def fill_auto(ds_config: dict, model, one_node: bool = True) -> dict:
 
 
 def model_config(model_cfg):
-    """The configured model's transformers config (from `random_init` or its local folder); None
-    when its config is not on this machine."""
+    """The configured model's transformers config: from `random_init`, its local folder or the
+    Hugging Face cache, else (a hub id not downloaded yet, the hub reachable) its config.json
+    fetched alone, as training will fetch it with the weights; None when none of these has it.
+    The dry run and training read it the same way, so they plan the same expert parallelism and
+    token budget."""
     from transformers import AutoConfig
 
     try:
@@ -84,10 +89,25 @@ def model_config(model_cfg):
             spec = dict(model_cfg.random_init)
             return AutoConfig.for_model(spec.pop("model_type"), **spec)
         with remote_code_errors(model_cfg):
-            return AutoConfig.from_pretrained(model_cfg.name_or_path, local_files_only=True,
-                                              trust_remote_code=model_cfg.trust_remote_code)
+            try:
+                return AutoConfig.from_pretrained(model_cfg.name_or_path, local_files_only=True,
+                                                  trust_remote_code=model_cfg.trust_remote_code)
+            except OSError:
+                if os.path.isdir(model_cfg.name_or_path) or hub_offline():
+                    raise
+                return AutoConfig.from_pretrained(model_cfg.name_or_path, trust_remote_code=model_cfg.trust_remote_code)
     except (OSError, ValueError, KeyError):
         return None
+
+
+def unread_config_notice(model_cfg) -> str | None:
+    """What the plan assumes when the model's config cannot be read anywhere (None when it can)."""
+    if model_cfg.random_init or model_config(model_cfg) is not None:
+        return None
+    return (f"model.name_or_path {model_cfg.name_or_path}: its config could not be read (not on this machine, and "
+            f"the hub did not serve it), so the run is planned without it: expert parallelism off, no token budget "
+            f"from the memory model (max_tokens_per_micro_batch 'auto' leaves micro-batches unsplit), no memory or "
+            f"checkpoint figures; download the model (or its config.json) first to plan with it")
 
 
 @contextmanager

