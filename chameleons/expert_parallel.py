@@ -75,9 +75,24 @@ def resolve(requested: int, zero_stage, world: int, local_world: int, moe: MoeSh
             "reason": "the GPUs of a node" if requested == 0 else f"{SIZE_KEY} {requested}"}
 
 
-def plan_for_run(opts, zero_stage, config) -> dict:
-    """`resolve` for this run (a dry run counts --nproc_per_node processes on one node); off when the
-    DeepSpeed config has no `expert_parallel` section to fill."""
+def autoep_options(on_gpu: bool, size: int) -> dict:
+    """AutoEP's faster settings where DeepSpeed 0.19.8 runs them: the gate and up projections as one
+    grouped GEMM (also on CPU, same losses); on a GPU with more than one expert-parallel rank the
+    all-to-all split sizes copied to the host asynchronously (without it every MoE forward waits
+    on the GPU for `.cpu().tolist()`), and the routed outputs combined by the fused Triton kernel
+    (qwen3_moe applies its scores after the experts, which that kernel needs; it refuses CPU
+    tensors, so not there)."""
+    import importlib.util
+
+    fast_gpu = on_gpu and size > 1
+    return {"gate_up_impl": "fused", "async_split_plan": fast_gpu,
+            "combine_impl": "fused_weighted_sum" if fast_gpu and importlib.util.find_spec("triton") else "weighted_sum"}
+
+
+def plan_for_run(opts, zero_stage, config, on_gpu: bool = False) -> dict:
+    """`resolve` for this run (a dry run counts --nproc_per_node processes on one node) with the
+    AutoEP settings it fills in (`autoep_options`); off when the DeepSpeed config has no
+    `expert_parallel` section to fill."""
     world = opts.nproc_per_node if opts.dry_run else launch.world_size()
     local_world = opts.nproc_per_node if opts.dry_run else launch.local_world_size()
     moe = moe_shape(config.model) if zero_stage == 3 else MoeShape()
@@ -89,6 +104,8 @@ def plan_for_run(opts, zero_stage, config) -> dict:
     if plan["enabled"] and SECTION not in _read_json(opts.deepspeed):
         plan = {"enabled": False, "size": 1, "preset": None,
                 "reason": f"the DeepSpeed config {opts.deepspeed} has no {SECTION!r} section"}
+    if plan["enabled"]:
+        plan["options"] = autoep_options(on_gpu, plan["size"])
     return plan
 
 
@@ -134,7 +151,10 @@ def fill_auto(ds_config: dict, plan: dict) -> dict:
     section = ds_config.get(SECTION)
     if section is None:
         return {}
-    resolved = {"enabled": plan["enabled"], "autoep_size": plan["size"], "preset_model": plan["preset"]}
+    options = plan.get("options") or {}
+    resolved = {"enabled": plan["enabled"], "autoep_size": plan["size"], "preset_model": plan["preset"], **options}
+    for key in options:  # a key the user's config leaves out is ours to set; one it sets wins
+        section.setdefault(key, "auto")
     for key, value in list(section.items()):
         if value == "auto":
             if key not in resolved:
@@ -149,10 +169,11 @@ def configure(hf_deepspeed_config, plan: dict) -> str:
     AutoEP when it will run; returns the log line of what runs."""
     section = fill_auto(hf_deepspeed_config.config, plan) if hf_deepspeed_config is not None else {}
     runs = {"enabled": bool(section.get("enabled")) and section.get("autoep_size", 1) > 1,
-            "size": section.get("autoep_size", 1), "preset": section.get("preset_model")}
+            "size": section.get("autoep_size", 1), "preset": section.get("preset_model"),
+            "options": {k: section[k] for k in (plan.get("options") or {}) if k in section}}
     if runs["enabled"]:
         bridge_output_capture_registry()
-    if (runs["enabled"], runs["size"]) != (plan["enabled"], plan["size"]):
+    if (runs["enabled"], runs["size"], runs["options"]) != (plan["enabled"], plan["size"], plan.get("options", {})):
         runs["reason"] = "as the DeepSpeed config sets it"
         return describe(runs)
     return describe(plan)
@@ -160,8 +181,9 @@ def configure(hf_deepspeed_config, plan: dict) -> str:
 
 def describe(plan: dict) -> str:
     if plan["enabled"]:
+        options = "".join(f", {k} {v}" for k, v in (plan.get("options") or {}).items())
         return (f"expert parallelism: on, size {plan['size']} (DeepSpeed AutoEP, preset {plan['preset']}; "
-                f"{plan['reason']})")
+                f"{plan['reason']}{options})")
     return f"expert parallelism: off ({plan['reason']})"
 
 

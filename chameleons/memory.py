@@ -9,7 +9,8 @@ gives the figures for Qwen3-30B-A3B). Per GPU, bf16 training:
   ZeRO-2: all but the weights; ZeRO-1: the optimizer's 12 only). Without DeepSpeed the model,
   its gradients and AdamW's moments are bf16 (8 bytes). LoRA: the frozen bf16 weights only.
 - ZeRO-3 gathers: `stage3_max_live_parameters` (3 x the largest unit gathered at once, see
-  chameleons/zero3.py) in bf16, plus one unit's gathered gradients and the reduce bucket.
+  chameleons/zero3.py) in bf16, plus one unit's gathered gradients and the reduce bucket. Under
+  expert parallelism a rank gathers only its own experts (`state_bytes`).
 - activations per token: with gradient checkpointing every layer keeps its bf16 input, and one
   layer at a time is recomputed and back-propagated (its activations and their gradients, 2x);
   without it every layer keeps its activations. A layer's activations: attention (norm, q, k, v,
@@ -44,6 +45,8 @@ class Shape:
     routed: int  # experts per token; 0 for a dense model
     experts: int
     largest_unit: int  # elements ZeRO-3 gathers at once: a whole MoE block, else the largest matrix
+    moe_block: int = 0  # elements of one layer's experts (and router)
+    largest_matrix: int = 0  # the largest unit when no MoE block is gathered whole (the embedding)
 
 
 def shape_of(hf_config, parameters: int) -> Shape:
@@ -57,11 +60,16 @@ def shape_of(hf_config, parameters: int) -> Shape:
     moe_block = experts * (3 * c.hidden_size * width + c.hidden_size)
     return Shape(parameters=parameters, hidden=c.hidden_size, layers=c.num_hidden_layers, vocab=c.vocab_size,
                  q_width=c.num_attention_heads * head_dim, kv_width=kv_heads * head_dim, mlp_width=width,
-                 routed=routed, experts=experts, largest_unit=max(moe_block, c.vocab_size * c.hidden_size))
+                 routed=routed, experts=experts, largest_unit=max(moe_block, c.vocab_size * c.hidden_size),
+                 moe_block=moe_block, largest_matrix=c.vocab_size * c.hidden_size)
 
 
-def state_bytes(shape: Shape, zero_stage, world_size: int, lora: bool = False) -> dict:
-    """Bytes per GPU that do not depend on the micro-batch: `states` and `zero3_gathers`."""
+def state_bytes(shape: Shape, zero_stage, world_size: int, lora: bool = False, ep_size: int = 1) -> dict:
+    """Bytes per GPU that do not depend on the micro-batch: `states` and `zero3_gathers`. With
+    expert parallelism of `ep_size`, a rank gathers only its own experts (1 / ep_size of a MoE
+    block: none at all when the group spans every rank) beside the non-expert matrices; the
+    states are spread as before (each rank keeps 1 / ep_size of the experts, partitioned over
+    world / ep_size ranks)."""
     p, w = shape.parameters, max(1, world_size)
     if lora:
         states = 2 * p / w if zero_stage == 3 else 2 * p
@@ -73,7 +81,11 @@ def state_bytes(shape: Shape, zero_stage, world_size: int, lora: bool = False) -
         states = 4 * p + 12 * p / w
     else:
         states = 8 * p
-    gathers = 2 * 5 * shape.largest_unit if zero_stage == 3 else 0
+    unit = shape.largest_unit
+    if ep_size > 1 and shape.moe_block:
+        local = shape.moe_block // ep_size if w > ep_size else 0
+        unit = max(local, shape.largest_matrix)
+    gathers = 2 * 5 * unit if zero_stage == 3 else 0
     return {"states": int(states), "zero3_gathers": gathers}
 
 
@@ -117,17 +129,19 @@ class MemorySetup:
     checkpointing: bool
     lora: bool
     gpu_source: str = "given"  # where `gpu_bytes` comes from (see gpu_bytes); the plan shows it
+    ep_size: int = 1  # expert parallelism (`expert_parallel.resolve`); 1 = off
 
 
 def estimate(setup: MemorySetup, world_size: int, supervised_share: float, max_length: int) -> dict:
     """The per-GPU figures and the budget they give; `supervised_share` is the share of a
     micro-batch's tokens that are supervised (the dry run uses its 95th-percentile sample's)."""
     shape, gpu = setup.shape, setup.gpu_bytes
-    fixed = state_bytes(shape, setup.zero_stage, world_size, setup.lora)
+    fixed = state_bytes(shape, setup.zero_stage, world_size, setup.lora, setup.ep_size)
     act = activation_bytes_per_token(shape, setup.checkpointing)
     logits = logit_bytes_per_supervised_token(shape)
     per_token = act + supervised_share * logits
-    return {"gpu_bytes": gpu, "zero_stage": setup.zero_stage, "world_size": world_size, **fixed,
+    return {"gpu_bytes": gpu, "zero_stage": setup.zero_stage, "world_size": world_size, "ep_size": setup.ep_size,
+            **fixed,
             "reserved_bytes": int(gpu * RESERVED_FRACTION + RESERVED_BYTES),
             "activation_bytes_per_token": act, "logit_bytes_per_supervised_token": logits,
             "supervised_share": supervised_share, "bytes_per_token": per_token,

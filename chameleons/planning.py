@@ -143,7 +143,7 @@ def make_plan(corpus, split, encoded, training, schedule: Schedule, costs: Model
     }
 
 
-def model_costs(config, zero_stage, world_size: int, ranks_per_node: int) -> ModelCosts:
+def model_costs(config, zero_stage, world_size: int, ranks_per_node: int, ep_size: int = 1) -> ModelCosts:
     """The checkpoint cost and memory setup of the configured model, from its shape (built once,
     on the meta device); both None when its config is not on this machine."""
     facts = zero3.model_facts(config.model)
@@ -153,7 +153,7 @@ def model_costs(config, zero_stage, world_size: int, ranks_per_node: int) -> Mod
     gpu, source = memory.gpu_bytes(config.training.gpu_memory_gib)
     setup = memory.MemorySetup(shape=memory.shape_of(hf_config, n_params), zero_stage=zero_stage, gpu_bytes=gpu,
                                checkpointing=config.model.gradient_checkpointing, lora=bool(config.lora),
-                               gpu_source=source)
+                               gpu_source=source, ep_size=ep_size)
     n = None if config.lora else n_params
     cost = zero3.checkpoint_cost(n, zero_stage, config.training.save_total_limit, world_size,
                                  min(world_size, ranks_per_node), config.training.full_checkpoint_minutes > 0)
@@ -215,8 +215,9 @@ def _memory_line(plan: dict) -> str:
     used = "no budget" if mb["budget"] is None else f"budget in use {mb['budget']:,}"
     largest = mb["tokens_per_micro_batch_max"]
     after = mb["tokens_per_micro_batch_max_after_split"] if mb["budget"] else largest
+    ep = f", expert parallel size {m['ep_size']}: only its own experts gathered" if m.get("ep_size", 1) > 1 else ""
     return (f"memory     estimated per GPU of {gib(m['gpu_bytes'])} ({m['gpu_source']}; {stage}, {m['world_size']} "
-            f"ranks): states {gib(m['states'])} + ZeRO-3 gathers {gib(m['zero3_gathers'])} + reserve "
+            f"ranks{ep}): states {gib(m['states'])} + ZeRO-3 gathers {gib(m['zero3_gathers'])} + reserve "
             f"{gib(m['reserved_bytes'])}; per token {mib(m['activation_bytes_per_token'])} of activations + "
             f"{mib(m['logit_bytes_per_supervised_token'])} of logits per supervised token (95th-percentile share "
             f"{m['supervised_share']:.1%}); the memory model's budget {fits}, {used}; largest micro-batch "

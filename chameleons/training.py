@@ -107,11 +107,11 @@ def check_run(opts, config, inputs) -> RunChecks:
         check_packing_supported(device.attn_implementation)
     if config.model.random_init:
         model_spec.check_random_init(config)
-    ep_plan = expert_parallel.plan_for_run(opts, inputs.zero_stage, config)
+    ep_plan = expert_parallel.plan_for_run(opts, inputs.zero_stage, config, device.on_gpu)
     expert_parallel.check_resume(inputs.resume, ep_plan)
     world, per_node = ((opts.nproc_per_node, opts.nproc_per_node) if opts.dry_run
                        else (launch.world_size(), launch.local_world_size()))
-    costs = planning.model_costs(config, inputs.zero_stage, world, per_node)
+    costs = planning.model_costs(config, inputs.zero_stage, world, per_node, ep_plan["size"])
     disk_notice = diskspace.check_run_space(opts.output_dir, costs.checkpoints)
     unread = zero3.unread_config_notice(config.model) if costs.memory_setup is None else None
     return RunChecks(resume=inputs.resume, device=device, zero_stage=inputs.zero_stage, report_to=inputs.report_to,

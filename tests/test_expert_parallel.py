@@ -162,3 +162,30 @@ def test_a_resume_with_another_expert_parallel_size_is_refused(tmp_path, tiny_mo
         ep.check_resume(tmp_path, resolve())
     ep.check_resume(tmp_path / "older", resolve())  # no record: nothing to compare
     ep.check_resume(None, resolve())
+
+
+@pytest.mark.parametrize("on_gpu, size, triton, expected", [
+    (False, 2, False, {"gate_up_impl": "fused", "async_split_plan": False, "combine_impl": "weighted_sum"}),
+    (True, 1, True, {"gate_up_impl": "fused", "async_split_plan": False, "combine_impl": "weighted_sum"}),
+    (True, 8, False, {"gate_up_impl": "fused", "async_split_plan": True, "combine_impl": "weighted_sum"}),
+    (True, 8, True, {"gate_up_impl": "fused", "async_split_plan": True, "combine_impl": "fused_weighted_sum"}),
+])
+def test_autoep_fast_options_only_where_deepspeed_runs_them(monkeypatch, on_gpu, size, triton, expected):
+    """async_split_plan needs GPU tensors and more than one expert-parallel rank; the fused combine
+    is a Triton kernel that refuses CPU tensors; the fused gate/up GEMM runs everywhere (the
+    2-process CPU runs of tests/test_train_e2e.py train with it and match the run without AutoEP)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "triton" and triton
+                        else (None if name == "triton" else real(name, *a)))
+    assert ep.autoep_options(on_gpu, size) == expected
+
+
+def test_the_fast_options_fill_the_section_unless_the_config_sets_them():
+    plan = {**resolve(), "options": ep.autoep_options(True, 2)}
+    mine = {"expert_parallel": {"enabled": "auto", "autoep_size": "auto", "preset_model": "auto",
+                                "gate_up_impl": "separate"}}
+    section = ep.fill_auto(mine, plan)
+    assert section["gate_up_impl"] == "separate" and section["async_split_plan"] is True  # the user's value wins
+    assert "gate_up_impl separate" in ep.describe({**plan, "options": {k: section[k] for k in plan["options"]}})

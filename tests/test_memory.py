@@ -37,6 +37,22 @@ def test_states_follow_the_zero_stage(shape):
     assert memory.state_bytes(shape, 3, 8, lora=True)["states"] == pytest.approx(by_stage[3] / 8, rel=1e-9)
 
 
+def test_expert_parallelism_gathers_only_a_ranks_own_experts(shape):
+    """Under AutoEP a rank keeps its experts whole: with the group over all 8 ranks no expert is
+    gathered, and with a group of 2 a rank gathers half a MoE block (302 M elements) from its
+    expert-data-parallel group: either way the embedding (311 M) becomes the largest unit, 5.6 ->
+    2.9 GiB of gathers. The states are spread as before; the budget grows with the freed memory."""
+    plain = memory.state_bytes(shape, 3, 8)
+    ep8, ep2 = memory.state_bytes(shape, 3, 8, ep_size=8), memory.state_bytes(shape, 3, 8, ep_size=2)
+    assert plain["zero3_gathers"] == 2 * 5 * shape.moe_block
+    assert ep8["zero3_gathers"] == ep2["zero3_gathers"] == 2 * 5 * 151936 * 2048 < plain["zero3_gathers"]
+    assert shape.moe_block // 2 < 151936 * 2048 and ep8["states"] == plain["states"]
+    assert memory.state_bytes(shape, 3, 2, ep_size=2)["zero3_gathers"] == ep8["zero3_gathers"]  # no expert gathered
+    budget = {ep: memory.estimate(memory.MemorySetup(shape, 3, 80 * GIB, True, False, ep_size=ep), 8, 0.11,
+                                  1024)["budget"] for ep in (1, 8)}
+    assert budget[8] > budget[1]
+
+
 def test_checkpointing_keeps_one_layer(shape):
     with_ckpt = memory.activation_bytes_per_token(shape, True)
     without = memory.activation_bytes_per_token(shape, False)

@@ -282,7 +282,8 @@ def test_expert_parallelism_is_on_by_default_and_saves_transformers_layout(run_a
     off = run_b[0]
     log_on = (run_a / "training_logs" / "detailed_training_log.txt").read_text()
     log_off = (off / "training_logs" / "detailed_training_log.txt").read_text()
-    assert "expert parallelism: on, size 2 (DeepSpeed AutoEP, preset qwen3_moe; the GPUs of a node)" in log_on
+    assert ("expert parallelism: on, size 2 (DeepSpeed AutoEP, preset qwen3_moe; the GPUs of a node, gate_up_impl "
+            "fused, async_split_plan False, combine_impl weighted_sum)") in log_on  # CPU: no async plan, no Triton
     assert "expert parallelism: off (training.expert_parallel_size is 1)" in log_off
     assert json.loads((run_a / "training_config.json").read_text())["plan"]["expert_parallel"]["size"] == 2
     assert json.loads((off / "training_config.json").read_text())["plan"]["expert_parallel"]["enabled"] is False
