@@ -70,6 +70,8 @@ def main(argv=None) -> int:
         outputs.write_json(outputs.run_path(opts.output_dir, split_audit.AUDIT_NAME), {**audit, "args": opts.as_record()})
         return 0
 
+    if opts.deepspeed:
+        launch.adopt_single_process()
     return training.run(opts, config, checks, training.RunData(corpus, split, builder, tokenizer, cache_dir))
 
 

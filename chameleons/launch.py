@@ -30,6 +30,21 @@ def adopt_slurm_ranks():
     os.environ.update(slurm_to_torch_env(os.environ))
 
 
+def adopt_single_process():
+    """A DeepSpeed run started by plain python (no torchrun, no srun) is a world of one on this
+    host: without these variables DeepSpeed looks for MPI and fails with a traceback."""
+    if "RANK" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                       "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
+                       "MASTER_PORT": os.environ.get("MASTER_PORT", str(port))})
+
+
 def env_int(name: str, default: int, environ=None) -> int:
     """A launcher's integer variable (RANK, WORLD_SIZE, SLURM_NTASKS...), or one clear error line."""
     text = (os.environ if environ is None else environ).get(name)

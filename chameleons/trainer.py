@@ -5,6 +5,8 @@ import contextlib
 import math
 import os
 import shutil
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +96,15 @@ class TrainerSetup:
     full_saves: object = None  # saves.FullSavePolicy; None: every save is resumable
 
 
+@contextlib.contextmanager
+def timed(seconds: Counter, what: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[what] += time.perf_counter() - start
+
+
 class ChameleonsTrainer(Trainer):
     """HF Trainer with the loss as the true mean token loss, an exact evaluation, strict MoE
     reloads and resumes that continue exactly where the run stopped."""
@@ -111,6 +122,7 @@ class ChameleonsTrainer(Trainer):
         self.collate_eval = setup.collate
         self.router_aux_loss_coef = setup.router_aux_loss_coef
         self.trace = setup.trace
+        self.seconds = Counter()  # wall-clock of the saves and the best-model restore (the run's summary)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """A packed micro-batch over `training.max_tokens_per_micro_batch` runs as consecutive parts
@@ -210,6 +222,10 @@ class ChameleonsTrainer(Trainer):
         saved, the best model is not needed."""
         if self.stop is not None and (self.stop.signal or self.stop.nonfinite):
             return
+        with timed(self.seconds, "best_model_restore"):
+            self._restore_best()
+
+    def _restore_best(self):
         best = self.state.best_model_checkpoint
         if self._zero3_weights() and saves.partition_file(best, self.args.process_index, self.args.world_size).is_file():
             saves.load_partitions(self.model_wrapped, self.model, best, self.args.process_index, self.args.world_size)
@@ -288,7 +304,8 @@ class ChameleonsTrainer(Trainer):
         limit, only_model = self.args.save_total_limit, self.args.save_only_model
         self.args.save_total_limit, self.args.save_only_model = None, weights_only or only_model
         try:
-            super()._save_checkpoint(model, trial)
+            with timed(self.seconds, "weights_only_saves" if weights_only else "resumable_saves"):
+                super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit, self.args.save_only_model = limit, only_model
         run_dir = self._get_output_dir(trial)

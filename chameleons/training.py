@@ -26,7 +26,7 @@ from .prompts import PromptBuilder
 from .runlog import PLOT_NAME, DetailedLogCallback, RunLog, Throughput, decode_with_span, plot_losses
 from .splitting import Split
 from .stopping import StopCallback, StopRequest
-from .trainer import ChameleonsTrainer, EpochCallback, EpochRows, TrainerSetup, with_row_meta
+from .trainer import ChameleonsTrainer, EpochCallback, EpochRows, TrainerSetup, timed, with_row_meta
 
 DISK_FULL_THEN = (f"a checkpoint being written stays incomplete (no {checkpoints.COMPLETE_MARKER}), and "
                   f"--resume_from_checkpoint auto skips it; free space, then resume with --resume_from_checkpoint auto")
@@ -307,7 +307,8 @@ class TrainingRun:
         best = trainer.state.best_metric
         runlog.line(f"best model restored from {trainer.state.best_model_checkpoint}: final eval_loss "
                     f"{final['final_loss']:.4f} (best recorded {best:.4f})")
-        trainer.save_model(output_dir)
+        with timed(trainer.seconds, "export"):
+            trainer.save_model(output_dir)
         final_fidelity.final_fidelity(self.opts, trainer, self.encoded, self.data.tokenizer, runlog)  # every rank
         if not self.main:
             return 0
@@ -321,6 +322,8 @@ class TrainingRun:
             "best_eval_loss": best,
             "final_eval_loss": final["final_loss"],
             "best_model_checkpoint": trainer.state.best_model_checkpoint,
+            "seconds": {k: round(v, 2) for k, v in sorted(trainer.seconds.items())},
+            **peak_memory(self.checks.device.on_gpu),
         }
         runlog.metrics("summary", **summary)
         plotted = plot_losses(runlog.metrics_path, runlog.dir / PLOT_NAME)
@@ -333,6 +336,16 @@ class TrainingRun:
             "summary": summary,
         })
         return 0
+
+
+def peak_memory(on_gpu: bool) -> dict:
+    """This process's peaks: GPU memory PyTorch allocated (on a GPU) and host memory (RSS)."""
+    import resource
+
+    out = {"peak_host_memory_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
+    if on_gpu:
+        out["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+    return out
 
 
 def versions() -> str:

@@ -323,8 +323,8 @@ def early_stopped_run(tmp_path_factory):
 # single-process run share one worker, so it is trained once; the longest modules start first,
 # so the workers finish together.
 SHARED_RUN_MODULES = ("test_train_e2e", "test_resume_exact", "test_sweep_e2e")
-LONG_MODULES = (*SHARED_RUN_MODULES, "test_prediction", "test_split_scenes", "test_bench_expert_parallel",
-                "test_bench_zero3_layouts")
+LONG_MODULES = (*SHARED_RUN_MODULES, "test_prediction", "test_split_scenes", "test_device_check",
+                "test_bench_expert_parallel", "test_bench_zero3_layouts", "test_real_corpus")
 
 
 def _module(nodeid: str) -> str:
