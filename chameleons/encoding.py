@@ -219,6 +219,14 @@ class EncodedSplit:
             self._rows[epoch] = rows if epoch == 0 else sorted(rows)
         return self._rows[epoch]
 
+    def unseen_val_rows(self) -> frozenset:
+        """Validation rows of characters with no training sample in this run: their loss measures
+        speaking as someone the model never trained on, so it is reported apart."""
+        split = self.encodable_split()
+        trained = {g for g, n in split.sizes.items() if n > 0}
+        return frozenset(self.row_of[s.sample_id] for s in split.val
+                         if s.sample_id in self.row_of and s.group_key(split.group_by) not in trained)
+
     def encodable_split(self):
         """The split with samples that cannot be encoded left out of the pool, and per character
         the number of epoch 0's training samples that can."""

@@ -143,12 +143,18 @@ class DetailedLogCallback(TrainerCallback):
         if self.early_stopping is not None:
             left = self.early_stopping.early_stopping_patience - self.early_stopping.early_stopping_patience_counter
             patience = f" | patience left {left}"
+        trained, unseen = (_number(metrics.get(f"eval_loss_{kind}_characters")) for kind in ("trained", "unseen"))
+        apart = "" if "eval_loss_trained_characters" not in metrics else (
+            f" | characters trained on {'none' if trained is None else f'{trained:.4f}'}, unseen "
+            f"{'none' if unseen is None else f'{unseen:.4f}'}")
         self.log.line(f"eval step {state.global_step} | epoch {state.epoch:.2f} | eval_loss {loss:.4f} | "
                       f"perplexity {math.exp(min(loss, 50)):.2f} | best {self.best:.4f}{' (new best)' if improved else ''}"
-                      f"{patience}")
+                      f"{apart}{patience}")
         tracking.log_metrics({"eval/perplexity": math.exp(min(loss, 50))}, state.global_step)
         self.log.metrics("eval", step=state.global_step, epoch=state.epoch, eval_loss=loss, best=self.best,
-                         eval_tokens=metrics.get("eval_tokens"))
+                         eval_tokens=metrics.get("eval_tokens"), eval_loss_trained_characters=trained,
+                         eval_loss_unseen_characters=unseen,
+                         eval_tokens_unseen_characters=metrics.get("eval_tokens_unseen_characters"))
         if control.should_training_stop and self.early_stopping is not None and left <= 0:
             self.log.line(f"early stopping: no improvement above {self.early_stopping.early_stopping_threshold} "
                           f"for {self.early_stopping.early_stopping_patience} evaluations")
@@ -157,6 +163,11 @@ class DetailedLogCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         self.log.line(f"checkpoint saved: checkpoint-{state.global_step}")
         self.log.metrics("checkpoint", step=state.global_step)
+
+
+def _number(value):
+    """A loss for the log and metrics.jsonl: None where there was nothing to average (NaN is not JSON)."""
+    return None if value is None or math.isnan(value) else value
 
 
 def plot_losses(metrics_path, png_path) -> bool:

@@ -94,6 +94,7 @@ class TrainerSetup:
     throughput: object = None  # runlog.Throughput: tokens and FLOPs for the log
     trace: list | None = None  # the dataset rows of every micro-batch, appended in order
     full_saves: object = None  # saves.FullSavePolicy; None: every save is resumable
+    unseen_rows: frozenset = frozenset()  # validation rows of characters without training samples
 
 
 @contextlib.contextmanager
@@ -122,6 +123,7 @@ class ChameleonsTrainer(Trainer):
         self.collate_eval = setup.collate
         self.router_aux_loss_coef = setup.router_aux_loss_coef
         self.trace = setup.trace
+        self.unseen_rows = setup.unseen_rows
         self.seconds = Counter()  # wall-clock of the saves and the best-model restore (the run's summary)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -182,28 +184,33 @@ class ChameleonsTrainer(Trainer):
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         """Replaces HF's evaluation: the mean token loss over the whole validation set (summed, then
-        divided once), the same number of forward passes on every rank so ZeRO-3's collectives line up."""
+        divided once), the same number of forward passes on every rank so ZeRO-3's collectives line up.
+        Also apart: the loss of validation characters the run trained on and of those it did not
+        (batches never mix the two)."""
         model = self.model_wrapped if self.is_deepspeed_enabled else self.model
         model.eval()
         world, rank = self.args.world_size, self.args.process_index
         bs = self.args.per_device_eval_batch_size
         rows = self.eval_dataset  # validation row numbers of the encoded dataset
-        batches = [rows[i:i + bs] for i in range(0, len(rows), bs)]
+        kinds = ([r for r in rows if r not in self.unseen_rows], [r for r in rows if r in self.unseen_rows])
+        batches = [(kind, part[i:i + bs]) for kind, part in enumerate(kinds) for i in range(0, len(part), bs)]
         mine = batches[rank::world]
-        n_rounds = math.ceil(len(batches) / world)
-        total = torch.zeros(2, dtype=torch.float64, device=self.args.device)
+        total = torch.zeros(2, 2, dtype=torch.float64, device=self.args.device)  # [trained, unseen] x [loss, tokens]
         with torch.no_grad():
-            for k in range(n_rounds):
-                rows = mine[k] if k < len(mine) else batches[0]
-                batch = self.collate_eval([self.eval_item(r) for r in rows])
-                batch = self._prepare_inputs(batch)
+            for k in range(math.ceil(len(batches) / world)):
+                kind, rows = mine[k] if k < len(mine) else batches[0]
+                batch = self._prepare_inputs(self.collate_eval([self.eval_item(r) for r in rows]))
                 loss_sum, n = causal_lm_loss(model, batch, num_items_in_batch=1, router_aux_loss_coef=0.0)
                 if k < len(mine):
-                    total += torch.stack([loss_sum.double().detach(), n.double().to(total.device)])
+                    total[kind] += torch.stack([loss_sum.double().detach(), n.double().to(total.device)])
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(total)
-        loss = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
-        metrics = {f"{metric_key_prefix}_loss": loss, f"{metric_key_prefix}_tokens": int(total[1].item())}
+        both = total.sum(dim=0)
+        mean = lambda t: (t[0] / t[1]).item() if t[1] > 0 else float("nan")  # noqa: E731
+        metrics = {f"{metric_key_prefix}_loss": mean(both), f"{metric_key_prefix}_tokens": int(both[1].item()),
+                   f"{metric_key_prefix}_loss_trained_characters": mean(total[0]),
+                   f"{metric_key_prefix}_loss_unseen_characters": mean(total[1]),
+                   f"{metric_key_prefix}_tokens_unseen_characters": int(total[1][1].item())}
         if metric_key_prefix == "eval":
             self.log(metrics)
             self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)

@@ -258,7 +258,8 @@ class TrainingRun:
             [DetailedLogCallback(runlog, throughput, self.targs.world_size, early, peak)]
         setup = TrainerSetup(batching=config.training.batching, router_aux_loss_coef=config.model.router_aux_loss_coef,
                              max_tokens_per_micro_batch=self.plan["micro_batches"]["budget"], collate=collate,
-                             stop=self.stop, throughput=throughput, trace=self.trace, full_saves=full_saves)
+                             stop=self.stop, throughput=throughput, trace=self.trace, full_saves=full_saves,
+                             unseen_rows=self.encoded.unseen_val_rows())
         return ChameleonsTrainer(
             model=model, args=self.targs, train_dataset=train_rows, data_collator=with_row_meta(collate),
             processing_class=self.data.tokenizer, callbacks=callbacks, eval_dataset=self.encoded.val_rows, setup=setup)

@@ -353,3 +353,24 @@ def test_unfinished_run_needs_resume_or_overwrite(tmp_path, workdir, run_in_proc
     proc = run_in_process(["--config", config, "--output_dir", out], cwd=ROOT)
     assert proc.returncode == 2 and "--resume_from_checkpoint auto" in proc.stderr
     assert (out / "checkpoint-3").is_dir()
+
+
+def test_eval_loss_is_reported_apart_for_characters_the_run_never_trained_on(early_stopped_run):
+    """Validation characters without a training sample (a whole-scene split leaves some) speak
+    as someone the model never saw: every evaluation reports their loss and that of the others
+    apart, token-weighted back to eval_loss, with the unseen ones' tokens counted from the
+    manifest's validation and training ids independently."""
+    tmp, config, out, proc = early_stopped_run
+    manifest = json.loads((out / "split_manifest.json").read_text())
+    character = {f"r{r}": rec["user_hash"] for r, rec in enumerate(
+        json.loads(Path(json.loads(Path(config).read_text())["data"]["train_file"]).read_text()))}
+    trained = {character[i.split(".")[0]] for i in manifest["epochs"][0]["train"]}
+    unseen = [i for i in manifest["validation"] if character[i.split(".")[0]] not in trained]
+    assert unseen and len(unseen) < len(manifest["validation"])  # both kinds are there to report
+    for e in (m for m in metrics(out) if m["event"] == "eval"):
+        n_unseen, n_all = e["eval_tokens_unseen_characters"], e["eval_tokens"]
+        assert 0 < n_unseen < n_all
+        mixed = (e["eval_loss_unseen_characters"] * n_unseen + e["eval_loss_trained_characters"] * (n_all - n_unseen))
+        assert mixed / n_all == pytest.approx(e["eval_loss"], rel=1e-9)
+    log = (out / "training_logs" / "detailed_training_log.txt").read_text()
+    assert re.search(r"eval_loss \d+\.\d+ .*\| characters trained on \d+\.\d+, unseen \d+\.\d+", log)
