@@ -24,7 +24,7 @@ import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fidelity_style import normalize, style
+from .fidelity_style import TrainingLines, normalize, style
 from .fidelity_summary import aggregate
 
 CACHE_NAME = "fidelity_attributor.pkl"
@@ -373,6 +373,7 @@ class Setup:
     excluded_validation: int
     run_dir: object = None
     fitted_now: bool = False
+    lines: object = None  # fidelity_style.TrainingLines of the pool: memorisation figures
 
 
 def setup(training: TrainingPool, held_out, run_dir=None, warn=None, context: bool = False):
@@ -400,7 +401,8 @@ def setup(training: TrainingPool, held_out, run_dir=None, warn=None, context: bo
         return None
     return Setup(attributor=attributor, films=film_mates(training.samples, training.conversations),
                  training_lines=sum(len(v) for v in lines.values()), excluded_validation=len(training.pool) - len(pool),
-                 run_dir=run_dir, fitted_now=fitted)
+                 run_dir=run_dir, fitted_now=fitted,
+                 lines=TrainingLines({c: [x.partition(CONTEXT_MARK)[0] for x in v] for c, v in lines.items()}))
 
 
 def evaluate_items(fid: Setup, items, warn=None) -> tuple:
@@ -410,7 +412,7 @@ def evaluate_items(fid: Setup, items, warn=None) -> tuple:
     if other_film:
         notices.append(f"fidelity: {other_film} items' baselines come from another film's character (no other "
                        f"character of their film has a reference in the file)")
-    summary = aggregate(rows, items, fid.attributor.describe(), notices)
+    summary = aggregate(rows, items, fid.attributor.describe(), notices, fid.lines)
     summary["classifier"].update(training_lines=fid.training_lines, excluded_validation=fid.excluded_validation,
                                  cached=not fid.fitted_now)
     for line in notices:

@@ -76,32 +76,41 @@ def _first(row, kind: str):
     return (row["generated"][:1] or [None])[0] if kind == "generated" else row[kind]
 
 
-def style_summary(rows, items, kind: str) -> dict:
+def style_summary(rows, items, kind: str, training=None) -> dict:
     """Length ratio and copy rate of the first line of `kind` per item (all items, attributed
     or not: they need no classifier), and distinct-1/2 over those lines. Empty lines (an answer
     that could not be extracted) are counted; they are not attributed (the classifier would score
-    them at its prior)."""
+    them at its prior). With `training` (`fidelity_style.TrainingLines`): memorisation, the share
+    of lines that repeat the character's training lines and the mean share of their word 4-grams
+    it said in training (references and baselines, never trained on, show the natural level)."""
     texts = {"generated": lambda it: it.generated[0] if it.generated else None,
              "reference": lambda it: it.reference or None, "baseline": lambda it: it.baseline or None}[kind]
     figures = [_first(r, kind) for r in rows if r["attributed"]]
     figures = [f for f in figures if f]
     lines = [t for t in (texts(it) for it in items) if t is not None]
     copied = [copies_context(texts(it), it.context) for it in items if texts(it) is not None]
-    return {"lines": len(lines), "empty": sum(1 for t in lines if not t.strip()),
-            "length_ratio": mean_ci([f["length_ratio"] for f in figures]),
-            "distinct_1": round(distinct_n(lines, 1), 4), "distinct_2": round(distinct_n(lines, 2), 4),
-            "copy_rate": mean_ci(copied)}
+    out = {"lines": len(lines), "empty": sum(1 for t in lines if not t.strip()),
+           "length_ratio": mean_ci([f["length_ratio"] for f in figures]),
+           "distinct_1": round(distinct_n(lines, 1), 4), "distinct_2": round(distinct_n(lines, 2), 4),
+           "copy_rate": mean_ci(copied)}
+    if training is not None:
+        own = [(it.character, texts(it)) for it in items if texts(it) is not None]
+        overlaps = [training.overlap(c, t) for c, t in own]
+        out["repeats_training_line"] = mean_ci([training.repeats(c, t) for c, t in own])
+        out["training_4gram_overlap"] = mean_ci([x for x in overlaps if x is not None])
+    return out
 
 
-def aggregate(rows, items, classifier: dict, notices=()) -> dict:
+def aggregate(rows, items, classifier: dict, notices=(), training=None) -> dict:
     """The run's fidelity summary: attribution per kind (generated, reference = ceiling,
-    baseline = another character's line), the margins, style statistics and the notices;
-    `classifier` describes the speaker classifier (`Attributor.describe`)."""
+    baseline = another character's line), the margins, style statistics (memorisation with
+    `training`, `fidelity_style.TrainingLines`) and the notices; `classifier` describes the
+    speaker classifier (`Attributor.describe`)."""
     n_all = classifier["characters"]
     out = {"classifier": dict(classifier), "items": len(rows), "attributed": sum(r["attributed"] for r in rows)}
     for kind in KINDS:
         out[kind] = summarize_kind(rows, kind, n_all)
-        out[kind]["style"] = style_summary(rows, items, kind)
+        out[kind]["style"] = style_summary(rows, items, kind, training)
     out["margin"] = {"reference_minus_baseline": margin(rows, "reference", "baseline", n_all),
                      "generated_minus_baseline": margin(rows, "generated", "baseline", n_all),
                      "reference_minus_generated": margin(rows, "reference", "generated", n_all)}
@@ -118,6 +127,9 @@ def format_summary(summary: dict) -> str:
             parts.append(f"{kind} score {a['score']['mean']:.3f} top-1 {a['top1']['mean']:.3f} "
                          f"rank {a['rank']['mean']:.1f} ({a['items']} items)")
     chance = f"; chance: score 0.5, top-1 {1 / summary['classifier']['characters']:.3f}"
+    repeats = summary["generated"]["style"].get("repeats_training_line")
+    if repeats and repeats.get("mean") is not None and summary["generated"]["style"]["lines"]:
+        chance += f"; generated lines repeating a training line {repeats['mean']:.1%}"
     return f"fidelity among {summary['classifier']['characters']} characters: " + "; ".join(parts or ["nothing"]) + chance
 
 

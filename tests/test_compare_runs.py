@@ -172,7 +172,7 @@ def _fidelity_summary(run, score, ceiling=0.7, baseline=0.45, input_file="data/d
     figures = lambda value: {"all": {"score": {"mean": value}, "top1": {"mean": value / 10}}}  # noqa: E731
     (run / "dev_pred.json.summary.json").write_text(json.dumps({
         "input_file": input_file, "counts": {},
-        "fidelity": {"generated": {**figures(score), "style": {"copy_rate": {"mean": 0.1}, "length_ratio": {"mean": 1.2}}},
+        "fidelity": {"generated": {**figures(score), "style": {"copy_rate": {"mean": 0.1}, "repeats_training_line": {"mean": 0.05}, "length_ratio": {"mean": 1.2}}},
                      "reference": figures(ceiling), "baseline": figures(baseline)}}))
 
 
@@ -187,8 +187,9 @@ def test_fidelity_columns_setting_mean_and_plot(three_runs, tmp_path):
     ctx = {s["setting"]: s for s in result["settings"]}["context_only simple N2"]
     assert ctx["fid_score"] == pytest.approx(0.65) and ctx["fid_score_std"] == pytest.approx(statistics.stdev([0.6, 0.7]))
     assert ctx["fid_ceiling"] == pytest.approx(0.75) and ctx["fid_copy_rate"] == pytest.approx(0.1)
+    assert ctx["fid_repeats_training"] == pytest.approx(0.05)
     md = (out / "runs.md").read_text()
-    assert "| context_only simple N2 | dev.json | 0.650 ± 0.071 | 0.065 | 0.750 | 0.450 | 0.100 | 1.20 |" in md
+    assert "| context_only simple N2 | dev.json | 0.650 ± 0.071 | 0.065 | 0.750 | 0.450 | 0.100 | 0.050 | 1.20 |" in md
     data = (out / "fidelity.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     _fidelity_summary(three_runs[1], 0.7, input_file="data/other.json")  # seeds that predicted other files

@@ -346,3 +346,25 @@ def test_a_planted_pickle_in_the_model_folder_runs_nothing(tmp_path, monkeypatch
     assert fidelity.setup(training, [], tmp_path, notices.append).fitted_now
     assert not marker.exists()
     assert len(notices) == (2 if centroid else 1) and "names posix.system" in notices[-1]
+
+
+def test_memorisation_counts_lines_the_character_already_said_in_training():
+    """A generated line that is one of the character's training lines, or whose word 4-grams the
+    character mostly said in training, repeats it; a new line or another character's line does
+    not; a line under 4 words has no overlap figure and repeats only by an exact long match."""
+    from chameleons.fidelity_style import TrainingLines
+
+    lines = TrainingLines({"ann": ["I told you the car would never make it past the bridge.", "Sure."],
+                           "bob": ["The weather is lovely down by the harbour today."]})
+    assert lines.repeats("ann", "i told you the CAR would never make it past the bridge")
+    assert lines.overlap("ann", "I told you the car would never make it past the river.") == pytest.approx(8 / 9)
+    assert lines.repeats("ann", "I told you the car would never make it past the river.")  # one word changed
+    assert lines.overlap("ann", "I told you the car was fine all along.") == pytest.approx(2 / 6)
+    assert not lines.repeats("ann", "I told you the car was fine all along.")
+    assert not lines.repeats("ann", "The weather is lovely down by the harbour today.")  # bob's, not hers
+    assert lines.overlap("ann", "Sure.") is None and not lines.repeats("ann", "Sure.")
+    items = [Item("1", "u1", "ann", ["Hi."], ["I told you the car would never make it past the bridge."], "Fine."),
+             Item("2", "u2", "ann", ["Hi."], ["Something entirely new is happening over here now."], "Fine.")]
+    rows = [{"attributed": False, "generated": [None], "reference": None, "baseline": None}] * 2
+    style = fidelity_summary.style_summary(rows, items, "generated", lines)
+    assert style["repeats_training_line"]["mean"] == 0.5 and style["training_4gram_overlap"]["n"] == 2

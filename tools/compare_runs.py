@@ -39,8 +39,9 @@ RUN_COLUMNS = ["kind", "run", "setting", "val_set", "ablation", "prompt_style", 
                "overrides", "status", "steps", "epochs", "stopped_early", "best_eval_loss", "best_eval_loss_std",
                "best_perplexity", "best_perplexity_std", "train_tokens", "wall_s", "tokens_per_s", "runs",
                "pred_loss", "pred_bleu", "pred_rouge_l", "fid_input", "fid_score", "fid_score_std", "fid_top1",
-               "fid_ceiling", "fid_baseline", "fid_copy_rate", "fid_length_ratio", "path"]
-FIDELITY_KEYS = ["fid_score", "fid_top1", "fid_ceiling", "fid_baseline", "fid_copy_rate", "fid_length_ratio"]
+               "fid_ceiling", "fid_baseline", "fid_copy_rate", "fid_repeats_training", "fid_length_ratio", "path"]
+FIDELITY_KEYS = ["fid_score", "fid_top1", "fid_ceiling", "fid_baseline", "fid_copy_rate", "fid_repeats_training",
+                 "fid_length_ratio"]
 _DATA_LINE = re.compile(r"\] data\s+(?P<file>.+?): (?P<records>[\d,]+) records, [\d,]+ data items, "
                         r"(?P<samples>[\d,]+) samples")
 
@@ -173,6 +174,7 @@ def _fidelity(folder: Path):
                     "fid_ceiling": _dig(fid, "reference", "all", "score", "mean"),
                     "fid_baseline": _dig(fid, "baseline", "all", "score", "mean"),
                     "fid_copy_rate": _dig(fid, "generated", "style", "copy_rate", "mean"),
+                    "fid_repeats_training": _dig(fid, "generated", "style", "repeats_training_line", "mean"),
                     "fid_length_ratio": _dig(fid, "generated", "style", "length_ratio", "mean")}
     return None
 
@@ -376,21 +378,21 @@ def _fidelity_markdown(runs_rows: list, settings: list) -> list:
     if not any(r["fid_score"] is not None for r in runs_rows):
         return []
     head = ("| {} | predicted file | fidelity score | top-1 | ceiling (reference) | baseline (other character) | "
-            "copy rate | length ratio |")
+            "copy rate | repeats a training line | length ratio |")
     lines = ["", "## Character fidelity (rank score of the intended character among all: 1 = first, 0.5 = chance)", "",
-             head.format("run"), "|---|---|---|---|---|---|---|---|"]
+             head.format("run"), "|---|---|---|---|---|---|---|---|---|"]
     for r in runs_rows:
         if r["fid_score"] is not None:
             lines.append(f"| {r['run']} | {r['fid_input']} | {_fmt(r['fid_score'], 3)} | {_fmt(r['fid_top1'], 3)} | "
                          f"{_fmt(r['fid_ceiling'], 3)} | {_fmt(r['fid_baseline'], 3)} | {_fmt(r['fid_copy_rate'], 3)} | "
-                         f"{_fmt(r['fid_length_ratio'], 2)} |")
-    lines += ["", head.format("setting (mean ± std over seeds)"), "|---|---|---|---|---|---|---|---|"]
+                         f"{_fmt(r['fid_repeats_training'], 3)} | {_fmt(r['fid_length_ratio'], 2)} |")
+    lines += ["", head.format("setting (mean ± std over seeds)"), "|---|---|---|---|---|---|---|---|---|"]
     for s in settings:
         if s["fid_score"] is not None:
             std = f" ± {_fmt(s['fid_score_std'], 3)}" if s["fid_score_std"] is not None else ""
             lines.append(f"| {s['setting']} | {s['fid_input']} | {_fmt(s['fid_score'], 3)}{std} | {_fmt(s['fid_top1'], 3)} | "
                          f"{_fmt(s['fid_ceiling'], 3)} | {_fmt(s['fid_baseline'], 3)} | {_fmt(s['fid_copy_rate'], 3)} | "
-                         f"{_fmt(s['fid_length_ratio'], 2)} |")
+                         f"{_fmt(s['fid_repeats_training'], 3)} | {_fmt(s['fid_length_ratio'], 2)} |")
     return lines
 
 
