@@ -232,3 +232,25 @@ def test_bad_run_folder_is_one_error_line_and_writes_nothing(three_runs, tmp_pat
     assert len(lines) == 1 and lines[0].startswith("error:") and case in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "cmp").exists()
+
+
+def test_settings_scored_on_the_same_items_are_compared_pairwise(three_runs, tmp_path):
+    """Per-item fidelity files beside the summaries: the context seeds rank the intended character
+    high on 60 items, the profile run low; runs.md says the difference is real after Holm."""
+    import random
+
+    rng = random.Random(0)
+    for run, good in ((three_runs[0], True), (three_runs[1], True), (three_runs[2], False)):
+        _fidelity_summary(run, 0.8 if good else 0.5)
+        items = [{"sample_id": f"r{k}.c0.i0", "attributed": True,
+                  "generated": [{"rank_all": rng.randint(1, 3) if good else rng.randint(4, 10)}]} for k in range(60)]
+        (run / "dev_pred.json.fidelity.json").write_text(json.dumps({"summary": {"classifier": {"characters": 10}},
+                                                                     "items": items}))
+    out = tmp_path / "cmp"
+    compare_runs.compare(three_runs, out)
+    md = (out / "runs.md").read_text()
+    assert "## Which fidelity differences are real" in md
+    (row,) = [line for line in md.splitlines() if line.startswith("| dev.json | context_only simple N2 |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "profile_only simple N2" and cells[3] == "60" and cells[4] == "2 / 1" and cells[-1] == "yes"
+    assert float(cells[5]) > 0.3

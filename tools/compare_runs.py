@@ -34,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from chameleons import cli  # noqa: E402
 from chameleons.errors import UserError, user_errors_exit  # noqa: E402
+from chameleons.fidelity_compare import compare_settings, item_scores  # noqa: E402
 
 RUN_COLUMNS = ["kind", "run", "setting", "val_set", "ablation", "prompt_style", "N", "sample_seed", "val_seed",
                "overrides", "status", "steps", "epochs", "stopped_early", "best_eval_loss", "best_eval_loss_std",
@@ -163,12 +164,15 @@ def _fidelity(folder: Path):
                    key=lambda p: p.stat().st_mtime)
     for path in reversed(files):
         report = _read_json(path)
+        items_path = path.with_name(path.name[:-len(".summary.json")] + ".fidelity.json") \
+            if path.name.endswith(".summary.json") else path
         if path.name == "final_fidelity.json":  # the run's own --final_fidelity_items evaluation
             report = {"input_file": f"final_fidelity ({_dig(report, 'items_requested')} items)",
                       "fidelity": _dig(report, "summary")}
         fid = _dig(report, "fidelity")
         if fid and not report.get("untrained"):  # an --untrained output is the baseline (tools/fidelity_versus.py)
-            return {"fid_input": Path(str(report.get("input_file"))).name,
+            per_item = _read_json(items_path) if items_path.is_file() else {}
+            return {"fid_input": Path(str(report.get("input_file"))).name, "fid_items": item_scores(per_item),
                     "fid_score": _dig(fid, "generated", "all", "score", "mean"),
                     "fid_top1": _dig(fid, "generated", "all", "top1", "mean"),
                     "fid_ceiling": _dig(fid, "reference", "all", "score", "mean"),
@@ -256,7 +260,7 @@ def run_row(run: Run) -> dict:
         "train_tokens": sum(tokens) if tokens and all(isinstance(t, int) for t in tokens) else None,
         "wall_s": round(wall_seconds(run.events), 1), "tokens_per_s": statistics.fmean(rates) if rates else None,
         "runs": 1, "pred_loss": pred.get("loss"), "pred_bleu": pred.get("bleu"), "pred_rouge_l": pred.get("rouge_l"),
-        **{k: (run.fidelity or {}).get(k) for k in ["fid_input"] + FIDELITY_KEYS}, "path": str(run.path),
+        **{k: (run.fidelity or {}).get(k) for k in ["fid_input", "fid_items"] + FIDELITY_KEYS}, "path": str(run.path),
     }
 
 
@@ -367,7 +371,7 @@ def markdown(runs_rows: list, settings: list, sets: dict) -> str:
                                                 if s["best_perplexity_std"] is not None else "")
         lines.append(f"| {s['setting']} | {s['val_set']} | {s['runs']} | {s['sample_seed']} | {loss} | {ppl} | "
                      f"{_fmt(s['steps'], 1)} | {_fmt(s['epochs'], 2)} | {s['stopped_early']}/{s['runs']} |")
-    lines += _fidelity_markdown(runs_rows, settings)
+    lines += _fidelity_markdown(runs_rows, settings) + _pairs_markdown(fidelity_pairs(runs_rows))
     lines += ["", "## Validation sets", "", "| set | data | N | val seed | validation samples |", "|---|---|---|---|---|"]
     lines += [f"| {label} | {d['data']} | {d['N']} | {d['val_seed']} | {d['validation_samples']} |"
               for label, d in sets.items()]
@@ -393,6 +397,28 @@ def _fidelity_markdown(runs_rows: list, settings: list) -> list:
             lines.append(f"| {s['setting']} | {s['fid_input']} | {_fmt(s['fid_score'], 3)}{std} | {_fmt(s['fid_top1'], 3)} | "
                          f"{_fmt(s['fid_ceiling'], 3)} | {_fmt(s['fid_baseline'], 3)} | {_fmt(s['fid_copy_rate'], 3)} | "
                          f"{_fmt(s['fid_repeats_training'], 3)} | {_fmt(s['fid_length_ratio'], 2)} |")
+    return lines
+
+
+def fidelity_pairs(runs_rows: list) -> list:
+    """Paired fidelity differences between settings scored on the same file (chameleons/fidelity_compare.py)."""
+    by_file = {}
+    for r in runs_rows:
+        if r.get("fid_items"):
+            by_file.setdefault(r["fid_input"], {}).setdefault(r["setting"], []).append(r["fid_items"])
+    return [{"file": file, **pair} for file, settings in sorted(by_file.items()) for pair in compare_settings(settings)]
+
+
+def _pairs_markdown(pairs: list) -> list:
+    if not pairs:
+        return []
+    lines = ["", "## Which fidelity differences are real (paired over items and seeds, Holm-corrected)", "",
+             "| file | setting a | setting b | items | seeds a / b | a - b (rank score) | 95% interval | p | p (Holm) | "
+             "real |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in pairs:
+        lines.append(f"| {p['file']} | {p['a']} | {p['b']} | {p['items']} | {p['seeds_a']} / {p['seeds_b']} | "
+                     f"{p['difference']:+.3f} | [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] | {p['p']:.4f} | "
+                     f"{p['p_holm']:.4f} | {'yes' if p['real'] else 'no'} |")
     return lines
 
 
