@@ -26,17 +26,20 @@ from .outputs import run_path, write_json
 FILE_NAME = "final_fidelity.json"
 
 
-def validation_subset(samples, validation_ids, n: int) -> list:
-    """The first n validation samples in the order of each item's content hash: not file
-    position, seed or the order of the ids, so every run sharing the validation set gets the
-    same items."""
+def validation_subset(samples, validation_ids, n: int, trained=None, group_by: str = "user_hash") -> list:
+    """The first n validation samples of characters the run trained on (`trained`: their group
+    keys; None: any character) in the order of each item's content hash: not file position, seed
+    or the order of the ids, so every run sharing the validation set and its characters gets the
+    same items. `validation_ids` is the corpus's whole validation set (every sample of the
+    validation conversations, never in any N's training): the run's own sampled validation holds
+    no trained character at N = 1."""
     by_id = {s.sample_id: s for s in samples}
     missing = [i for i in validation_ids if i not in by_id]
     if missing:
         raise UserError(f"split_manifest.json: validation id {missing[0]} is not an item of the data file "
                         f"({len(missing)} missing): pass the run's training file as --data_file")
-    chosen = sorted((by_id[i] for i in validation_ids), key=lambda s: hashlib.blake2b(s.uid.encode()).hexdigest())
-    return chosen[:n]
+    kept = (by_id[i] for i in validation_ids if trained is None or by_id[i].group_key(group_by) in trained)
+    return sorted(kept, key=lambda s: hashlib.blake2b(s.uid.encode()).hexdigest())[:n]
 
 
 def default_sampling(seed: int):
@@ -72,19 +75,24 @@ def generate_share(trainer, tokenizer, rows, batch_size: int) -> list:
     return gather_object(out)
 
 
-def final_fidelity(opts, trainer, encoded, tokenizer, runlog):
+def final_fidelity(opts, trainer, encoded, data, max_length: int, runlog):
     """--final_fidelity_items N: generate for the run's fixed validation subset (every rank) and
     write the per-item figures and the summary (rank 0); the summary, or None when off or on
-    ranks other than 0. A classifier that cannot be built is one notice, as in prediction."""
+    ranks other than 0. A classifier that cannot be built is one notice, as in prediction.
+    `data`: the run's `training.RunData` (the corpus, its prompt builder and tokenizer: items of the
+    whole validation set are prompted as training prompts them, with the run's `max_length`)."""
+    from .encoding import ChatFormat, encode_samples
+
     if not opts.final_fidelity_items:
         return None
     split = encoded.split
-    chosen = validation_subset(split.val, [encoded.dataset_ids[r] for r in encoded.val_rows], opts.final_fidelity_items)
-    rows = []
-    for s in chosen:
-        item = encoded.dataset[encoded.row_of[s.sample_id]]
-        rows.append((s, list(item["input_ids"][:item["prompt_len"]])))
-    generated = dict(generate_share(trainer, tokenizer, rows, trainer.args.per_device_eval_batch_size))
+    trained = {g for g, n in encoded.encodable_split().sizes.items() if n > 0}
+    chosen = validation_subset(data.corpus.samples, sorted(split.whole_val), opts.final_fidelity_items, trained,
+                               split.group_by)
+    cols = encode_samples(chosen, data.builder, data.tokenizer, ChatFormat(data.tokenizer), max_length)
+    rows = [(s, list(ids[:n])) for s, ids, n in zip(chosen, cols["input_ids"], cols["prompt_len"]) if ids]
+    chosen = [s for s, _ in rows]
+    generated = dict(generate_share(trainer, data.tokenizer, rows, trainer.args.per_device_eval_batch_size))
     if trainer.args.process_index != 0:
         return None
     return score_and_write(opts.output_dir, split, chosen, generated, runlog)

@@ -260,7 +260,8 @@ def format_plan(plan: dict) -> str:
         f"split      train {sp['train']:,} / validation {sp['validation']:,} = {sp['validation_share']:.2%} of the "
         f"sampled set (val_ratio {sp['val_ratio']}, val_seed {sp['val_seed']}, leak check {sp['leak_check']}); "
         f"lost to the split {sp['lost_to_split']:,}; {sp['validation_characters_without_train']} validation "
-        f"characters have no training sample",
+        f"characters have no training sample; {sp.get('fidelity_candidates', 0):,} validation items of characters it "
+        f"trains on for --final_fidelity_items",
         leak_checks.named(sp["leak_check"]).plan_line(sp),
         f"tokens     length min {t['length_min']} / median {t['length_median']} / p95 {t['length_p95']} / max "
         f"{t['length_max']}; truncated {t['truncated']:,}, dropped {t['dropped_target_too_long']:,}; "

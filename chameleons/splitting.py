@@ -57,6 +57,7 @@ class SplitStats:
     lost_to_split: int
     validation_characters: int
     validation_characters_without_train: int
+    fidelity_candidates: int  # samples of the whole validation set whose character this run trains on
     characters_without_train: int
     excluded_for_leakage: int
     whole_validation: int
@@ -87,6 +88,7 @@ class Split:
     sizes: dict  # group -> training samples per epoch
     stats: SplitStats
     index: object = None  # the leak check's index (Conversations or QuoteIndex): reused for the guide table
+    whole_val: frozenset = frozenset()  # the corpus's validation set (every N's), sample ids
 
     def epoch_train(self, epoch: int = 0) -> list:
         """The training subset of one epoch, in a fixed order; the same on every rank."""
@@ -158,6 +160,7 @@ def split_train_val(samples, settings: SplitSettings, index=None) -> Split:
         lost_to_split=len(sampled) - len(val) - n_train,
         validation_characters=len(val_groups),
         validation_characters_without_train=len(val_groups - train_groups),
+        fidelity_candidates=sum(1 for s in samples if s.sample_id in choice.val_ids and s.group_key(group_by) in train_groups),
         characters_without_train=len(set(sampled_per_group) - train_groups),
         excluded_for_leakage=leaked,
         whole_validation=len(choice.val_ids),
@@ -165,7 +168,7 @@ def split_train_val(samples, settings: SplitSettings, index=None) -> Split:
         pool=sum(len(m) for m in pool.values()),
         val_seed=val_seed,
     )
-    return Split(settings=settings, val=val, pool=pool, sizes=sizes, stats=stats, index=index)
+    return Split(settings=settings, val=val, pool=pool, sizes=sizes, stats=stats, index=index, whole_val=choice.val_ids)
 
 
 def whole_validation(index, samples, settings: SplitSettings) -> Choice:

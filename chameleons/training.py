@@ -310,7 +310,8 @@ class TrainingRun:
                     f"{final['final_loss']:.4f} (best recorded {best:.4f})")
         with timed(trainer.seconds, "export"):
             trainer.save_model(output_dir)
-        final_fidelity.final_fidelity(self.opts, trainer, self.encoded, self.data.tokenizer, runlog)  # every rank
+        final_fidelity.final_fidelity(self.opts, trainer, self.encoded, self.data, self.config.training.max_length,
+                                      runlog)  # every rank
         if not self.main:
             return 0
         self.data.tokenizer.save_pretrained(output_dir)
@@ -398,6 +399,8 @@ def write_manifest(output_dir, encoded, max_epochs: int):
                           "pool_coverage": round(len(seen) / max(1, sum(len(m) for m in encoded.split.pool.values())), 4)})
     outputs.write_json(outputs.run_path(output_dir, outputs.MANIFEST_NAME), {
         "validation": [ids[r] for r in encoded.val_rows],
+        "whole_validation": sorted(encoded.split.whole_val),
+        "group_by": encoded.split.group_by,
         "epochs": per_epoch,
         "split": encoded.split.stats.as_dict(),
         "history_pool": run_record.history_pool(encoded.split),

@@ -54,8 +54,10 @@ def test_final_fidelity_scores_the_runs_fixed_validation_subset(build, run_in_pr
     targets = sorted(it["continuation"] for r in json.loads(subset.read_text())
                      for c in r["task"]["task_behavior_collections"] for it in c["data"])
     scored = {row["sample_id"] for row in record["items"]}
-    manifest = json.loads((out / "split_manifest.json").read_text())["validation"]
-    assert scored <= set(manifest)
+    manifest = json.loads((out / "split_manifest.json").read_text())
+    assert scored <= set(manifest["whole_validation"]) and set(manifest["validation"]) <= set(manifest["whole_validation"])
+    trained = {s.user_hash for s in _samples(train) if s.sample_id in set(manifest["epochs"][0]["train"])}
+    assert {s.user_hash for s in _samples(train) if s.sample_id in scored} <= trained  # characters it trained on
     samples = {s.sample_id: s.target for s in _samples(train)}
     assert sorted(samples[sid] for sid in scored) == targets  # the tool's items, chosen by one function
     log = (out / "training_logs" / "detailed_training_log.txt").read_text()
@@ -108,3 +110,21 @@ def test_a_bad_final_fidelity_value_is_one_error_line(build, run_in_process, tmp
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "--final_fidelity_items" in lines[0]
     assert not out.exists()
+
+
+def test_the_fidelity_subset_holds_characters_the_run_trained_on():
+    """At N = 1 a run's own validation holds no character it trained on; the subset is drawn from
+    the whole validation set, kept to the characters the run trained on, in content-hash order."""
+    from chameleons.data import Sample
+    from chameleons.final_fidelity import validation_subset
+
+    def sample(sid, who):
+        return Sample(sid, f"u{sid}", 0, "k", who, {}, {}, (), f"line {sid}")
+
+    samples = [sample(f"r0.c0.i{k}", "ann" if k % 2 else "bob") for k in range(10)]
+    ids = [s.sample_id for s in samples]
+    anyone = validation_subset(samples, ids, 10)
+    assert len(anyone) == 10 and validation_subset(samples, list(reversed(ids)), 10) == anyone  # order by content
+    only_ann = validation_subset(samples, ids, 3, trained={"ann"})
+    assert len(only_ann) == 3 and {s.user_hash for s in only_ann} == {"ann"}
+    assert only_ann == [s for s in anyone if s.user_hash == "ann"][:3]

@@ -6,9 +6,11 @@ BLEU/ROUGE-L) figures compare.
     python tools/validation_subset.py outputs/ctx_N2_seed_42 --data_file data/train.json --n 200 \\
         --out outputs/val_subset_200.json
 
-The validation ids come from the run's split_manifest.json (never re-split); the subset is the
-first --n of them in an order fixed by each item's content hash (not by file position or seed):
-`final_fidelity.validation_subset`, the items a run's `--final_fidelity_items N` scores.
+The validation ids come from the run's split_manifest.json (never re-split): the corpus's whole
+validation set (every sample of the validation conversations, never in any N's training), kept to
+the characters the run trained on; the subset is the first --n of them in an order fixed by each
+item's content hash (not by file position or seed): `final_fidelity.validation_subset`, the items
+a run's `--final_fidelity_items N` scores.
 Each record keeps its fields; its collections keep only the chosen items (a collection left
 empty is dropped).
 """
@@ -25,17 +27,21 @@ from chameleons.final_fidelity import validation_subset  # noqa: E402
 from chameleons.outputs import write_json  # noqa: E402
 
 
-def manifest_validation(run_dir) -> list:
+def manifest_validation(run_dir) -> dict:
+    """The manifest's whole validation set (an older manifest: the run's own validation ids),
+    its epoch 0 training ids and the grouping that says what a character is."""
     path = Path(run_dir) / "split_manifest.json"
     if not path.is_file():
         raise UserError(f"{path}: not found (is {run_dir} a training run folder?)")
     try:
-        ids = json.loads(path.read_text(encoding="utf-8")).get("validation")
-    except (ValueError, AttributeError, UnicodeDecodeError):
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        ids = manifest.get("whole_validation") or manifest.get("validation")
+        train = manifest["epochs"][0]["train"] if "whole_validation" in manifest else None
+    except (ValueError, AttributeError, UnicodeDecodeError, KeyError, IndexError, TypeError):
         ids = None
     if not isinstance(ids, list) or not ids:
         raise UserError(f"{path}: no list of validation ids")
-    return ids
+    return {"ids": ids, "train": train, "group_by": manifest.get("group_by", "user_hash")}
 
 
 def subset_records(records, chosen) -> list:
@@ -62,13 +68,18 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=positive_int, default=200, help="items in the subset (default 200)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    ids = manifest_validation(args.run_dir)
+    manifest = manifest_validation(args.run_dir)
     records = read_records(args.data_file)
-    chosen = validation_subset(extract_samples(records, args.data_file).samples, ids, args.n)
+    samples = extract_samples(records, args.data_file).samples
+    by_id, trained = {s.sample_id: s for s in samples}, None
+    if manifest["train"] is not None:  # the characters the run trained on
+        trained = {by_id[i].group_key(manifest["group_by"]) for i in manifest["train"] if i in by_id}
+    chosen = validation_subset(samples, manifest["ids"], args.n, trained, manifest["group_by"])
     if Path(args.out).exists():
         raise UserError(f"--out {args.out}: exists")
     write_json(args.out, subset_records(records, chosen))
-    print(f"wrote {args.out}: {len(chosen)} of {len(ids)} validation items of {args.run_dir}")
+    print(f"wrote {args.out}: {len(chosen)} of {len(manifest['ids'])} validation items of {args.run_dir}"
+          + (" (characters it trained on)" if trained is not None else ""))
     return 0
 
 
