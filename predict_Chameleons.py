@@ -141,7 +141,8 @@ def fidelity_setup(opts, training, corpus, model_dirs, dist):
         return None
     train, train_pool = training
     return fidelity.setup(fidelity.TrainingPool(train, train_pool, Conversations(train)),
-                          [s.target for s in corpus.samples if s.target], model_dirs[0], dist.warn,
+                          [s.target for s in corpus.samples if s.target]
+                          + [c for s in corpus.samples for _, c in s.context], model_dirs[0], dist.warn,
                           opts.fidelity_context == "on")
 
 

@@ -30,6 +30,7 @@ class Sample:
     personality: dict
     context: tuple  # ((role, content), ...), oldest first
     target: str
+    sources: tuple = ()  # each context turn's speaker name as the file gives it (stripped), for fidelity's scenes
 
     def group_key(self, group_by: str = "user_hash") -> str:
         """The character a sample counts for under `--sample_group_by` (one of GROUP_BY)."""
@@ -157,7 +158,7 @@ def _content_uid(user_hash, context, target) -> str:
 
 
 def _context_turns(item: dict, path, r: int, ipath: str, name: str) -> list:
-    """The item's non-empty context turns as (role, content), oldest first."""
+    """The item's non-empty context turns as (role, content, source name), oldest first."""
     if "context" not in item:
         raise UserError(f"{where(path, r, ipath + '.context')}: missing (use [] for an item with no context)")
     turns = []
@@ -175,7 +176,7 @@ def _context_turns(item: dict, path, r: int, ipath: str, name: str) -> list:
             raise UserError(f"{where(path, r, tpath + '.content')}: must be a string, found {type(content).__name__}")
         content = content.strip()
         if content:
-            turns.append(("assistant" if is_character_turn(source, name) else "user", content))
+            turns.append(("assistant" if is_character_turn(source, name) else "user", content, source.strip()))
     return turns
 
 
@@ -225,14 +226,15 @@ def extract_samples(records, path="<data>", for_prediction: bool = False) -> Cor
                     raise UserError(f"{where(path, r, ipath + '.continuation')}: must be a string, found {type(continuation).__name__}")
                 turns = _context_turns(item, path, r, ipath, name)
                 target = continuation.strip()
-                context = tuple(turns)
+                context = tuple((role, content) for role, content, _ in turns)
                 reason = skip_reason(context, target)
                 if reason and not for_prediction:
                     corpus.skipped[reason] += 1
                     continue
                 pending.append(dict(sample_id=item_id(r, c, i), uid=_content_uid(user_hash, context, target),
                                     record_index=r, user_hash=user_hash, profile=profile,
-                                    personality=personality, context=context, target=target))
+                                    personality=personality, context=context, target=target,
+                                    sources=tuple(source for _, _, source in turns)))
         content_key = hashlib.blake2b("".join(p["uid"] for p in pending).encode(), digest_size=6).hexdigest()
         seen_records[content_key] += 1  # identical duplicate records stay separate groups
         record_key = f"{content_key}.{seen_records[content_key]}"

@@ -24,6 +24,7 @@ import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .fidelity_scene import Scenes, film_mates, likelihoods, pick_baselines  # noqa: F401  (film_mates: the module's API)
 from .fidelity_style import TrainingLines, normalize, style
 from .fidelity_summary import aggregate
 
@@ -34,6 +35,7 @@ SETTINGS = {"analyzer": "char_wb", "ngram_range": [2, 4], "min_df": 2, "sublinea
 # CPU; the real corpus (7,797 characters x 72k lines) would take hours and a dense weight matrix
 # of characters x n-grams, so above this class centroids are fitted instead (`fidelity_centroids`).
 MAX_FIT_SIZE = 2_000_000
+MIN_CLASS_LINES = 40  # above MAX_FIT_SIZE, the classifier's characters (`classifier_lines`)
 CONTEXT_MARK = "\x1e"  # joins a line and its context line in a classifier input (--fidelity_context on)
 
 def training_lines(samples, held_out=(), context: bool = False) -> dict:
@@ -69,28 +71,6 @@ def _char_ngrams():
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     return TfidfVectorizer(analyzer=SETTINGS["analyzer"], ngram_range=tuple(SETTINGS["ngram_range"])).build_analyzer()
-
-
-def film_mates(samples, conversations) -> dict:
-    """{character: characters sharing a film with it, itself included}. Records are joined when
-    their samples share a conversation; a character in several films gets all their casts."""
-    parent = {}
-
-    def find(x):
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for members in conversations.members:
-        for s in members[1:]:
-            parent[find(s.record_key)] = find(members[0].record_key)
-    cast, films_of = {}, {}
-    for s in samples:
-        film = find(s.record_key)
-        cast.setdefault(film, set()).add(s.user_hash)
-        films_of.setdefault(s.user_hash, set()).add(film)
-    return {c: frozenset().union(*(cast[f] for f in films)) for c, films in films_of.items()}
 
 
 def lines_key(lines_by_char: dict) -> str:
@@ -160,6 +140,22 @@ def fit_attributor(lines_by_char: dict) -> Attributor:
                       mean_words=mean_words, kind=model_kind(lines_by_char), context=context)
 
 
+def classifier_lines(lines_by_char: dict, warn=None) -> dict:
+    """Above MAX_FIT_SIZE, the characters with at least MIN_CLASS_LINES training lines (when two
+    or more have that many): a series' hundreds of one-episode characters would otherwise force
+    the centroid classifier, which hears style far worse (on the Seinfeld conversion the
+    reference - same-scene baseline margin was 0.034 with centroids over 523 characters, 0.090
+    with SGD over the 28 with 40+ lines). Their items are not attributed; a notice says so."""
+    size = len(lines_by_char) * sum(len(v) for v in lines_by_char.values())
+    kept = {c: v for c, v in lines_by_char.items() if len(v) >= MIN_CLASS_LINES}
+    if size <= MAX_FIT_SIZE or len(kept) < 2 or len(kept) == len(lines_by_char):
+        return lines_by_char
+    if warn:
+        warn(f"fidelity: {len(lines_by_char) - len(kept):,} of {len(lines_by_char):,} characters have fewer than "
+             f"{MIN_CLASS_LINES} training lines: left out of the classifier, their items not attributed")
+    return kept
+
+
 def model_kind(lines_by_char: dict) -> str:
     """The classifier for these lines: sgd, or centroid where one-vs-rest SGD (its cost grows with
     characters x lines) would not fit on a CPU in about a minute."""
@@ -190,45 +186,28 @@ class Item:
     context: list
     generated: list
     reference: str = ""
-    baseline: str = field(default="", repr=False)  # another character's reference, set by pick_baselines
+    baseline: str = field(default="", repr=False)  # another character's line, set by pick_baselines
     baseline_from: str = ""
+    sources: tuple = ()  # the context turns' speaker names (fidelity_scene)
 
 
-def pick_baselines(items, films: dict) -> int:
-    """For each item with a reference, a reference line of another character: of the same film
-    where the file has one, else of any other character; chosen by a hash of the item's uid, so
-    the same for every model scored on the file. Returns how many came from another film."""
-    by_char = {}
-    for it in items:
-        if it.reference:
-            by_char.setdefault(it.character, []).append(it)
-    others_film = 0
-    for it in items:
-        if not it.reference:
-            continue
-        mates = sorted(c for c in films.get(it.character, ()) if c != it.character and c in by_char)
-        if not mates:
-            mates, others_film = sorted(c for c in by_char if c != it.character), others_film + 1
-        if not mates:
-            continue
-        h = int(hashlib.blake2b(it.uid.encode(), digest_size=8).hexdigest(), 16)
-        other = by_char[mates[h % len(mates)]]
-        chosen = other[(h // len(mates)) % len(other)]
-        it.baseline, it.baseline_from = chosen.reference, chosen.sample_id
-    return others_film
-
-
-def _figures(probs, attributor, character: str, film, line: str, context) -> dict:
+def _figures(probs, attributor, it, film, line: str, scene=None) -> dict:
+    """`scene`: (candidates, likelihoods) of the item (`fidelity_scene`), or None."""
+    character = it.character
     every = attribution(probs, attributor.classes, character)
     mates = attribution(probs, attributor.classes, character, sorted(film)) if film else {"p": None, "rank": None}
+    here = attribution(scene[1], attributor.classes, character, scene[0]) if scene else {"p": None, "rank": None,
+                                                                                        "n": None}
     return {"p_film": mates["p"], "rank_film": mates["rank"], "p_all": every["p"], "rank_all": every["rank"],
-            **style(line, context, attributor.mean_words.get(character))}
+            "p_scene": here["p"], "rank_scene": here["rank"], "n_scene": here["n"] if scene else None,
+            **style(line, it.context, attributor.mean_words.get(character))}
 
 
-def score_items(attributor: Attributor, films: dict, items) -> tuple:
+def score_items(attributor: Attributor, films: dict, items, scenes=None) -> tuple:
     """Per-item figures (JSON-able) and the notices for items that cannot be fully scored: a
     character without training lines is not attributed; one alone in its film (no other
-    character with training lines) gets no film figures."""
+    character with training lines) gets no film figures; with `scenes`, ranks among the scene's
+    candidates too (`fidelity_scene`)."""
     known = set(attributor.classes)
     lines, where = [], []
     for k, it in enumerate(items):
@@ -243,14 +222,17 @@ def score_items(attributor: Attributor, films: dict, items) -> tuple:
     rows = [{"sample_id": it.sample_id, "character": it.character, "attributed": it.character in known,
              "film_characters": len(films.get(it.character, {it.character}) & known), "reference": None,
              "baseline": None} for it in items]
-    unattributed = {"p_film": None, "rank_film": None, "p_all": None, "rank_all": None}
+    unattributed = {"p_film": None, "rank_film": None, "p_all": None, "rank_all": None, "p_scene": None,
+                    "rank_scene": None, "n_scene": None}
     for k, it in enumerate(items):  # an empty line (nothing extracted) would score at the classifier's prior
         rows[k]["generated"] = [{**unattributed, **style(t, it.context, attributor.mean_words.get(it.character))}
                                 for t in it.generated]
+    cands = {k: scenes.candidates(it.character, it.sources, known) for k, it in enumerate(items)} if scenes else {}
     for (k, kind, j), p, text in zip(where, probs, lines):
         it = items[k]
         film = films.get(it.character, {it.character}) & known
-        figures = _figures(p, attributor, it.character, film if len(film) > 1 else None, text, it.context)
+        scene = (cands[k], likelihoods(p, attributor.classes, scenes.line_counts)) if cands.get(k) else None
+        figures = _figures(p, attributor, it, film if len(film) > 1 else None, text, scene)
         if kind == "generated":
             rows[k]["generated"][j] = figures
         else:
@@ -374,6 +356,7 @@ class Setup:
     run_dir: object = None
     fitted_now: bool = False
     lines: object = None  # fidelity_style.TrainingLines of the pool: memorisation figures
+    scenes: object = None  # fidelity_scene.Scenes: the scene candidates and baselines
 
 
 def setup(training: TrainingPool, held_out, run_dir=None, warn=None, context: bool = False):
@@ -382,7 +365,7 @@ def setup(training: TrainingPool, held_out, run_dir=None, warn=None, context: bo
     None, with one notice, when it cannot be built."""
     val = validation_ids(run_dir) if run_dir else set()
     pool = [s for s in training.pool if s.sample_id not in val]
-    lines = training_lines(pool, held_out, context)
+    lines = classifier_lines(training_lines(pool, held_out, context), warn)
     if len(lines) < 2:
         if warn:
             warn(f"fidelity: the run's training pool has lines of {len(lines)} character(s); a speaker classifier "
@@ -399,16 +382,18 @@ def setup(training: TrainingPool, held_out, run_dir=None, warn=None, context: bo
         if warn:
             warn(f"fidelity: no speaker classifier could be fitted ({exc}): no fidelity figures")
         return None
-    return Setup(attributor=attributor, films=film_mates(training.samples, training.conversations),
+    films = film_mates(training.samples, training.conversations)
+    return Setup(attributor=attributor, films=films,
                  training_lines=sum(len(v) for v in lines.values()), excluded_validation=len(training.pool) - len(pool),
                  run_dir=run_dir, fitted_now=fitted,
-                 lines=TrainingLines({c: [x.partition(CONTEXT_MARK)[0] for x in v] for c, v in lines.items()}))
+                 lines=TrainingLines({c: [x.partition(CONTEXT_MARK)[0] for x in v] for c, v in lines.items()}),
+                 scenes=Scenes(training.samples, films, {c: len(v) for c, v in lines.items()}))
 
 
 def evaluate_items(fid: Setup, items, warn=None) -> tuple:
     """Per-item figures and the summary of `items` (their baselines are picked here)."""
-    other_film = pick_baselines(items, fid.films)
-    rows, notices = score_items(fid.attributor, fid.films, items)
+    other_film = pick_baselines(items, fid.films, fid.scenes, fid.attributor.classes)
+    rows, notices = score_items(fid.attributor, fid.films, items, fid.scenes)
     if other_film:
         notices.append(f"fidelity: {other_film} items' baselines come from another film's character (no other "
                        f"character of their film has a reference in the file)")
@@ -424,5 +409,5 @@ def evaluate_items(fid: Setup, items, warn=None) -> tuple:
 def prediction_items(samples, results: dict) -> list:
     """An Item per predicted sample: its continuations, context lines and reference."""
     return [Item(s.sample_id, s.uid, s.user_hash, [c for _, c in s.context],
-                 list(results[s.sample_id]["continuations"]), s.target)
+                 list(results[s.sample_id]["continuations"]), s.target, sources=s.sources)
             for s in samples if s.sample_id in results]

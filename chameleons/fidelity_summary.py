@@ -39,8 +39,9 @@ def summarize_kind(rows, kind: str, n_all: int) -> dict:
     """Attribution among all characters and within the film, chance levels beside them."""
     pairs = _kind_figures(rows, kind)
     out = {"items": len(pairs)}
-    for scope, n_of in (("all", lambda r: n_all), ("film", lambda r: r["film_characters"])):
-        got = [(f[f"p_{scope}"], f[f"rank_{scope}"], n_of(r)) for r, f in pairs if f[f"rank_{scope}"] is not None]
+    for scope, n_of in (("all", lambda r, f: n_all), ("film", lambda r, f: r["film_characters"]),
+                        ("scene", lambda r, f: f.get("n_scene"))):
+        got = [(f[f"p_{scope}"], f[f"rank_{scope}"], n_of(r, f)) for r, f in pairs if f.get(f"rank_{scope}") is not None]
         out[scope] = {
             "items": len(got),
             "p": mean_ci([p for p, _, _ in got]),
@@ -59,16 +60,17 @@ def _mean(values):
     return round(sum(values) / len(values), 6) if values else None
 
 
-def margin(rows, high: str, low: str, n_all: int) -> dict:
-    """Paired difference `high` - `low` of the all-characters rank score and probability, on the
-    items that have both, with bootstrap intervals: above 0 means `high` sounds more like the
-    intended character."""
+def margin(rows, high: str, low: str, n_all: int, scope: str = "all") -> dict:
+    """Paired difference `high` - `low` of the rank score and probability among all characters
+    (or among the item's scene candidates, `scope` "scene"), on the items that have both, with
+    bootstrap intervals: above 0 means `high` sounds more like the intended character."""
     score, prob = [], []
     for r in rows:
         a, b = _first(r, high), _first(r, low)
-        if r["attributed"] and a and b and a["rank_all"] is not None and b["rank_all"] is not None:
-            score.append(rank_score(a["rank_all"], n_all) - rank_score(b["rank_all"], n_all))
-            prob.append(a["p_all"] - b["p_all"])
+        if r["attributed"] and a and b and a.get(f"rank_{scope}") is not None and b.get(f"rank_{scope}") is not None:
+            n = n_all if scope == "all" else a["n_scene"]
+            score.append(rank_score(a[f"rank_{scope}"], n) - rank_score(b[f"rank_{scope}"], n))
+            prob.append(a[f"p_{scope}"] - b[f"p_{scope}"])
     return {"score": mean_ci(score), "p": mean_ci(prob)}
 
 
@@ -111,9 +113,10 @@ def aggregate(rows, items, classifier: dict, notices=(), training=None) -> dict:
     for kind in KINDS:
         out[kind] = summarize_kind(rows, kind, n_all)
         out[kind]["style"] = style_summary(rows, items, kind, training)
-    out["margin"] = {"reference_minus_baseline": margin(rows, "reference", "baseline", n_all),
-                     "generated_minus_baseline": margin(rows, "generated", "baseline", n_all),
-                     "reference_minus_generated": margin(rows, "reference", "generated", n_all)}
+    pairs = (("reference_minus_baseline", "reference", "baseline"), ("generated_minus_baseline", "generated", "baseline"),
+             ("reference_minus_generated", "reference", "generated"))
+    out["margin"] = {name: margin(rows, high, low, n_all) for name, high, low in pairs}
+    out["margin_scene"] = {name: margin(rows, high, low, n_all, "scene") for name, high, low in pairs}
     out["notices"] = list(notices)
     return out
 
@@ -122,10 +125,12 @@ def format_summary(summary: dict) -> str:
     """One line per kind for the console: the all-characters score and top-1 with chance."""
     parts = []
     for kind in KINDS:
-        a = summary[kind]["all"]
+        a, scene = summary[kind]["all"], summary[kind].get("scene") or {}
         if a["items"]:
+            in_scene = (f" (in its scene: score {scene['score']['mean']:.3f} top-1 {scene['top1']['mean']:.3f} among "
+                        f"{1 / scene['chance']['top1']:.1f} candidates)") if scene.get("items") else ""
             parts.append(f"{kind} score {a['score']['mean']:.3f} top-1 {a['top1']['mean']:.3f} "
-                         f"rank {a['rank']['mean']:.1f} ({a['items']} items)")
+                         f"rank {a['rank']['mean']:.1f} ({a['items']} items){in_scene}")
     chance = f"; chance: score 0.5, top-1 {1 / summary['classifier']['characters']:.3f}"
     repeats = summary["generated"]["style"].get("repeats_training_line")
     if repeats and repeats.get("mean") is not None and summary["generated"]["style"]["lines"]:

@@ -106,14 +106,14 @@ def score_and_write(output_dir, split, chosen, generated: dict, runlog):
     warn = notices.append
     samples = list(split.val) + split.pool_samples()
     films = split.index if isinstance(split.index, Conversations) else Conversations(samples)
-    fid = fidelity.setup(fidelity.TrainingPool(samples, split.pool_samples(), films), [s.target for s in chosen],
-                         output_dir, warn)
+    held_out = [s.target for s in chosen] + [c for s in chosen for _, c in s.context]  # baselines come from contexts
+    fid = fidelity.setup(fidelity.TrainingPool(samples, split.pool_samples(), films), held_out, output_dir, warn)
     record = {"items_requested": len(chosen), "notices": notices}
     if fid is None:
         line = f"final fidelity: no figures ({'; '.join(notices)})"
     else:
         items = [fidelity.Item(s.sample_id, s.uid, s.user_hash, [c for _, c in s.context], [generated[s.sample_id]],
-                               s.target) for s in chosen]
+                               s.target, sources=s.sources) for s in chosen]
         rows, summary = fidelity.evaluate_items(fid, items, warn)
         record.update(summary=summary, items=rows)
         line = f"final {format_summary(summary)}"

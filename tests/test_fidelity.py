@@ -19,9 +19,10 @@ from chameleons.data import load_corpus  # noqa: E402
 from chameleons.fidelity import Item  # noqa: E402
 
 
-def _sample(sid, user_hash, target, record_key=None, context=()):
+def _sample(sid, user_hash, target, record_key=None, context=(), sources=()):
     return SimpleNamespace(sample_id=sid, uid=f"u{sid}", user_hash=user_hash, target=target,
-                           record_key=record_key or user_hash, context=tuple(("user", c) for c in context))
+                           record_key=record_key or user_hash, context=tuple(("user", c) for c in context),
+                           profile={"name": user_hash.upper()}, sources=tuple(sources))
 
 
 VOICES = {"pirate": ["arr matey the sea be calling", "shiver me timbers arr", "the sea and the rum arr matey",
@@ -368,3 +369,45 @@ def test_memorisation_counts_lines_the_character_already_said_in_training():
     rows = [{"attributed": False, "generated": [None], "reference": None, "baseline": None}] * 2
     style = fidelity_summary.style_summary(rows, items, "generated", lines)
     assert style["repeats_training_line"]["mean"] == 0.5 and style["training_4gram_overlap"]["n"] == 2
+
+
+def test_scene_candidates_and_same_scene_baselines(attributor):
+    """Who in this scene said it: the context's speaker names map to characters of the item's film
+    (case folded; a name matching no one is counted), the candidates are the intended character,
+    the scene's speakers and the film's main cast (at least 3), and the baseline is the last
+    context line of another known speaker. Distinct voices rank their own lines first among them."""
+    from chameleons.fidelity_scene import Scenes
+
+    samples = [_sample(f"{c}{k}", c, line) for c, lines in VOICES.items() for k, line in enumerate(lines)]
+    films = {c: frozenset(VOICES) for c in VOICES}
+    scenes = Scenes(samples, films, {c: len(v) for c, v in VOICES.items()})
+    assert scenes.speakers("pirate", ["Robot", "NOBODY", "POET"]) == ["poet", "robot"]
+    assert scenes.unmatched["NOBODY"] == 1
+    assert scenes.candidates("pirate", ["ROBOT"], attributor.classes) == ["pirate", "poet", "robot"]  # + main cast
+    items = [Item("1", "u1", "pirate", ["processing beep beep unit", "o quiet moonlight leaves"], ["arr rum matey"],
+                  "the sea be calling arr matey", sources=("ROBOT", "POET")),
+             Item("2", "u2", "robot", ["arr hoist the rum"], ["beep unit"], "affirmative unit processing beep",
+                  sources=("PIRATE",))]
+    fidelity.pick_baselines(items, films, scenes, attributor.classes)
+    assert (items[0].baseline, items[0].baseline_from) == ("o quiet moonlight leaves", "scene:poet")
+    assert items[1].baseline == "arr hoist the rum"
+    rows, _ = fidelity.score_items(attributor, films, items, scenes)
+    assert all(r["reference"]["n_scene"] == 3 and r["reference"]["rank_scene"] == 1 for r in rows)
+    summary = fidelity_summary.aggregate(rows, items, attributor.describe())
+    assert summary["reference"]["scene"]["items"] == 2 and summary["reference"]["scene"]["chance"]["top1"] == pytest.approx(1 / 3)
+    assert summary["margin_scene"]["reference_minus_baseline"]["score"]["mean"] > 0
+
+
+def test_at_scale_the_classifier_keeps_characters_with_enough_lines(monkeypatch):
+    """Above MAX_FIT_SIZE the characters with at least MIN_CLASS_LINES lines make the classifier
+    (one notice), so one-vs-rest SGD still fits instead of the centroids; below it, or when fewer
+    than two characters have that many lines, nothing is dropped."""
+    monkeypatch.setattr(fidelity, "MIN_CLASS_LINES", 3)
+    lines = {"a": ["x"] * 5, "b": ["y"] * 4, "c": ["z"] * 2}
+    notices = []
+    monkeypatch.setattr(fidelity, "MAX_FIT_SIZE", 10)
+    assert set(fidelity.classifier_lines(lines, notices.append)) == {"a", "b"}
+    assert len(notices) == 1 and "1 of 3 characters have fewer than 3 training lines" in notices[0]
+    assert fidelity.classifier_lines({"a": ["x"] * 5, "c": ["z"] * 2}) == {"a": ["x"] * 5, "c": ["z"] * 2}
+    monkeypatch.setattr(fidelity, "MAX_FIT_SIZE", 1000)
+    assert fidelity.classifier_lines(lines) == lines

@@ -13,6 +13,7 @@ bootstrap interval; says "cannot separate" when the interval's lower end is belo
 --min_margin.
 """
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -25,19 +26,23 @@ from chameleons.conversations import Conversations  # noqa: E402
 from chameleons.splitting import SplitSettings, split_train_val  # noqa: E402
 
 
-def calibrate(samples, val_seed: int, val_ratio: float = 0.1, context: bool = False) -> tuple:
-    """(per-item rows, summary) of one held-out split: references and baselines only."""
+def calibrate(samples, val_seed: int, val_ratio: float = 0.1, context: bool = False, n_items=None) -> tuple:
+    """(per-item rows, summary) of one held-out split: references and baselines only; `n_items`:
+    the first that many validation items in content-hash order (None: all)."""
     conversations = Conversations(samples)
     split = split_train_val(samples, SplitSettings(None, val_seed, val_ratio), index=conversations)
-    items = [fidelity.Item(s.sample_id, s.uid, s.user_hash, [c for _, c in s.context], [], s.target)
-             for s in split.val if is_training_sample(s)]
+    val = [s for s in split.val if is_training_sample(s)]
+    if n_items:
+        val = sorted(val, key=lambda s: hashlib.blake2b(s.uid.encode()).hexdigest())[:n_items]
+    items = [fidelity.Item(s.sample_id, s.uid, s.user_hash, [c for _, c in s.context], [], s.target, sources=s.sources)
+             for s in val]
     fid = fidelity.setup(fidelity.TrainingPool(samples, split.pool_samples(), conversations),
-                         [it.reference for it in items], context=context)
+                         [it.reference for it in items] + [c for it in items for c in it.context], context=context)
     return fidelity.evaluate_items(fid, items)
 
 
-def pooled_margin(all_rows, n_all: int) -> dict:
-    return fidelity_summary.margin(all_rows, "reference", "baseline", n_all)
+def pooled_margin(all_rows, n_all: int, scope: str = "all") -> dict:
+    return fidelity_summary.margin(all_rows, "reference", "baseline", n_all, scope)
 
 
 def verdict(margin: dict, min_margin: float) -> str:
@@ -55,11 +60,12 @@ def main(argv=None) -> int:
     parser.add_argument("--context", action="store_true", help="the classifier also sees the context line each line "
                                                                "answers (predict_Chameleons.py --fidelity_context on)")
     parser.add_argument("--min_margin", type=float, default=0.05, help="rank-score margin below which it cannot separate")
+    parser.add_argument("--items", type=int, help="score only this many validation items per split (content order)")
     args = parser.parse_args(argv)
     samples = load_corpus(args.data_file).samples
     all_rows, n_all = [], None
     for seed in args.val_seeds:
-        rows, summary = calibrate(samples, seed, args.val_ratio, args.context)
+        rows, summary = calibrate(samples, seed, args.val_ratio, args.context, args.items)
         n_all = summary["classifier"]["characters"]
         all_rows += rows
         ref, base = summary["reference"]["all"], summary["baseline"]["all"]
@@ -67,11 +73,20 @@ def main(argv=None) -> int:
         print(f"val_seed {seed}: {ref['items']} references of {n_all} characters; ceiling score "
               f"{ref['score']['mean']:.3f} top-1 {ref['top1']['mean']:.3f}; baseline score {base['score']['mean']:.3f} "
               f"top-1 {base['top1']['mean']:.3f}; margin {m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]")
-    m = pooled_margin(all_rows, n_all)
-    s = m["score"]
-    print(f"pooled over {len(args.val_seeds)} splits ({s['n']} items): margin {s['mean']:.3f} "
-          f"[{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}], probability margin {m['p']['mean']:.4f} "
-          f"[{m['p']['ci95'][0]:.4f}, {m['p']['ci95'][1]:.4f}]: {verdict(m, args.min_margin)}")
+        ref, base = summary["reference"]["scene"], summary["baseline"]["scene"]
+        m = summary["margin_scene"]["reference_minus_baseline"]["score"]
+        if ref["items"]:
+            print(f"  in its scene ({ref['items']} items, top-1 chance {ref['chance']['top1']:.3f}): ceiling score "
+                  f"{ref['score']['mean']:.3f} top-1 {ref['top1']['mean']:.3f}; same-scene baseline score "
+                  f"{base['score']['mean']:.3f} top-1 {base['top1']['mean']:.3f}; margin {m['mean']:.3f} "
+                  f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]")
+    for scope, label in (("all", "among all characters"), ("scene", "in its scene (the headline)")):
+        m = pooled_margin(all_rows, n_all, scope)
+        s = m["score"]
+        if s["n"]:
+            print(f"pooled over {len(args.val_seeds)} splits, {label} ({s['n']} items): margin {s['mean']:.3f} "
+                  f"[{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}], probability margin {m['p']['mean']:.4f} "
+                  f"[{m['p']['ci95'][0]:.4f}, {m['p']['ci95'][1]:.4f}]: {verdict(m, args.min_margin)}")
     return 0
 
 
