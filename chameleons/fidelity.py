@@ -198,8 +198,9 @@ def _figures(probs, attributor, it, film, line: str, scene=None) -> dict:
     mates = attribution(probs, attributor.classes, character, sorted(film)) if film else {"p": None, "rank": None}
     here = attribution(scene[1], attributor.classes, character, scene[0]) if scene else {"p": None, "rank": None,
                                                                                         "n": None}
+    top = attributor.classes[max(range(len(probs)), key=probs.__getitem__)]
     return {"p_film": mates["p"], "rank_film": mates["rank"], "p_all": every["p"], "rank_all": every["rank"],
-            "p_scene": here["p"], "rank_scene": here["rank"], "n_scene": here["n"] if scene else None,
+            "p_scene": here["p"], "rank_scene": here["rank"], "n_scene": here["n"] if scene else None, "top_all": top,
             **style(line, it.context, attributor.mean_words.get(character))}
 
 

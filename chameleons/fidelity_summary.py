@@ -3,6 +3,9 @@ probability, rank, top-1/top-3 and the rank score per kind (generated, reference
 baseline = another character's line), each with a seeded bootstrap interval and its chance
 level; the paired margins; style statistics. Pure functions of the rows."""
 
+import math
+from collections import Counter
+
 from .evaluation import distinct_n
 from .fidelity_style import copies_context
 
@@ -117,8 +120,42 @@ def aggregate(rows, items, classifier: dict, notices=(), training=None) -> dict:
              ("reference_minus_generated", "reference", "generated"))
     out["margin"] = {name: margin(rows, high, low, n_all) for name, high, low in pairs}
     out["margin_scene"] = {name: margin(rows, high, low, n_all, "scene") for name, high, low in pairs}
+    out["classifier_accuracy"] = classifier_accuracy(rows)
     out["notices"] = list(notices)
     return out
+
+
+MIN_F1_ITEMS = 5  # references a character needs to count in the macro-F1
+DESIGN = (200, 3)  # items x seeds of a comparison of two settings, for the smallest detectable difference
+
+
+def classifier_accuracy(rows) -> dict:
+    """What the metric can see, on the references (real validation lines the classifier never
+    trained on): top-1 within the scene and among all, with their chance; macro-F1 among all over
+    the characters with MIN_F1_ITEMS or more references (predicted = the top class); and the
+    smallest difference in scene rank score a comparison of DESIGN items x seeds detects (two-sided
+    5%, power 80%: 2.8 x the per-item standard deviation of a paired difference / sqrt(items),
+    that deviation taken from reference - same-scene baseline, the seeds' own noise averaged out)."""
+    import statistics
+
+    refs = [(r["character"], r["reference"]) for r in rows if r["attributed"] and r.get("reference")]
+    scene = [f for _, f in refs if f.get("rank_scene") is not None]
+    counts = Counter(c for c, _ in refs)
+    f1 = []
+    for c in (c for c, k in counts.items() if k >= MIN_F1_ITEMS):
+        tp = sum(1 for who, f in refs if who == c and f.get("top_all") == c)
+        predicted = sum(1 for _, f in refs if f.get("top_all") == c)
+        f1.append(2 * tp / (counts[c] + predicted) if counts[c] + predicted else 0.0)
+    diffs = [rank_score(a["rank_scene"], a["n_scene"]) - rank_score(b["rank_scene"], b["n_scene"])
+             for r in rows if r["attributed"] and (a := r.get("reference")) and (b := r.get("baseline"))
+             and a.get("rank_scene") is not None and b.get("rank_scene") is not None]
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else None
+    return {"references": len(refs), "top1_scene": _mean([f["rank_scene"] == 1 for f in scene]),
+            "top1_scene_chance": _mean([1 / f["n_scene"] for f in scene]),
+            "top1_all": _mean([f["rank_all"] == 1 for _, f in refs]),
+            "macro_f1": _mean(f1), "macro_f1_characters": len(f1),
+            "detectable_difference": round(2.8 * sd / math.sqrt(DESIGN[0]), 4) if sd is not None else None,
+            "detectable_at": {"items": DESIGN[0], "seeds": DESIGN[1]}}
 
 
 def format_summary(summary: dict) -> str:

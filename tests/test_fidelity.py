@@ -4,6 +4,8 @@ shipped real dialogue sample: reference lines must score clearly above other cha
 
 import importlib.util
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -411,3 +413,19 @@ def test_at_scale_the_classifier_keeps_characters_with_enough_lines(monkeypatch)
     assert fidelity.classifier_lines({"a": ["x"] * 5, "c": ["z"] * 2}) == {"a": ["x"] * 5, "c": ["z"] * 2}
     monkeypatch.setattr(fidelity, "MAX_FIT_SIZE", 1000)
     assert fidelity.classifier_lines(lines) == lines
+
+
+def test_the_summary_says_what_the_classifier_can_see():
+    """Top-1 of the held-out references in the scene and among all with chance, macro-F1 over
+    characters with enough references (from the top class), and the smallest detectable
+    difference from the spread of reference - baseline."""
+    def ref(rank, top, n=4):
+        return {"rank_scene": rank, "n_scene": n, "rank_all": rank, "top_all": top}
+
+    rows = [{"attributed": True, "character": "a", "reference": ref(1, "a"), "baseline": ref(3, "a")}] * 5 + \
+           [{"attributed": True, "character": "b", "reference": ref(2, "a"), "baseline": ref(2, "a")}] * 5
+    acc = fidelity_summary.classifier_accuracy(rows)
+    assert acc["references"] == 10 and acc["top1_scene"] == 0.5 and acc["top1_scene_chance"] == 0.25
+    assert acc["macro_f1"] == pytest.approx((2 * 5 / (5 + 10) + 0.0) / 2, abs=1e-6) and acc["macro_f1_characters"] == 2
+    spread = statistics.stdev([2 / 3] * 5 + [0.0] * 5)
+    assert acc["detectable_difference"] == pytest.approx(2.8 * spread / math.sqrt(200), abs=1e-4)
