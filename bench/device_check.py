@@ -204,7 +204,8 @@ def report(figures: dict, layers: dict) -> str:
     mfu = f"{f['mfu']:.1%}" if f["mfu"] is not None else "n/a (no GPU peak known)"
     lines = [
         f"versions        {f['versions']}",
-        f"run             {f['steps']} steps, {f['evaluations']} evaluation(s), {f['wall_s']} s launch to exit",
+        f"run             {f['steps']} steps, {f['evaluations']} evaluation(s), {f['wall_s']} s launch to exit; "
+        f"start-up {s.get('startup_to_first_step')} s to the first step, {s.get('last_step_to_summary')} s after the last",
         f"throughput      {f['tokens_per_s']} real tokens/s (median step), MoE-aware MFU {mfu}",
         f"memory          {mem}; the memory model's estimate {f['estimated_peak_gib']} GiB",
         f"kernels         attention {f['attention']}, experts {f['experts']}; expert parallelism: {f['expert_parallel']}",

@@ -4,8 +4,11 @@ per GPU) they come from the SLURM variables."""
 import logging
 import os
 import sys
+import time
 
 from .errors import UserError
+
+STARTED = time.time()  # the process's start, near enough: the entry scripts import this module first
 
 
 def slurm_to_torch_env(environ) -> dict:

@@ -88,6 +88,13 @@ class Throughput:
         return tuple(c.item() for c in counts)
 
 
+def process_age() -> float:
+    """Seconds since this process started (the entry script imports `launch` first thing)."""
+    from .launch import STARTED
+
+    return time.time() - STARTED
+
+
 class DetailedLogCallback(TrainerCallback):
     def __init__(self, runlog: RunLog, throughput: Throughput, world_size: int, early_stopping=None,
                  peak_flops=None):
@@ -99,11 +106,17 @@ class DetailedLogCallback(TrainerCallback):
         self.start = None
         self.last_time = None
         self.best = None
+        self.startup_s = None  # launch (process start) to the end of the first optimizer step
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = self.last_time = time.time()
         self.best = state.best_metric  # restored on resume
         self.log.line(f"training: {state.max_steps} optimizer steps at most, evaluation every {args.eval_steps} steps")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.startup_s is None:
+            self.startup_s = round(process_age(), 1)
+            self.log.line(f"start-up: {self.startup_s} s from launch to the end of the first optimizer step")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}

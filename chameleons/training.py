@@ -254,8 +254,8 @@ class TrainingRun:
         self.tally = StopCallback(self.stop, full_saves)
         peak, peak_note = flops.peak_flops(self.targs.device)
         runlog.line(f"MFU: model FLOPs of active parameters only (chameleons/flops.py) against {peak_note}")
-        callbacks = [EpochCallback(train_rows, runlog), self.tally] + ([early] if early else []) + \
-            [DetailedLogCallback(runlog, throughput, self.targs.world_size, early, peak)]
+        self.detailed = DetailedLogCallback(runlog, throughput, self.targs.world_size, early, peak)
+        callbacks = [EpochCallback(train_rows, runlog), self.tally] + ([early] if early else []) + [self.detailed]
         setup = TrainerSetup(batching=config.training.batching, router_aux_loss_coef=config.model.router_aux_loss_coef,
                              max_tokens_per_micro_batch=self.plan["micro_batches"]["budget"], collate=collate,
                              stop=self.stop, throughput=throughput, trace=self.trace, full_saves=full_saves,
@@ -271,6 +271,7 @@ class TrainingRun:
         self.started = time.time()
         with diskspace.full_disk_is_one_line(self.opts.output_dir, DISK_FULL_THEN):
             trainer.train(resume_from_checkpoint=self.checks.resume)
+        self.trained_at = time.time()
         write_trace(self.opts.output_dir, self.targs.process_index, self.trace)
         if trainer.max_tokens_per_micro_batch:
             self.runlog.line(f"token budget {trainer.max_tokens_per_micro_batch}: {trainer.split_micro_batches} "
@@ -324,7 +325,9 @@ class TrainingRun:
             "best_eval_loss": best,
             "final_eval_loss": final["final_loss"],
             "best_model_checkpoint": trainer.state.best_model_checkpoint,
-            "seconds": {k: round(v, 2) for k, v in sorted(trainer.seconds.items())},
+            "seconds": {**{k: round(v, 2) for k, v in sorted(trainer.seconds.items())},
+                        "startup_to_first_step": self.detailed.startup_s,
+                        "last_step_to_summary": round(time.time() - self.trained_at, 2)},
             **peak_memory(self.checks.device.on_gpu),
         }
         runlog.metrics("summary", **summary)

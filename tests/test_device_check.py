@@ -19,7 +19,8 @@ def test_toy_device_check_trains_through_the_entry_script_and_prints_every_figur
     run, layers = report["run"], report["expert_layer"]
     assert run["steps"] == 6 and run["evaluations"] >= 1 and run["tokens_per_s"] > 0
     assert run["attention"] == "sdpa_varlen" and run["experts"] == "grouped_mm"
-    assert {"weights_only_saves", "best_model_restore", "export"} <= set(run["seconds"])
+    assert {"weights_only_saves", "best_model_restore", "export", "last_step_to_summary"} <= set(run["seconds"])
+    assert 0 < run["seconds"]["startup_to_first_step"] < run["wall_s"]
     assert run["peak_host_memory_gib"] > 0 and run["estimated_peak_gib"] > 0
     assert "deepspeed 0.19.8" in run["versions"] and "transformers" in run["versions"]
     assert layers["seconds_per_layer"]["transformers"] > 0 and layers["seconds_per_layer"]["autoep"] > 0
