@@ -15,8 +15,9 @@ lines themselves, never taken from a sketch collision:
 3. Verified join. The shared pairs must chain into MIN_CHAIN consecutive matched lines (one
    shared exchange of two lines is what catchphrases and stock exchanges look like) and cover
    MIN_SHARE of the smaller run's lines; a run whose own lines never chain that far (a
-   character's single short exchange) joins only when every line of it is matched. Short and
-   common lines never count.
+   character's single short exchange) joins only when every line of it is matched, and only to
+   one conversation (a short run matching several holds a running gag, which would glue them).
+   Short and common lines never count.
 
 Verified joins are few and bounded; there is no transitive closure over sketch collisions (the
 known way to build giant clusters). Each join keeps the lines that matched, for the plan's
@@ -150,12 +151,13 @@ def near_duplicate_joins(seqs, run_of, group_of, record_of) -> list:
     evidence = _evidence_lines(seqs, record_of)
     pairs_of = _run_pairs(seqs, run_of, evidence)
     lines_of = {r: {line for pair in pairs for line in pair} for r, pairs in pairs_of.items()}
-    joins = []
+    joins, short_partners = [], {}
     for (a, b), matches in sorted(_shared_pairs(pairs_of, group_of).items()):
         side = 0 if len(lines_of[a]) <= len(lines_of[b]) else 1
         small = (a, b)[side]
         matched = {line for m in matches for line in m[side]}
-        if _chain(matches) >= MIN_CHAIN:
+        short = _chain(matches) < MIN_CHAIN
+        if not short:
             need = MIN_SHARE * len(lines_of[small])
         elif _chain([(p, p) for p in pairs_of[small]]) < MIN_CHAIN:
             need = len(lines_of[small])  # a run too short to chain: every line of it matched
@@ -163,6 +165,11 @@ def near_duplicate_joins(seqs, run_of, group_of, record_of) -> list:
             continue
         if len(matched) < need:
             continue
+        if short:
+            short_partners.setdefault(small, set()).add(group_of[(a, b)[1 - side]])
         pairs = Counter((x, y) for (xs, ys) in matches for x, y in zip(xs, ys))
-        joins.append(Join(a, b, len(matched), tuple(sorted(pairs, key=lambda p: (p[0] == p[1], p))[:EVIDENCE])))
-    return joins
+        joins.append((short and small, Join(a, b, len(matched),
+                                            tuple(sorted(pairs, key=lambda p: (p[0] == p[1], p))[:EVIDENCE]))))
+    # a short run matching scenes of several conversations holds a running gag, not a copied scene:
+    # joining it would glue those conversations together
+    return [join for small, join in joins if small is False or len(short_partners[small]) < 2]

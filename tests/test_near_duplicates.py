@@ -74,3 +74,21 @@ def test_a_conversation_over_a_fifth_of_the_samples_is_a_notice_naming_its_links
     (notice,) = grouped.notices
     assert "holds 6 of 8 samples (75%)" in notice
     assert "did anybody see where i left the keys to the storage room / they are on the hook behind the door" in notice
+
+
+def test_a_short_scene_holding_only_a_running_gag_glues_nothing():
+    """Two unrelated scenes share an edited running gag; a third, short scene holds the gag alone.
+    The short scene matches both (every line of it), which would glue all three: a short run
+    matching scenes of several conversations joins none of them."""
+    gag = ["These pretzels are making me thirsty, said the man at the bar.",
+           "And then he ordered another beer and asked for the check please."]
+    alpha = ["Where did you park the van when we came back from the airport?",
+             "Across the street, next to the bakery that sells the marble rye."] + gag + \
+            ["Anyway, the van is gone and the bakery closed an hour ago, sadly.",
+             "Then we should call a cab before the rain starts again tonight."]
+    bravo = SCENE[:2] + [_edited(x) for x in gag] + SCENE[2:4]
+    short = [" ".join(x.split()[:2] + ["truly"] + x.split()[3:]) for x in gag]
+    samples, grouped = _grouped([_scene_record("X", alpha), _scene_record("Y", bravo, "Z"),
+                                 _scene_record("S", short, "T")])
+    assert len({grouped.label[s.sample_id] for s in samples}) == 3
+    assert grouped.near_duplicate_joins == []
