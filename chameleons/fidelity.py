@@ -20,15 +20,14 @@ in `fidelity_style`, the run's aggregation in `fidelity_summary`.
 import functools
 import hashlib
 import json
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .fidelity_cache import CACHE_NAME, load_cached, save_cache  # noqa: F401  (save_cache: the module's API)
 from .fidelity_scene import Scenes, film_mates, likelihoods, pick_baselines  # noqa: F401  (film_mates: the module's API)
 from .fidelity_style import TrainingLines, normalize, style
 from .fidelity_summary import aggregate
 
-CACHE_NAME = "fidelity_attributor.pkl"
 SETTINGS = {"analyzer": "char_wb", "ngram_range": [2, 4], "min_df": 2, "sublinear_tf": True, "loss": "log_loss",
             "alpha": 1e-5, "random_state": 0, "format": 1}
 # One-vs-rest SGD costs characters x lines: 428 characters x 4,170 lines (1.8e6) fit in 6-11 s of
@@ -272,70 +271,16 @@ def validation_ids(run_dir) -> set:
         return set()
 
 
-# Every global a cached classifier may name: what `fit_attributor`'s two kinds pickle to (recorded
-# with the pinned scikit-learn) and numpy's scalars. A pickle naming anything else (os.system,
-# builtins.eval, numpy.memmap) is refused before it is built: a model folder handed to prediction
-# may come from someone else, and pickle runs what it names.
-CACHE_GLOBALS = frozenset({
-    ("chameleons.fidelity", "Attributor"), ("chameleons.fidelity", "line_and_context_ngrams"),
-    ("chameleons.fidelity_centroids", "CentroidClassifier"),
-    ("numpy", "dtype"), ("numpy", "ndarray"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"), ("numpy", "float64"), ("numpy", "float32"), ("numpy", "int64"),
-    ("numpy", "int32"), ("numpy", "str_"), ("numpy", "bool_"),
-    ("scipy.sparse._csr", "csr_matrix"),
-    ("sklearn._loss._loss", "CyHalfBinomialLoss"),
-    ("sklearn.feature_extraction.text", "TfidfTransformer"), ("sklearn.feature_extraction.text", "TfidfVectorizer"),
-    ("sklearn.linear_model._stochastic_gradient", "SGDClassifier"), ("sklearn.pipeline", "Pipeline"),
-})
-
-
-class _CacheUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) not in CACHE_GLOBALS:
-            raise pickle.UnpicklingError(f"names {module}.{name}, which a fidelity classifier never holds")
-        return super().find_class(module, name)
-
-
-def _load_cached(path: Path, key: str) -> tuple:
-    """(the cached classifier when it was fitted on exactly these lines and settings, else None;
-    why not, for a notice). Read with `_CacheUnpickler`: nothing but a classifier's own types is
-    ever built, so a planted file runs no code; anything unreadable is refitted."""
-    try:
-        with open(path, "rb") as f:
-            cached = _CacheUnpickler(f).load()
-    except Exception as exc:  # a damaged or foreign cache file is refitted, whatever is wrong with it
-        return None, f"not a classifier this trainer wrote ({str(exc) or type(exc).__name__})"
-    if not isinstance(cached, Attributor):
-        return None, f"a {type(cached).__name__}, not a classifier"
-    return (cached, "") if cached.key == key else (None, "")
-
-
 def cached_attributor(folder, lines_by_char: dict, warn=None) -> tuple:
     """(classifier, whether it was fitted now): read from the run folder's cache when it was
     fitted on exactly these lines and settings, else fitted (a cache that cannot be used is one
     notice; one fitted on other lines is simply stale)."""
     key = lines_key(lines_by_char)
     path = Path(folder) / CACHE_NAME if folder else None
-    cached, why = _load_cached(path, key) if path and path.is_file() else (None, "")
+    cached, why = load_cached(path, key, Attributor) if path and path.is_file() else (None, "")
     if why and warn:
         warn(f"fidelity: the classifier cache {path} is {why}; ignored, the classifier is fitted again")
     return (cached, False) if cached is not None else (fit_attributor(lines_by_char), True)
-
-
-def save_cache(folder, attributor: Attributor, warn=None):
-    """Written only once the run's output is (a run stopped by bad input leaves nothing); a
-    folder that cannot be written is a notice."""
-    import os
-    import tempfile
-
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{CACHE_NAME}.", dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(attributor, f)
-        os.replace(tmp, Path(folder) / CACHE_NAME)
-    except OSError as exc:
-        if warn:
-            warn(f"fidelity: classifier not cached in {folder} ({exc.strerror or exc})")
 
 
 @dataclass(frozen=True)

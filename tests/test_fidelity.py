@@ -155,7 +155,7 @@ def test_setup_excludes_manifest_validation_and_needs_two_characters(tmp_path, m
     (tmp_path / fidelity.CACHE_NAME).write_bytes(b"damaged")
     damaged = []
     assert fidelity.setup(training, [], tmp_path, damaged.append).fitted_now  # refitted, no error
-    assert len(damaged) == 1 and "is not a classifier this trainer wrote" in damaged[0]
+    assert len(damaged) == 1 and "is not a classifier cache this trainer wrote" in damaged[0]
     notices = []
     assert fidelity.setup(fidelity.TrainingPool(pool[:5], pool[:5], conversations), [], None, notices.append) is None
     assert len(notices) == 1 and "needs two" in notices[0]
@@ -328,11 +328,15 @@ class _Planted:
 
 @pytest.mark.parametrize("centroid", [False, True])
 def test_a_planted_pickle_in_the_model_folder_runs_nothing(tmp_path, monkeypatch, centroid):
-    """The cache is read with an unpickler that builds only a classifier's own types: a pickle
-    naming os.system is refused before it runs (one notice, a refit), while the cache training
-    writes for either classifier kind reads back."""
+    """The cache is signed with this user's key and only a file that verifies is unpickled (with an
+    unpickler that builds only a classifier's own types): a planted pickle naming os.system, or a
+    cache signed by another user's key, is one notice and a refit and runs nothing, while the
+    cache training writes for either classifier kind reads back."""
     import pickle
 
+    from chameleons import fidelity_cache
+
+    monkeypatch.setenv("CHAMELEONS_FIDELITY_KEY", str(tmp_path / "mine.key"))
     pool = [_sample(str(i), c, line) for i, (c, line) in
             enumerate((c, line) for c, lines in VOICES.items() for line in lines)]
     training = fidelity.TrainingPool(pool, pool, SimpleNamespace(members=[[s] for s in pool]))
@@ -342,13 +346,20 @@ def test_a_planted_pickle_in_the_model_folder_runs_nothing(tmp_path, monkeypatch
     fidelity.save_cache(tmp_path, fitted.attributor)
     assert not fidelity.setup(training, [], tmp_path).fitted_now
     marker = tmp_path / "ran"
-    (tmp_path / fidelity.CACHE_NAME).write_bytes(pickle.dumps(_Planted(marker)))
+    planted = pickle.dumps(_Planted(marker))
     assert pickle.loads(pickle.dumps(_Planted(tmp_path / "control"))) == 0  # the control: plain pickle runs it
     assert (tmp_path / "control").exists()
+    for content in (planted, fidelity_cache.MAGIC + b"\0" * 32 + planted):
+        (tmp_path / fidelity.CACHE_NAME).write_bytes(content)
+        notices = []
+        assert fidelity.setup(training, [], tmp_path, notices.append).fitted_now
+        assert not marker.exists()
+        assert "classifier cache" in notices[-1] and ("not a classifier cache" in notices[-1] or "not signed" in notices[-1])
+    fidelity.save_cache(tmp_path, fitted.attributor)  # signed with this user's key: reads back
+    monkeypatch.setenv("CHAMELEONS_FIDELITY_KEY", str(tmp_path / "someone_else.key"))
     notices = []
-    assert fidelity.setup(training, [], tmp_path, notices.append).fitted_now
-    assert not marker.exists()
-    assert len(notices) == (2 if centroid else 1) and "names posix.system" in notices[-1]
+    assert fidelity.setup(training, [], tmp_path, notices.append).fitted_now  # another user's key: refit
+    assert "not signed with this user's key" in notices[-1]
 
 
 def test_memorisation_counts_lines_the_character_already_said_in_training():
