@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .batching_kinds import SDPA_VARLEN as NAME
 
-_last_bounds = [None, None]  # (offsets or positions tensor, its bounds): one read per forward, not per layer
+_last_bounds = [(None, None)]  # [(offsets or positions tensor, its bounds)]: one read per forward, not per layer
 
 
 def _sample_bounds(position_ids, cu_seq_lens=None):
@@ -26,10 +26,11 @@ def _sample_bounds(position_ids, cu_seq_lens=None):
     the positions restart at 0), or None. Read from the device once per tensor: every layer of a
     forward gets the same one."""
     source = cu_seq_lens if cu_seq_lens is not None else position_ids
-    if source is not None and _last_bounds[0] is source:
-        return _last_bounds[1]
+    seen, bounds = _last_bounds[0]  # one read of the pair: a thread switch cannot mix two batches
+    if source is not None and seen is source:
+        return bounds
     bounds = _read_bounds(position_ids, cu_seq_lens)
-    _last_bounds[:] = [source, bounds]
+    _last_bounds[0] = (source, bounds)
     return bounds
 
 
