@@ -23,7 +23,10 @@ def test_toy_device_check_trains_through_the_entry_script_and_prints_every_figur
     assert 0 < run["seconds"]["startup_to_first_step"] < run["wall_s"]
     assert run["peak_host_memory_gib"] > 0 and run["estimated_peak_gib"] > 0
     assert "deepspeed 0.19.8" in run["versions"] and "transformers" in run["versions"]
-    assert layers["seconds_per_layer"]["transformers"] > 0 and layers["seconds_per_layer"]["autoep"] > 0
+    # timings: present, not compared (on a busy machine depth 2 can look faster than depth 1)
+    steps = layers["seconds_per_step"]
+    assert set(steps) == {"transformers@1", "transformers@2", "autoep@1", "autoep@2"}
+    assert all(v > 0 for v in steps.values()) and set(layers["seconds_per_layer"]) == {"transformers", "autoep"}
     for label in ("versions ", "run ", "throughput ", "MoE-aware MFU", "memory ", "kernels ", "saves ",
                   "best-model restore", "expert layer "):
         assert label in proc.stdout, label
