@@ -235,7 +235,7 @@ def main(argv=None) -> int:
         folder = Path(tmp)
         wall = run_trainer(write_config(folder, args.toy, args.layers), folder / "run", args.steps)
         figures = run_figures(folder / "run", wall)
-    layers = time_expert_layers(args.toy)
+    layers = time_expert_layers(args.toy, steps=1 if args.toy else 3)
     print(report(figures, layers), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"run": figures, "expert_layer": layers,

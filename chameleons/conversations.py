@@ -245,10 +245,12 @@ class Conversations:
         """A conversation above NOTICE_SHARE of the samples, or above the cap for over-large ones
         with near-duplicate joins in it, is a notice naming the links that built it: the joins,
         then the shared lines that tie the most records together."""
-        n, out = len(lines.samples), []
+        n, out, joins_in = len(lines.samples), [], {}
+        for j in self.near_duplicate_joins:
+            joins_in.setdefault(self.label[j["scenes"][0]], []).append(j)
         for part in parts:
             c = self.label[lines.samples[part[0]].sample_id]
-            joins = [j for j in self.near_duplicate_joins if self.label[j["scenes"][0]] == c]
+            joins = joins_in.get(c, [])
             if len(part) <= NOTICE_SHARE * n and not (joins and len(part) > self.cap):
                 continue
             named = [f"near duplicates {j['scenes'][0]} ~ {j['scenes'][1]} ({' | '.join(j['lines'][0])})"

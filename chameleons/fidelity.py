@@ -340,6 +340,10 @@ def evaluate_items(fid: Setup, items, warn=None) -> tuple:
     """Per-item figures and the summary of `items` (their baselines are picked here)."""
     other_film = pick_baselines(items, fid.films, fid.scenes, fid.attributor.classes)
     rows, notices = score_items(fid.attributor, fid.films, items, fid.scenes)
+    if fid.scenes is not None and fid.scenes.unmatched:
+        top = ", ".join(f"{name} ({k})" for name, k in fid.scenes.unmatched.most_common(5))
+        notices.append(f"fidelity: {len(fid.scenes.unmatched):,} context speaker names match no character of their "
+                       f"film (not scene candidates), most often: {top}")
     if other_film:
         notices.append(f"fidelity: {other_film} items' baselines come from another film's character (no other "
                        f"character of their film has a reference in the file)")

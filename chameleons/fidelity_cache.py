@@ -10,6 +10,7 @@ builds only the types a classifier is made of (CACHE_GLOBALS), as a second wall.
 
 import hashlib
 import hmac
+import io
 import os
 import pickle
 import secrets
@@ -78,8 +79,6 @@ def load_cached(path: Path, key: str, kind) -> tuple:
     if not hmac.compare_digest(digest, _sign(payload)):
         return None, f"not signed with this user's key ({key_path()}): written elsewhere or changed"
     try:
-        import io
-
         cached = _CacheUnpickler(io.BytesIO(payload)).load()
     except Exception as exc:  # a damaged file is refitted, whatever is wrong with it
         return None, f"not a classifier this trainer wrote ({str(exc) or type(exc).__name__})"

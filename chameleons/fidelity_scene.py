@@ -33,11 +33,21 @@ class Scenes:
                 names.setdefault(s.user_hash, name)
         self.names = names
         self.unmatched = Counter()  # speaker names of scored items that match no character of their film
+        self._by_name, self._cast = {}, {}  # per film (its frozenset of characters): built once
+
+    def _film(self, character: str) -> frozenset:
+        return self.films.get(character, frozenset({character}))
+
+    def by_name(self, character: str) -> dict:
+        """Folded profile name -> character, within the character's film."""
+        film = self._film(character)
+        if film not in self._by_name:
+            self._by_name[film] = {self.names[m].casefold(): m for m in film if m in self.names}
+        return self._by_name[film]
 
     def speakers(self, character: str, sources) -> list:
         """Characters of the item's film named by its context turns, last speaker first."""
-        mates = self.films.get(character, frozenset({character}))
-        by_name = {self.names[m].casefold(): m for m in mates if m in self.names}
+        by_name = self.by_name(character)
         out = []
         for name in reversed(sources):
             found = by_name.get(name.casefold())
@@ -49,9 +59,11 @@ class Scenes:
         return out
 
     def main_cast(self, character: str) -> list:
-        mates = self.films.get(character, frozenset({character}))
-        ranked = sorted(mates, key=lambda m: (-self.line_counts.get(m, 0), m))
-        return [m for m in ranked if self.line_counts.get(m, 0)][:MAIN_CAST]
+        film = self._film(character)
+        if film not in self._cast:
+            ranked = sorted(film, key=lambda m: (-self.line_counts.get(m, 0), m))
+            self._cast[film] = [m for m in ranked if self.line_counts.get(m, 0)][:MAIN_CAST]
+        return self._cast[film]
 
     def candidates(self, character: str, sources, known) -> list | None:
         """The intended character, the scene's speakers and the film's main cast that the
@@ -62,8 +74,7 @@ class Scenes:
     def baseline(self, character: str, context, sources, known) -> tuple:
         """(line, its character) of the last context turn spoken by another known character of
         the scene; ("", "") when there is none."""
-        mates = self.films.get(character, frozenset({character}))
-        by_name = {self.names[m].casefold(): m for m in mates if m in self.names}
+        by_name = self.by_name(character)
         for line, name in zip(reversed(list(context)), reversed(list(sources))):
             other = by_name.get(name.casefold())
             if other and other != character and other in known and line:

@@ -440,3 +440,14 @@ def test_the_summary_says_what_the_classifier_can_see():
     assert acc["macro_f1"] == pytest.approx((2 * 5 / (5 + 10) + 0.0) / 2, abs=1e-6) and acc["macro_f1_characters"] == 2
     spread = statistics.stdev([2 / 3] * 5 + [0.0] * 5)
     assert acc["detectable_difference"] == pytest.approx(2.8 * spread / math.sqrt(200), abs=1e-4)
+
+
+def test_context_speakers_matching_no_character_are_reported():
+    pool = [_sample(str(i), c, line) for i, (c, line) in
+            enumerate((c, line) for c, lines in VOICES.items() for line in lines)]
+    fid = fidelity.setup(fidelity.TrainingPool(pool, pool, SimpleNamespace(members=[pool])), [])
+    items = [Item("1", "u1", "pirate", ["beep unit", "who goes there"], ["arr"], "rum arr matey",
+                  sources=("ROBOT", "NOBODY"))]
+    _, summary = fidelity.evaluate_items(fid, items)
+    (notice,) = [n for n in summary["notices"] if "match no character" in n]
+    assert "1 context speaker names" in notice and "NOBODY (1)" in notice
