@@ -18,11 +18,16 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from chameleons import (data, diskspace, encoding, evaluation, fidelity, fidelity_summary, generation, launch,
-                        model_loading, prediction, predictor, prompts, ranks, run_record, shards)
-from chameleons.errors import UserError, user_errors_exit
-from chameleons.outputs import write_json, write_records, write_text
-from chameleons.conversations import Conversations
+from chameleons.core import launch
+from chameleons.core.errors import UserError, user_errors_exit
+from chameleons.core.outputs import write_json, write_records, write_text
+from chameleons.corpus import data
+from chameleons.corpus.conversations import Conversations
+from chameleons.text import encoding, prompts
+from chameleons.run import run_record
+from chameleons.evaluate import evaluation, fidelity, fidelity_summary
+from chameleons.predict import generation, model_loading, prediction, predictor, ranks, shards
+from chameleons.train import diskspace
 
 
 def main(argv=None) -> int:

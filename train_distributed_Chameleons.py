@@ -13,10 +13,13 @@ model, train with HF Trainer (DeepSpeed when asked) and save the best model.
 import dataclasses
 import sys
 
-from chameleons import (cli, data, encoding, expert_parallel, launch, outputs, planning, preflight, prompts, quiet,
-                        resubmit, split_audit, splitting)
-from chameleons.config import load_config
-from chameleons.errors import user_errors_exit
+from chameleons.core import launch, outputs, quiet
+from chameleons.core.config import load_config
+from chameleons.core.errors import user_errors_exit
+from chameleons.corpus import data, splitting
+from chameleons.text import encoding, prompts, split_audit
+from chameleons.run import cli, preflight, resubmit
+from chameleons.train import expert_parallel, planning
 
 
 def main(argv=None) -> int:
@@ -34,7 +37,7 @@ def main(argv=None) -> int:
                 print(notice, file=sys.stderr, flush=True)
         return 0
 
-    # Checks without torch (chameleons/preflight.py): a bad input is reported in well under a second.
+    # Checks without torch (chameleons/run/preflight.py): a bad input is reported in well under a second.
     inputs = preflight.check_inputs(opts, config)
     corpus = data.load_corpus(opts.data_file or config.resolve_path(config.data.train_file))
     data.require_samples(corpus)
@@ -47,7 +50,7 @@ def main(argv=None) -> int:
     builder = prompts.PromptBuilder(ablation, opts.prompt_style, history, config.training.max_context_turns,
                                     opts.template_filename)
 
-    from chameleons import training  # torch, transformers: the checks that need them, then the run
+    from chameleons.train import training  # torch, transformers: the checks that need them, then the run
 
     checks = training.check_run(opts, config, inputs)
     tokenizer = encoding.load_tokenizer(config.model.tokenizer)

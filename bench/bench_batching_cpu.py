@@ -7,7 +7,7 @@ encode_samples with truncation). A tiny random Qwen3-MoE (fp32, real 151,936-tok
 then trains one epoch over the same samples in every mode, with the same number of steps:
 
   today           padded, random order, full-vocabulary logits (HF `model(**batch, labels=...)`)
-  padded          padded, random order, supervised-only logits (chameleons.loss)
+  padded          padded, random order, supervised-only logits (chameleons.text.loss)
   length_grouped  padded, transformers' LengthGroupedSampler order, supervised-only logits
   packed          the *same* random micro-batches as `padded`, packed into one row, supervised-only logits
 
@@ -38,12 +38,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from chameleons import attention  # noqa: E402
-from chameleons.batching import count_padding, make_collator  # noqa: E402
-from chameleons.data import extract_samples  # noqa: E402
-from chameleons.encoding import ChatFormat, encode_samples, load_tokenizer  # noqa: E402
-from chameleons.loss import causal_lm_loss  # noqa: E402
-from chameleons.prompts import Ablation, HistoryIndex, PromptBuilder  # noqa: E402
+from chameleons.corpus.data import extract_samples
+from chameleons.text.batching import count_padding, make_collator
+from chameleons.text.encoding import ChatFormat, encode_samples, load_tokenizer
+from chameleons.text.loss import causal_lm_loss
+from chameleons.text.prompts import Ablation, HistoryIndex, PromptBuilder
+from chameleons.train import attention
 
 ABLATIONS = {
     "context_only": (False, False, True),

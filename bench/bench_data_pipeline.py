@@ -77,8 +77,11 @@ def stages_in_process(train_file: Path, config_path: Path, ablation: str, trace:
     import tracemalloc
 
     sys.path.insert(0, str(REPO))
-    from chameleons import cli, data, encoding, planning, prompts, splitting
-    from chameleons.config import load_config
+    from chameleons.core.config import load_config
+    from chameleons.corpus import data, splitting
+    from chameleons.text import encoding, prompts
+    from chameleons.run import cli
+    from chameleons.train import planning
 
     config = load_config(config_path)
     opts = cli.parse_train_args(["--config", str(config_path), "--dry_run", "--output_dir",

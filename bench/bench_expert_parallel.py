@@ -127,8 +127,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     from bench_batching_cpu import realistic_rows
 
-    from chameleons.batching import make_collator
-    from chameleons.quiet import quiet_console
+    from chameleons.core.quiet import quiet_console
+    from chameleons.text.batching import make_collator
 
     quiet_console()
     rows, _ = realistic_rows(args.samples, args.max_length, "context_only", 15)

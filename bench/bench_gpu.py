@@ -11,9 +11,9 @@ corpus through the real prompt builder, tokenizer and chat template):
          logits and HF's loss (`model(**batch, labels=...)`)
   ours   the same rows packed into one row, the fastest experts implementation available
          ("grouped_mm"), flash_attention_2 when importable (else sdpa), supervised-only logits
-         (chameleons.loss.causal_lm_loss)
+         (chameleons.text.loss.causal_lm_loss)
 
-It reports real (non-padding) tokens/s per GPU, the MoE-aware MFU (`chameleons.flops.train_flops`), and, from
+It reports real (non-padding) tokens/s per GPU, the MoE-aware MFU (`chameleons.train.flops.train_flops`), and, from
 step times at two depths (t(L) = fixed + L * per_layer), the full 48-layer figures and the epoch
 time of the full corpus on 8 GPUs. The projection leaves out what one GPU cannot show: ZeRO-3's
 parameter all-gathers and gradient reduce-scatters, and the optimizer step.
@@ -37,12 +37,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from chameleons import attention  # noqa: E402
-from chameleons.flops import peak_flops  # noqa: E402
-from chameleons.flops import train_flops as moe_train_flops  # noqa: E402
+from chameleons.train import attention
+from chameleons.train.flops import peak_flops
+from chameleons.train.flops import train_flops as moe_train_flops
 
-from chameleons.batching import make_collator  # noqa: E402
-from chameleons.loss import causal_lm_loss  # noqa: E402
+from chameleons.text.batching import make_collator
+from chameleons.text.loss import causal_lm_loss
 
 FULL_LAYERS = 48
 
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     p.add_argument("--today_attn", default="eager")
     p.add_argument("--ours_attn", default=None,
                    help="default: flash_attention_2 if importable, else flex_attention on a GPU and sdpa_varlen "
-                        "(per-sample sdpa on packed rows, chameleons/attention.py) on CPU, as training picks")
+                        "(per-sample sdpa on packed rows, chameleons/train/attention.py) on CPU, as training picks")
     p.add_argument("--ours_experts", default="grouped_mm")
     p.add_argument("--peak_tflops", type=float, default=None)
     p.add_argument("--gpus", type=int, default=8, help="GPUs of the projected run")

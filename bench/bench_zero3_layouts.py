@@ -8,7 +8,7 @@ them), gradient checkpointing and packed rows of realistic samples (the syntheti
 the real prompt builder, tokenizer and chat template). Both layouts see the same 16 x world
 samples in each step, so their losses must agree. Measured per layout and depth:
 
-- real tokens/s (all ranks) and per rank; on GPUs MoE-aware MFU (chameleons/flops.py) and peak memory;
+- real tokens/s (all ranks) and per rank; on GPUs MoE-aware MFU (chameleons/train/flops.py) and peak memory;
 - ZeRO-3 communication per optimizer step: calls and bytes of all-gathers (parameters),
   reduce-scatters (gradients) and all-reduces, counted by wrapping torch.distributed's collectives
   before DeepSpeed starts. Bytes are the full (gathered, or pre-reduction) tensor size; a ring
@@ -109,7 +109,7 @@ def n_params(cfg) -> int:
 def ds_config(micro: int, accum: int, world: int, bf16: bool, ep_size: int = 1) -> dict:
     """The shipped ZeRO-3 config with its `auto` values filled as training fills them; expert
     parallelism of `ep_size` (1 = off)."""
-    from chameleons import expert_parallel
+    from chameleons.train import expert_parallel
 
     ds = json.loads((REPO / "ds_config_zero3_optimized.json").read_text())
     on = ep_size > 1
@@ -129,8 +129,8 @@ def build_engine(cfg, ds, attn, device, dtype):
     from transformers import Qwen3MoeForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
-    from chameleons import zero3
-    from chameleons.model_setup import register_moe_leaves
+    from chameleons.train import zero3
+    from chameleons.train.model_setup import register_moe_leaves
 
     hf_ds = HfDeepSpeedConfig(ds)  # noqa: F841  (kept alive: makes transformers build under zero.Init)
     torch.manual_seed(0)
@@ -155,7 +155,7 @@ def step_batches(rows, order, step, micro, accum, world, rank, collate):
     order dealt to the ranks in turn, as accelerate shards HF Trainer's batches."""
     per_step = micro * accum * world
     idx = [order[(step * per_step + k) % len(order)] for k in range(per_step)]
-    from chameleons.batching import BatchMeta
+    from chameleons.text.batching import BatchMeta
 
     mine = [idx[j * micro:(j + 1) * micro] for j in range(accum * world) if j % world == rank]
     batches = []
@@ -172,9 +172,9 @@ def run_step(engine, rows, order, layout, world, rank, device, step, budget, col
     """Optimizer step `step` in this layout, its collectives counted into COMM; returns seconds, the
     step's loss (all ranks), this rank's model FLOPs, the real tokens (all ranks) and the
     micro-batches this rank ran."""
-    from chameleons.batching import split_to_budget
-    from chameleons.flops import train_flops
-    from chameleons.loss import causal_lm_loss
+    from chameleons.text.batching import split_to_budget
+    from chameleons.text.loss import causal_lm_loss
+    from chameleons.train.flops import train_flops
 
     micro, accum = layout
     batches, supervised, real = step_batches(rows, order, step, micro, accum, world, rank, collate)
@@ -260,11 +260,11 @@ def main(argv=None) -> int:
 
     from bench_batching_cpu import realistic_rows
 
-    from chameleons import zero3
-    from chameleons.batching import make_collator
-    from chameleons.flops import peak_flops, train_flops
-    from chameleons.quiet import quiet_console
-    from chameleons.model_setup import device_policy
+    from chameleons.core.quiet import quiet_console
+    from chameleons.text.batching import make_collator
+    from chameleons.train import zero3
+    from chameleons.train.flops import peak_flops, train_flops
+    from chameleons.train.model_setup import device_policy
 
     quiet_console()
     rows, _ = realistic_rows(args.samples, args.max_length, args.ablation, 15)

@@ -108,7 +108,7 @@ def _log_field(log: str, prefix: str) -> str:
 
 def run_figures(out: Path, wall_s: float) -> dict:
     """What the run recorded: metrics.jsonl, training_config.json and the detailed log."""
-    from chameleons import memory
+    from chameleons.train import memory
 
     record = json.loads((out / "training_config.json").read_text())
     summary, plan = record["summary"], record["plan"]
@@ -172,7 +172,7 @@ def _width_config(z3, toy: bool, depth: int):
 def _step_seconds(z3, cfg, design: str, where: tuple, steps: int) -> float:
     import torch
 
-    from chameleons import expert_parallel
+    from chameleons.train import expert_parallel
 
     device, dtype = where
     ds = z3.ds_config(2, 1, 1, dtype == torch.bfloat16, 1)

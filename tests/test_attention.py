@@ -6,9 +6,9 @@ import copy
 import torch
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-from chameleons import attention
-from chameleons.batching import check_packing_supported, make_collator
-from chameleons.loss import causal_lm_loss
+from chameleons.text.batching import check_packing_supported, make_collator
+from chameleons.text.loss import causal_lm_loss
+from chameleons.train import attention
 
 ROWS = [{"input_ids": list(range(3, 3 + n)), "prompt_len": p} for n, p in ((7, 2), (13, 5), (4, 1), (9, 9 - 3))]
 
@@ -66,10 +66,10 @@ def test_sample_bounds_come_from_the_collators_cumulative_lengths():
 
 def test_gpu_packed_batches_without_flash_attention_run_sdpa_per_sample(monkeypatch):
     """On a GPU without a usable flash-attn, `auto` gives packed batches sdpa_varlen, the path
-    the CPU trains with (not flex_attention: see chameleons/attention.py); padded ones keep SDPA."""
+    the CPU trains with (not flex_attention: see chameleons/train/attention.py); padded ones keep SDPA."""
     import sys
 
-    from chameleons.model_setup import device_policy
+    from chameleons.train.model_setup import device_policy
 
     assert device_policy(False, "auto", "packed").attn_implementation == attention.NAME  # this CPU host
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -408,7 +408,7 @@ def test_malformed_cornell_conversation_is_one_line(tmp_path):
 
 
 def test_malformed_wandb_key_falls_back_to_offline_with_one_notice(tmp_path, monkeypatch):
-    from chameleons.tracking import wandb_settings
+    from chameleons.run.tracking import wandb_settings
 
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     monkeypatch.setenv("WANDB_API_KEY", "abc")
@@ -426,7 +426,7 @@ def model_dir(tmp_path_factory) -> Path:
     for the module, outside each case's folder (which must stay as it was)."""
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
-    from chameleons.encoding import builtin_tokenizer_dir
+    from chameleons.text.encoding import builtin_tokenizer_dir
 
     folder = tmp_path_factory.mktemp("predict_model") / "model"
     Qwen3ForCausalLM(Qwen3Config(vocab_size=151936, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -496,8 +496,8 @@ def test_bad_prediction_input_is_one_line_and_writes_nothing(tmp_path, model_dir
 def test_finished_run_resubmitted_with_other_settings_says_which_and_touches_nothing(tmp_path, run_in_process):
     """A requeued `auto` job on a finished run exits 0 and changes nothing; when it asks for other
     settings than the run was made with, one notice line names each of them (and nothing else)."""
-    from chameleons import cli
-    from chameleons.config import load_config
+    from chameleons.core.config import load_config
+    from chameleons.run import cli
 
     args, _ = _prepare(tmp_path, _args())
     args.remove("--dry_run")

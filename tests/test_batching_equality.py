@@ -11,11 +11,11 @@ import os
 import pytest
 import torch
 
-from chameleons.batching import (PACKING_ATTENTION, EpochSampler, check_packing_supported, count_padding,
-                                 make_collator, trainer_args_for_batching)
-from chameleons.encoding import IGNORE_INDEX
-from chameleons.errors import UserError
-from chameleons.loss import _supervised_logits_by_parts, causal_lm_loss, router_aux_loss, supervised_positions
+from chameleons.core.errors import UserError
+from chameleons.text.batching import (PACKING_ATTENTION, EpochSampler, check_packing_supported, count_padding,
+                                      make_collator, trainer_args_for_batching)
+from chameleons.text.encoding import IGNORE_INDEX
+from chameleons.text.loss import _supervised_logits_by_parts, causal_lm_loss, router_aux_loss, supervised_positions
 
 VOCAB = 512
 PAD = 0
@@ -325,7 +325,7 @@ def test_gradient_checkpointing_keeps_loss_router_logits_and_gradients(rows):
 def test_length_grouped_order_follows_the_dataset_epoch():
     """After a mid-epoch resume accelerate never calls the sampler's set_epoch: the order must
     come from the dataset's epoch, which the trainer always sets."""
-    from chameleons.batching import EpochSampler
+    from chameleons.text.batching import EpochSampler
 
     class Rows:
         epoch = 0

@@ -5,7 +5,7 @@ restore must bring back every weight."""
 import torch
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM, Trainer, TrainingArguments
 
-from chameleons.trainer import ChameleonsTrainer
+from chameleons.train.trainer import ChameleonsTrainer
 
 
 def _tiny_moe():

@@ -10,13 +10,13 @@ import pytest
 import torch
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM, TrainerCallback, TrainingArguments
 
-from chameleons import saves
-from chameleons.batching import make_collator
-from chameleons.checkpoints import WEIGHTS_MARKER, is_complete, resolve_resume
-from chameleons.errors import UserError
-from chameleons.runlog import Throughput
-from chameleons.stopping import StopCallback, StopRequest
-from chameleons.trainer import ChameleonsTrainer, TrainerSetup
+from chameleons.core.errors import UserError
+from chameleons.text.batching import make_collator
+from chameleons.run.checkpoints import WEIGHTS_MARKER, is_complete, resolve_resume
+from chameleons.train import saves
+from chameleons.train.runlog import Throughput
+from chameleons.train.stopping import StopCallback, StopRequest
+from chameleons.train.trainer import ChameleonsTrainer, TrainerSetup
 
 INTERVAL_S, SECONDS_PER_STEP = 10, 4  # a resumable save is due at steps 3 and 6
 

@@ -203,8 +203,8 @@ def test_negative_max_context_turns_rejected(tmp_path):
     accepted and PromptBuilder.turns() then keeps turns[1:] (all but the oldest) instead of
     failing like the other count keys (`must be at least 1`). Checked in-process: through the
     CLI the bug costs a whole dry run."""
-    from chameleons.config import load_config
-    from chameleons.errors import UserError
+    from chameleons.core.config import load_config
+    from chameleons.core.errors import UserError
 
     cfg = tiny_config(tmp_path, train_file=tmp_path / "data.json", max_context_turns=-1)
     with pytest.raises(UserError, match="max_context_turns"):

@@ -14,8 +14,8 @@ import pytest
 from conftest import TINY_QWEN3, simple_corpus, tiny_config, write_data
 from test_cli_errors import check_one_error_line
 
-from chameleons.config import SCHEMA, LoraConfig, load_config, parse_override_value
-from chameleons.errors import UserError
+from chameleons.core.config import SCHEMA, LoraConfig, load_config, parse_override_value
+from chameleons.core.errors import UserError
 
 
 @pytest.fixture

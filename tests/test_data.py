@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from chameleons.data import (SKIP_EMPTY_CONTINUATION, SKIP_ENDS_WITH_CHARACTER, extract_samples,
-                             is_character_turn, load_corpus)
-from chameleons.errors import UserError
+from chameleons.core.errors import UserError
+from chameleons.corpus.data import (SKIP_EMPTY_CONTINUATION, SKIP_ENDS_WITH_CHARACTER, extract_samples,
+                                    is_character_turn, load_corpus)
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample_chameleons.json"
 

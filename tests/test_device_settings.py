@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
-from chameleons.errors import UserError
-from chameleons.model_setup import choose_attention, device_policy
+from chameleons.core.errors import UserError
+from chameleons.train.model_setup import choose_attention, device_policy
 
 
 @pytest.fixture

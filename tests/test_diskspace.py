@@ -1,5 +1,5 @@
 """Disk space: refused up front when the first checkpoint cannot fit, a notice when all saves may
-not, and a full disk during a write is one line (chameleons/diskspace.py). The free space is
+not, and a full disk during a write is one line (chameleons/train/diskspace.py). The free space is
 faked (monkeypatched `shutil.disk_usage`); the full disk is a write that raises ENOSPC."""
 
 import errno
@@ -9,8 +9,8 @@ import types
 import pytest
 from conftest import REPO, simple_corpus, tiny_config, write_input
 
-from chameleons import diskspace
-from chameleons.errors import UserError
+from chameleons.core.errors import UserError
+from chameleons.train import diskspace
 
 GiB = 2 ** 30
 COST = {"checkpoint_bytes": 10 * GiB, "disk_bytes": 32 * GiB, "kept": 3}
@@ -64,7 +64,7 @@ def test_other_errors_pass_through():
 
 def test_training_run_wraps_its_saves_in_the_full_disk_line():
     """Both places a run writes checkpoints and the final model sit inside the full-disk guard."""
-    source = (REPO / "chameleons" / "training.py").read_text()
+    source = (REPO / "chameleons" / "train" / "training.py").read_text()
     body = source[source.index("    def train(self)"):source.index("    def report_stop(self)")]
     guarded = body.split("with diskspace.full_disk_is_one_line(self.opts.output_dir, DISK_FULL_THEN):")
     assert len(guarded) == 3
@@ -91,7 +91,7 @@ def test_dry_run_on_a_full_disk_is_refused_and_writes_nothing(tmp_path, monkeypa
 def test_prediction_refuses_a_disk_smaller_than_its_input(tmp_path, monkeypatch, capsys):
     import predict_Chameleons
 
-    from chameleons.errors import user_errors_exit
+    from chameleons.core.errors import user_errors_exit
 
     model = tmp_path / "model"
     model.mkdir()

@@ -2,9 +2,9 @@
 
 import copy
 
-from chameleons.data import extract_samples
-from chameleons.encoding import Tokenization, encode_dataset
-from chameleons.prompts import Ablation, PromptBuilder
+from chameleons.corpus.data import extract_samples
+from chameleons.text.encoding import Tokenization, encode_dataset
+from chameleons.text.prompts import Ablation, PromptBuilder
 
 from conftest import simple_corpus
 

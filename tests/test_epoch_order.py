@@ -9,7 +9,7 @@ import pytest
 import torch
 from accelerate.data_loader import prepare_data_loader
 
-from chameleons.batching import EpochSampler, epoch_order
+from chameleons.text.batching import EpochSampler, epoch_order
 
 WORLD, PER_STEP, SEED = 2, 32, 42
 

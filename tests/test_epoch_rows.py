@@ -4,9 +4,9 @@ sample did not fit `max_length` keeps the same number of rows in every epoch."""
 
 from collections import Counter
 
-from chameleons.data import extract_samples
-from chameleons.encoding import EncodedSplit
-from chameleons.splitting import SplitSettings, split_train_val
+from chameleons.corpus.data import extract_samples
+from chameleons.corpus.splitting import SplitSettings, split_train_val
+from chameleons.text.encoding import EncodedSplit
 
 from conftest import simple_corpus
 

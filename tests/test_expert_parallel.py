@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from chameleons import expert_parallel as ep
-from chameleons.errors import UserError
+from chameleons.core.errors import UserError
+from chameleons.train import expert_parallel as ep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,7 +138,7 @@ def test_autoep_names_map_back_to_a_model_transformers_loads_strictly(tiny_moe, 
 def test_the_run_plan_names_the_config_and_the_override(tmp_path):
     from types import SimpleNamespace
 
-    from chameleons.config import load_config
+    from chameleons.core.config import load_config
 
     shipped = ROOT / "ds_config_zero3_optimized.json"
     opts = SimpleNamespace(dry_run=True, nproc_per_node=2, deepspeed=str(shipped))

@@ -1,4 +1,4 @@
-"""chameleons/fidelity.py: speaker attribution, style statistics, baselines and aggregation as
+"""chameleons/evaluate/fidelity.py: speaker attribution, style statistics, baselines and aggregation as
 pure functions; the classifier fitted on tiny sets (milliseconds); and the calibration on the
 shipped real dialogue sample: reference lines must score clearly above other characters' lines."""
 
@@ -16,9 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from chameleons import fidelity, fidelity_style, fidelity_summary  # noqa: E402
-from chameleons.data import load_corpus  # noqa: E402
-from chameleons.fidelity import Item  # noqa: E402
+from chameleons.corpus.data import load_corpus
+from chameleons.evaluate import fidelity, fidelity_style, fidelity_summary
+from chameleons.evaluate.fidelity import Item
 
 
 def _sample(sid, user_hash, target, record_key=None, context=(), sources=()):
@@ -334,7 +334,7 @@ def test_a_planted_pickle_in_the_model_folder_runs_nothing(tmp_path, monkeypatch
     cache training writes for either classifier kind reads back."""
     import pickle
 
-    from chameleons import fidelity_cache
+    from chameleons.evaluate import fidelity_cache
 
     monkeypatch.setenv("CHAMELEONS_FIDELITY_KEY", str(tmp_path / "mine.key"))
     pool = [_sample(str(i), c, line) for i, (c, line) in
@@ -366,7 +366,7 @@ def test_memorisation_counts_lines_the_character_already_said_in_training():
     """A generated line that is one of the character's training lines, or whose word 4-grams the
     character mostly said in training, repeats it; a new line or another character's line does
     not; a line under 4 words has no overlap figure and repeats only by an exact long match."""
-    from chameleons.fidelity_style import TrainingLines
+    from chameleons.evaluate.fidelity_style import TrainingLines
 
     lines = TrainingLines({"ann": ["I told you the car would never make it past the bridge.", "Sure."],
                            "bob": ["The weather is lovely down by the harbour today."]})
@@ -389,7 +389,7 @@ def test_scene_candidates_and_same_scene_baselines(attributor):
     (case folded; a name matching no one is counted), the candidates are the intended character,
     the scene's speakers and the film's main cast (at least 3), and the baseline is the last
     context line of another known speaker. Distinct voices rank their own lines first among them."""
-    from chameleons.fidelity_scene import Scenes
+    from chameleons.evaluate.fidelity_scene import Scenes
 
     samples = [_sample(f"{c}{k}", c, line) for c, lines in VOICES.items() for k, line in enumerate(lines)]
     films = {c: frozenset(VOICES) for c in VOICES}

@@ -1,10 +1,10 @@
-"""Paired fidelity differences between settings (chameleons/fidelity_compare.py)."""
+"""Paired fidelity differences between settings (chameleons/evaluate/fidelity_compare.py)."""
 
 import random
 
 import pytest
 
-from chameleons.fidelity_compare import compare_settings, holm, item_scores, paired_difference
+from chameleons.evaluate.fidelity_compare import compare_settings, holm, item_scores, paired_difference
 
 
 def _runs(base: dict, shift: float, seeds: int, noise: float, seed: int) -> list:

@@ -1,4 +1,4 @@
-"""--final_fidelity_items N (chameleons/final_fidelity.py): one tiny single-process training that
+"""--final_fidelity_items N (chameleons/predict/final_fidelity.py): one tiny single-process training that
 scores the run's fixed validation subset after saving, checked against the subset
 tools/validation_subset.py writes for the same run; a bad value is one error line."""
 
@@ -28,7 +28,7 @@ def _config(build, tmp_path):
 
 def test_final_fidelity_scores_the_runs_fixed_validation_subset(build, run_in_process, run_predict_in_process,
                                                                  tmp_path, monkeypatch, load_tokenizer_once):
-    from chameleons import model_loading
+    from chameleons.predict import model_loading
 
     monkeypatch.setattr(model_loading, "load_tokenizer", load_tokenizer_once)  # the run folder's: parsed once
     cfg, train = _config(build, tmp_path)
@@ -83,7 +83,7 @@ def test_final_fidelity_scores_the_runs_fixed_validation_subset(build, run_in_pr
 def _untrained_is_seeded_and_not_the_trained_model(run):
     import torch
 
-    from chameleons import model_loading
+    from chameleons.predict import model_loading
 
     model = SimpleNamespace(random_init=TINY_DENSE, name_or_path=None)  # the run's config.model
     cpu = torch.device("cpu")
@@ -97,7 +97,7 @@ def _untrained_is_seeded_and_not_the_trained_model(run):
 
 
 def _samples(path):
-    from chameleons.data import load_corpus
+    from chameleons.corpus.data import load_corpus
 
     return load_corpus(path).samples
 
@@ -115,8 +115,8 @@ def test_a_bad_final_fidelity_value_is_one_error_line(build, run_in_process, tmp
 def test_the_fidelity_subset_holds_characters_the_run_trained_on():
     """At N = 1 a run's own validation holds no character it trained on; the subset is drawn from
     the whole validation set, kept to the characters the run trained on, in content-hash order."""
-    from chameleons.data import Sample
-    from chameleons.final_fidelity import validation_subset
+    from chameleons.corpus.data import Sample
+    from chameleons.predict.final_fidelity import validation_subset
 
     def sample(sid, who):
         return Sample(sid, f"u{sid}", 0, "k", who, {}, {}, (), f"line {sid}")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from chameleons import leak_checks
-from chameleons.cli import train_parser
-from chameleons.prediction import predict_parser
+from chameleons.corpus import leak_checks
+from chameleons.run.cli import train_parser
+from chameleons.predict.prediction import predict_parser
 
 REPO = Path(__file__).resolve().parents[1]
 ROW = re.compile(r"^\| `(--\w+) ([^`]+)`", re.MULTILINE)
@@ -59,6 +59,6 @@ def _compares_a_leak_check_name(tree) -> bool:
 
 def test_only_leak_checks_compares_a_leak_check_name():
     assert _compares_a_leak_check_name(ast.parse('if check == "text":\n    pass'))  # the detector can fail
-    files = sorted((REPO / "chameleons").glob("*.py")) + sorted(REPO.glob("*.py"))
+    files = sorted((REPO / "chameleons").rglob("*.py")) + sorted(REPO.glob("*.py"))
     found = [p.name for p in files if _compares_a_leak_check_name(ast.parse(p.read_text(encoding="utf-8")))]
     assert found == []

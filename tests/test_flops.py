@@ -2,7 +2,7 @@
 
 from transformers import Qwen3Config, Qwen3MoeConfig
 
-from chameleons.flops import active_params_per_token, peak_tflops_for, train_flops
+from chameleons.train.flops import active_params_per_token, peak_tflops_for, train_flops
 
 
 def moe(**kw):

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chameleons.data import extract_samples
-from chameleons.prompts import MAX_HISTORY_CHARS, HistoryIndex
-from chameleons.leak_checks import named
-from chameleons.splitting import SplitSettings, split_train_val
+from chameleons.corpus.data import extract_samples
+from chameleons.corpus.leak_checks import named
+from chameleons.corpus.splitting import SplitSettings, split_train_val
+from chameleons.text.prompts import MAX_HISTORY_CHARS, HistoryIndex
 
 _PATH = Path(__file__).resolve().parents[1] / "tools" / "make_synthetic_corpus.py"
 _spec = importlib.util.spec_from_file_location("make_synthetic_corpus", _PATH)

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
-from chameleons.errors import UserError, user_errors_exit
-from chameleons.launch import maybe_rank_zero, slurm_to_torch_env
+from chameleons.core.errors import UserError, user_errors_exit
+from chameleons.core.launch import maybe_rank_zero, slurm_to_torch_env
 
 REPO = Path(__file__).resolve().parents[1]
 

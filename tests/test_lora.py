@@ -3,10 +3,10 @@
 import torch
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-from chameleons.batching import make_collator
-from chameleons.loss import causal_lm_loss
-from chameleons.config import LoraConfig
-from chameleons.model_setup import apply_lora
+from chameleons.core.config import LoraConfig
+from chameleons.text.batching import make_collator
+from chameleons.text.loss import causal_lm_loss
+from chameleons.train.model_setup import apply_lora
 
 
 def test_lora_trains_only_adapters():

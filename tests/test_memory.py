@@ -1,11 +1,11 @@
-"""The memory model (chameleons/memory.py) and the token budget `"auto"` derives from it."""
+"""The memory model (chameleons/train/memory.py) and the token budget `"auto"` derives from it."""
 
 from types import SimpleNamespace
 
 import pytest
 from transformers import AutoConfig
 
-from chameleons import memory, planning
+from chameleons.train import memory, planning
 
 QWEN3_30B = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
                  num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128,

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from chameleons.batching import (BatchMeta, StepShape, budget_parts, exact_parts, make_collator, micro_batch_plan,
-                                 split_packed, split_to_budget)
-from chameleons.config import load_config
-from chameleons.errors import UserError
-from chameleons.loss import causal_lm_loss, supervised_positions
-from chameleons.planning import steps_per_epoch
+from chameleons.core.config import load_config
+from chameleons.core.errors import UserError
+from chameleons.text.batching import (BatchMeta, StepShape, budget_parts, exact_parts, make_collator, micro_batch_plan,
+                                      split_packed, split_to_budget)
+from chameleons.text.loss import causal_lm_loss, supervised_positions
+from chameleons.train.planning import steps_per_epoch
 from test_batching_equality import PAD, assert_grads_close, make_rows, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]

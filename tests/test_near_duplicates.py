@@ -1,11 +1,11 @@
-"""Near-duplicate joins (chameleons/near_duplicates.py) are verified on the lines: what joins,
+"""Near-duplicate joins (chameleons/corpus/near_duplicates.py) are verified on the lines: what joins,
 what never does, and what the grouping says about a conversation that grew too big."""
 
 from conftest import item, record
 
-from chameleons.conversations import Conversations
-from chameleons.data import extract_samples
-from chameleons.near_duplicates import similar
+from chameleons.corpus.conversations import Conversations
+from chameleons.corpus.data import extract_samples
+from chameleons.corpus.near_duplicates import similar
 
 SCENE = ["I told you the car would never make it past the bridge tonight.",
          "You always say that and then we end up walking home in the rain.",

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from chameleons import cli, prediction
-from chameleons.config import load_config
+from chameleons.core.config import load_config
+from chameleons.run import cli
+from chameleons.predict import prediction
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "config_tiny_cpu.json")
@@ -69,8 +70,8 @@ def test_a_bad_value_from_a_shorthand_flag_names_that_flag(tmp_path, run_in_proc
 
 
 def test_training_arguments_take_the_seed_from_the_config(tmp_path):
-    from chameleons.model_setup import DevicePolicy
-    from chameleons.training import training_arguments
+    from chameleons.train.model_setup import DevicePolicy
+    from chameleons.train.training import training_arguments
 
     opts = _train("--seed", "11", "--max_epochs", "2")
     config = load_config(opts.config, opts.overrides, opts.config_flags())
@@ -89,7 +90,7 @@ def test_predict_options_fill_candidates_from_num_samples():
 def test_only_the_parsers_read_the_command_line():
     """Library code gets typed options or fields: no module but cli parses flags into a Namespace."""
     parsing = []
-    for path in sorted((REPO / "chameleons").glob("*.py")):
+    for path in sorted((REPO / "chameleons").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Attribute) and node.attr in ("parse_args", "parse_known_args"):
                 parsing.append(path.name)

@@ -1,7 +1,7 @@
 import pytest
 
-from chameleons.errors import UserError
-from chameleons.outputs import check_output_dir, clear_previous_run, set_aside_previous_logs, write_json
+from chameleons.core.errors import UserError
+from chameleons.core.outputs import check_output_dir, clear_previous_run, set_aside_previous_logs, write_json
 
 
 def _old_run(tmp_path):

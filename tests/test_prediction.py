@@ -1,4 +1,4 @@
-"""predict_Chameleons.py, chameleons/prediction.py and chameleons/evaluation.py, on CPU with tiny
+"""predict_Chameleons.py, chameleons/predict/prediction.py and chameleons/evaluate/evaluation.py, on CPU with tiny
 random Qwen3-MoE models (built once per session) and the real Qwen3 tokenizer.
 
 What matters most: the prompt ids a model is given at prediction are the ids training gave it.
@@ -20,13 +20,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from chameleons import (encoding, evaluation, fidelity, generation, model_loading, prediction, predictor, prompts,  # noqa: E402
-                        ranks, shards)
-from chameleons.config import load_config  # noqa: E402
-from chameleons.data import load_corpus  # noqa: E402
-from chameleons.encoding import ChatFormat, build_labels, encode_samples  # noqa: E402
-from chameleons.errors import UserError  # noqa: E402
-from chameleons.prompts import extract_answer  # noqa: E402
+from chameleons.core.config import load_config
+from chameleons.core.errors import UserError
+from chameleons.corpus.data import load_corpus
+from chameleons.text import encoding, prompts
+from chameleons.text.encoding import ChatFormat, build_labels, encode_samples
+from chameleons.text.prompts import extract_answer
+from chameleons.evaluate import evaluation, fidelity
+from chameleons.predict import generation, model_loading, prediction, predictor, ranks, shards
 
 SCRIPT = REPO / "predict_Chameleons.py"
 ABLATIONS = {
@@ -553,7 +554,7 @@ def test_member_loss_is_the_training_loss(scored):
     """The set's loss equals the training loss function over the same rows in one batch."""
     import torch
 
-    from chameleons.loss import causal_lm_loss
+    from chameleons.text.loss import causal_lm_loss
 
     rows = scored["rows"]
     assert len(rows) == 5 and scored["unlabelled"] == 1 and not scored["dropped"]

@@ -1,4 +1,4 @@
-"""The checks before torch is imported, and what the plan says about them (chameleons/preflight.py,
+"""The checks before torch is imported, and what the plan says about them (chameleons/run/preflight.py,
 ds_checkpoint.py, model_spec.py). The one-line refusals themselves are cases of tests/test_bad_inputs.py."""
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 from conftest import simple_corpus, tiny_config, write_input
 from test_bad_inputs import _ds_checkpoint
 
-from chameleons import ds_checkpoint
+from chameleons.run import ds_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def test_a_checkpoint_without_deepspeed_state_has_no_state_folder(tmp_path):
 def test_random_init_keys_include_the_config_class_aliases():
     from transformers import CONFIG_MAPPING
 
-    from chameleons.model_spec import known_keys
+    from chameleons.train.model_spec import known_keys
 
     keys = known_keys(CONFIG_MAPPING["qwen3_moe"])
     assert {"num_experts", "num_local_experts", "hidden_size", "moe_intermediate_size", "head_dim"} <= keys

@@ -1,4 +1,4 @@
-"""Prompt layout (chameleons/prompts.py) and token ids / label masks (chameleons/encoding.py),
+"""Prompt layout (chameleons/text/prompts.py) and token ids / label masks (chameleons/text/encoding.py),
 on the real Qwen3 tokenizer.
 
 Expected prompts are written out by hand from the spec (`expected_simple` below), and expected
@@ -11,12 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chameleons.data import extract_samples
-from chameleons.encoding import IGNORE_INDEX, build_labels, encode_samples
-from chameleons.planning import token_stats
-from chameleons.prompts import (INSTRUCTION_TEXT, TASK_TEXT, Ablation, HistoryIndex, PromptBuilder,
-                                target_text)
-from chameleons.errors import UserError
+from chameleons.core.errors import UserError
+from chameleons.corpus.data import extract_samples
+from chameleons.text.encoding import IGNORE_INDEX, build_labels, encode_samples
+from chameleons.text.prompts import INSTRUCTION_TEXT, TASK_TEXT, Ablation, HistoryIndex, PromptBuilder, target_text
+from chameleons.train.planning import token_stats
 
 from conftest import item, record
 

@@ -1,4 +1,4 @@
-"""chameleons/quiet.py: the known noisy notices are dropped precisely, anything else still shows;
+"""chameleons/core/quiet.py: the known noisy notices are dropped precisely, anything else still shows;
 ranks other than 0 print errors only. Each case runs in a fresh interpreter (filters are global)."""
 
 import os
@@ -12,7 +12,7 @@ SCRIPT = r"""
 import logging, sys, warnings
 import torch, torch.distributed as dist
 sys.path.insert(0, {root!r})
-from chameleons import quiet
+from chameleons.core import quiet
 quiet.quiet_console()  # reads RANK from the environment
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
 x, y = torch.zeros(2), torch.zeros(2)

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from chameleons import near_duplicates
-from chameleons.config import Ablation
-from chameleons.conversations import Conversations
-from chameleons.data import extract_samples
-from chameleons.prompts import PromptBuilder
-from chameleons.split_audit import audit_split
-from chameleons.splitting import SplitSettings, split_train_val
+from chameleons.core.config import Ablation
+from chameleons.corpus import near_duplicates
+from chameleons.corpus.conversations import Conversations
+from chameleons.corpus.data import extract_samples
+from chameleons.corpus.splitting import SplitSettings, split_train_val
+from chameleons.text.prompts import PromptBuilder
+from chameleons.text.split_audit import audit_split
 
 REPO = Path(__file__).resolve().parents[1]
 NS = (1, 2, 5, 10, None)

@@ -14,11 +14,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM, TrainerCallback, TrainingArguments
 
-from chameleons.batching import make_collator
-from chameleons.checkpoints import is_complete, resolve_resume
-from chameleons.runlog import Throughput
-from chameleons.stopping import StopCallback, StopRequest
-from chameleons.trainer import ChameleonsTrainer, TrainerSetup
+from chameleons.text.batching import make_collator
+from chameleons.run.checkpoints import is_complete, resolve_resume
+from chameleons.train.runlog import Throughput
+from chameleons.train.stopping import StopCallback, StopRequest
+from chameleons.train.trainer import ChameleonsTrainer, TrainerSetup
 from conftest import REPO, SINGLE_RUN_ARGS, train_single
 
 

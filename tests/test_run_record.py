@@ -1,5 +1,5 @@
 """The run record: a model folder written by training tells prediction how its prompts were
-built (chameleons/run_record.py). Unit tests on hand-written run files, and one tiny training
+built (chameleons/run/run_record.py). Unit tests on hand-written run files, and one tiny training
 run predicted with nothing but --model."""
 
 import dataclasses
@@ -13,10 +13,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from chameleons import cli, data, prediction, run_record  # noqa: E402
-from chameleons.config import load_config  # noqa: E402
-from chameleons.errors import UserError  # noqa: E402
-from chameleons.prompts import DEFAULT_TEMPLATE  # noqa: E402
+from chameleons.core.config import load_config
+from chameleons.core.errors import UserError
+from chameleons.corpus import data
+from chameleons.text.prompts import DEFAULT_TEMPLATE
+from chameleons.run import cli, run_record
+from chameleons.predict import prediction
 
 ABLATIONS = {"history_and_context": {"use_profile": False, "use_history": True, "use_context": True},
              "context_only": {"use_profile": False, "use_history": False, "use_context": True}}
@@ -160,7 +162,7 @@ def test_predict_with_only_model_gets_the_training_prompt_ids(tmp_path, build, r
     --model: every prompt is training's."""
     from datasets import Dataset
 
-    from chameleons import generation, model_loading
+    from chameleons.predict import generation, model_loading
 
     scenes = {"n_chars": 4, "scenes": 3, "lines_per_scene": 6}
     train = build.write_data(tmp_path / "data.json", build.scene_corpus(**scenes))

@@ -15,9 +15,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chameleons.data import extract_samples
-from chameleons.sampling import sample_per_character, sampled_counts
-from chameleons.splitting import SplitSettings, split_train_val
+from chameleons.corpus.data import extract_samples
+from chameleons.corpus.sampling import sample_per_character, sampled_counts
+from chameleons.corpus.splitting import SplitSettings, split_train_val
 
 from conftest import item, record
 
@@ -210,7 +210,7 @@ def test_split_identical_on_every_rank(records, n, seed, world_size, rnd):
 def test_same_subset_in_fresh_interpreters_with_other_hash_seeds(build):
     """No dependence on Python's per-process hash randomisation (each rank is a process)."""
     code = ("import sys; sys.path.insert(0, %r); from conftest import simple_corpus;"
-            "from chameleons.data import extract_samples; from chameleons.sampling import sample_per_character;"
+            "from chameleons.corpus.data import extract_samples; from chameleons.corpus.sampling import sample_per_character;"
             "s = extract_samples(simple_corpus([9, 4, 13, 2])).samples;"
             "print(sorted(x.sample_id for x in sample_per_character(s, 3, 7)))") % str(REPO / "tests")
     outs = set()

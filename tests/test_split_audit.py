@@ -1,4 +1,4 @@
-"""The independent leak report (chameleons/split_audit.py, tools/audit_split.py): what it finds
+"""The independent leak report (chameleons/text/split_audit.py, tools/audit_split.py): what it finds
 on planted leaks, what it lists apart, the dry run's line and the tool on a run folder."""
 
 import importlib.util
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from chameleons.config import Ablation
-from chameleons.data import extract_samples
-from chameleons.prompts import HistoryIndex, PromptBuilder
-from chameleons.split_audit import AUDIT_NAME, COMMON_CONTEXTS, audit, common_lines, normalised, summary_line, \
-    summary
+from chameleons.core.config import Ablation
+from chameleons.corpus.data import extract_samples
+from chameleons.text.prompts import HistoryIndex, PromptBuilder
+from chameleons.text.split_audit import (AUDIT_NAME, COMMON_CONTEXTS, audit, common_lines, normalised, summary_line,
+                                         summary)
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("audit_split", REPO / "tools" / "audit_split.py")

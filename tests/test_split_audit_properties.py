@@ -1,4 +1,4 @@
-"""Property tests of the split, judged by the independent audit (chameleons/split_audit.py):
+"""Property tests of the split, judged by the independent audit (chameleons/text/split_audit.py):
 over generated film corpora made messy as real transcriptions are (films copied under new ids,
 records re-normalised, split in two, reordered; tools/make_synthetic_corpus.py), no validation
 target's normalised text reaches a training prompt, history line or target in any epoch,
@@ -18,12 +18,12 @@ import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from chameleons.config import Ablation
-from chameleons.data import extract_samples
-from chameleons.prompts import HistoryIndex, PromptBuilder
-from chameleons.split_audit import audit_split, normalised
-from chameleons.errors import UserError
-from chameleons.splitting import SplitSettings, check_validation_share, split_train_val
+from chameleons.core.config import Ablation
+from chameleons.core.errors import UserError
+from chameleons.corpus.data import extract_samples
+from chameleons.corpus.splitting import SplitSettings, check_validation_share, split_train_val
+from chameleons.text.prompts import HistoryIndex, PromptBuilder
+from chameleons.text.split_audit import audit_split, normalised
 
 _PATH = Path(__file__).resolve().parents[1] / "tools" / "make_synthetic_corpus.py"
 _spec = importlib.util.spec_from_file_location("make_synthetic_corpus", _PATH)

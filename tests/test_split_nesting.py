@@ -1,4 +1,4 @@
-"""One validation set per val_seed and corpus, whatever N (chameleons/splitting.py).
+"""One validation set per val_seed and corpus, whatever N (chameleons/corpus/splitting.py).
 
 The seed's workflow trains N = 2, then 5, then 10 and scores the smaller model on the larger
 one's validation set; that is only fair when no N trains on a line of another N's validation.
@@ -13,11 +13,11 @@ from pathlib import Path
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from chameleons.data import extract_samples
-from chameleons.sampling import sample_per_character
-from chameleons.leak_checks import NAMES as LEAK_CHECKS
-from chameleons.leak_checks import named
-from chameleons.splitting import SplitSettings, split_train_val
+from chameleons.corpus.data import extract_samples
+from chameleons.corpus.leak_checks import NAMES as LEAK_CHECKS
+from chameleons.corpus.leak_checks import named
+from chameleons.corpus.sampling import sample_per_character
+from chameleons.corpus.splitting import SplitSettings, split_train_val
 
 from conftest import simple_corpus
 

@@ -1,4 +1,4 @@
-"""The conversation split on messy copies of a scene corpus (chameleons/splitting.py).
+"""The conversation split on messy copies of a scene corpus (chameleons/corpus/splitting.py).
 
 The corpora come from `tools/make_synthetic_corpus.py --scenes` with the ground truth it
 reports (the id of every spoken line), then are made adversarial here, the id of every line
@@ -17,12 +17,12 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from chameleons import conversations, near_duplicates
-from chameleons.data import extract_samples
-from chameleons.conversations import COMMON_RECORDS, Conversations, line_key
-from chameleons.leak_checks import NAMES as LEAK_CHECKS
-from chameleons.leak_checks import named
-from chameleons.splitting import SplitSettings, split_train_val
+from chameleons.corpus import conversations, near_duplicates
+from chameleons.corpus.conversations import COMMON_RECORDS, Conversations, line_key
+from chameleons.corpus.data import extract_samples
+from chameleons.corpus.leak_checks import NAMES as LEAK_CHECKS
+from chameleons.corpus.leak_checks import named
+from chameleons.corpus.splitting import SplitSettings, split_train_val
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("make_synthetic_corpus", REPO / "tools" / "make_synthetic_corpus.py")

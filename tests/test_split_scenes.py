@@ -1,4 +1,4 @@
-"""The conversation split on film-shaped data (chameleons/splitting.py, `--val_leak_check`).
+"""The conversation split on film-shaped data (chameleons/corpus/splitting.py, `--val_leak_check`).
 
 Corpora come from `tools/make_synthetic_corpus.py --scenes`: films of shared scenes, every line
 of a recorded character an item of its record, ~10% generic lines ("Yeah.", "What?"). The
@@ -23,12 +23,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chameleons.data import extract_samples, load_corpus
-from chameleons.planning import GUIDE_SIZES, format_plan, guide_splits
-from chameleons.prompts import Ablation, HistoryIndex, PromptBuilder
-from chameleons.conversations import COMMON_RECORDS, Conversations
-from chameleons.leak_checks import TEXT, named
-from chameleons.splitting import SplitSettings, split_train_val
+from chameleons.corpus.conversations import COMMON_RECORDS, Conversations
+from chameleons.corpus.data import extract_samples, load_corpus
+from chameleons.corpus.leak_checks import TEXT, named
+from chameleons.corpus.splitting import SplitSettings, split_train_val
+from chameleons.text.prompts import Ablation, HistoryIndex, PromptBuilder
+from chameleons.train.planning import GUIDE_SIZES, format_plan, guide_splits
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample_chameleons.json"
@@ -256,7 +256,7 @@ def test_same_split_under_other_hash_seeds():
     code = ("import sys, importlib.util; sys.path.insert(0, %r);"
             "sp = importlib.util.spec_from_file_location('m', %r); m = importlib.util.module_from_spec(sp);"
             "sp.loader.exec_module(m);"
-            "from chameleons.data import extract_samples; from chameleons.splitting import SplitSettings, split_train_val;"
+            "from chameleons.corpus.data import extract_samples; from chameleons.corpus.splitting import SplitSettings, split_train_val;"
             "s = extract_samples(m.make_scene_corpus(1, *m._counts(0.03), generic_share=0.5)).samples;"
             "x = split_train_val(s, SplitSettings(2, 7, 0.1));"
             "print(x.stats.grouping.huge_conversations_split, sorted(v.uid for v in x.val), sorted(v.uid for v in x.train))"
@@ -313,7 +313,7 @@ def test_plan_reports_the_conversation_split(tmp_path, build, run_trainer):
 
 
 def test_bad_leak_check_is_one_error_line(capsys):
-    from chameleons.cli import parse_train_args
+    from chameleons.run.cli import parse_train_args
 
     with pytest.raises(SystemExit) as exc:
         parse_train_args(["--config", "c.json", "--output_dir", "o", "--val_leak_check", "words"])

@@ -8,10 +8,10 @@ flag lets the run through.
 
 import pytest
 
-from chameleons.data import extract_samples
-from chameleons.errors import UserError
-from chameleons.leak_checks import named
-from chameleons.splitting import SplitSettings, check_validation_share, split_train_val
+from chameleons.core.errors import UserError
+from chameleons.corpus.data import extract_samples
+from chameleons.corpus.leak_checks import named
+from chameleons.corpus.splitting import SplitSettings, check_validation_share, split_train_val
 
 
 def one_scene(build, n_lines=12, tag="a"):

@@ -1,4 +1,4 @@
-"""No leak by place at any `max_context_turns` from 1 up (chameleons/splitting.py).
+"""No leak by place at any `max_context_turns` from 1 up (chameleons/corpus/splitting.py).
 
 With a one-turn window a validation sample shows only its last context line and its target;
 for generic exchanges ("What?" / "Yeah.") the same pair is said in many unrelated scenes. No
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from chameleons.conversations import Conversations, line_key
-from chameleons.data import extract_samples
-from chameleons.prompts import Ablation, PromptBuilder
-from chameleons.splitting import SplitSettings, split_train_val
+from chameleons.corpus.conversations import Conversations, line_key
+from chameleons.corpus.data import extract_samples
+from chameleons.corpus.splitting import SplitSettings, split_train_val
+from chameleons.text.prompts import Ablation, PromptBuilder
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("make_synthetic_corpus", REPO / "tools" / "make_synthetic_corpus.py")

@@ -1,4 +1,4 @@
-"""Validation split and per-epoch training subsets (chameleons/splitting.py).
+"""Validation split and per-epoch training subsets (chameleons/corpus/splitting.py).
 
 Promises checked, for both `--val_leak_check` modes unless a test says otherwise: validation is
 about val_ratio of the sampled set (not per character); a validation character keeps at least
@@ -16,12 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chameleons.data import extract_samples, load_corpus
-from chameleons.prompts import Ablation, HistoryIndex, PromptBuilder
-from chameleons.sampling import sample_per_character
-from chameleons.leak_checks import NAMES as LEAK_CHECKS
-from chameleons.leak_checks import TEXT, named
-from chameleons.splitting import SplitSettings, split_train_val
+from chameleons.corpus.data import extract_samples, load_corpus
+from chameleons.corpus.leak_checks import NAMES as LEAK_CHECKS
+from chameleons.corpus.leak_checks import TEXT, named
+from chameleons.corpus.sampling import sample_per_character
+from chameleons.corpus.splitting import SplitSettings, split_train_val
+from chameleons.text.prompts import Ablation, HistoryIndex, PromptBuilder
 
 from conftest import scene_corpus, simple_corpus
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM, TrainingArguments
 
-from chameleons.batching import make_collator
-from chameleons.checkpoints import is_complete, newest_complete, resolve_resume
-from chameleons.runlog import Throughput
-from chameleons.stopping import EXIT_NONFINITE, StopCallback, StopRequest
-from chameleons.trainer import ChameleonsTrainer, TrainerSetup
+from chameleons.text.batching import make_collator
+from chameleons.run.checkpoints import is_complete, newest_complete, resolve_resume
+from chameleons.train.runlog import Throughput
+from chameleons.train.stopping import EXIT_NONFINITE, StopCallback, StopRequest
+from chameleons.train.trainer import ChameleonsTrainer, TrainerSetup
 
 
 def test_signal_exit_codes_and_repeats_within_the_window():
@@ -58,9 +58,9 @@ def test_auto_resume_ignores_half_written_checkpoints(tmp_path):
 
 def test_total_flos_and_throughput_count_model_flops_of_real_tokens(tmp_path):
     """HF's total_flos would be 6 x all parameters x padded tokens; the trainer counts the
-    MoE-aware FLOPs of the samples it trained on (chameleons/flops.py), once per micro-batch."""
-    from chameleons.flops import train_flops
-    from chameleons.trainer import with_row_meta
+    MoE-aware FLOPs of the samples it trained on (chameleons/train/flops.py), once per micro-batch."""
+    from chameleons.train.flops import train_flops
+    from chameleons.train.trainer import with_row_meta
 
     torch.manual_seed(0)
     model = Qwen3MoeForCausalLM(Qwen3MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=64,

@@ -13,7 +13,7 @@ MAX_PARAMETERS = 6  # self and cls not counted; grouped settings travel as small
 
 
 def _trees():
-    return {p.name: ast.parse(p.read_text(encoding="utf-8")) for p in sorted(PACKAGE.glob("*.py"))}
+    return {p.name: ast.parse(p.read_text(encoding="utf-8")) for p in sorted(PACKAGE.rglob("*.py"))}
 
 
 def test_no_function_is_over_60_lines():
@@ -25,7 +25,7 @@ def test_no_function_is_over_60_lines():
 
 
 def test_no_module_is_over_450_lines():
-    long = [f"{p.name} ({n} lines)" for p in sorted(PACKAGE.glob("*.py"))
+    long = [f"{p.name} ({n} lines)" for p in sorted(PACKAGE.rglob("*.py"))
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_FILE_LINES]
     assert long == []
 
@@ -56,7 +56,7 @@ def test_only_launch_reads_the_rank_variables():
 
 @pytest.mark.parametrize("value, expected", [(None, True), ("0", True), ("3", False), ("x", True), ("-1", True)])
 def test_maybe_rank_zero_never_silences_a_bad_rank(monkeypatch, value, expected):
-    from chameleons import launch
+    from chameleons.core import launch
 
     if value is None:
         monkeypatch.delenv("RANK", raising=False)

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from chameleons import tracking
+from chameleons.run import tracking
 from conftest import SINGLE_RUN_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_group_and_tags_defaults():
-    from chameleons.cli import parse_train_args
+    from chameleons.run.cli import parse_train_args
 
     base = ["--config", "c.json", "--output_dir", "o", "--ablation_config", "history_only", "--sample_seed", "43"]
     args = parse_train_args(base + ["--max_samples_per_user", "2"])

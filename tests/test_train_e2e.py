@@ -22,8 +22,8 @@ import pytest
 import torch
 from conftest import SINGLE_RUN_EVALS_PER_EPOCH, free_port
 
-from chameleons.checkpoints import WEIGHTS_MARKER, is_complete
-from chameleons.saves import partition_file
+from chameleons.run.checkpoints import WEIGHTS_MARKER, is_complete
+from chameleons.train.saves import partition_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train_distributed_Chameleons.py"
@@ -125,12 +125,12 @@ def validation_loss_in_fresh_process(model_dir, config, output_dir):
 import json, sys, torch
 sys.path.insert(0, {str(ROOT)!r})
 from transformers import AutoModelForCausalLM
-from chameleons.config import load_config
-from chameleons.data import load_corpus
-from chameleons.encoding import ChatFormat, encode_samples, load_tokenizer
-from chameleons.prompts import PromptBuilder, HistoryIndex
-from chameleons.batching import make_collator
-from chameleons.loss import causal_lm_loss
+from chameleons.core.config import load_config
+from chameleons.corpus.data import load_corpus
+from chameleons.text.encoding import ChatFormat, encode_samples, load_tokenizer
+from chameleons.text.prompts import PromptBuilder, HistoryIndex
+from chameleons.text.batching import make_collator
+from chameleons.text.loss import causal_lm_loss
 cfg = load_config({str(config)!r})
 manifest = json.load(open({str(output_dir)!r} + "/split_manifest.json"))
 val_ids = set(manifest["validation"])

@@ -1,4 +1,4 @@
-"""ZeRO-3 sizes from the model (chameleons/zero3.py), checkpoint costs in the plan, the distributed
+"""ZeRO-3 sizes from the model (chameleons/train/zero3.py), checkpoint costs in the plan, the distributed
 timeout setting, and checkpoints that skip the gathered model under ZeRO-3."""
 
 import json
@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from chameleons import zero3
-from chameleons.config import ModelConfig, load_config
-from chameleons.errors import UserError
+from chameleons.core.config import ModelConfig, load_config
+from chameleons.core.errors import UserError
+from chameleons.train import zero3
 from test_batching_equality import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_sizes_follow_the_largest_unit_zero3_gathers():
-    from chameleons.model_setup import register_moe_leaves
+    from chameleons.train.model_setup import register_moe_leaves
 
     model = tiny_model()  # 2 layers, hidden 64, 8 experts of width 32, vocabulary 512
     assert max(zero3.gather_units(model)) == 512 * 64  # no leaves yet: the embedding is the largest parameter
@@ -43,7 +43,7 @@ def test_shipped_zero3_config_leaves_the_model_sizes_to_chameleons():
 
 
 def test_checkpoint_cost_and_plan_line():
-    from chameleons.planning import _checkpoint_line
+    from chameleons.train.planning import _checkpoint_line
 
     n = 30_532_122_624
     ck = zero3.checkpoint_cost(n, 3, 3, world_size=8)
@@ -81,9 +81,9 @@ def test_ddp_timeout_setting(tmp_path):
     cfg["training"]["ddp_timeout"] = 7200
     path.write_text(json.dumps(cfg))
     config = load_config(path)
-    from chameleons.cli import parse_train_args
-    from chameleons.model_setup import DevicePolicy
-    from chameleons.training import training_arguments
+    from chameleons.run.cli import parse_train_args
+    from chameleons.train.model_setup import DevicePolicy
+    from chameleons.train.training import training_arguments
 
     opts = parse_train_args(["--config", str(path), "--output_dir", str(tmp_path / "out"), "--max_epochs", "1"])
     targs = training_arguments(opts, config, DevicePolicy(on_gpu=False, bf16=False, attn_implementation="sdpa"), [])

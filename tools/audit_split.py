@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Leak report of a run's split: does any validation target's text reach a training prompt,
-history line or target, in any epoch? (chameleons/split_audit.py says how it compares.)
+history line or target, in any epoch? (chameleons/text/split_audit.py says how it compares.)
 
     python tools/audit_split.py outputs/run
     python tools/audit_split.py --config config_Chameleons_30B.json --output_dir outputs/audit \
@@ -21,10 +21,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from chameleons import cli, outputs, prompts, split_audit, splitting  # noqa: E402
-from chameleons.config import load_config  # noqa: E402
-from chameleons.data import load_corpus  # noqa: E402
-from chameleons.errors import UserError, user_errors_exit  # noqa: E402
+from chameleons.core import outputs
+from chameleons.core.config import load_config
+from chameleons.core.errors import UserError, user_errors_exit
+from chameleons.corpus import splitting
+from chameleons.corpus.data import load_corpus
+from chameleons.text import prompts, split_audit
+from chameleons.run import cli
 
 FLAG_FILES = ("training_config.json", split_audit.AUDIT_NAME)
 MANIFEST = "split_manifest.json"

@@ -8,7 +8,7 @@ plan and summary of a finished run), else the command line and plan at the top o
 `training_logs/detailed_training_log.txt`; `training_logs/metrics.jsonl` (losses, tokens, times);
 `split_manifest.json` (the validation sample ids); and prediction `*.eval.json` and
 `*.summary.json` files and the run's `final_fidelity.json` (character fidelity,
-chameleons/fidelity.py) when present: the newest. Writes
+chameleons/evaluate/fidelity.py) when present: the newest. Writes
 `runs.csv`, `runs.md`, `eval_loss.png` and `best_eval_loss.png` into --output, and
 `fidelity.png` when some run has fidelity figures.
 
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from chameleons import cli  # noqa: E402
-from chameleons.errors import UserError, user_errors_exit  # noqa: E402
-from chameleons.fidelity_compare import compare_settings, item_scores  # noqa: E402
+from chameleons.core.errors import UserError, user_errors_exit
+from chameleons.run import cli
+from chameleons.evaluate.fidelity_compare import compare_settings, item_scores
 
 RUN_COLUMNS = ["kind", "run", "setting", "val_set", "ablation", "prompt_style", "N", "sample_seed", "val_seed",
                "overrides", "status", "steps", "epochs", "stopped_early", "best_eval_loss", "best_eval_loss_std",
@@ -401,7 +401,7 @@ def _fidelity_markdown(runs_rows: list, settings: list) -> list:
 
 
 def fidelity_pairs(runs_rows: list) -> list:
-    """Paired fidelity differences between settings scored on the same file (chameleons/fidelity_compare.py)."""
+    """Paired fidelity differences between settings scored on the same file (chameleons/evaluate/fidelity_compare.py)."""
     by_file = {}
     for r in runs_rows:
         if r.get("fid_items"):

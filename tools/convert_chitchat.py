@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from chameleons.outputs import write_records  # noqa: E402
+from chameleons.core.outputs import write_records  # noqa: E402
 
 MAX_CONTEXT = 12
 MISSING_PACKAGE = ("error: chitchat-dataset is not installed; run `pip install chitchat-dataset` "

@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from chameleons.cli import OneLineParser, positive_int  # noqa: E402
-from chameleons.errors import UserError, user_errors_exit  # noqa: E402
-from chameleons.outputs import write_records  # noqa: E402
+from chameleons.core.errors import UserError, user_errors_exit
+from chameleons.core.outputs import write_records
+from chameleons.run.cli import OneLineParser, positive_int
 
 SEP = " +++$+++ "
 ENCODING = "iso-8859-1"

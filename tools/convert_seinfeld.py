@@ -24,9 +24,9 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from chameleons.cli import OneLineParser, positive_int  # noqa: E402
-from chameleons.errors import UserError, user_errors_exit  # noqa: E402
-from chameleons.outputs import write_records  # noqa: E402
+from chameleons.core.errors import UserError, user_errors_exit
+from chameleons.core.outputs import write_records
+from chameleons.run.cli import OneLineParser, positive_int
 
 MAX_CONTEXT = 8
 TURN_IDS = 100_000  # a line's true id: episode number * TURN_IDS + its turn in the episode

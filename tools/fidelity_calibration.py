@@ -18,12 +18,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from chameleons import fidelity, fidelity_summary  # noqa: E402
-from chameleons.cli import OneLineParser  # noqa: E402
-from chameleons.data import is_training_sample, load_corpus  # noqa: E402
-from chameleons.errors import user_errors_exit  # noqa: E402
-from chameleons.conversations import Conversations  # noqa: E402
-from chameleons.splitting import SplitSettings, split_train_val  # noqa: E402
+from chameleons.core.errors import user_errors_exit
+from chameleons.corpus.conversations import Conversations
+from chameleons.corpus.data import is_training_sample, load_corpus
+from chameleons.corpus.splitting import SplitSettings, split_train_val
+from chameleons.run.cli import OneLineParser
+from chameleons.evaluate import fidelity, fidelity_summary
 
 
 def calibrate(samples, val_seed: int, val_ratio: float = 0.1, context: bool = False, n_items=None) -> tuple:

@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from chameleons.cli import OneLineParser  # noqa: E402
-from chameleons.errors import UserError, user_errors_exit  # noqa: E402
-from chameleons.fidelity_summary import format_versus, versus  # noqa: E402
+from chameleons.core.errors import UserError, user_errors_exit
+from chameleons.run.cli import OneLineParser
+from chameleons.evaluate.fidelity_summary import format_versus, versus
 
 
 def read_fidelity(path) -> dict:

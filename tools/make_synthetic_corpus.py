@@ -39,8 +39,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from chameleons.cli import OneLineParser  # noqa: E402
-from chameleons.outputs import write_records  # noqa: E402
+from chameleons.core.outputs import write_records
+from chameleons.run.cli import OneLineParser
 
 FULL_RECORDS = 7797
 FULL_HASHES = 6117

@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chameleons.cli import OneLineParser, ratio  # noqa: E402
-from chameleons.data import read_records  # noqa: E402
-from chameleons.errors import user_errors_exit  # noqa: E402
-from chameleons.outputs import write_records  # noqa: E402
+from chameleons.core.errors import user_errors_exit
+from chameleons.core.outputs import write_records
+from chameleons.corpus.data import read_records
+from chameleons.run.cli import OneLineParser, ratio
 from make_synthetic_corpus import NOISE_STYLES, renormalised  # noqa: E402
 
 EDIT_SHARE = 0.5

@@ -20,11 +20,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from chameleons.cli import OneLineParser, positive_int  # noqa: E402
-from chameleons.data import extract_samples, read_records  # noqa: E402
-from chameleons.errors import UserError, user_errors_exit  # noqa: E402
-from chameleons.final_fidelity import validation_subset  # noqa: E402
-from chameleons.outputs import write_json  # noqa: E402
+from chameleons.core.errors import UserError, user_errors_exit
+from chameleons.core.outputs import write_json
+from chameleons.corpus.data import extract_samples, read_records
+from chameleons.run.cli import OneLineParser, positive_int
+from chameleons.predict.final_fidelity import validation_subset
 
 
 def manifest_validation(run_dir) -> dict:

@@ -1,0 +1,1 @@
+"""The ground every stage stands on: errors, ranks, the config file, model sources, run folders."""

@@ -1,0 +1,110 @@
+"""wandb for sweeps: every setting that tells two runs apart in `wandb.config`, seeds of one
+setting in one group, and tags to filter by.
+
+The Trainer's WandbCallback would start the run itself with only `TrainingArguments` and the model
+config; starting it here first (rank 0) makes the callback reuse it and add those on top.
+"""
+
+import os
+import sys
+
+from ..core.errors import UserError
+
+
+def wandb_settings(project: str, run_name, output_dir):
+    """Rank 0 logs to wandb; with no key or no network it goes offline, saying so once."""
+    if not project or project.lower() == "none":
+        return [], None
+    os.environ["WANDB_PROJECT"] = project
+    if run_name:
+        os.environ["WANDB_NAME"] = run_name
+    os.environ.setdefault("WANDB_DIR", str(output_dir))
+    notice = None
+    key = os.environ.get("WANDB_API_KEY", "")
+    has_key = bool(key) or os.path.exists(os.path.expanduser("~/.netrc"))
+    if os.environ.get("WANDB_MODE") not in ("offline", "disabled"):
+        if not has_key:
+            notice = _go_offline("no API key found")
+        elif key and len(key) < MIN_KEY_LENGTH:
+            notice = _go_offline(f"WANDB_API_KEY is malformed ({len(key)} characters, wandb keys have {MIN_KEY_LENGTH}+)")
+    return ["wandb"], notice
+
+
+MIN_KEY_LENGTH = 40
+
+
+def _go_offline(reason: str) -> str:
+    os.environ["WANDB_MODE"] = "offline"
+    return f"wandb: {reason}, logging offline to {os.environ['WANDB_DIR']}/wandb (sync later with `wandb sync`)"
+
+
+def size_label(max_samples_per_user) -> str:
+    """`N2`, or `Nall` when every sample is kept."""
+    return f"N{'all' if max_samples_per_user is None else max_samples_per_user}"
+
+
+def wandb_group(opts) -> str:
+    """`--wandb_group`, else ablation and N (`context_only_N2`): the seeds of one setting."""
+    return opts.wandb_group or f"{opts.ablation_config}_{size_label(opts.max_samples_per_user)}"
+
+
+def wandb_tags(opts) -> list:
+    return [opts.ablation_config, size_label(opts.max_samples_per_user), f"seed{opts.sample_seed}"]
+
+
+def run_config(opts, config) -> dict:
+    """What goes to `wandb.config`: the flags that define a setting at the top level (filterable
+    columns in the UI), the resolved config sections, and every flag under `args` (`TrainOptions`)."""
+    return {
+        "ablation": opts.ablation_config,
+        "prompt_style": opts.prompt_style,
+        "max_samples_per_user": "all" if opts.max_samples_per_user is None else opts.max_samples_per_user,
+        "sample_seed": opts.sample_seed,
+        "val_seed": opts.sample_seed if opts.val_seed is None else opts.val_seed,
+        "val_ratio": opts.val_ratio,
+        "sample_group_by": opts.sample_group_by,
+        "resample_each_epoch": opts.resample_each_epoch,
+        "wandb_group": wandb_group(opts),
+        "config_file": str(config.path),
+        **config.resolved(),  # model, data, training, lora, ablation_configs, overrides
+        "args": opts.as_record(),
+    }
+
+
+def start_wandb(opts, config, report_to, **extra):
+    """Start the wandb run on rank 0 (call it there only), before the Trainer exists; project,
+    run name, folder and mode come from the environment `wandb_settings` set; `extra`: facts decided
+    at start that the config does not show (expert parallelism's size)."""
+    if "wandb" not in report_to:
+        return None
+    import wandb
+
+    settings = dict(group=wandb_group(opts), tags=wandb_tags(opts), config={**run_config(opts, config), **extra})
+    try:
+        return wandb.init(**settings)
+    except wandb.errors.CommError as exc:  # a rejected key or no network: the run goes on, logged offline
+        print(_go_offline(f"cannot log online ({str(exc).splitlines()[0][:120]})"), file=sys.stderr, flush=True)
+        return wandb.init(mode="offline", **settings)
+
+
+def finish_wandb(exit_code: int):
+    """Close the run with the process's exit code while everything is alive: left to wandb's exit
+    hook, the run was cut off at interpreter exit and its config.yaml never written."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.run.finish(exit_code=exit_code)
+
+
+def require_tensorboard():
+    """TensorBoard is optional (not in requirements.txt): asked for without the package, say how to get it."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+        raise UserError("--tensorboard: the tensorboard package is not installed (.venv/bin/pip install tensorboard)")
+
+
+def log_metrics(values: dict, step: int):
+    """Figures the Trainer does not report (throughput, MFU, perplexity) into the same wandb run."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.run.log({**values, "train/global_step": step})

@@ -1,0 +1,428 @@
+"""The run around the model and the Trainer: the training half of the recipe.
+
+Order matters under ZeRO-3: TrainingArguments (which carry the DeepSpeed config) exist before
+the model is created, so `from_pretrained` builds it already partitioned.
+"""
+
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import diskspace, expert_parallel, flops, model_spec, planning, saves, zero3
+from ..core import launch, outputs
+from ..core.errors import UserError
+from ..corpus.data import Corpus
+from ..corpus.splitting import Split
+from ..text.batching import check_packing_supported, make_collator, trainer_args_for_batching
+from ..text.encoding import Tokenization, encode_split
+from ..text.prompts import PromptBuilder
+from ..run import checkpoints, preflight, run_record, tracking
+from ..predict import final_fidelity
+from .model_setup import DevicePolicy, apply_lora, build_model, describe_model, device_policy
+from .runlog import PLOT_NAME, DetailedLogCallback, RunLog, Throughput, decode_with_span, plot_losses
+from .stopping import StopCallback, StopRequest
+from .trainer import ChameleonsTrainer, EpochCallback, EpochRows, TrainerSetup, timed, with_row_meta
+
+DISK_FULL_THEN = (f"a checkpoint being written stays incomplete (no {checkpoints.COMPLETE_MARKER}), and "
+                  f"--resume_from_checkpoint auto skips it; free space, then resume with --resume_from_checkpoint auto")
+
+
+def training_arguments(opts, config, device: DevicePolicy, report_to):
+    from transformers import TrainingArguments
+
+    t = config.training
+    kwargs = dict(
+        output_dir=os.path.abspath(opts.output_dir),  # checkpoint paths in trainer_state.json resolve from anywhere
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_steps,
+        lr_scheduler_type=t.lr_scheduler_type,
+        max_grad_norm=t.max_grad_norm,
+        num_train_epochs=opts.max_epochs,
+        max_steps=opts.max_steps,
+        eval_strategy="steps",
+        save_strategy="steps",
+        eval_steps=1,  # TrainingRun.setup sets both from the plan's steps per epoch
+        save_steps=1,
+        logging_steps=t.logging_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        bf16=device.bf16,
+        use_cpu=not device.on_gpu,
+        deepspeed=opts.deepspeed,
+        activation_checkpointing=config.model.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        report_to=report_to,
+        run_name=opts.wandb_run_name,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_nan_inf_filter=False,
+        restore_callback_states_from_checkpoint=True,  # early-stopping patience and the loss tally resume exactly
+        remove_unused_columns=False,
+        disable_tqdm=launch.rank() != 0,
+        log_level_replica="error",  # the Trainer resets transformers' verbosity: other ranks print errors only
+        log_on_each_node=False,
+        dataloader_num_workers=t.dataloader_num_workers,
+        ddp_timeout=t.ddp_timeout,  # seconds a rank waits in a collective (e.g. for rank 0's final save)
+        ddp_find_unused_parameters=True,  # experts a batch did not route to get no gradient
+    )
+    kwargs.update(trainer_args_for_batching(t.batching))
+    try:
+        return TrainingArguments(**kwargs)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(f"training arguments: {str(exc).splitlines()[0]}") from None
+
+
+
+@dataclass(frozen=True)
+class RunChecks:
+    """What the checks before any write found: the run starts from it."""
+
+    resume: str
+    device: DevicePolicy
+    zero_stage: int | None
+    report_to: list
+    notices: list
+    expert_parallel: dict
+    printed: tuple = ()  # notices the console already showed
+    costs: planning.ModelCosts | None = None  # the plan's checkpoint and memory figures
+
+
+def check_run(opts, config, inputs) -> RunChecks:
+    """The checks that need torch and transformers, after those of `preflight.check_inputs` (whose
+    findings `inputs` carries): everything is checked before the first byte is written (the dry
+    run calls this too, so a plan it makes does not fail at training start)."""
+    device = device_policy(opts.disable_flash_attn, config.model.attn_implementation, config.training.batching)
+    if config.training.batching == "packed":
+        check_packing_supported(device.attn_implementation)
+    if config.model.random_init:
+        model_spec.check_random_init(config)
+    ep_plan = expert_parallel.plan_for_run(opts, inputs.zero_stage, config, device.on_gpu)
+    expert_parallel.check_resume(inputs.resume, ep_plan)
+    world, per_node = ((opts.nproc_per_node, opts.nproc_per_node) if opts.dry_run
+                       else (launch.world_size(), launch.local_world_size()))
+    costs = planning.model_costs(config, inputs.zero_stage, world, per_node, ep_plan["size"])
+    disk_notice = diskspace.check_run_space(opts.output_dir, costs.checkpoints)
+    unread = zero3.unread_config_notice(config.model) if costs.memory_setup is None else None
+    return RunChecks(resume=inputs.resume, device=device, zero_stage=inputs.zero_stage, report_to=inputs.report_to,
+                     notices=inputs.notices + list(device.notices) + [n for n in (disk_notice, unread) if n],
+                     expert_parallel=ep_plan, costs=costs, printed=tuple(inputs.printed))
+
+
+def start_run_folder(output_dir, overwrite: bool, resume, main: bool):
+    """The first write to the output folder, once every check has passed: an overwrite clears
+    the old run, a fresh start sets old logs aside, a resume appends."""
+    if resume is None and main:
+        if overwrite:
+            outputs.clear_previous_run(output_dir)
+        else:
+            outputs.set_aside_previous_logs(output_dir)
+
+
+@dataclass(frozen=True)
+class RunData:
+    """What the recipe prepared before the run: the corpus, its split, the prompt builder, the
+    tokenizer and the folder of the tokenized rows' cache."""
+
+    corpus: Corpus
+    split: Split
+    builder: PromptBuilder
+    tokenizer: object  # a transformers tokenizer
+    cache_dir: Path
+
+
+def run(opts, config, checks: RunChecks, data: RunData) -> int:
+    """The training half of the recipe (see TrainingRun). Returns the exit code."""
+    recipe = TrainingRun(opts, config, checks, data)
+    recipe.setup()
+    recipe.train()
+    return recipe.save()
+
+
+def eval_interval(steps_per_epoch: int, evals_per_epoch: int) -> int:
+    """Optimizer steps between evaluations (and the checkpoints saved with them)."""
+    return max(1, steps_per_epoch // evals_per_epoch)
+
+
+class TrainingRun:
+    """One training run with its state on the object, as a torchtune recipe owns one: `setup`
+    tokenizes, plans, opens the run folder and its log, builds the model and the Trainer;
+    `train` trains; `save` either stops cleanly or evaluates and saves."""
+
+    def __init__(self, opts, config, checks: RunChecks, data: RunData):
+        self.opts, self.config, self.checks, self.data = opts, config, checks, data
+        self.targs = self.stop = self.encoded = self.plan = self.runlog = None
+        self.trainer = self.tally = self.trace = self.started = None
+
+    @property
+    def main(self) -> bool:
+        return self.targs.process_index == 0
+
+    def setup(self):
+        """Everything before the first step. The folder is first written once the plan exists."""
+        from transformers import set_seed
+
+        self.targs = training_arguments(self.opts, self.config, self.checks.device, self.checks.report_to)
+        self.stop = StopRequest()
+        self.stop.install()
+        self.encoded, self.plan = self.encode_and_plan()
+        self.targs.eval_steps = self.targs.save_steps = eval_interval(self.plan["schedule"]["steps_per_epoch"],
+                                                                      self.config.training.evals_per_epoch)
+        start_run_folder(self.opts.output_dir, self.opts.overwrite_output_dir, self.checks.resume, self.main)
+        self.runlog = self.open_run_log()
+        if self.main:
+            run_record.write_run_record(self.opts.output_dir, self.data.corpus.path, self.data.builder)
+        set_seed(self.targs.seed)
+        self.trainer = self.make_trainer(self.build_model())
+
+    def encode_and_plan(self):
+        """Tokenized rows (rank 0 first, the others reuse its cache) and the plan."""
+        d = self.data
+        with self.targs.main_process_first(local=False, desc="tokenizing"):
+            tok = Tokenization(d.tokenizer, self.config.training.max_length, d.cache_dir, progress=self.main)
+            encoded = encode_split(d.split, d.builder, tok, self.opts.resample_each_epoch)
+        schedule = planning.Schedule(self.targs.world_size, self.opts.max_epochs, self.opts.sec_per_step)
+        plan = planning.make_plan(d.corpus, d.split, encoded, self.config.training, schedule, self.checks.costs)
+        plan["expert_parallel"] = self.checks.expert_parallel
+        preflight.require_trainable(d.corpus.path, plan["split"]["train_encoded"], plan["split"]["validation_encoded"])
+        return encoded, plan
+
+    def open_run_log(self) -> RunLog:
+        """The detailed log's head (command, versions, notices, config, plan, three decoded samples),
+        the split manifest and the wandb run."""
+        opts, config, checks, device = self.opts, self.config, self.checks, self.checks.device
+        runlog = RunLog(opts.output_dir, enabled=self.main)
+        runlog.line(f"command: {shlex.join([sys.executable, *sys.argv])}")
+        runlog.line(f"versions: {versions()} | world size {self.targs.world_size} | device "
+                    f"{'cuda' if device.on_gpu else 'cpu'} | dtype {'bf16' if device.bf16 else 'fp32'} | "
+                    f"attention {device.attn_implementation} | deepspeed {opts.deepspeed or 'off'} | "
+                    f"batching {config.training.batching}")
+        for notice in checks.notices:
+            runlog.line(f"notice: {notice}")
+            if self.main and notice not in checks.printed:
+                print(notice, file=sys.stderr, flush=True)
+        runlog.block("config (resolved, overrides listed)", json.dumps(config.resolved(), indent=2))
+        runlog.block("plan", planning.format_plan(self.plan))
+        if self.main:
+            print(planning.format_plan(self.plan), flush=True)  # the console shows the plan once, then progress
+            tracking.start_wandb(opts, config, checks.report_to, expert_parallel=self.plan["expert_parallel"])
+            write_manifest(opts.output_dir, self.encoded, opts.max_epochs)
+            for n, row in enumerate(self.encoded.train_rows(0)[:3], 1):
+                item = self.encoded.dataset[row]
+                runlog.block(f"training sample {n} ({item['sample_id']}), supervised span between <<< and >>>",
+                             decode_with_span(self.data.tokenizer, item["input_ids"], item["prompt_len"]))
+        return runlog
+
+    def build_model(self):
+        """The model (LoRA-wrapped when configured), and the DeepSpeed settings that depend on it."""
+        model = build_model(self.config, self.checks.device, deepspeed_zero3=self.checks.zero_stage == 3)
+        if self.config.lora:
+            model = apply_lora(model, self.config.lora)
+        self.runlog.line(describe_model(model))
+        ds_config = getattr(self.targs, "hf_deepspeed_config", None)
+        if ds_config is not None:
+            sizes = zero3.fill_auto(ds_config.config, model, one_node=launch.local_world_size() == launch.world_size())
+            if sizes:
+                self.runlog.line("ZeRO-3 sizes from the largest unit gathered at once (chameleons/train/zero3.py): "
+                                 + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
+        self.runlog.line(expert_parallel.configure(ds_config, self.checks.expert_parallel))
+        return model
+
+    def make_trainer(self, model) -> ChameleonsTrainer:
+        """The Trainer with its callbacks: epoch rows, the per-step stop/loss reduction, early
+        stopping and the detailed log; the plan's token budget splits micro-batches."""
+        from transformers import EarlyStoppingCallback
+
+        opts, config, runlog = self.opts, self.config, self.runlog
+        train_rows = EpochRows(self.encoded)
+        collate = make_collator(config.training.batching, self.data.tokenizer.pad_token_id)
+        throughput = Throughput()
+        self.trace = []
+        early = EarlyStoppingCallback(opts.early_stopping_patience, opts.early_stopping_threshold) \
+            if opts.early_stopping_patience > 0 else None
+        full_saves = saves.FullSavePolicy(config.training.full_checkpoint_minutes * 60)
+        self.tally = StopCallback(self.stop, full_saves)
+        peak, peak_note = flops.peak_flops(self.targs.device)
+        runlog.line(f"MFU: model FLOPs of active parameters only (chameleons/train/flops.py) against {peak_note}")
+        self.detailed = DetailedLogCallback(runlog, throughput, self.targs.world_size, early, peak)
+        callbacks = [EpochCallback(train_rows, runlog), self.tally] + ([early] if early else []) + [self.detailed]
+        setup = TrainerSetup(batching=config.training.batching, router_aux_loss_coef=config.model.router_aux_loss_coef,
+                             max_tokens_per_micro_batch=self.plan["micro_batches"]["budget"], collate=collate,
+                             stop=self.stop, throughput=throughput, trace=self.trace, full_saves=full_saves,
+                             unseen_rows=self.encoded.unseen_val_rows())
+        return ChameleonsTrainer(
+            model=model, args=self.targs, train_dataset=train_rows, data_collator=with_row_meta(collate),
+            processing_class=self.data.tokenizer, callbacks=callbacks, eval_dataset=self.encoded.val_rows, setup=setup)
+
+    def train(self):
+        """Trains (from the checkpoint to resume, if any) until the end, early stopping or a stop."""
+        trainer = self.trainer
+        self.runlog.line(f"resuming from {self.checks.resume}" if self.checks.resume else "starting fresh")
+        self.started = time.time()
+        with diskspace.full_disk_is_one_line(self.opts.output_dir, DISK_FULL_THEN):
+            trainer.train(resume_from_checkpoint=self.checks.resume)
+        self.trained_at = time.time()
+        write_trace(self.opts.output_dir, self.targs.process_index, self.trace)
+        if trainer.max_tokens_per_micro_batch:
+            self.runlog.line(f"token budget {trainer.max_tokens_per_micro_batch}: {trainer.split_micro_batches} "
+                             f"micro-batches ran in parts")
+        self.stop.agree(self.targs.device)  # a signal during the last step's save reaches one rank only
+
+    def save(self) -> int:
+        """A stopped run says how to continue; a finished one evaluates and saves. Returns the exit code."""
+        with diskspace.full_disk_is_one_line(self.opts.output_dir, DISK_FULL_THEN):
+            code = self.report_stop() if self.stop.exit_code else self.save_result()
+        tracking.finish_wandb(code)
+        finish_distributed()
+        return code
+
+    def report_stop(self) -> int:
+        """A stopped run says why and how to continue; its checkpoint is already saved."""
+        stop, step = self.stop, self.trainer.state.global_step
+        if stop.nonfinite and stop.signal is None:
+            message = (f"non-finite training loss at step {step}: stopped; checkpoint-{step} is kept for inspection "
+                       f"and is not resumable; lower the learning rate, or resume from the last complete checkpoint "
+                       f"(--resume_from_checkpoint auto picks it)")
+        else:
+            message = f"stopped at step {step}, resume with: {resume_command()} --resume_from_checkpoint auto"
+        self.runlog.line(message)
+        self.runlog.metrics("stopped", step=step, exit_code=stop.exit_code)
+        if self.main:
+            print(message, file=sys.stderr, flush=True)
+        return stop.exit_code
+
+    def save_result(self) -> int:
+        """Final evaluation of the restored best model, the model and tokenizer, the summary, the
+        loss plot, and training_config.json last: its presence marks the run finished."""
+        trainer, runlog, output_dir = self.trainer, self.runlog, self.opts.output_dir
+        final = trainer.evaluate(metric_key_prefix="final")
+        best = trainer.state.best_metric
+        runlog.line(f"best model restored from {trainer.state.best_model_checkpoint}: final eval_loss "
+                    f"{final['final_loss']:.4f} (best recorded {best:.4f})")
+        with timed(trainer.seconds, "export"):
+            trainer.save_model(output_dir)
+        final_fidelity.final_fidelity(self.opts, trainer, self.encoded, self.data, self.config.training.max_length,
+                                      runlog)  # every rank
+        if not self.main:
+            return 0
+        self.data.tokenizer.save_pretrained(output_dir)
+        summary = {
+            "global_step": trainer.state.global_step,
+            "epochs": trainer.state.epoch,
+            "train_runtime_s": round(time.time() - self.started, 1),
+            "train_loss": self.tally.mean_loss,
+            "train_tokens": int(self.tally.tokens),
+            "best_eval_loss": best,
+            "final_eval_loss": final["final_loss"],
+            "best_model_checkpoint": trainer.state.best_model_checkpoint,
+            "seconds": {**{k: round(v, 2) for k, v in sorted(trainer.seconds.items())},
+                        "startup_to_first_step": self.detailed.startup_s,
+                        "last_step_to_summary": round(time.time() - self.trained_at, 2)},
+            **peak_memory(self.checks.device.on_gpu),
+        }
+        runlog.metrics("summary", **summary)
+        plotted = plot_losses(runlog.metrics_path, runlog.dir / PLOT_NAME)
+        runlog.block("summary", json.dumps(summary, indent=2))
+        runlog.line(f"model and tokenizer: {output_dir}; log: {runlog.log_path}"
+                    + (f"; loss curve: {runlog.dir / PLOT_NAME}" if plotted else ""))
+        outputs.write_json(outputs.run_path(output_dir, outputs.FINISHED_MARKER), {
+            "args": self.opts.as_record(), "config": self.config.resolved(), "versions": versions(),
+            "world_size": trainer.args.world_size, "device": self.checks.device.record(), "plan": self.plan,
+            "summary": summary,
+        })
+        return 0
+
+
+def peak_memory(on_gpu: bool) -> dict:
+    """This process's peaks: GPU memory PyTorch allocated (on a GPU) and host memory (RSS)."""
+    import resource
+
+    out = {"peak_host_memory_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
+    if on_gpu:
+        out["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+    return out
+
+
+def versions() -> str:
+    import accelerate
+    import datasets
+    import transformers
+
+    parts = [f"python {platform.python_version()}", f"torch {torch.__version__}",
+             f"transformers {transformers.__version__}", f"accelerate {accelerate.__version__}",
+             f"datasets {datasets.__version__}"]
+    try:
+        import deepspeed
+
+        parts.append(f"deepspeed {deepspeed.__version__}")
+    except ImportError:
+        pass
+    return ", ".join(parts)
+
+
+def resume_command() -> str:
+    """The command to continue this run: exact for one machine, the launcher left to the user
+    across nodes or under SLURM."""
+    argv, skip = [], False
+    for a in sys.argv:
+        if skip:
+            skip = False
+        elif a == "--resume_from_checkpoint":
+            skip = True
+        elif not a.startswith("--resume_from_checkpoint="):
+            argv.append(a)
+    world, local = launch.world_size(), launch.local_world_size()
+    if world == 1:
+        return shlex.join(["python", *argv])
+    if world == local and "SLURM_PROCID" not in os.environ:
+        return shlex.join(["torchrun", f"--nproc_per_node={world}", *argv])
+    return "the same launcher (torchrun/srun) with " + shlex.join(argv)
+
+
+def write_manifest(output_dir, encoded, max_epochs: int):
+    """Which samples are validation and which train, for every epoch this run may train."""
+    ids = encoded.dataset_ids
+    epochs = range(max_epochs) if encoded.resample else [0]
+    seen, per_epoch = set(), []
+    for e in epochs:
+        rows = encoded.train_rows(e)
+        new = [r for r in rows if r not in seen]
+        seen.update(rows)
+        per_epoch.append({"epoch": e, "train": [ids[r] for r in rows], "new_samples": len(new),
+                          "pool_coverage": round(len(seen) / max(1, sum(len(m) for m in encoded.split.pool.values())), 4)})
+    outputs.write_json(outputs.run_path(output_dir, outputs.MANIFEST_NAME), {
+        "validation": [ids[r] for r in encoded.val_rows],
+        "whole_validation": sorted(encoded.split.whole_val),
+        "group_by": encoded.split.group_by,
+        "epochs": per_epoch,
+        "split": encoded.split.stats.as_dict(),
+        "history_pool": run_record.history_pool(encoded.split),
+    })
+
+
+def write_trace(output_dir, rank, trace):
+    """The dataset rows of every micro-batch this rank trained on, in order."""
+    path = outputs.run_path(output_dir, "training_logs", f"data_order_rank{rank}.jsonl")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for rows in trace:
+            f.write(json.dumps(rows) + "\n")
+
+
+def finish_distributed():
+    """Destroying the process group avoids an abort seen at interpreter exit under ZeRO-3."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
