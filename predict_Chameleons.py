@@ -23,7 +23,7 @@ from chameleons.core.errors import UserError, user_errors_exit
 from chameleons.core.outputs import write_json, write_records, write_text
 from chameleons.corpus import data
 from chameleons.corpus.conversations import Conversations
-from chameleons.text import encoding, prompts
+from chameleons.text import encoding
 from chameleons.run import run_record
 from chameleons.evaluate import evaluation, fidelity, fidelity_summary
 from chameleons.predict import generation, model_loading, prediction, predictor, ranks, shards
@@ -37,8 +37,7 @@ def main(argv=None) -> int:
     paths = shards.output_paths(opts.output_file)
     model_dirs = check_run(opts, dist)
     settings = run_record.resolve(opts, model_dirs)  # the models' run records, and the flags typed over them
-    opts, config = settings.opts, settings.config
-    ablation = config.ablation(opts.ablation_config)
+    opts, spec, config = settings.opts, settings.spec, settings.config
 
     # Load: the input, the shared tokenizer, the history pool of the training file.
     records, jsonl = prediction.read_input(opts.input_file)
@@ -47,17 +46,16 @@ def main(argv=None) -> int:
     corpus = data.extract_samples(records, opts.input_file, for_prediction=True)
     if opts.evaluate and not any(s.target for s in corpus.samples):
         raise UserError(f"--evaluate: {opts.input_file} has no continuations to score against")
-    training = training_data(opts, config, settings.pool, ablation, dist)  # read once: history and fidelity
-    history = prediction.history_index(ablation, training)
-    builder = prompts.PromptBuilder(ablation, opts.prompt_style, history, config.training.max_context_turns,
-                                    opts.template_filename, settings.template_text)
+    training = training_data(opts, spec, settings.pool, dist)  # read once: history and fidelity
+    samples, pool_samples = training or (None, None)
+    builder = spec.prompt_builder(spec.history(pool_samples, samples) if training else None)
     # The checks above need no torch (a bad input is one line in well under a second); these do.
     model_loading.check_model_configs(model_dirs)
     tokenizer = model_loading.shared_tokenizer(model_dirs, config.model.tokenizer, warn=dist.warn)
     for line in settings.notices:  # all input is valid by now
         dist.notice(line)
     unrecorded = [d for d in model_dirs if settings.records[str(d)] is None]
-    for line in prediction.training_run_warnings(unrecorded, opts, ablation):
+    for line in prediction.training_run_warnings(unrecorded, spec):
         dist.warn(line)
     sampling = generation.Sampling.from_options(opts)
     if sampling.greedy and opts.num_samples > 1 and len(model_dirs) == 1:
@@ -74,13 +72,13 @@ def main(argv=None) -> int:
     # Generate: every rank takes its share of the items not already in the shards. Models are
     # loaded when first needed, one at a time (an ensemble never holds two members).
     dist.init()
-    spec = predictor.GeneratorSpec(opts.backend, tokenizer, fmt, sampling, max_length + opts.max_new_tokens,
-                                   opts.tensor_parallel_size, opts.device_map,
-                                   (config.model, config.training.seed) if opts.untrained else None)
-    members = predictor.make_members(model_dirs, spec, dist)
+    generator = predictor.GeneratorSpec(opts.backend, tokenizer, fmt, sampling, max_length + opts.max_new_tokens,
+                                        opts.tensor_parallel_size, opts.device_map,
+                                        (config.model, config.training.seed) if opts.untrained else None)
+    members = predictor.make_members(model_dirs, generator, dist)
     store = shards.PartStore(opts.output_file, dist.rank)
     meta = shards.run_meta(model_dirs, rows, sampling, opts.backend,
-                           shards.PromptSettings(opts.ablation_config, opts.prompt_style, max_length)) \
+                           {**spec.prompt_flags(), "max_length": max_length}) \
         | ({"untrained": True} if opts.untrained else {})
     results, stats = prediction.generate_all(rows, predictor.Predictor(members, sampling, opts.batch_size),
                                              prediction.ShardRun(store, meta, opts.overwrite), dist)
@@ -124,19 +122,19 @@ def check_run(opts, dist) -> list:
     return model_dirs
 
 
-def training_data(opts, config, pool, ablation, dist):
+def training_data(opts, spec, pool, dist):
     """The training file's samples and the run's pool of them (`prediction.training_pool`), read
     once for both users: use_history prompts (a missing file is an error) and rank 0's fidelity
     classifier (a missing file is a notice); None when neither needs them."""
     wants_fidelity = opts.fidelity == "on" and dist.is_main
-    if not (ablation.use_history or wants_fidelity):
+    if not (spec.ablation.use_history or wants_fidelity):
         return None
-    train_file = opts.data_file or config.resolve_path(config.data.train_file)
-    if not ablation.use_history and not Path(train_file).is_file():
+    train_file = spec.training_file
+    if not spec.ablation.use_history and not Path(train_file).is_file():
         dist.warn(f"fidelity: training file {train_file} not found: no fidelity figures (pass --data_file, or "
                   f"--fidelity off)")
         return None
-    return prediction.training_pool(config, opts, pool)
+    return prediction.training_pool(spec, pool)
 
 
 def fidelity_setup(opts, training, corpus, model_dirs, dist):

@@ -11,15 +11,14 @@ model, train with HF Trainer (DeepSpeed when asked) and save the best model.
 """
 
 import dataclasses
-import sys
 
 from chameleons.core import launch, outputs, quiet
 from chameleons.core.config import load_config
 from chameleons.core.errors import user_errors_exit
 from chameleons.corpus import data, splitting
-from chameleons.text import encoding, prompts, split_audit
+from chameleons.text import encoding
 from chameleons.run import cli, preflight, resubmit
-from chameleons.train import expert_parallel, planning
+from chameleons.run.run_spec import RunSpec
 
 
 def main(argv=None) -> int:
@@ -27,55 +26,33 @@ def main(argv=None) -> int:
     quiet.quiet_console()
     opts = cli.parse_train_args(argv)
     config = load_config(opts.config, opts.overrides, opts.config_flags())
-    ablation = config.ablation(opts.ablation_config)
+    spec = RunSpec.from_options(opts, config)  # every setting that shapes the run, decided once
     if outputs.check_output_dir(opts.output_dir, overwrite=opts.overwrite_output_dir,
                                 resume=opts.resume_from_checkpoint, dry_run=opts.dry_run):
-        if launch.rank() == 0:
-            print(f"already finished: {opts.output_dir}", flush=True)
-            notice = resubmit.finished_run_notice(opts.output_dir, opts.as_record(), config.resolved())
-            if notice:
-                print(notice, file=sys.stderr, flush=True)
-        return 0
+        return resubmit.already_finished(opts.output_dir, spec)
 
     # Checks without torch (chameleons/run/preflight.py): a bad input is reported in well under a second.
     inputs = preflight.check_inputs(opts, config)
-    corpus = data.load_corpus(opts.data_file or config.resolve_path(config.data.train_file))
+    corpus = data.load_corpus(spec.training_file)
     data.require_samples(corpus)
-    split = splitting.split_train_val(corpus.samples, splitting.SplitSettings.from_options(opts))
+    split = splitting.split_train_val(corpus.samples, spec.split_settings())
     splitting.check_validation_share(split, opts.accept_val_share, corpus.path)
     inputs = dataclasses.replace(inputs, notices=inputs.notices + split.notices)
     preflight.require_trainable(corpus.path, split.stats.train, split.stats.validation)
-    history = prompts.HistoryIndex.for_pool(split.pool_samples(), corpus.samples, split.index) \
-        if ablation.use_history else None
-    builder = prompts.PromptBuilder(ablation, opts.prompt_style, history, config.training.max_context_turns,
-                                    opts.template_filename)
+    builder = spec.prompt_builder(spec.history(split.pool_samples(), corpus.samples, split.index))
 
     from chameleons.train import training  # torch, transformers: the checks that need them, then the run
 
     checks = training.check_run(opts, config, inputs)
     tokenizer = encoding.load_tokenizer(config.model.tokenizer)
-    cache_dir = config.resolve_path(config.data.cache_dir)
-
-    if opts.dry_run:
-        tok = encoding.Tokenization(tokenizer, config.training.max_length, cache_dir)
-        encoded = encoding.encode_split(split, builder, tok, opts.resample_each_epoch)
-        audit = split_audit.audit_split(split, builder, corpus.samples,
-                                        opts.max_epochs if opts.resample_each_epoch else 1)
-        schedule = planning.Schedule(opts.nproc_per_node, opts.max_epochs, opts.sec_per_step)
-        plan = {**planning.make_plan(corpus, split, encoded, config.training, schedule, checks.costs),
-                "config": config.resolved(), "notices": checks.notices, "expert_parallel": checks.expert_parallel,
-                "device": checks.device.record(),
-                "split_audit": split_audit.summary(audit)}
-        preflight.require_trainable(corpus.path, plan["split"]["train_encoded"], plan["split"]["validation_encoded"])
-        print(planning.format_plan(plan), flush=True)
-        print(expert_parallel.describe(checks.expert_parallel), flush=True)
-        outputs.write_json(outputs.run_path(opts.output_dir, "plan.json"), plan)
-        outputs.write_json(outputs.run_path(opts.output_dir, split_audit.AUDIT_NAME), {**audit, "args": opts.as_record()})
-        return 0
-
-    if opts.deepspeed:
+    if opts.deepspeed and not opts.dry_run:
         launch.adopt_single_process()
-    return training.run(opts, config, checks, training.RunData(corpus, split, builder, tokenizer, cache_dir))
+    recipe = training.TrainingRun(opts, spec, checks, training.RunData(
+        corpus, split, builder, tokenizer, config.resolve_path(config.data.cache_dir)))
+    recipe.prepare()  # tokenize and plan
+    if opts.dry_run:
+        return recipe.write_dry_run()
+    return recipe.run()
 
 
 if __name__ == "__main__":

@@ -43,12 +43,12 @@ def seinfeld() -> list:
 
 def corpora(only: str):
     """(name, maker) in order; each corpus is built only when its row runs."""
-    msc = _tool("make_synthetic_corpus")
+    msc, synth = _tool("make_synthetic_corpus"), _tool("synthetic_scenes")
     makers = [("seinfeld", seinfeld),
               ("seinfeld+10% twice", lambda: _tool("retranscribe").retranscribe(seinfeld(), 0.1)[0])]
     for samples in (25_000, 50_000, 100_000):
         scale = samples / 71_964
-        makers.append((f"scenes {samples // 1000}k", lambda s=scale: msc.make_scene_corpus(0, *msc._counts(s))))
+        makers.append((f"scenes {samples // 1000}k", lambda s=scale: synth.make_scene_corpus(0, *msc._counts(s))))
     makers.append(("100k copies of one record", lambda: [msc.make_corpus(0, 1, 1, 1)[0]] * 100_000))
     return [(name, make) for name, make in makers if name.startswith(only)]
 

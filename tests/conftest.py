@@ -5,6 +5,7 @@ The helpers are plain functions handed out by session-scoped fixtures, so hypoth
 use them too (hypothesis refuses function-scoped fixtures).
 """
 
+import importlib.util
 import json
 import os
 import sys
@@ -27,6 +28,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from run_without_torch import hiding  # noqa: E402 (tests/ is on the path: pytest puts conftest's folder there)
+
+def load_tool(name: str):
+    """A script of tools/ as a module (tools/ is not a package: its scripts run by path)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 TRAIN_SCRIPT = REPO / "train_distributed_Chameleons.py"
 PYTHON = sys.executable
@@ -222,6 +233,7 @@ def _main_in_process(main, args, cwd, env_extra, monkeypatch, capsys):
 
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", hiding(importlib.util.find_spec))  # as run_without_torch
     for k, v in (env_extra or {}).items():
         monkeypatch.setenv(k, v)
     monkeypatch.chdir(cwd)
@@ -268,7 +280,8 @@ def run_predict_in_process(monkeypatch, capsys):
 
 # The shared single-process run's flags; its two --set overrides are what tests/test_sweep_e2e.py
 # follows into the run's records (logging_steps=1 is not in the config file on purpose).
-SINGLE_RUN_OVERRIDES = ["training.learning_rate=0.002", "training.logging_steps=1"]
+SINGLE_RUN_OVERRIDES = ["training.learning_rate=0.002", "training.logging_steps=1",
+                        "training.peak_tflops=0.001"]  # a CPU peak, so the run reports MFU
 SINGLE_RUN_EVALS_PER_EPOCH = 4  # patience 3 then stops it at the 4th evaluation, one epoch in
 SINGLE_RUN_ARGS = ["--max_samples_per_user", "2", "--sample_seed", "5", "--val_seed", "42", "--max_epochs", "4",
                    "--evals_per_epoch", str(SINGLE_RUN_EVALS_PER_EPOCH), "--early_stopping_patience", "3",
@@ -312,7 +325,7 @@ def early_stopped_run(tmp_path_factory):
                              full_checkpoint_minutes=0)  # every checkpoint resumable, to resume from
     out = tmp / "a"
     proc = train_single(config, out, "--wandb_project", "chameleons_ci", "--wandb_run_name", "sweep_point",
-                        env_extra={"HOME": str(tmp)})  # no ~/.netrc: wandb has no key and must fall back to offline
+                        "--tensorboard", env_extra={"HOME": str(tmp)})  # no ~/.netrc: wandb has no key and must fall back to offline
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp, config, out, proc
 

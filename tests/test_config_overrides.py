@@ -72,6 +72,7 @@ GOOD = [
     ("training.max_tokens_per_micro_batch=4096", "training", "max_tokens_per_micro_batch", 4096),
     ("training.max_tokens_per_micro_batch=off", "training", "max_tokens_per_micro_batch", "off"),
     ("training.gpu_memory_gib=141", "training", "gpu_memory_gib", 141),
+    ("training.peak_tflops=989", "training", "peak_tflops", 989),
     ("training.full_checkpoint_minutes=0", "training", "full_checkpoint_minutes", 0),
     ("training.ddp_timeout=3600", "training", "ddp_timeout", 3600),
     ("training.expert_parallel_size=1", "training", "expert_parallel_size", 1),

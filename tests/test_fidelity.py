@@ -239,18 +239,18 @@ def test_prediction_reads_the_training_file_once_and_a_missing_one_is_a_notice(t
     spec.loader.exec_module(script)
     notices = []
     dist = SimpleNamespace(is_main=True, warn=notices.append)
-    config = SimpleNamespace(data=SimpleNamespace(train_file="unused.json"))
-    history, plain = SimpleNamespace(use_history=True), SimpleNamespace(use_history=False)
-    off = SimpleNamespace(fidelity="off", data_file=str(tmp_path / "missing.json"))
-    assert script.training_data(off, config, None, plain, dist) is None and notices == []
-    on = SimpleNamespace(fidelity="on", data_file=str(tmp_path / "missing.json"))
-    assert script.training_data(on, config, None, plain, dist) is None
+    missing = str(tmp_path / "missing.json")
+    history = SimpleNamespace(ablation=SimpleNamespace(use_history=True), training_file=missing)
+    plain = SimpleNamespace(ablation=SimpleNamespace(use_history=False), training_file=missing)
+    off, on = SimpleNamespace(fidelity="off"), SimpleNamespace(fidelity="on")
+    assert script.training_data(off, plain, None, dist) is None and notices == []
+    assert script.training_data(on, plain, None, dist) is None
     assert len(notices) == 1 and "missing.json not found" in notices[0] and not list(tmp_path.iterdir())
     assert script.fidelity_setup(on, None, SimpleNamespace(samples=[]), [tmp_path], dist) is None
 
     reads = []
     monkeypatch.setattr(script.prediction, "training_pool", lambda *a: reads.append(a) or ([], []))
-    training = script.training_data(on, config, None, history, dist)
+    training = script.training_data(on, history, None, dist)
     assert len(reads) == 1 and training == ([], [])  # one read serves the history index and the classifier
 
     pool = [_sample(str(i), c, line, context=["hello"]) for i, (c, line) in

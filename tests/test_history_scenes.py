@@ -3,8 +3,6 @@ tracked (tools/make_synthetic_corpus.py, --truth): no sample, training or valida
 a line of its own scene (so none said after its target), also when scenes are copied under new
 ids, re-normalised, split across records or reordered."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,21 +12,21 @@ from chameleons.corpus.data import extract_samples
 from chameleons.corpus.leak_checks import named
 from chameleons.corpus.splitting import SplitSettings, split_train_val
 from chameleons.text.prompts import MAX_HISTORY_CHARS, HistoryIndex
+from conftest import load_tool
 
-_PATH = Path(__file__).resolve().parents[1] / "tools" / "make_synthetic_corpus.py"
-_spec = importlib.util.spec_from_file_location("make_synthetic_corpus", _PATH)
-msc = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(msc)
+
+
+msc, synth = load_tool("make_synthetic_corpus"), load_tool("synthetic_scenes")
 
 NOISE = dict(duplicate_films=0.2, renormalise=0.3, split_records=0.2, reorder=0.2)
 
 
 def corpus(seed, scale, noise):
     places = {}
-    records = msc.make_scene_corpus(seed, *msc._counts(scale), places=places)
-    records, truth = msc.make_adversarial(records, places, seed, **noise)
+    records = synth.make_scene_corpus(seed, *msc._counts(scale), places=places)
+    records, truth = synth.make_adversarial(records, places, seed, **noise)
     samples = extract_samples(records).samples
-    return samples, msc.line_ids_by_sample(truth, samples)
+    return samples, synth.line_ids_by_sample(truth, samples)
 
 
 def own_scene_lines(split, history, samples, ids, epochs=range(2)):
@@ -40,10 +38,10 @@ def own_scene_lines(split, history, samples, ids, epochs=range(2)):
     own = later = 0
     for s in shown.values():
         target = ids[s.sample_id][-1]
-        scene = target // msc.SCENE_STRIDE
+        scene = target // synth.SCENE_STRIDE
         for line in history.lines_for(s):
             sources = by_line[(s.user_hash, line)]
-            if all(x // msc.SCENE_STRIDE == scene for x in sources):
+            if all(x // synth.SCENE_STRIDE == scene for x in sources):
                 own += 1
                 later += all(x > target for x in sources)
     return len(shown), own, later

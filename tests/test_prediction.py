@@ -26,6 +26,7 @@ from chameleons.corpus.data import load_corpus
 from chameleons.text import encoding, prompts
 from chameleons.text.encoding import ChatFormat, build_labels, encode_samples
 from chameleons.text.prompts import extract_answer
+from chameleons.run.run_spec import RunSpec
 from chameleons.evaluate import evaluation, fidelity
 from chameleons.predict import generation, model_loading, prediction, predictor, ranks, shards
 
@@ -254,13 +255,19 @@ def test_extract_answer_round_trips_the_training_target(line):
 
 # ---------------------------------------------------------------- prompt identity
 
+def _history(args, config):
+    """The history lines prediction's prompts draw on: the training file split as the flags say."""
+    samples, pool = prediction.training_pool(RunSpec.from_options(args, config))
+    return prompts.HistoryIndex.for_pool(pool, samples)
+
+
 @pytest.mark.parametrize("style", ["simple", "detailed"])
 @pytest.mark.parametrize("ablation", list(ABLATIONS))
 def test_prediction_prompt_ids_equal_training_prompt_ids(env, qwen_tok, ablation, style):
     config = load_config(env["config"])
     abl = config.ablation(ablation)
     args = prediction.parse_predict_args(_argv(env, env["root"] / "unused.json", ablation=ablation))
-    history = prediction.history_index(abl, prediction.training_pool(config, args))
+    history = _history(args, config)
     builder = prompts.PromptBuilder(abl, style, history, config.training.max_context_turns)
     fmt = ChatFormat(qwen_tok)
     samples = [s for s in load_corpus(env["input"], for_prediction=True).samples if s.target]
@@ -282,7 +289,7 @@ def test_truncated_prompts_follow_the_training_rule(env, qwen_tok, style):
     config = load_config(env["config"])
     abl = config.ablation("profile_and_history_and_context")
     args = prediction.parse_predict_args(_argv(env, env["root"] / "unused.json"))
-    builder = prompts.PromptBuilder(abl, style, prediction.history_index(abl, prediction.training_pool(config, args)), None)
+    builder = prompts.PromptBuilder(abl, style, _history(args, config), None)
     fmt = ChatFormat(qwen_tok)
     samples = [s for s in load_corpus(env["input"], for_prediction=True).samples if s.target]
     full = encode_samples(samples, builder, qwen_tok, fmt, 100000, with_target=True)
@@ -542,7 +549,7 @@ def scored(env, qwen_tok):
     config = load_config(env["config"])
     abl = config.ablation("profile_and_history_and_context")
     args = prediction.parse_predict_args(_argv(env, env["root"] / "unused.json"))
-    builder = prompts.PromptBuilder(abl, "simple", prediction.history_index(abl, prediction.training_pool(config, args)), 8)
+    builder = prompts.PromptBuilder(abl, "simple", _history(args, config), 8)
     samples = load_corpus(env["input"], for_prediction=True).samples
     rows, dropped, unlabelled = evaluation.supervised_rows(samples, builder, qwen_tok, ChatFormat(qwen_tok), 512)
     models = [transformers.AutoModelForCausalLM.from_pretrained(str(env["models"][m])).eval() for m in ("m1", "m2")]

@@ -5,7 +5,6 @@ word-level edits (tools/retranscribe.py). A recurring cast, catchphrases and sto
 what the generated corpora lack; these tests hold the split to what a real series needs.
 """
 
-import importlib.util
 from collections import Counter
 from types import SimpleNamespace
 from pathlib import Path
@@ -19,20 +18,16 @@ from chameleons.corpus.data import extract_samples
 from chameleons.corpus.splitting import SplitSettings, split_train_val
 from chameleons.text.prompts import PromptBuilder
 from chameleons.text.split_audit import audit_split
+from conftest import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 NS = (1, 2, 5, 10, None)
 CONTEXT_ONLY = Ablation("context_only", False, False, True)
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-convert, retranscribe = _tool("convert_seinfeld"), _tool("retranscribe")
+convert, retranscribe = load_tool("convert_seinfeld"), load_tool("retranscribe")
 
 
 class Real:

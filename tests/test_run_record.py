@@ -18,6 +18,7 @@ from chameleons.core.errors import UserError
 from chameleons.corpus import data
 from chameleons.text.prompts import DEFAULT_TEMPLATE
 from chameleons.run import cli, run_record
+from chameleons.run.run_spec import RunSpec
 from chameleons.predict import prediction
 
 ABLATIONS = {"history_and_context": {"use_profile": False, "use_history": True, "use_context": True},
@@ -74,7 +75,7 @@ def test_the_record_decides_when_no_flag_is_given(tmp_path, cfg):
     assert s.opts.max_samples_per_user == 3 and s.opts.sample_seed == 5
     assert s.opts.data_file == "/nowhere/train.json"
     assert s.config.training.max_context_turns == 4 and s.config.ablation("history_and_context").use_profile
-    assert s.template_text == template
+    assert s.spec.template == template
     assert s.pool.uids == {"r0.c0.i0": "u0"} and s.notices == []
 
 
@@ -117,7 +118,7 @@ def test_an_ensemble_that_disagrees_on_the_prompt_is_an_error_unless_a_flag_sett
     with pytest.raises(UserError, match="different prompt template .*pass --template_filename"):
         run_record.resolve(_opts("--model", c, "--model", d), [c, d])
     s = run_record.resolve(_opts("--model", c, "--model", d, "--template_filename", DEFAULT_TEMPLATE), [c, d])
-    assert s.template_text is None and s.opts.template_filename == str(DEFAULT_TEMPLATE)
+    assert s.spec.template == DEFAULT_TEMPLATE.read_text() and s.opts.template_filename == str(DEFAULT_TEMPLATE)
     e = _fake_run(tmp_path / "e", cfg, ablation_config="history_and_context", pool={"r0.c0.i0": "u"})
     f = _fake_run(tmp_path / "f", cfg, ablation_config="history_and_context", pool={"r0.c0.i1": "v"})
     with pytest.raises(UserError, match="different history pool .*pass --data_file and the data flags"):
@@ -138,15 +139,15 @@ def test_the_recorded_pool_is_read_by_id_and_checked_by_content(tmp_path, build,
     train = build.write_data(tmp_path / "data.json", build.simple_corpus({"aa": 3, "bb": 2}))
     samples = data.load_corpus(train).samples
     pool = run_record.RecordedPool("m", {s.sample_id: s.uid for s in samples[:3]})
-    config = load_config(cfg)
-    abl = config.ablation("history_and_context")
-    opts = dataclasses.replace(_opts("--model", "m"), data_file=str(train))
-    index = prediction.history_index(abl, prediction.training_pool(config, opts, pool))
+    opts = dataclasses.replace(_opts("--model", "m", "--ablation_config", "history_and_context"), data_file=str(train))
+    spec = RunSpec.from_options(opts, load_config(cfg))
+    samples_read, pool_samples = prediction.training_pool(spec, pool)
+    index = spec.history(pool_samples, samples_read)
     assert index.lines_for(samples[3]) == []  # bb's lines are not in the pool
     assert sorted(index.lines_for(samples[0])) == ["aa answer 1", "aa answer 2"]
     changed = run_record.RecordedPool("m", {**pool.uids, samples[0].sample_id: "other"})
     with pytest.raises(UserError, match=f"{train}: sample r0.c0.i0 is not the one --model m was trained on"):
-        prediction.training_pool(config, opts, changed)
+        prediction.training_pool(spec, changed)
 
 
 def test_item_ids_have_one_format():

@@ -125,7 +125,7 @@ def test_tool_with_flags_and_bad_inputs(tmp_path, build, capsys):
     (tmp_path / "bad2").mkdir()
     (tmp_path / "bad2" / "split_audit.json").write_text(json.dumps({"args": {"config": str(cfg), "output_dir": "x"}}))
     (tmp_path / "bad2" / "split_manifest.json").write_text(json.dumps({"validation": ["r99.c0.i0"], "epochs": []}))
-    for argv, words in ([str(tmp_path / "nope")], "not a run folder"), ([str(tmp_path / "empty")], "no training"), \
+    for argv, words in ([str(tmp_path / "nope")], "not a run folder"), ([str(tmp_path / "empty")], "no run record"), \
             ([str(tmp_path / "bad")], "args"), ([str(tmp_path / "bad2")], "r99.c0.i0 is not in the data file"), \
             (["--config", str(cfg)], "output_dir"):
         with pytest.raises(SystemExit) as exc:

@@ -11,8 +11,6 @@ of a few hundred items a rare one may be said in just two scenes, one of them at
 (no line before it, so the audit cannot tell the two apart): such a report is accepted only when
 the ground truth (`--truth` ids) shows training another line with those words."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
@@ -24,25 +22,25 @@ from chameleons.corpus.data import extract_samples
 from chameleons.corpus.splitting import SplitSettings, check_validation_share, split_train_val
 from chameleons.text.prompts import HistoryIndex, PromptBuilder
 from chameleons.text.split_audit import audit_split, normalised
+from conftest import load_tool
 
-_PATH = Path(__file__).resolve().parents[1] / "tools" / "make_synthetic_corpus.py"
-_spec = importlib.util.spec_from_file_location("make_synthetic_corpus", _PATH)
-msc = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(msc)
+
+
+msc, synth = load_tool("make_synthetic_corpus"), load_tool("synthetic_scenes")
 
 ALL_ON = Ablation("profile_and_history_and_context", True, True, True)
 SHARE = st.sampled_from([0.0, 0.15, 0.4])
-GENERIC = {normalised(g) for g in msc.GENERIC_LINES}
+GENERIC = {normalised(g) for g in synth.GENERIC_LINES}
 
 
 def messy_samples(seed, scale, generic, noise):
     """Samples, and sample id -> the true ids of its lines (context, then target)."""
     places = {}
-    records = msc.make_scene_corpus(seed, *msc._counts(scale), generic_share=generic, places=places,
+    records = synth.make_scene_corpus(seed, *msc._counts(scale), generic_share=generic, places=places,
                                     unique_lines=True)
-    records, truth = msc.make_adversarial(records, places, seed, **noise)
+    records, truth = synth.make_adversarial(records, places, seed, **noise)
     samples = extract_samples(records).samples
-    return samples, msc.line_ids_by_sample(truth, samples)
+    return samples, synth.line_ids_by_sample(truth, samples)
 
 
 def audited(samples, n, seed, val_seed, ratio, turns, epochs=3):
@@ -65,7 +63,7 @@ def unexplained_leaks(split, report, samples, ids, epochs=3):
 @example(0, 0.004, 0.0, {"duplicate_films": 0.0, "duplicate_style": "spaces", "renormalise": 0.0, "split_records": 0.4,
                          "reorder": 0.0}, 1, 0, 10, 0.05, 20)  # 24 sampled, none in validation (a run seen in CI)
 @given(st.integers(0, 10**6), st.sampled_from([0.004, 0.008]), st.sampled_from([0.0, 0.1, 0.2]),
-       st.fixed_dictionaries({"duplicate_films": SHARE, "duplicate_style": st.sampled_from([None, *msc.NOISE_STYLES]),
+       st.fixed_dictionaries({"duplicate_films": SHARE, "duplicate_style": st.sampled_from([None, *synth.NOISE_STYLES]),
                               "renormalise": SHARE, "split_records": SHARE, "reorder": SHARE}),
        st.sampled_from([None, 1, 2, 5]), st.integers(0, 1000), st.integers(0, 1000), st.floats(0.05, 0.3),
        st.sampled_from([None, 1, 3, 20]))
@@ -85,7 +83,7 @@ def test_no_validation_target_reaches_training_by_normalised_text(corpus_seed, s
 def test_messy_full_mix_figures():
     """One fixed messy corpus, every variant at once: 0 leaks at N = 2 and N = all."""
     noise = dict(duplicate_films=0.1, renormalise=0.3, split_records=0.2, reorder=0.2)
-    samples, _ = messy_samples(11, 0.02, msc.GENERIC_SHARE, noise)
+    samples, _ = messy_samples(11, 0.02, synth.GENERIC_SHARE, noise)
     for n in (2, None):
         split, report = audited(samples, n, 42, 42, 0.1, None)
         assert report["leaked_targets"] == 0, (n, report["leaked_targets"], report["examples"][:3])

@@ -7,7 +7,6 @@ sets, the validation sets and every epoch-0 training set are nested, and no trai
 meets any validation set.
 """
 
-import importlib.util
 from pathlib import Path
 
 from hypothesis import HealthCheck, Phase, given, settings
@@ -20,11 +19,14 @@ from chameleons.corpus.sampling import sample_per_character
 from chameleons.corpus.splitting import SplitSettings, split_train_val
 
 from conftest import simple_corpus
+from conftest import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("make_synthetic_corpus", REPO / "tools" / "make_synthetic_corpus.py")
-msc = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(msc)
+
+
+
+
+msc, synth = load_tool("make_synthetic_corpus"), load_tool("synthetic_scenes")
 SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow],
                     phases=[Phase.explicit, Phase.generate])
 
@@ -54,7 +56,7 @@ def assert_nested(samples, k, sample_seed, val_seed, check, ratio=0.1):
 @SETTINGS
 @given(st.integers(0, 10**6), st.integers(0, 100), st.sampled_from([None, 7]), st.sampled_from(LEAK_CHECKS))
 def test_training_sets_nested_across_n_on_scene_corpora(corpus_seed, sample_seed, val_seed, check):
-    samples = extract_samples(msc.make_scene_corpus(corpus_seed, *msc._counts(0.006))).samples
+    samples = extract_samples(synth.make_scene_corpus(corpus_seed, *msc._counts(0.006))).samples
     assert_nested(samples, 6, sample_seed, val_seed, check)
 
 
@@ -68,6 +70,6 @@ def test_training_sets_nested_across_n_on_unique_lines(counts, seed, check):
 def test_validation_share_near_val_ratio_at_every_n_on_a_full_size_corpus_slice():
     """Each N's share of the one validation set stays near val_ratio on a corpus with many
     characters (the guard of the dry run checks it for every run)."""
-    samples = extract_samples(msc.make_scene_corpus(2, *msc._counts(0.1))).samples
+    samples = extract_samples(synth.make_scene_corpus(2, *msc._counts(0.1))).samples
     for sp in assert_nested(samples, 3, 42, None, "conversation"):
         assert abs(sp.stats.validation_share - 0.1) <= 0.02, sp.stats

@@ -8,7 +8,6 @@ same scene held differently in two characters' records), records split in two. A
 validation line, by its true id, shown by a training-eligible sample.
 """
 
-import importlib.util
 import random
 import zlib
 from pathlib import Path
@@ -23,11 +22,14 @@ from chameleons.corpus.data import extract_samples
 from chameleons.corpus.leak_checks import NAMES as LEAK_CHECKS
 from chameleons.corpus.leak_checks import named
 from chameleons.corpus.splitting import SplitSettings, split_train_val
+from conftest import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("make_synthetic_corpus", REPO / "tools" / "make_synthetic_corpus.py")
-msc = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(msc)
+
+
+
+
+msc, synth = load_tool("make_synthetic_corpus"), load_tool("synthetic_scenes")
 
 CHANGES = {
     "lower": str.lower,
@@ -63,7 +65,7 @@ def edit_words(text):
 def messy_corpus(seed, scale=0.01, copy_share=0.15, renorm_share=0.3, split_share=0.2, changes=CHANGES):
     """(records, places): `places[(record, item)]` is the true line ids of each item."""
     places = {}
-    records = msc.make_scene_corpus(seed, *msc._counts(scale), places=places)
+    records = synth.make_scene_corpus(seed, *msc._counts(scale), places=places)
     rng = random.Random(seed)
     truth = [[places[(r, i)] for i in range(len(_items(rec)))] for r, rec in enumerate(records)]
     out, out_truth = [], []
@@ -187,6 +189,6 @@ def test_re_transcribed_copies_are_one_conversation(monkeypatch):
 def test_clean_scene_corpus_has_few_near_duplicates():
     """Unrelated scenes are not merged: on a clean corpus (whose lines are overlapping slices
     of one word stream, so they share many phrases) hardly any scene is merged this way."""
-    samples = extract_samples(msc.make_scene_corpus(4, *msc._counts(0.03))).samples
+    samples = extract_samples(synth.make_scene_corpus(4, *msc._counts(0.03))).samples
     index = Conversations(samples)
     assert index.near_duplicate_scenes <= 0.01 * len({s.record_index for s in samples})

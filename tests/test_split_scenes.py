@@ -13,7 +13,6 @@ epoch; the split is the same for every file order, world size and sample seed (w
 val_seed); the plan's guide table uses the same rule as the real split.
 """
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -29,21 +28,24 @@ from chameleons.corpus.leak_checks import TEXT, named
 from chameleons.corpus.splitting import SplitSettings, split_train_val
 from chameleons.text.prompts import Ablation, HistoryIndex, PromptBuilder
 from chameleons.train.planning import GUIDE_SIZES, format_plan, guide_splits
+from conftest import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample_chameleons.json"
-_spec = importlib.util.spec_from_file_location("make_synthetic_corpus", REPO / "tools" / "make_synthetic_corpus.py")
-msc = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(msc)
+
+
+
+
+msc, synth = load_tool("make_synthetic_corpus"), load_tool("synthetic_scenes")
 
 ALL_ON = Ablation("profile_and_history_and_context", True, True, True)
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def scene_samples(seed, scale, generic_share=msc.GENERIC_SHARE):
+def scene_samples(seed, scale, generic_share=synth.GENERIC_SHARE):
     """Samples of a scene corpus, and sample_id -> the ids of the lines it shows (context, target)."""
     places = {}
-    records = msc.make_scene_corpus(seed, *msc._counts(scale), generic_share=generic_share, places=places)
+    records = synth.make_scene_corpus(seed, *msc._counts(scale), generic_share=generic_share, places=places)
     samples = extract_samples(records).samples
     return samples, {s.sample_id: _places_of(places, s) for s in samples}, records
 
@@ -253,14 +255,13 @@ def test_one_validation_set_for_all_sample_seeds(corpus_seed, n, sample_seeds, v
 def test_same_split_under_other_hash_seeds():
     """No dependence on Python's per-process string hashing (each rank is a process), also when
     a huge conversation is divided."""
-    code = ("import sys, importlib.util; sys.path.insert(0, %r);"
-            "sp = importlib.util.spec_from_file_location('m', %r); m = importlib.util.module_from_spec(sp);"
-            "sp.loader.exec_module(m);"
+    code = ("import sys; sys.path[:0] = [%r, %r];"
+            "from make_synthetic_corpus import _counts; from synthetic_scenes import make_scene_corpus;"
             "from chameleons.corpus.data import extract_samples; from chameleons.corpus.splitting import SplitSettings, split_train_val;"
-            "s = extract_samples(m.make_scene_corpus(1, *m._counts(0.03), generic_share=0.5)).samples;"
+            "s = extract_samples(make_scene_corpus(1, *_counts(0.03), generic_share=0.5)).samples;"
             "x = split_train_val(s, SplitSettings(2, 7, 0.1));"
             "print(x.stats.grouping.huge_conversations_split, sorted(v.uid for v in x.val), sorted(v.uid for v in x.train))"
-            ) % (str(REPO), str(REPO / "tools" / "make_synthetic_corpus.py"))
+            ) % (str(REPO), str(REPO / "tools"))
     outs = set()
     for hs in ("0", "1", "4242"):
         env = dict(os.environ, PYTHONHASHSEED=hs)

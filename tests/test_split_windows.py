@@ -6,7 +6,6 @@ training sample (any epoch, or the pool) may show a validation target right afte
 visible lines, compared by line key, for windows 1, 2, 3 and 20.
 """
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,14 @@ from chameleons.corpus.conversations import Conversations, line_key
 from chameleons.corpus.data import extract_samples
 from chameleons.corpus.splitting import SplitSettings, split_train_val
 from chameleons.text.prompts import Ablation, PromptBuilder
+from conftest import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("make_synthetic_corpus", REPO / "tools" / "make_synthetic_corpus.py")
-msc = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(msc)
+
+
+
+
+msc, synth = load_tool("make_synthetic_corpus"), load_tool("synthetic_scenes")
 CONTEXT_ONLY = Ablation("context_only", False, False, True)
 
 
@@ -34,7 +36,7 @@ def shown_places(seq, w):
 
 @pytest.fixture(scope="module")
 def generic_corpus():
-    return extract_samples(msc.make_scene_corpus(11, *msc._counts(0.02), generic_share=0.35)).samples
+    return extract_samples(synth.make_scene_corpus(11, *msc._counts(0.02), generic_share=0.35)).samples
 
 
 @pytest.mark.parametrize("window", [1, 2, 3, 20])

@@ -87,7 +87,7 @@ def test_wandb_config_holds_flags_and_group(sweep_run):
     runs = list((sweep_run / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     config, run = wandb_run_record(next(runs[0].glob("*.wandb")))
-    assert config["ablation"] == "context_only" and config["prompt_style"] == "simple"
+    assert config["ablation_config"] == "context_only" and config["prompt_style"] == "simple"
     assert config["max_samples_per_user"] == 2 and config["sample_seed"] == 5 and config["val_seed"] == 42
     assert config["val_ratio"] == 0.1 and config["resample_each_epoch"] is False
     assert config["overrides"] == OVERRIDES
@@ -115,6 +115,25 @@ def test_compare_runs_reads_the_real_run(sweep_run, tmp_path):
     assert evals and float(run["best_eval_loss"]) == pytest.approx(min(evals))
     steps = json.loads((sweep_run / "training_config.json").read_text())["summary"]["global_step"]
     assert (run["status"], run["steps"], run["N"], run["sample_seed"], run["val_seed"]) == ("finished", str(steps), "2", "5", "42")
-    assert run["setting"] == "context_only simple N2 training.learning_rate=0.002 training.logging_steps=1"
+    assert run["setting"] == " ".join(["context_only simple N2", *OVERRIDES])
     assert int(run["train_tokens"]) == sum(m["tokens"] for m in metrics if m["event"] == "train") > 0
     assert run["val_set"] == "A"
+
+
+def test_tensorboard_gets_the_figures_the_log_shows(sweep_run):
+    """--tensorboard: the run's own figures (tokens/s, padding, MFU, perplexity) reach TensorBoard
+    through the Trainer's log, step for step the values metrics.jsonl holds."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = (sweep_run / "runs").rglob("events.out.tfevents.*")
+    board = EventAccumulator(str(events.parent))
+    board.Reload()
+    tags = set(board.Tags()["scalars"])
+    assert {"train/loss", "train/tokens_per_s", "train/mfu", "train/padding_share", "eval/perplexity"} <= tags, tags
+    metrics = [json.loads(line) for line in (sweep_run / "training_logs" / "metrics.jsonl").read_text().splitlines()]
+    logged = {m["step"]: m for m in metrics if m["event"] == "train"}
+    for tag, key in (("train/tokens_per_s", "tokens_per_s"), ("train/mfu", "mfu")):
+        seen = {e.step: e.value for e in board.Scalars(tag)}
+        assert sorted(seen) == sorted(logged)
+        assert all(seen[s] == pytest.approx(logged[s][key], rel=1e-5) for s in seen), tag
+    assert all(0 < logged[s]["mfu"] for s in logged)

@@ -1,17 +1,15 @@
 """Tests for tools/make_synthetic_corpus.py, the stand-in for the non-redistributable corpus."""
 
-import importlib.util
 import json
 import re
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from conftest import load_tool
 
-_PATH = Path(__file__).resolve().parents[1] / "tools" / "make_synthetic_corpus.py"
-_spec = importlib.util.spec_from_file_location("make_synthetic_corpus", _PATH)
-msc = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(msc)
+
+
+msc, synth = load_tool("make_synthetic_corpus"), load_tool("synthetic_scenes")
 
 
 def _items(records):
@@ -120,7 +118,7 @@ def test_cli_writes_json_and_jsonl(tmp_path):
 @pytest.fixture(scope="module")
 def scenes():
     places = {}
-    records = msc.make_scene_corpus(0, *msc._counts(0.05), places=places)
+    records = synth.make_scene_corpus(0, *msc._counts(0.05), places=places)
     return records, places
 
 
@@ -166,24 +164,24 @@ def test_scene_corpus_has_scenes(scenes):
     assert len(films) >= 0.05 * len(records) and films.most_common(1)[0][1] >= 5
     assert items / scene_starts >= 2.5  # several items of a record per scene, and every record in several
     texts = list(line_text.values())
-    generic = sum(t in msc.GENERIC_LINES for t in texts) / len(texts)
-    assert abs(generic - msc.GENERIC_SHARE) < 0.03
-    assert Counter(texts).most_common(1)[0][0] == msc.GENERIC_LINES[0]
+    generic = sum(t in synth.GENERIC_LINES for t in texts) / len(texts)
+    assert abs(generic - synth.GENERIC_SHARE) < 0.03
+    assert Counter(texts).most_common(1)[0][0] == synth.GENERIC_LINES[0]
 
 
 def test_scene_corpus_deterministic_and_seed_dependent():
     counts = msc._counts(0.01)
-    a = json.dumps(msc.make_scene_corpus(3, *counts))
-    assert a == json.dumps(msc.make_scene_corpus(3, *counts))
-    assert a != json.dumps(msc.make_scene_corpus(4, *counts))
-    assert a != json.dumps(msc.make_scene_corpus(3, *counts, generic_share=0.3))
+    a = json.dumps(synth.make_scene_corpus(3, *counts))
+    assert a == json.dumps(synth.make_scene_corpus(3, *counts))
+    assert a != json.dumps(synth.make_scene_corpus(4, *counts))
+    assert a != json.dumps(synth.make_scene_corpus(3, *counts, generic_share=0.3))
 
 
 def test_cli_scenes_and_bad_generic_share(tmp_path, capsys):
     out = tmp_path / "s.jsonl"
     assert msc.main(["--out", str(out), "--scale", "0.005", "--scenes", "--jsonl"]) == 0
     assert [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()] == \
-        msc.make_scene_corpus(0, *msc._counts(0.005))
+        synth.make_scene_corpus(0, *msc._counts(0.005))
     capsys.readouterr()
     for bad in (["--generic_share", "1.5"], ["--scale", "0"]):
         with pytest.raises(SystemExit) as exc:

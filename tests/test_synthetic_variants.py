@@ -2,18 +2,16 @@
 --split_records, --reorder, --truth): the transcription noise real corpora have, with the
 identity of every line tracked so leak tests can follow it."""
 
-import importlib.util
 import json
 import re
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from conftest import load_tool
 
-_PATH = Path(__file__).resolve().parents[1] / "tools" / "make_synthetic_corpus.py"
-_spec = importlib.util.spec_from_file_location("make_synthetic_corpus", _PATH)
-msc = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(msc)
+
+
+msc, synth = load_tool("make_synthetic_corpus"), load_tool("synthetic_scenes")
 
 
 def _norm(text):
@@ -22,7 +20,7 @@ def _norm(text):
 
 def _base(seed=1, scale=0.01):
     places = {}
-    records = msc.make_scene_corpus(seed, *msc._counts(scale), places=places)
+    records = synth.make_scene_corpus(seed, *msc._counts(scale), places=places)
     return records, places
 
 
@@ -43,42 +41,42 @@ def _key(record):
 
 def test_no_variant_is_the_plain_corpus():
     records, places = _base()
-    out, truth = msc.make_adversarial(records, places, seed=3)
+    out, truth = synth.make_adversarial(records, places, seed=3)
     assert sorted(map(_key, out)) == sorted(map(_key, records))
-    assert sorted(map(json.dumps, truth)) == sorted(json.dumps(t) for t in msc._truth_lists(records, places))
+    assert sorted(map(json.dumps, truth)) == sorted(json.dumps(t) for t in synth._truth_lists(records, places))
 
 
 def test_renormalised_styles():
-    assert msc.renormalised("Go home, Ed.", "lower") == "go home, ed."
-    assert msc.renormalised("Go home, Ed?!", "nopunct") == "Go home, Ed"
-    assert msc.renormalised("...", "nopunct") == "..."
-    assert msc.renormalised("Go home.", "spaces") == "Go  home."
+    assert synth.renormalised("Go home, Ed.", "lower") == "go home, ed."
+    assert synth.renormalised("Go home, Ed?!", "nopunct") == "Go home, Ed"
+    assert synth.renormalised("...", "nopunct") == "..."
+    assert synth.renormalised("Go home.", "spaces") == "Go  home."
     with pytest.raises(ValueError):
-        msc.renormalised("x", "upper")
+        synth.renormalised("x", "upper")
 
 
-@pytest.mark.parametrize("style", msc.NOISE_STYLES)
+@pytest.mark.parametrize("style", synth.NOISE_STYLES)
 def test_duplicated_films_keep_line_ids_under_new_character_ids(style):
     records, places = _base()
-    out, truth = msc.make_adversarial(records, places, seed=2, duplicate_films=0.3, duplicate_style=style)
+    out, truth = synth.make_adversarial(records, places, seed=2, duplicate_films=0.3, duplicate_style=style)
     old_hashes = {r["user_hash"] for r in records}
     copies = [k for k, r in enumerate(out) if r["user_hash"] not in old_hashes]
     assert 0.1 * len(records) < len(copies) < 0.6 * len(records)
     assert len(out) == len(records) + len(copies)
-    text_of = {x: t for x, t, _ in _lines(records, msc._truth_lists(records, places))}
+    text_of = {x: t for x, t, _ in _lines(records, synth._truth_lists(records, places))}
     changed = 0
     for x, text, k in _lines(out, truth):
-        assert text == (text_of[x] if out[k]["user_hash"] in old_hashes else msc.renormalised(text_of[x], style))
+        assert text == (text_of[x] if out[k]["user_hash"] in old_hashes else synth.renormalised(text_of[x], style))
         changed += text != text_of[x]
     assert changed > 0
     # a copy holds the same lines as an original record, item for item
-    originals = {json.dumps(t) for t in msc._truth_lists(records, places)}
+    originals = {json.dumps(t) for t in synth._truth_lists(records, places)}
     assert all(json.dumps(truth[k]) in originals for k in copies)
 
 
 def test_renormalised_split_and_reordered_records():
     records, places = _base()
-    out, truth = msc.make_adversarial(records, places, seed=5, renormalise=0.3, split_records=0.2, reorder=0.2)
+    out, truth = synth.make_adversarial(records, places, seed=5, renormalise=0.3, split_records=0.2, reorder=0.2)
     assert len({r["user_hash"] for r in out}) == len({r["user_hash"] for r in records})
     n_items = sum(len(t) for t in truth)
     assert n_items == sum(len(r["task"]["task_behavior_collections"][0]["data"]) for r in records)
@@ -101,8 +99,8 @@ def test_cli_truth_file_and_errors(tmp_path, capsys):
     out, truth = tmp_path / "m.json", tmp_path / "t.json"
     args = ["--out", str(out), "--scale", "0.005", "--scenes", "--seed", "4", "--truth", str(truth)]
     assert msc.main(args + ["--duplicate_films", "0.2", "--renormalise", "0.3"]) == 0
-    records, places = msc.make_scene_corpus(4, *msc._counts(0.005), places=(p := {})), p
-    want = msc.make_adversarial(records, places, 4, duplicate_films=0.2, renormalise=0.3)
+    records, places = synth.make_scene_corpus(4, *msc._counts(0.005), places=(p := {})), p
+    want = synth.make_adversarial(records, places, 4, duplicate_films=0.2, renormalise=0.3)
     assert json.loads(out.read_text()) == want[0] and json.loads(truth.read_text()) == want[1]
     capsys.readouterr()
     for bad in (["--scenes", "--reorder", "2"], ["--renormalise", "0.1"], ["--scenes", "--duplicate_style", "up"]):
@@ -119,9 +117,9 @@ def test_line_ids_name_the_scene_and_the_order():
     records, places = _base(seed=2)
     scenes = set()
     for ids in places.values():
-        assert len({x // msc.SCENE_STRIDE for x in ids}) == 1
+        assert len({x // synth.SCENE_STRIDE for x in ids}) == 1
         assert list(ids) == list(range(ids[0], ids[-1] + 1))
-        scenes.add(ids[0] // msc.SCENE_STRIDE)
+        scenes.add(ids[0] // synth.SCENE_STRIDE)
     assert 0.05 * len(places) < len(scenes) < 0.5 * len(places)  # several items per scene
 
 
@@ -129,12 +127,12 @@ def test_unique_lines_repeat_only_generic_ones():
     """By chance the random lines repeat (the control); with unique_lines only generic lines do."""
     def repeated(**kw):
         places = {}
-        records = msc.make_scene_corpus(0, *msc._counts(0.05), places=places, **kw)
-        text_of = {x: _norm(t) for x, t, _ in _lines(records, msc._truth_lists(records, places))}
+        records = synth.make_scene_corpus(0, *msc._counts(0.05), places=places, **kw)
+        text_of = {x: _norm(t) for x, t, _ in _lines(records, synth._truth_lists(records, places))}
         ids_of = {}
         for x, t in text_of.items():
             ids_of.setdefault(t, set()).add(x)
-        generic = {_norm(g) for g in msc.GENERIC_LINES}
+        generic = {_norm(g) for g in synth.GENERIC_LINES}
         return sum(len(v) > 1 for t, v in ids_of.items() if t not in generic)
     assert repeated() > 0
     assert repeated(unique_lines=True) == 0

@@ -5,7 +5,7 @@ Real corpora hold some episodes twice: another subtitle file, another fan transc
 share of the episodes (records grouped by `user.profile.episode`, or by their record when there
 is none) every record is copied with each line transcribed again: word-level edits (a word
 replaced, dropped, inserted, or two swapped) on about half the lines of four or more words, and
-the transcription differences of `make_synthetic_corpus.renormalised` on about a third of all
+the transcription differences of `synthetic_scenes.renormalised` on about a third of all
 lines. A line is edited the same way wherever the copy shows it (one transcript, one text). The
 copies keep the characters' hashes and their lines' true ids, so a test can ask whether a
 validation line reaches training through the other transcription.
@@ -27,7 +27,7 @@ from chameleons.core.errors import user_errors_exit
 from chameleons.core.outputs import write_records
 from chameleons.corpus.data import read_records
 from chameleons.run.cli import OneLineParser, ratio
-from make_synthetic_corpus import NOISE_STYLES, renormalised  # noqa: E402
+from synthetic_scenes import NOISE_STYLES, renormalised  # noqa: E402
 
 EDIT_SHARE = 0.5
 STYLE_SHARE = 0.3

@@ -91,6 +91,8 @@ class TrainingConfig:
     ddp_timeout: int = setting(int, "seconds a rank waits in a collective", 1800)
     expert_parallel_size: int = setting(int, "MoE under ZeRO-3: GPUs that share out each layer's experts "
                                              "(DeepSpeed AutoEP); 0 = the GPUs of a node, 1 = off", 0)
+    peak_tflops: float = setting(_NUM, "one device's peak TFLOP/s for MFU; null = from the GPU's name (none on CPU)",
+                                 None)
     full_checkpoint_minutes: float = setting(_NUM, "minutes between resumable checkpoints (optimizer states); the "
                                              "evaluation-time saves between keep the weights only; 0 = every save", 30)
 

@@ -35,10 +35,10 @@ class SplitSettings:
     leak_check: LeakCheck = CONVERSATION
 
     @classmethod
-    def from_options(cls, opts):
-        """From the data flags (`cli.DataOptions` or a subclass)."""
-        return cls(opts.max_samples_per_user, opts.sample_seed, opts.val_ratio, opts.val_seed, opts.sample_group_by,
-                   named(opts.val_leak_check))
+    def from_flags(cls, flags: dict):
+        """From the split's flags by name (a run spec's `flags`)."""
+        return cls(flags["max_samples_per_user"], flags["sample_seed"], flags["val_ratio"], flags["val_seed"],
+                   flags["sample_group_by"], named(flags["val_leak_check"]))
 
     @property
     def validation_seed(self) -> int:

@@ -15,7 +15,6 @@ whose sequences ended stepping until every rank's have. Results are gathered wit
 `gather_object`; rank 0 scores and writes.
 """
 
-import dataclasses
 import hashlib
 
 from ..core.errors import UserError
@@ -43,13 +42,10 @@ def validation_subset(samples, validation_ids, n: int, trained=None, group_by: s
 
 
 def default_sampling(seed: int):
-    """Prediction's default sampling flags (one continuation per item), with the run's seed."""
+    """Prediction's default sampling (one continuation per item), with the run's seed."""
     from .generation import Sampling
-    from .prediction import PredictOptions
 
-    defaults = {f.name: f.default for f in dataclasses.fields(PredictOptions)}
-    names = [f.name for f in dataclasses.fields(Sampling)]
-    return Sampling(**{**{k: defaults[k] for k in names}, "num_samples": 1, "candidates_per_member": 1, "seed": seed})
+    return Sampling(seed=seed)
 
 
 def generate_share(trainer, tokenizer, rows, batch_size: int) -> list:

@@ -23,14 +23,14 @@ class Sampling:
     """How continuations are drawn (the sampling flags); part of what the shards record, so a
     rerun with other settings never resumes from them."""
 
-    temperature: float
-    top_p: float
-    top_k: int
-    repetition_penalty: float
-    max_new_tokens: int
-    num_samples: int
-    candidates_per_member: int
-    seed: int
+    temperature: float = 0.7  # the defaults of prediction's flags, and what a training run's final fidelity uses
+    top_p: float = 0.9
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 128
+    num_samples: int = 1
+    candidates_per_member: int = 1
+    seed: int = 42
 
     @classmethod
     def from_options(cls, opts):

@@ -27,32 +27,33 @@ shorter-in-surprise lines, so it trades diversity for fidelity. One model is nev
 its samples are kept in the order they were drawn.
 """
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..core.errors import UserError
+from ..core.outputs import FINISHED_MARKER
 from ..corpus import data
 from ..corpus.data import item_id, item_position, load_corpus, read_records
-from ..corpus.splitting import SplitSettings, split_train_val
+from ..corpus.splitting import split_train_val
 from ..text.encoding import encode_samples
-from ..text.prompts import HistoryIndex
 from ..run.cli import (DataOptions, OneLineParser, add_flags, flag, non_negative_float, non_negative_int,
                        parse_options, positive_float, positive_int, probability, typed_flags)
-from ..run.run_record import PROMPT_FLAGS, SPLIT_FLAGS
+from ..run.run_spec import read_json
 from ..evaluate.evaluation import token_logprobs
-from .generation import BACKENDS, DEVICE_MAPS
+from .generation import BACKENDS, DEVICE_MAPS, Sampling
 from .model_loading import Members
 from .predictor import unpromptable_result
 from .ranks import Distributed
 from .shards import PartStore
 
-TRAINING_CONFIG = "training_config.json"
 
 
 # ---------------------------------------------------------------- flags
+
+DEFAULT = Sampling()  # the sampling flags' defaults
+
 
 @dataclass(frozen=True, kw_only=True)
 class PredictOptions(DataOptions):
@@ -77,15 +78,15 @@ class PredictOptions(DataOptions):
     device_map: str = flag("rank", "--backend hf: 'rank' puts the model on this rank's device; 'auto' spreads one "
                                    "model over every visible GPU (one process, for a model too big for one GPU)",
                            choices=DEVICE_MAPS)
-    num_samples: int = flag(1, "continuations per data item", type=positive_int)
+    num_samples: int = flag(DEFAULT.num_samples, "continuations per data item", type=positive_int)
     candidates_per_member: int | None = flag(None, "ensembles: candidates each member proposes per item (default: "
                                                    "--num_samples)", type=positive_int)
-    temperature: float = flag(0.7, "0 = greedy", type=non_negative_float)
-    top_p: float = flag(0.9, type=probability)
-    top_k: int = flag(50, "0 = off", type=non_negative_int)
-    repetition_penalty: float = flag(1.0, type=positive_float)
-    max_new_tokens: int = flag(128, type=positive_int)
-    seed: int = flag(42, type=int)
+    temperature: float = flag(DEFAULT.temperature, "0 = greedy", type=non_negative_float)
+    top_p: float = flag(DEFAULT.top_p, type=probability)
+    top_k: int = flag(DEFAULT.top_k, "0 = off", type=non_negative_int)
+    repetition_penalty: float = flag(DEFAULT.repetition_penalty, type=positive_float)
+    max_new_tokens: int = flag(DEFAULT.max_new_tokens, type=positive_int)
+    seed: int = flag(DEFAULT.seed, type=int)
     batch_size: int = flag(8, "prompts per generate call (per rank)", type=positive_int)
     max_length: int | None = flag(None, "prompt token budget (default: the config's training.max_length)",
                                   type=positive_int)
@@ -116,28 +117,26 @@ def parse_predict_args(argv=None) -> PredictOptions:
 
 # ---------------------------------------------------------------- inputs
 
-def training_run_warnings(model_dirs, opts: PredictOptions, ablation) -> list:
-    """Where the flags differ from the training run of a member without a run record (an older
-    run's training_config.json, if present)."""
+def training_run_warnings(model_dirs, spec) -> list:
+    """Where the flags that shape a prompt differ from the training run of a member without a run
+    record (an older run's training_config.json, if present)."""
     warnings = []
-    checked = [*PROMPT_FLAGS, "template_filename"]
-    if ablation.use_history:  # the history pool depends on how training split its file
-        checked += ["data_file", *SPLIT_FLAGS]
     for d in model_dirs:
-        path = Path(d) / TRAINING_CONFIG
+        path = Path(d, FINISHED_MARKER)
         if not path.is_file():
             continue
         try:
-            trained = json.loads(path.read_text(encoding="utf-8")).get("args", {})
-        except (json.JSONDecodeError, AttributeError, OSError):
-            warnings.append(f"--model {d}: {TRAINING_CONFIG} is not readable JSON; flags not checked")
-            continue
+            trained = read_json(path).get("args")
+        except UserError:
+            trained = None
         if not isinstance(trained, dict):
+            warnings.append(f"--model {d}: {FINISHED_MARKER} is not readable; flags not checked")
             continue
-        for key in checked:
-            if key in trained and trained[key] != getattr(opts, key):
-                warnings.append(f"--model {d} was trained with --{key} {trained[key]}, predicting with "
-                                f"--{key} {getattr(opts, key)}")
+        for setting, value in spec.settings("prompts").items():
+            name = setting[2:]
+            if setting.startswith("--") and name in trained and trained[name] != value:
+                warnings.append(f"--model {d} was trained with {setting} {trained[name]}, predicting with "
+                                f"{setting} {value}")
     return warnings
 
 
@@ -160,23 +159,14 @@ def all_item_ids(records) -> list:
     return ids
 
 
-def history_index(ablation, training):
-    """use_history prompts draw on the training run's pool; `training` is what `training_pool`
-    returned (read once by the caller: the fidelity classifier learns from the same lines)."""
-    if not ablation.use_history:
-        return None
-    samples, pool_samples = training
-    return HistoryIndex.for_pool(pool_samples, samples)
-
-
-def training_pool(config, opts: DataOptions, pool=None):
+def training_pool(spec, pool=None):
     """The TRAINING file's samples and the run's pool of them: the run record's (`pool`, a
     `run_record.RecordedPool`: its samples by id, each checked by content), else the file split
-    with the training flags."""
-    path = opts.data_file or config.resolve_path(config.data.train_file)
+    as the spec says training split it."""
+    path = spec.training_file
     train = load_corpus(path)
     if pool is None:
-        split = split_train_val(train.samples, SplitSettings.from_options(opts))
+        split = split_train_val(train.samples, spec.split_settings())
         return train.samples, split.pool_samples()
     by_id = {s.sample_id: s for s in train.samples}
     for sid, uid in pool.uids.items():

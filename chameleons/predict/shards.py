@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from ..core.errors import UserError
@@ -185,17 +185,9 @@ class PartStore:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@dataclass(frozen=True)
-class PromptSettings:
-    """The settings the prompts were built with, recorded by name beside the hash of their ids."""
-
-    ablation_config: str
-    prompt_style: str
-    max_length: int
-
-
-def run_meta(model_dirs, rows, sampling: Sampling, backend: str, prompts: PromptSettings) -> dict:
-    """What the shard lines depend on; a rerun resumes only when all of it matches."""
+def run_meta(model_dirs, rows, sampling: Sampling, backend: str, prompts: dict) -> dict:
+    """What the shard lines depend on; a rerun resumes only when all of it matches. `prompts`: the
+    run spec's prompt flags and the token budget, recorded by name beside the hash of the ids."""
     h = hashlib.sha256()
     for r in rows:
         h.update(f"{r.sample_id}\x00{r.sample.uid}\x00".encode())
@@ -205,8 +197,6 @@ def run_meta(model_dirs, rows, sampling: Sampling, backend: str, prompts: Prompt
         "models": [str(Path(d).resolve()) for d in model_dirs],
         "model_fingerprints": [model_fingerprint(d) for d in model_dirs],
         "backend": backend,
-        "ablation_config": prompts.ablation_config,
-        "prompt_style": prompts.prompt_style,
-        "max_length": prompts.max_length,
+        **prompts,
         "sampling": asdict(sampling),
     }

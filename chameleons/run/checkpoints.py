@@ -27,13 +27,20 @@ def is_complete(checkpoint_dir) -> bool:
     return Path(checkpoint_dir, COMPLETE_MARKER).is_file()
 
 
-def newest_complete(output_dir):
+def listing(output_dir) -> list:
+    """[(step, path, complete)] of the checkpoint folders in `output_dir`: what resuming and
+    rotation both read."""
     found = []
     for p in Path(output_dir).glob("checkpoint-*"):
         m = _CHECKPOINT.fullmatch(p.name)
-        if m and p.is_dir() and is_complete(p):
-            found.append((int(m.group(1)), p))
-    return str(max(found)[1]) if found else None
+        if m and p.is_dir():
+            found.append((int(m.group(1)), str(p), is_complete(p)))
+    return sorted(found)
+
+
+def newest_complete(output_dir):
+    complete = [path for _, path, done in listing(output_dir) if done]
+    return complete[-1] if complete else None
 
 
 def resolve_resume(value, output_dir):

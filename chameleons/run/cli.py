@@ -83,10 +83,15 @@ def positive_float(text):
     return value
 
 
-def flag(default=dataclasses.MISSING, help=None, *, name=None, **argparse_kwargs):
+SHAPES = ("split", "prompts", "training")  # what a flag that changes a run's result shapes
+
+
+def flag(default=dataclasses.MISSING, help=None, *, name=None, shapes=None, **argparse_kwargs):
     """A field that is also the flag `--<field name>` (or `name`); a field without a default is a
-    required flag. `argparse_kwargs` go to `add_argument` (type, choices, action, metavar)."""
-    metadata = {"flag": name, "help": help, **argparse_kwargs}
+    required flag. `shapes` (one of SHAPES) puts the flag in the run spec (`run_spec.RunSpec`);
+    `argparse_kwargs` go to `add_argument` (type, choices, action, metavar)."""
+    assert shapes in (None, *SHAPES), shapes
+    metadata = {"flag": name, "help": help, "shapes": shapes, **argparse_kwargs}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -98,7 +103,7 @@ def add_flags(parser, options_class, defaults: bool = True):
     for f in dataclasses.fields(options_class):
         if "flag" not in f.metadata:
             continue
-        kwargs = {k: v for k, v in f.metadata.items() if k != "flag"}
+        kwargs = {k: v for k, v in f.metadata.items() if k not in ("flag", "shapes")}
         if f.default is not dataclasses.MISSING:
             kwargs["default"] = f.default if defaults else argparse.SUPPRESS
         elif f.default_factory is not dataclasses.MISSING:
@@ -119,6 +124,12 @@ def parse_options(options_class, parser, argv=None, **fill):
     return options_class(**values)
 
 
+def shaping_flags(options_class, shapes: str | None = None) -> tuple:
+    """The flags that shape a run (those marked `shapes`), or only those that shape `shapes`."""
+    return tuple(f.name for f in dataclasses.fields(options_class)
+                 if f.metadata.get("shapes") and shapes in (None, f.metadata["shapes"]))
+
+
 def typed_flags(options_class, argv=None) -> frozenset:
     """The fields whose flags `argv` gives (call after a full parse has checked it): where a run
     record and the command line disagree, only these win."""
@@ -132,16 +143,17 @@ class DataOptions:
 
     config: str = flag(help="model/data config, e.g. config_Chameleons_30B.json")
     data_file: str | None = flag(None, "Chameleons file to train on (default: the config's data.train_file)")
-    ablation_config: str = flag("context_only", "one of the config's ablation_configs")
-    prompt_style: str = flag(PROMPT_STYLES[0], choices=PROMPT_STYLES)
+    ablation_config: str = flag("context_only", "one of the config's ablation_configs", shapes="prompts")
+    prompt_style: str = flag(PROMPT_STYLES[0], choices=PROMPT_STYLES, shapes="prompts")
     template_filename: str | None = flag(None, "template for --prompt_style detailed (default templates/detailed.txt)")
     max_samples_per_user: int | None = flag(None, "keep at most N samples per character (default: all)",
-                                            type=optional_positive_int)
-    sample_seed: int = flag(42, type=int)
-    sample_group_by: str = flag(GROUP_BY[0], choices=GROUP_BY)
-    val_ratio: float = flag(0.1, type=ratio)
-    val_seed: int | None = flag(None, "seed of the validation split (default: --sample_seed)", type=int)
-    val_leak_check: str = flag(leak_checks.CONVERSATION.name, leak_checks.describe(), choices=leak_checks.NAMES)
+                                            type=optional_positive_int, shapes="split")
+    sample_seed: int = flag(42, type=int, shapes="split")
+    sample_group_by: str = flag(GROUP_BY[0], choices=GROUP_BY, shapes="split")
+    val_ratio: float = flag(0.1, type=ratio, shapes="split")
+    val_seed: int | None = flag(None, "seed of the validation split (default: --sample_seed)", type=int, shapes="split")
+    val_leak_check: str = flag(leak_checks.CONVERSATION.name, leak_checks.describe(), choices=leak_checks.NAMES,
+                               shapes="split")
     overrides: list = flag(
         [], "override one config key, repeatable (e.g. --set training.learning_rate=2e-5); the value is read as "
             "JSON where it parses (2e-5, true, null, [\"q_proj\"]), else as a plain string",
@@ -156,16 +168,18 @@ class TrainOptions(DataOptions):
     shorthands for `--set training.seed=...` / `--set training.evals_per_epoch=...`: the run
     reads both from the config (see `config_flags`)."""
 
-    deepspeed: str | None = flag(None, "DeepSpeed config JSON (ZeRO-2/3)")
+    deepspeed: str | None = flag(None, "DeepSpeed config JSON (ZeRO-2/3)", shapes="training")
     output_dir: str = flag()
     overwrite_output_dir: bool = flag(False, "allow writing over a finished run", action="store_true")
-    max_epochs: int = flag(3, type=positive_int)
-    max_steps: int = flag(-1, "stop after this many optimizer steps (for smoke tests); -1: no limit", type=step_limit)
-    early_stopping_patience: int = flag(3, "evaluations without improvement; 0 disables", type=non_negative_int)
-    early_stopping_threshold: float = flag(0.001, type=non_negative_float)
+    max_epochs: int = flag(3, type=positive_int, shapes="training")
+    max_steps: int = flag(-1, "stop after this many optimizer steps (for smoke tests); -1: no limit", type=step_limit,
+                          shapes="training")
+    early_stopping_patience: int = flag(3, "evaluations without improvement; 0 disables", type=non_negative_int,
+                                        shapes="training")
+    early_stopping_threshold: float = flag(0.001, type=non_negative_float, shapes="training")
     evals_per_epoch: int | None = flag(None, "default: the config's (2)", type=positive_int)
     resample_each_epoch: bool = flag(False, "draw a fresh per-character subset every epoch (epoch 0 = the plain "
-                                            "sample)", action="store_true")
+                                            "sample)", action="store_true", shapes="split")
     resume_from_checkpoint: str | None = flag(None, "'auto' (newest complete checkpoint) or a path")
     wandb_project: str = flag("none", "'none' turns wandb off")
     tensorboard: bool = flag(False, "also log to TensorBoard under <output_dir>/runs (needs `pip install "
@@ -173,7 +187,8 @@ class TrainOptions(DataOptions):
     wandb_run_name: str | None = flag(None)
     wandb_group: str | None = flag(None, "wandb group (default: <ablation>_N<max_samples_per_user>, e.g. "
                                          "context_only_N2)")
-    disable_flash_attn: bool = flag(False, "use SDPA attention instead of flash-attention 2", action="store_true")
+    disable_flash_attn: bool = flag(False, "use SDPA attention instead of flash-attention 2", action="store_true",
+                                    shapes="training")
     dry_run: bool = flag(False, "load, sample, split and tokenize; write plan.json; no model", action="store_true")
     sec_per_step: float = flag(16.0, "seconds per optimizer step for the dry run's time estimates (16: measured "
                                      "on 8 GPUs)", type=non_negative_float)
@@ -182,7 +197,8 @@ class TrainOptions(DataOptions):
     seed: int | None = flag(None, "training seed (default: the config's training.seed)", type=int)
     final_fidelity_items: int = flag(0, "after saving the best model, generate for the first N items of the run's fixed "
                                         "validation subset and score character fidelity into final_fidelity.json "
-                                        "(chameleons/predict/final_fidelity.py); 0 = off", type=non_negative_int)
+                                        "(chameleons/predict/final_fidelity.py); 0 = off", type=non_negative_int,
+                                    shapes="training")
 
     def config_flags(self) -> list:
         """The flags that stand for a config key, as `config.load_config` takes them."""

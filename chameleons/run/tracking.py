@@ -52,26 +52,23 @@ def wandb_tags(opts) -> list:
     return [opts.ablation_config, size_label(opts.max_samples_per_user), f"seed{opts.sample_seed}"]
 
 
-def run_config(opts, config) -> dict:
-    """What goes to `wandb.config`: the flags that define a setting at the top level (filterable
-    columns in the UI), the resolved config sections, and every flag under `args` (`TrainOptions`)."""
+def run_config(opts, spec) -> dict:
+    """What goes to `wandb.config`: the run spec's flags at the top level (filterable columns in
+    the UI; N as `all` when unlimited, the validation seed as used), the resolved config sections,
+    and every flag under `args` (`TrainOptions`)."""
     return {
-        "ablation": opts.ablation_config,
-        "prompt_style": opts.prompt_style,
-        "max_samples_per_user": "all" if opts.max_samples_per_user is None else opts.max_samples_per_user,
-        "sample_seed": opts.sample_seed,
-        "val_seed": opts.sample_seed if opts.val_seed is None else opts.val_seed,
-        "val_ratio": opts.val_ratio,
-        "sample_group_by": opts.sample_group_by,
-        "resample_each_epoch": opts.resample_each_epoch,
+        **spec.flags,
+        "max_samples_per_user": spec.flags["max_samples_per_user"] or "all",
+        "val_seed": spec.split_settings().validation_seed,
         "wandb_group": wandb_group(opts),
-        "config_file": str(config.path),
-        **config.resolved(),  # model, data, training, lora, ablation_configs, overrides
+        "config_file": str(spec.config.path),
+        "training_file": spec.settings()["training file"],
+        **spec.config.resolved(),  # model, data, training, lora, ablation_configs, overrides
         "args": opts.as_record(),
     }
 
 
-def start_wandb(opts, config, report_to, **extra):
+def start_wandb(opts, spec, report_to, **extra):
     """Start the wandb run on rank 0 (call it there only), before the Trainer exists; project,
     run name, folder and mode come from the environment `wandb_settings` set; `extra`: facts decided
     at start that the config does not show (expert parallelism's size)."""
@@ -79,7 +76,7 @@ def start_wandb(opts, config, report_to, **extra):
         return None
     import wandb
 
-    settings = dict(group=wandb_group(opts), tags=wandb_tags(opts), config={**run_config(opts, config), **extra})
+    settings = dict(group=wandb_group(opts), tags=wandb_tags(opts), config={**run_config(opts, spec), **extra})
     try:
         return wandb.init(**settings)
     except wandb.errors.CommError as exc:  # a rejected key or no network: the run goes on, logged offline
@@ -101,10 +98,3 @@ def require_tensorboard():
 
     if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
         raise UserError("--tensorboard: the tensorboard package is not installed (.venv/bin/pip install tensorboard)")
-
-
-def log_metrics(values: dict, step: int):
-    """Figures the Trainer does not report (throughput, MFU, perplexity) into the same wandb run."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
-        wandb.run.log({**values, "train/global_step": step})

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from ..run import tracking
 
 LOG_DIR = "training_logs"
 LOG_NAME = "detailed_training_log.txt"
@@ -70,10 +69,14 @@ def decode_with_span(tokenizer, input_ids, prompt_len: int) -> str:
 
 class Throughput:
     """Real (non-padding) tokens, computed token slots and model FLOPs since the last log, filled
-    in by the trainer and summed over ranks when logged."""
+    in by the trainer, summed over ranks when logged and turned into the figures every reporter
+    gets (`ChameleonsTrainer.log` adds them to HF's logs)."""
 
-    def __init__(self):
+    def __init__(self, world_size: int = 1, peak_flops=None):
+        self.world_size = world_size
+        self.peak_flops = peak_flops  # per device; None (CPU, unknown GPU): no MFU
         self.real = self.slots = self.flops = 0
+        self.last_time = time.time()
 
     def add(self, real: int, slots: int, flops: float = 0.0):
         self.real += real
@@ -87,6 +90,23 @@ class Throughput:
         self.real = self.slots = self.flops = 0
         return tuple(c.item() for c in counts)
 
+    def figures(self, logs: dict, device) -> dict:
+        """Tokens/s, padding, model TFLOP/s and MFU since the last training log (every rank: the
+        counts are summed over ranks), and the perplexity of an evaluation."""
+        out = {}
+        if "loss" in logs:
+            real, slots, flops = self.take(device)
+            now = time.time()
+            span, self.last_time = max(now - self.last_time, 1e-9), now
+            out = {"tokens": int(real), "tokens_per_s": real / span,
+                   "tokens_per_s_per_gpu": real / span / self.world_size,
+                   "padding_share": 1 - real / slots if slots else 0.0, "model_tflops_per_s": flops / span / 1e12}
+            if self.peak_flops:
+                out["mfu"] = flops / (span * self.peak_flops * self.world_size)
+        if "eval_loss" in logs:
+            out["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50))
+        return out
+
 
 def process_age() -> float:
     """Seconds since this process started (the entry script imports `launch` first thing)."""
@@ -96,20 +116,16 @@ def process_age() -> float:
 
 
 class DetailedLogCallback(TrainerCallback):
-    def __init__(self, runlog: RunLog, throughput: Throughput, world_size: int, early_stopping=None,
-                 peak_flops=None):
-        self.peak_flops = peak_flops  # per device; None (CPU, unknown GPU): no MFU
+    def __init__(self, runlog: RunLog, throughput: Throughput, early_stopping=None):
         self.log = runlog
         self.throughput = throughput
-        self.world_size = world_size
         self.early_stopping = early_stopping
         self.start = None
-        self.last_time = None
         self.best = None
         self.startup_s = None  # launch (process start) to the end of the first optimizer step
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.start = self.last_time = time.time()
+        self.start = self.throughput.last_time = time.time()
         self.best = state.best_metric  # restored on resume
         self.log.line(f"training: {state.max_steps} optimizer steps at most, evaluation every {args.eval_steps} steps")
 
@@ -119,32 +135,23 @@ class DetailedLogCallback(TrainerCallback):
             self.log.line(f"start-up: {self.startup_s} s from launch to the end of the first optimizer step")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        """The step line and metrics.jsonl, from the figures `Throughput.figures` added to the logs."""
         logs = logs or {}
-        if "loss" in logs:
-            now = time.time()
-            real, slots, flops = self.throughput.take(args.device)
-            span = max(now - self.last_time, 1e-9)
-            self.last_time = now
-            elapsed = now - self.start
-            done = max(state.global_step, 1)
-            eta = elapsed / done * (state.max_steps - state.global_step)
-            pad = 1 - real / slots if slots else 0.0
-            tok_s = real / span
-            grad = logs.get("grad_norm")
-            mfu = flops / (span * self.peak_flops * self.world_size) if self.peak_flops else None
+        if "loss" in logs and "tokens_per_s" in logs:
+            elapsed = time.time() - self.start
+            eta = elapsed / max(state.global_step, 1) * (state.max_steps - state.global_step)
+            grad, mfu, tok_s = logs.get("grad_norm"), logs.get("mfu"), logs["tokens_per_s"]
             self.log.line(
                 f"step {state.global_step}/{state.max_steps} | epoch {state.epoch:.2f} | loss {logs['loss']:.4f} | "
                 f"lr {logs.get('learning_rate', 0):.3e} | grad_norm {grad if grad is None else f'{grad:.3f}'} | "
-                f"tokens/s {tok_s:,.0f} ({tok_s / self.world_size:,.0f}/gpu) | padding {pad:.1%} | "
-                + (f"MFU {mfu:.1%} | " if mfu is not None else "") +
+                f"tokens/s {tok_s:,.0f} ({logs['tokens_per_s_per_gpu']:,.0f}/gpu) | "
+                f"padding {logs['padding_share']:.1%} | " + (f"MFU {mfu:.1%} | " if mfu is not None else "") +
                 f"elapsed {_clock(elapsed)} | eta {_clock(eta)}")
-            tracking.log_metrics({"train/tokens_per_s": tok_s, "train/tokens_per_s_per_gpu": tok_s / self.world_size,
-                                  "train/padding_share": pad, "train/model_tflops_per_s": flops / span / 1e12,
-                                  **({"train/mfu": mfu} if mfu is not None else {})}, state.global_step)
             self.log.metrics("train", step=state.global_step, epoch=state.epoch, loss=logs["loss"],
-                             learning_rate=logs.get("learning_rate"), grad_norm=grad, tokens=int(real),
-                             tokens_per_s=tok_s, tokens_per_s_per_gpu=tok_s / self.world_size, padding_share=pad,
-                             model_tflops_per_s=flops / span / 1e12, mfu=mfu)
+                             learning_rate=logs.get("learning_rate"), grad_norm=grad, tokens=logs["tokens"],
+                             tokens_per_s=tok_s, tokens_per_s_per_gpu=logs["tokens_per_s_per_gpu"],
+                             padding_share=logs["padding_share"], model_tflops_per_s=logs["model_tflops_per_s"],
+                             mfu=mfu)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         loss = (metrics or {}).get("eval_loss")
@@ -163,7 +170,6 @@ class DetailedLogCallback(TrainerCallback):
         self.log.line(f"eval step {state.global_step} | epoch {state.epoch:.2f} | eval_loss {loss:.4f} | "
                       f"perplexity {math.exp(min(loss, 50)):.2f} | best {self.best:.4f}{' (new best)' if improved else ''}"
                       f"{apart}{patience}")
-        tracking.log_metrics({"eval/perplexity": math.exp(min(loss, 50))}, state.global_step)
         self.log.metrics("eval", step=state.global_step, epoch=state.epoch, eval_loss=loss, best=self.best,
                          eval_tokens=metrics.get("eval_tokens"), eval_loss_trained_characters=trained,
                          eval_loss_unseen_characters=unseen,

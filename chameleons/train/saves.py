@@ -11,10 +11,13 @@ DeepSpeed has no weights-only save short of gathering the whole model on rank 0
 used for the decision what to skip; the partitions are written and read here.
 """
 
+import shutil
 import time
 from pathlib import Path
 
 import torch
+
+from ..run import checkpoints
 
 
 def partition_file(folder, rank: int, world: int) -> Path:
@@ -67,6 +70,15 @@ def load_partitions(engine, model, folder, rank: int, world: int) -> None:
             if low.numel():
                 master.data.copy_(low.data)
     optimizer.checkpoint_event_epilogue()
+
+
+def rotate(run_dir, limit: int, best):
+    """The one checkpoint rotation (HF's is turned off around each save): removes what
+    `to_delete` names, never the best or the newest resumable checkpoint."""
+    found = checkpoints.listing(run_dir)
+    full = [path for _, path, done in found if done]
+    for path in to_delete(found, limit, best and str(Path(best)), full[-1] if full else None):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def to_delete(found, limit: int, best, newest_full) -> list:

@@ -4,11 +4,9 @@ collator that adds the rows and token counts to a batch, and the callback that m
 import contextlib
 import math
 import os
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
@@ -126,6 +124,13 @@ class ChameleonsTrainer(Trainer):
         self.trace = setup.trace
         self.unseen_rows = setup.unseen_rows
         self.seconds = Counter()  # wall-clock of the saves and the best-model restore (the run's summary)
+
+    def log(self, logs: dict, start_time=None):
+        """Adds the run's own figures (tokens/s, padding, MFU, perplexity) to HF's logs before any
+        reporter sees them, so wandb, TensorBoard, the console and the detailed log get the same."""
+        if self.throughput is not None:
+            logs.update(self.throughput.figures(logs, self.args.device))
+        super().log(logs, start_time)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """A packed micro-batch over `training.max_tokens_per_micro_batch` runs as consecutive parts
@@ -326,15 +331,4 @@ class ChameleonsTrainer(Trainer):
             expert_parallel.record(folder, self.model)
             (checkpoints.mark_weights_only if weights_only else checkpoints.mark_complete)(folder)
             if limit:
-                self._rotate(run_dir, limit)
-
-    def _rotate(self, run_dir, limit):
-        found = []
-        for path in Path(run_dir).glob("checkpoint-*"):
-            if path.is_dir() and path.name.split("-")[-1].isdigit():
-                found.append((int(path.name.split("-")[-1]), str(path), checkpoints.is_complete(path)))
-        full = [f for f in found if f[2]]
-        newest_full = max(full)[1] if full else None
-        best = self.state.best_model_checkpoint
-        for path in saves.to_delete(found, limit, best and str(Path(best)), newest_full):
-            shutil.rmtree(path, ignore_errors=True)
+                saves.rotate(run_dir, limit, self.state.best_model_checkpoint)

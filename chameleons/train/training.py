@@ -4,9 +4,9 @@ Order matters under ZeRO-3: TrainingArguments (which carry the DeepSpeed config)
 the model is created, so `from_pretrained` builds it already partitioned.
 """
 
+import contextlib
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -22,10 +22,13 @@ from ..corpus.data import Corpus
 from ..corpus.splitting import Split
 from ..text.batching import check_packing_supported, make_collator, trainer_args_for_batching
 from ..text.encoding import Tokenization, encode_split
+from ..text import split_audit
 from ..text.prompts import PromptBuilder
-from ..run import checkpoints, preflight, run_record, tracking
+from ..run import checkpoints, preflight, tracking
+from ..run.run_spec import RunSpec
 from ..predict import final_fidelity
 from .model_setup import DevicePolicy, apply_lora, build_model, describe_model, device_policy
+from .run_files import peak_memory, versions, write_manifest, write_trace
 from .runlog import PLOT_NAME, DetailedLogCallback, RunLog, Throughput, decode_with_span, plot_losses
 from .stopping import StopCallback, StopRequest
 from .trainer import ChameleonsTrainer, EpochCallback, EpochRows, TrainerSetup, timed, with_row_meta
@@ -143,61 +146,80 @@ class RunData:
     cache_dir: Path
 
 
-def run(opts, config, checks: RunChecks, data: RunData) -> int:
-    """The training half of the recipe (see TrainingRun). Returns the exit code."""
-    recipe = TrainingRun(opts, config, checks, data)
-    recipe.setup()
-    recipe.train()
-    return recipe.save()
-
-
 def eval_interval(steps_per_epoch: int, evals_per_epoch: int) -> int:
     """Optimizer steps between evaluations (and the checkpoints saved with them)."""
     return max(1, steps_per_epoch // evals_per_epoch)
 
 
 class TrainingRun:
-    """One training run with its state on the object, as a torchtune recipe owns one: `setup`
-    tokenizes, plans, opens the run folder and its log, builds the model and the Trainer;
-    `train` trains; `save` either stops cleanly or evaluates and saves."""
+    """One training run with its state on the object, as a torchtune recipe owns one: `prepare`
+    tokenizes and plans (all a dry run does), `run` then sets up (opens the run folder and its
+    log, builds the model and the Trainer), trains, and either stops cleanly or evaluates and saves."""
 
-    def __init__(self, opts, config, checks: RunChecks, data: RunData):
-        self.opts, self.config, self.checks, self.data = opts, config, checks, data
+    def __init__(self, opts, spec: RunSpec, checks: RunChecks, data: RunData):
+        self.opts, self.spec, self.config, self.checks, self.data = opts, spec, spec.config, checks, data
         self.targs = self.stop = self.encoded = self.plan = self.runlog = None
         self.trainer = self.tally = self.trace = self.started = None
 
     @property
     def main(self) -> bool:
-        return self.targs.process_index == 0
+        return self.targs is None or self.targs.process_index == 0
+
+    def prepare(self) -> tuple:
+        """The run spec and the plan: tokenized rows (rank 0 first, the others reuse its cache),
+        counts, schedule, budget and costs. Training arguments exist first (the DeepSpeed config
+        they carry must precede the model) except in a dry run, which builds no model."""
+        if not self.opts.dry_run:
+            self.targs = training_arguments(self.opts, self.config, self.checks.device, self.checks.report_to)
+        d, world = self.data, self.targs.world_size if self.targs else self.opts.nproc_per_node
+        first = self.targs.main_process_first(local=False, desc="tokenizing") if self.targs \
+            else contextlib.nullcontext()
+        with first:
+            tok = Tokenization(d.tokenizer, self.config.training.max_length, d.cache_dir, progress=self.main)
+            self.encoded = encode_split(d.split, d.builder, tok, self.opts.resample_each_epoch)
+        schedule = planning.Schedule(world, self.opts.max_epochs, self.opts.sec_per_step)
+        self.plan = {**planning.make_plan(d.corpus, d.split, self.encoded, self.config.training, schedule,
+                                          self.checks.costs),
+                     "config": self.config.resolved(), "expert_parallel": self.checks.expert_parallel,
+                     "device": self.checks.device.record()}
+        preflight.require_trainable(d.corpus.path, self.plan["split"]["train_encoded"],
+                                    self.plan["split"]["validation_encoded"])
+        return self.spec, self.plan
+
+    def write_dry_run(self) -> int:
+        """The dry run's output: the plan with the split's audit, on the console and in plan.json
+        (with the run spec training would record) and split_audit.json."""
+        d, opts = self.data, self.opts
+        audit = split_audit.audit_split(d.split, d.builder, d.corpus.samples,
+                                        opts.max_epochs if opts.resample_each_epoch else 1)
+        plan = {**self.plan, "notices": self.checks.notices, "split_audit": split_audit.summary(audit)}
+        print(planning.format_plan(plan), flush=True)
+        print(expert_parallel.describe(self.checks.expert_parallel), flush=True)
+        outputs.write_json(outputs.run_path(opts.output_dir, "plan.json"), {**plan, "run_spec": self.spec.record()})
+        outputs.write_json(outputs.run_path(opts.output_dir, split_audit.AUDIT_NAME),
+                           {**audit, "run_spec": self.spec.record()})
+        return 0
+
+    def run(self) -> int:
+        """Set up, train, then stop or save (after `prepare`). Returns the exit code."""
+        self.setup()
+        self.train()
+        return self.save()
 
     def setup(self):
         """Everything before the first step. The folder is first written once the plan exists."""
         from transformers import set_seed
 
-        self.targs = training_arguments(self.opts, self.config, self.checks.device, self.checks.report_to)
         self.stop = StopRequest()
         self.stop.install()
-        self.encoded, self.plan = self.encode_and_plan()
         self.targs.eval_steps = self.targs.save_steps = eval_interval(self.plan["schedule"]["steps_per_epoch"],
                                                                       self.config.training.evals_per_epoch)
         start_run_folder(self.opts.output_dir, self.opts.overwrite_output_dir, self.checks.resume, self.main)
         self.runlog = self.open_run_log()
         if self.main:
-            run_record.write_run_record(self.opts.output_dir, self.data.corpus.path, self.data.builder)
+            self.spec.save(self.opts.output_dir)
         set_seed(self.targs.seed)
         self.trainer = self.make_trainer(self.build_model())
-
-    def encode_and_plan(self):
-        """Tokenized rows (rank 0 first, the others reuse its cache) and the plan."""
-        d = self.data
-        with self.targs.main_process_first(local=False, desc="tokenizing"):
-            tok = Tokenization(d.tokenizer, self.config.training.max_length, d.cache_dir, progress=self.main)
-            encoded = encode_split(d.split, d.builder, tok, self.opts.resample_each_epoch)
-        schedule = planning.Schedule(self.targs.world_size, self.opts.max_epochs, self.opts.sec_per_step)
-        plan = planning.make_plan(d.corpus, d.split, encoded, self.config.training, schedule, self.checks.costs)
-        plan["expert_parallel"] = self.checks.expert_parallel
-        preflight.require_trainable(d.corpus.path, plan["split"]["train_encoded"], plan["split"]["validation_encoded"])
-        return encoded, plan
 
     def open_run_log(self) -> RunLog:
         """The detailed log's head (command, versions, notices, config, plan, three decoded samples),
@@ -217,7 +239,7 @@ class TrainingRun:
         runlog.block("plan", planning.format_plan(self.plan))
         if self.main:
             print(planning.format_plan(self.plan), flush=True)  # the console shows the plan once, then progress
-            tracking.start_wandb(opts, config, checks.report_to, expert_parallel=self.plan["expert_parallel"])
+            tracking.start_wandb(opts, self.spec, checks.report_to, expert_parallel=self.plan["expert_parallel"])
             write_manifest(opts.output_dir, self.encoded, opts.max_epochs)
             for n, row in enumerate(self.encoded.train_rows(0)[:3], 1):
                 item = self.encoded.dataset[row]
@@ -248,15 +270,15 @@ class TrainingRun:
         opts, config, runlog = self.opts, self.config, self.runlog
         train_rows = EpochRows(self.encoded)
         collate = make_collator(config.training.batching, self.data.tokenizer.pad_token_id)
-        throughput = Throughput()
         self.trace = []
         early = EarlyStoppingCallback(opts.early_stopping_patience, opts.early_stopping_threshold) \
             if opts.early_stopping_patience > 0 else None
         full_saves = saves.FullSavePolicy(config.training.full_checkpoint_minutes * 60)
         self.tally = StopCallback(self.stop, full_saves)
-        peak, peak_note = flops.peak_flops(self.targs.device)
+        peak, peak_note = flops.peak_flops(self.targs.device, config.training.peak_tflops)
         runlog.line(f"MFU: model FLOPs of active parameters only (chameleons/train/flops.py) against {peak_note}")
-        self.detailed = DetailedLogCallback(runlog, throughput, self.targs.world_size, early, peak)
+        throughput = Throughput(self.targs.world_size, peak)
+        self.detailed = DetailedLogCallback(runlog, throughput, early)
         callbacks = [EpochCallback(train_rows, runlog), self.tally] + ([early] if early else []) + [self.detailed]
         setup = TrainerSetup(batching=config.training.batching, router_aux_loss_coef=config.model.router_aux_loss_coef,
                              max_tokens_per_micro_batch=self.plan["micro_batches"]["budget"], collate=collate,
@@ -345,33 +367,6 @@ class TrainingRun:
         return 0
 
 
-def peak_memory(on_gpu: bool) -> dict:
-    """This process's peaks: GPU memory PyTorch allocated (on a GPU) and host memory (RSS)."""
-    import resource
-
-    out = {"peak_host_memory_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
-    if on_gpu:
-        out["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
-    return out
-
-
-def versions() -> str:
-    import accelerate
-    import datasets
-    import transformers
-
-    parts = [f"python {platform.python_version()}", f"torch {torch.__version__}",
-             f"transformers {transformers.__version__}", f"accelerate {accelerate.__version__}",
-             f"datasets {datasets.__version__}"]
-    try:
-        import deepspeed
-
-        parts.append(f"deepspeed {deepspeed.__version__}")
-    except ImportError:
-        pass
-    return ", ".join(parts)
-
-
 def resume_command() -> str:
     """The command to continue this run: exact for one machine, the launcher left to the user
     across nodes or under SLURM."""
@@ -389,36 +384,6 @@ def resume_command() -> str:
     if world == local and "SLURM_PROCID" not in os.environ:
         return shlex.join(["torchrun", f"--nproc_per_node={world}", *argv])
     return "the same launcher (torchrun/srun) with " + shlex.join(argv)
-
-
-def write_manifest(output_dir, encoded, max_epochs: int):
-    """Which samples are validation and which train, for every epoch this run may train."""
-    ids = encoded.dataset_ids
-    epochs = range(max_epochs) if encoded.resample else [0]
-    seen, per_epoch = set(), []
-    for e in epochs:
-        rows = encoded.train_rows(e)
-        new = [r for r in rows if r not in seen]
-        seen.update(rows)
-        per_epoch.append({"epoch": e, "train": [ids[r] for r in rows], "new_samples": len(new),
-                          "pool_coverage": round(len(seen) / max(1, sum(len(m) for m in encoded.split.pool.values())), 4)})
-    outputs.write_json(outputs.run_path(output_dir, outputs.MANIFEST_NAME), {
-        "validation": [ids[r] for r in encoded.val_rows],
-        "whole_validation": sorted(encoded.split.whole_val),
-        "group_by": encoded.split.group_by,
-        "epochs": per_epoch,
-        "split": encoded.split.stats.as_dict(),
-        "history_pool": run_record.history_pool(encoded.split),
-    })
-
-
-def write_trace(output_dir, rank, trace):
-    """The dataset rows of every micro-batch this rank trained on, in order."""
-    path = outputs.run_path(output_dir, "training_logs", f"data_order_rank{rank}.jsonl")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        for rows in trace:
-            f.write(json.dumps(rows) + "\n")
 
 
 def finish_distributed():
