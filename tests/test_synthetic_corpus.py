@@ -9,7 +9,7 @@ from conftest import load_tool
 
 
 
-msc, synth = load_tool("make_synthetic_corpus"), load_tool("synthetic_scenes")
+msc, synth, base = load_tool("make_synthetic_corpus"), load_tool("synthetic_scenes"), load_tool("synthetic_base")
 
 
 def _items(records):
@@ -51,7 +51,7 @@ def test_small_scale_shape(small):
         assert isinstance(r["user"]["personality"]["unstructured"], str)
         assert isinstance(r["task"]["description"], str)
         for item in r["task"]["task_behavior_collections"][0]["data"]:
-            assert 1 <= len(item["context"]) <= msc.MAX_CONTEXT
+            assert 1 <= len(item["context"]) <= base.MAX_CONTEXT
             assert all(set(t) == {"source", "content"} and t["content"] for t in item["context"])
             assert isinstance(item["continuation"], str)
         assert 1 <= len({t["source"] for _, it in _items([r]) for t in it["context"]}) <= 4
@@ -71,7 +71,7 @@ def test_small_scale_unusable_fraction(small):
     """About 0.7% of items are unusable, in both ways the format allows."""
     pairs = list(_items(small))
     bad = [(r, it) for r, it in pairs if not _usable(r, it)]
-    assert len(bad) == round(len(pairs) * msc.UNUSABLE_FRACTION)
+    assert len(bad) == round(len(pairs) * base.UNUSABLE_FRACTION)
     assert any(it["continuation"] == "" for _, it in bad)
     assert any(it["continuation"] for _, it in bad)
 
@@ -93,7 +93,7 @@ def test_full_scale_counts():
     assert sum(_usable(r, it) for r, it in pairs) == 71964
     per_hash = Counter(r["user_hash"] for r in records)
     assert abs(len(per_hash) - 6117) <= 0.03 * 6117
-    assert max(per_hash.values()) <= msc.MAX_RECORDS_PER_HASH
+    assert max(per_hash.values()) <= base.MAX_RECORDS_PER_HASH
     items_per_char = Counter(r["user_hash"] for r, _ in pairs)
     sizes = sorted(items_per_char.values())
     assert sizes[len(sizes) // 2] < 12 and sizes[-1] >= 200
@@ -129,9 +129,9 @@ def test_scene_corpus_counts_and_schema(scenes):
     assert len(records) == n_records and len({r["user_hash"] for r in records}) == n_hashes
     pairs = list(_items(records))
     assert len(pairs) == n_items
-    assert sum(not _usable(r, it) for r, it in pairs) == round(n_items * msc.UNUSABLE_FRACTION)
+    assert sum(not _usable(r, it) for r, it in pairs) == round(n_items * base.UNUSABLE_FRACTION)
     for r, item in pairs:
-        assert 1 <= len(item["context"]) <= msc.MAX_CONTEXT
+        assert 1 <= len(item["context"]) <= base.MAX_CONTEXT
         assert all(set(t) == {"source", "content"} and t["content"] for t in item["context"])
     per_hash = Counter(r["user_hash"] for r, _ in pairs)
     assert max(per_hash.values()) >= 10 * sorted(per_hash.values())[len(per_hash) // 2]  # heavy tail

@@ -1,6 +1,6 @@
 """The scene corpus of tools/make_synthetic_corpus.py (`--scenes` and its adversarial flags): films of
 shared scenes and their ground truth, kept apart from the default corpus of independent snippets, whose
-line generator, profiles and counts it shares (imported from make_synthetic_corpus)."""
+line generator, profiles and counts it shares (tools/synthetic_base.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_synthetic_corpus import (  # noqa: E402
+from synthetic_base import (  # noqa: E402
     FULL_HASHES, FULL_ITEMS, FULL_RECORDS, MAX_CONTEXT, _NAMES, _TITLE_WORDS, _allocate, _character_plan, _Lines,
     _profile)
 
