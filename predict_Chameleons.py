@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     for line in settings.notices:  # all input is valid by now
         dist.notice(line)
     unrecorded = [d for d in model_dirs if settings.records[str(d)] is None]
-    for line in prediction.training_run_warnings(unrecorded, spec):
+    for line in prediction.training_run_warnings(unrecorded, opts, spec):
         dist.warn(line)
     sampling = generation.Sampling.from_options(opts)
     if sampling.greedy and opts.num_samples > 1 and len(model_dirs) == 1:

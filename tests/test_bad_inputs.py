@@ -195,6 +195,10 @@ CASES = [
     ("flag-zero-max-steps", _args("--max_steps", "0"), ["--max_steps", "or -1 for no limit"]),
     ("flag-unknown", _args("--learning_rate", "1e-5"), ["--learning_rate"]),
     ("flag-unknown-ablation", _args("--ablation_config", "profile_only_please"), ["profile_only_please"]),
+    ("sweep-later-run-unknown-ablation", _args("--sweep", "ablation_config=context_only,profile_only_please"),
+     ["profile_only_please"]),  # found before the first run of the sweep starts
+    ("sweep-later-run-bad-value", _args("--sweep", "sample_seed=42,x"), ["--sample_seed", "'x'"]),
+    ("sweep-not-a-flag", _args("--sweep", "sample_sed=1,2"), ["--sweep sample_sed=1,2", "not a flag"]),
     ("flag-set-unknown-key", _args("--set", "training.nope=1"), ["training.nope"]),
     ("flag-set-wrong-type", _args("--set", "training.batch_size=many"), ["training.batch_size"]),
     ("flag-tensorboard-not-installed", _args("--tensorboard"), ["--tensorboard", "pip install tensorboard"]),
@@ -491,6 +495,18 @@ def test_bad_prediction_input_is_one_line_and_writes_nothing(tmp_path, model_dir
         proc = run_predict_in_process(args, cwd=tmp_path)
     check_rejected(proc, needles)
     assert (_tree(tmp_path), _tree(model_dir)) == before
+
+
+def test_finished_run_resubmitted_is_left_alone_even_when_its_template_is_gone(tmp_path, run_in_process):
+    """A requeued `auto` job on a finished run exits 0 whatever of its inputs has moved since."""
+    args, _ = _prepare(tmp_path, _args())
+    args.remove("--dry_run")
+    _finished_run(tmp_path / "out")
+    before = _tree(tmp_path)
+    proc = run_in_process([*args, "--prompt_style", "detailed", "--template_filename", "gone.txt",
+                           "--resume_from_checkpoint", "auto"], cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("already finished"), proc.stderr
+    assert _tree(tmp_path) == before
 
 
 def test_finished_run_resubmitted_with_other_settings_says_which_and_touches_nothing(tmp_path, run_in_process):

@@ -92,6 +92,9 @@ def test_a_typed_flag_wins_with_one_notice(tmp_path, cfg):
     assert s.config.training.max_context_turns == 6 and s.opts.ablation_config == "history_and_context"
     assert s.notices == [f"--config {cfg} replaces the config in the run record of --model {run} "
                          f"(training.max_context_turns differ)"]
+    s = run_record.resolve(_opts("--model", run, "--set", "ablation_configs.history_and_context.use_profile=true"), [run])
+    assert s.notices == [f"--set ablation_configs.history_and_context.use_profile=true overrides the run record "
+                         f"(--model {run}: False)"]
 
 
 def test_models_without_a_record_need_the_flags(tmp_path, cfg):

@@ -103,6 +103,8 @@ def test_dry_run_line_and_the_tool_on_its_folder(tmp_path, build, run_in_process
     assert tool.main([str(out)]) == 0  # re-audits from the flags the dry run recorded
     again = json.loads((out / AUDIT_NAME).read_text())
     assert {k: v for k, v in again.items() if k != "samples_from"} == written
+    (out / "plan.json").unlink()  # the audit's own file is enough to audit again
+    assert tool.main([str(out)]) == 0 and json.loads((out / AUDIT_NAME).read_text()) == again
     # a manifest naming other samples than the flags give is audited as recorded, and said so
     (out / "split_manifest.json").write_text(json.dumps({"validation": ["r0.c0.i1"], "epochs": [
         {"train": ["r0.c0.i1", "r1.c0.i0"]}]}))

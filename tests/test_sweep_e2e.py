@@ -87,7 +87,7 @@ def test_wandb_config_holds_flags_and_group(sweep_run):
     runs = list((sweep_run / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     config, run = wandb_run_record(next(runs[0].glob("*.wandb")))
-    assert config["ablation_config"] == "context_only" and config["prompt_style"] == "simple"
+    assert config["ablation"] == config["ablation_config"] == "context_only" and config["prompt_style"] == "simple"
     assert config["max_samples_per_user"] == 2 and config["sample_seed"] == 5 and config["val_seed"] == 42
     assert config["val_ratio"] == 0.1 and config["resample_each_epoch"] is False
     assert config["overrides"] == OVERRIDES

@@ -206,24 +206,40 @@ def _worker_pids(output_dir):
     return pids
 
 
+def config_b(workdir) -> str:
+    """run_a's config with RUN_B's settings in it, beside it (a sweep varies the --config flag)."""
+    tmp, config = workdir
+    values = json.loads(config.read_text())
+    for pair in RUN_B[1::2]:
+        key, value = pair.split("=")
+        section, name = key.split(".")
+        values[section][name] = json.loads(value)
+    (tmp / "config_b.json").write_text(json.dumps(values))
+    return "config_b.json"
+
+
 @pytest.fixture(scope="module")
 def run_b(run_a, workdir):
-    """run_a's training in another layout (one micro-batch of 4 per rank under a token budget that
-    runs some of them in parts, instead of 2 x 2), with expert parallelism off and every checkpoint
-    resumable, stopped by a SIGTERM to one rank in epoch 2 and resumed with `auto`. Equal losses,
-    rows and weights then show three things at once: the layout, expert parallelism and the
-    interruption change nothing. Returns (folder, the step it stopped at, the first console)."""
+    """A sweep in one launch (`--sweep config=config.json,config_b.json`, run from the configs'
+    folder): first run_a's twin, then run_a's training in another layout (one micro-batch of 4 per
+    rank under a token budget that runs some of them in parts, instead of 2 x 2), with expert
+    parallelism off and every checkpoint resumable, stopped by a SIGTERM to one rank in epoch 2 and
+    resumed by the same command with `auto`. Equal losses, rows and weights then show four things
+    at once: a sweep's run is its separate twin, and the layout, expert parallelism and the
+    interruption change nothing. Returns (the second run's folder, the step it stopped at, the
+    first run's folder, the resuming command's output)."""
     tmp, config = workdir
-    out = tmp / "run_b"
+    sweep_cmd = torchrun_cmd(config.name, tmp / "sweep", "--sweep", f"config={config.name},{config_b(workdir)}")
+    twin, out = tmp / "sweep" / "config-config.json", tmp / "sweep" / "config-config_b.json"
     console = open(tmp / "run_b.console", "w")  # a file, not a pipe: a full pipe would block the ranks
-    proc = subprocess.Popen(torchrun_cmd(config, out, *RUN_B), cwd=ROOT, stdout=console, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(sweep_cmd, cwd=tmp, stdout=console, stderr=subprocess.STDOUT)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if any(step >= 8 for step in train_losses(out)):  # in the middle of epoch 2 (steps 7..12)
             break
         time.sleep(0.2)
     assert proc.poll() is None, "run B ended before it could be interrupted"
-    pids = _worker_pids(out)
+    pids = _worker_pids(tmp / "sweep")
     assert set(pids) == {0, 1}
     os.kill(pids[1], signal.SIGTERM)  # one rank only: the others must follow
     proc.wait(timeout=300)
@@ -234,18 +250,43 @@ def run_b(run_a, workdir):
     assert stopped, (tmp / "run_b.console").read_text()[-3000:]
     step = int(stopped[-1].split("stopped at step ")[1].split(",")[0])
     stop = {"step": step, "line": stopped[-1], "complete": is_complete(out / f"checkpoint-{step}"),
-            "finished": (out / "training_config.json").exists()}
-    resumed = run(torchrun_cmd(config, out, *RUN_B, "--resume_from_checkpoint", "auto"))
+            "finished": (out / "training_config.json").exists(),
+            "twin_finished_at": (twin / "training_config.json").stat().st_mtime_ns}
+    resumed = subprocess.run([*sweep_cmd, "--resume_from_checkpoint", "auto"], cwd=tmp, capture_output=True,
+                             text=True, timeout=1200)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    return out, stop
+    return out, stop, twin, resumed.stdout
 
 
 def test_sigterm_to_one_rank_stops_all_with_a_resumable_checkpoint(run_b):
-    out, stop = run_b
+    out, stop = run_b[:2]
     assert 8 <= stop["step"] < 12 and "--resume_from_checkpoint auto" in stop["line"]
     assert stop["complete"] and not stop["finished"]  # an interrupted run is not a finished one
     resumed_from = out / f"checkpoint-{stop['step']}"
     assert f"resuming from {resumed_from}" in (out / "training_logs" / "detailed_training_log.txt").read_text()
+
+
+def test_a_sweeps_run_is_its_separate_twin_and_a_resumed_sweep_skips_it(run_a, run_b):
+    """The sweep's first run trained in the same process as the second, after nothing but the
+    checks: its losses, data order, saved weights and records equal run_a's (trained alone), its
+    model loads with from_pretrained; the resuming command left it as it was."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    _, stop, twin, resumed_stdout = run_b
+    for event, key in (("train", "loss"), ("eval", "eval_loss")):
+        assert [(m["step"], m[key]) for m in metrics(twin) if m["event"] == event] == \
+            [(m["step"], m[key]) for m in metrics(run_a) if m["event"] == event]
+    assert data_order(twin) == data_order(run_a)
+    mine, theirs = load_file(str(twin / "model.safetensors")), load_file(str(run_a / "model.safetensors"))
+    assert sorted(mine) == sorted(theirs) and all(mine[k].equal(theirs[k]) for k in mine)
+    assert sorted(p.name for p in twin.iterdir()) == sorted(p.name for p in run_a.iterdir())
+    records = [json.loads((d / "training_config.json").read_text()) for d in (twin, run_a)]
+    differ = {k for k in records[0]["args"] if records[0]["args"][k] != records[1]["args"][k]}
+    assert differ == {"config", "output_dir"} and records[0]["config"] == records[1]["config"]
+    AutoModelForCausalLM.from_pretrained(twin)
+    assert f"already finished: {twin}" in resumed_stdout
+    assert (twin / "training_config.json").stat().st_mtime_ns == stop["twin_finished_at"]
 
 
 def test_resumed_run_in_another_layout_without_expert_parallelism_matches(run_a, run_b):

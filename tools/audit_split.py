@@ -39,8 +39,9 @@ def recorded_spec(run_dir: Path) -> RunSpec:
     """The run spec a run folder recorded: a training run's run record, a dry run's plan, or the
     flags of an older dry run's split_audit.json."""
     spec = RunSpec.read(run_dir, legacy=True)
-    if spec is None and (run_dir / PLAN).is_file() and "run_spec" in read_json(run_dir / PLAN):
-        spec = RunSpec.from_record(read_json(run_dir / PLAN)["run_spec"], run_dir / PLAN)
+    for path in (run_dir / PLAN, run_dir / split_audit.AUDIT_NAME):  # a dry run's, or an earlier audit's
+        if spec is None and path.is_file() and "run_spec" in read_json(path):
+            spec = RunSpec.from_record(read_json(path)["run_spec"], path)
     if spec is None and (run_dir / split_audit.AUDIT_NAME).is_file():
         opts = _options_of(run_dir / split_audit.AUDIT_NAME)
         spec = RunSpec.from_options(opts, load_config(opts.config, opts.overrides, opts.config_flags()))

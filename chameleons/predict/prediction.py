@@ -39,7 +39,7 @@ from ..corpus.data import item_id, item_position, load_corpus, read_records
 from ..corpus.splitting import split_train_val
 from ..text.encoding import encode_samples
 from ..run.cli import (DataOptions, OneLineParser, add_flags, flag, non_negative_float, non_negative_int,
-                       parse_options, positive_float, positive_int, probability, typed_flags)
+                       parse_options, positive_float, positive_int, probability, shaping_flags, typed_flags)
 from ..run.run_spec import read_json
 from ..evaluate.evaluation import token_logprobs
 from .generation import BACKENDS, DEVICE_MAPS, Sampling
@@ -117,9 +117,13 @@ def parse_predict_args(argv=None) -> PredictOptions:
 
 # ---------------------------------------------------------------- inputs
 
-def training_run_warnings(model_dirs, spec) -> list:
-    """Where the flags that shape a prompt differ from the training run of a member without a run
-    record (an older run's training_config.json, if present)."""
+def training_run_warnings(model_dirs, opts, spec) -> list:
+    """Where the flags that shape a prompt (and the file and split flags, with history) differ from
+    the training run of a member without a run record (an older run's training_config.json, if
+    present): compared as typed, since such a run recorded only its flags."""
+    names = [*spec.prompt_flags(), "template_filename"]
+    if spec.ablation.use_history:  # the history pool depends on how training split its file
+        names += ["data_file", *shaping_flags(DataOptions, "split")]
     warnings = []
     for d in model_dirs:
         path = Path(d, FINISHED_MARKER)
@@ -132,11 +136,8 @@ def training_run_warnings(model_dirs, spec) -> list:
         if not isinstance(trained, dict):
             warnings.append(f"--model {d}: {FINISHED_MARKER} is not readable; flags not checked")
             continue
-        for setting, value in spec.settings("prompts").items():
-            name = setting[2:]
-            if setting.startswith("--") and name in trained and trained[name] != value:
-                warnings.append(f"--model {d} was trained with {setting} {trained[name]}, predicting with "
-                                f"{setting} {value}")
+        warnings += [f"--model {d} was trained with --{key} {trained[key]}, predicting with "
+                     f"--{key} {getattr(opts, key)}" for key in names if key in trained and trained[key] != getattr(opts, key)]
     return warnings
 
 

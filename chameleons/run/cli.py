@@ -200,6 +200,11 @@ class TrainOptions(DataOptions):
                                         "(chameleons/predict/final_fidelity.py); 0 = off", type=non_negative_int,
                                     shapes="training")
 
+    sweep: list = flag([], "train every combination of these values one after another in this one launch, each run "
+                           "in <output_dir>/<FLAG-VALUE_...> (chameleons/run/sweep.py); repeatable, e.g. --sweep "
+                           "sample_seed=42,43 --sweep ablation_config=context_only,profile_only",
+                       action="append", metavar="FLAG=V1,V2")
+
     def config_flags(self) -> list:
         """The flags that stand for a config key, as `config.load_config` takes them."""
         return [(f"--{key} {value}", f"training.{key}", value) for key, value in

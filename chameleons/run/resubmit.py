@@ -10,13 +10,14 @@ from ..core.errors import UserError
 from .run_spec import RunSpec
 
 
-def finished_run_notice(output_dir, spec: RunSpec) -> str | None:
-    """The notice for a finished run this command would have run differently (None: same run)."""
+def finished_run_notice(output_dir, opts, config) -> str | None:
+    """The notice for a finished run this command would have run differently (None: same run, or
+    a finished run or command whose settings cannot be read: the run is left alone either way)."""
     try:
         finished = RunSpec.read(output_dir, legacy=True)
+        diff = finished.diff(RunSpec.from_options(opts, config)) if finished is not None else []
     except UserError:
         return None
-    diff = finished.diff(spec) if finished is not None else []
     if not diff:
         return None
     return (f"notice: {output_dir} holds a finished run made with other settings; nothing was run or changed. "
@@ -24,11 +25,10 @@ def finished_run_notice(output_dir, spec: RunSpec) -> str | None:
             f"these")
 
 
-def already_finished(output_dir, spec: RunSpec) -> int:
-    """What a command says on a finished run folder (rank 0): the exit code, 0."""
+def already_finished(opts, config) -> None:
+    """What a command says on a folder that holds its run finished (rank 0)."""
     if launch.rank() == 0:
-        print(f"already finished: {output_dir}", flush=True)
-        notice = finished_run_notice(output_dir, spec)
+        print(f"already finished: {opts.output_dir}", flush=True)
+        notice = finished_run_notice(opts.output_dir, opts, config)
         if notice:
             print(notice, file=sys.stderr, flush=True)
-    return 0

@@ -14,9 +14,8 @@ from ..core.config import config_from_raw, load_config
 from ..core.errors import UserError
 from ..core.outputs import FINISHED_MARKER, MANIFEST_NAME
 from ..core.outputs import RUN_RECORD as RECORD_NAME
-from ..text.prompts import DEFAULT_TEMPLATE, read_template
 from .cli import DataOptions, shaping_flags
-from .run_spec import Difference, RunSpec, read_json
+from .run_spec import Difference, RunSpec, checked_template, read_json, sections
 
 SPLIT_FLAGS = shaping_flags(DataOptions, "split")
 
@@ -74,12 +73,12 @@ def _member(opts, record: RunRecord | None, config_file) -> tuple:
         return RunSpec.from_options(opts, config_file()), None
     typed, spec = opts.typed, record.spec
     config = config_file() if "config" in typed else config_from_raw(
-        Path(record.model_dir, FINISHED_MARKER), _sections(spec.config.resolved()), opts.overrides)
+        Path(record.model_dir, FINISHED_MARKER), sections(spec.config.resolved()), opts.overrides)
     flags = {**spec.flags, **{k: getattr(opts, k) for k in spec.flags if k in typed}}
     template = None
     if flags["prompt_style"] == "detailed":
         template = spec.template if "template_filename" not in typed and spec.template is not None \
-            else read_template(opts.template_filename or DEFAULT_TEMPLATE)
+            else checked_template(opts.template_filename)
     mine = RunSpec(flags, config, opts.data_file if "data_file" in typed else spec.training_file, template)
     config.ablation(flags["ablation_config"])
     pool = RecordedPool(record.model_dir, record.pool) \
@@ -123,25 +122,34 @@ def _notices(opts, pairs: list, members) -> list:
                 lines.append(f"--config {opts.config} replaces the config in the run record of --model {d} "
                              f"({', '.join(keys)} differ)")
         for diff in record.spec.diff(spec, "prompts"):
-            typed = _typed_as(opts, diff.setting)
+            typed, old = _typed_as(opts, diff, record.spec)
             if typed:
-                old = "differs" if diff.setting == "prompt template" else repr(diff.old)
                 lines.append(f"{typed} overrides the run record (--model {d}: {old})")
     return list(dict.fromkeys(lines))  # a folder given twice says it once
 
 
-def _typed_as(opts, setting: str) -> str | None:
-    """The typed flag or --set that changed `setting` (None: none was typed for it)."""
-    name = {"training file": "data_file", "prompt template": "template_filename"}.get(setting, setting[2:])
+def _typed_as(opts, diff, recorded: RunSpec) -> tuple:
+    """The typed flag or --set that changed `diff.setting` (None: none was typed for it) and what
+    the record said: the value of the key the --set names (`ablation_configs.a.use_profile` of
+    the setting `ablation_configs.a`)."""
+    setting = diff.setting
     if setting.startswith("--") or setting in ("training file", "prompt template"):
-        return f"--{name} {getattr(opts, name)}" if name in opts.typed else None
+        name = {"training file": "data_file", "prompt template": "template_filename"}.get(setting, setting[2:])
+        old = "differs" if setting == "prompt template" else repr(diff.old)
+        return (f"--{name} {getattr(opts, name)}" if name in opts.typed else None), old
     if "config" in opts.typed:
-        return None
-    return next((f"--set {text}" for text in opts.overrides if setting.startswith(text.split("=", 1)[0])), None)
+        return None, None
+    for text in opts.overrides:
+        key = text.split("=", 1)[0]
+        if key == setting or key.startswith(setting + ".") or setting.startswith(key + "."):
+            return f"--set {text}", repr(_lookup(recorded.config.resolved(), key))
+    return None, None
 
 
-def _sections(resolved: dict) -> dict:
-    return {k: v for k, v in resolved.items() if k != "overrides"}
+def _lookup(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
 
 
 def resolve(opts, model_dirs) -> Settings:

@@ -4,6 +4,7 @@ prediction, `tools/audit_split.py`, resubmission and the wandb config are built 
 `RunSpec.diff` is the one place that says which settings two runs differ in. Which flags belong
 in it is said where each flag is declared (`cli.flag(..., shapes=...)`)."""
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,8 +17,12 @@ from ..text.prompts import DEFAULT_TEMPLATE, HistoryIndex, PromptBuilder, parse_
 from .cli import DataOptions, TrainOptions, shaping_flags
 
 FORMAT = 2  # format 1 (before the spec) kept the flags and config in training_config.json only
-IGNORED_KEYS = {"overrides", "data.cache_dir"}  # config keys that do not change a run's result
+# config keys that do not change what a run produces (data.train_file: the resolved "training file" stands for it)
+IGNORED_KEYS = {"overrides", "data.cache_dir", "data.train_file", "training.logging_steps", "training.save_total_limit",
+                "training.dataloader_num_workers", "training.ddp_timeout", "training.peak_tflops",
+                "training.full_checkpoint_minutes"}
 SCOPES = ("run", "prompts")
+FLAG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.metadata.get("shapes")}
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,8 @@ class Difference:
     settle: str
 
     def __str__(self) -> str:
+        if self.setting == "prompt template":
+            return f"{self.setting} (differs)"
         return f"{self.setting} ({json.dumps(self.old, default=str)} -> {json.dumps(self.new, default=str)})"
 
 
@@ -46,11 +53,7 @@ class RunSpec:
         flags = {name: getattr(opts, name) for name in shaping_flags(type(opts))}
         config.ablation(opts.ablation_config)  # an unknown name is one line before anything is read
         path = opts.data_file or config.resolve_path(config.data.train_file)
-        template = None
-        if opts.prompt_style == "detailed":
-            source = opts.template_filename or DEFAULT_TEMPLATE
-            template = read_template(source)
-            parse_template(template, source)  # a malformed file is named here, not as the record
+        template = checked_template(opts.template_filename) if opts.prompt_style == "detailed" else None
         return cls(flags, config, str(path), template)
 
     @property
@@ -92,13 +95,16 @@ class RunSpec:
         return out
 
     def diff(self, other: "RunSpec", scope: str = "run") -> list:
-        """The settings of `scope` both specs hold and disagree on, in a stable order."""
+        """The settings of `scope` that differ, in a stable order: every config key (a section
+        present on one side only, e.g. `lora`, counts), the flags both specs hold (an older record
+        may lack a newer flag)."""
         mine, theirs = self.settings(scope), other.settings(scope)
-        return [Difference(k, mine[k], theirs[k], _settle(k)) for k in sorted(mine.keys() & theirs.keys())
-                if mine[k] != theirs[k]]
+        keys = (mine.keys() | theirs.keys()) - {k for k in mine.keys() ^ theirs.keys() if k.startswith("--")}
+        return [Difference(k, mine.get(k), theirs.get(k), _settle(k)) for k in sorted(keys)
+                if mine.get(k) != theirs.get(k)]
 
     def record(self) -> dict:
-        return {"format": FORMAT, "flags": self.flags, "config": _sections(self.config.resolved()),
+        return {"format": FORMAT, "flags": self.flags, "config": sections(self.config.resolved()),
                 "overrides": list(self.config.overrides), "training_file": str(Path(self.training_file).resolve()),
                 "prompt_template": self.template}
 
@@ -110,7 +116,11 @@ class RunSpec:
         """A spec `record()` wrote (`path` names where it was read in errors)."""
         if head.get("format") != FORMAT:
             raise UserError(f"{path}: format {head.get('format')!r} is not one this version reads (1 or {FORMAT})")
-        return cls(_field(head, "flags", dict, path), config_from_raw(path, _field(head, "config", dict, path)),
+        flags = _field(head, "flags", dict, path)
+        missing = [name for name in shaping_flags(DataOptions) if name not in flags]
+        if missing:
+            raise UserError(f"{path}: key flags.{missing[0]} missing")
+        return cls(flags, config_from_raw(path, _field(head, "config", dict, path)),
                    _field(head, "training_file", str, path), _template(head, path))
 
     @classmethod
@@ -134,8 +144,8 @@ def _from_finished(folder: Path, training_file, template) -> RunSpec:
     path = folder / FINISHED_MARKER
     trained = read_json(path)
     args = _field(trained, "args", dict, path)
-    config = config_from_raw(path, _sections(_field(trained, "config", dict, path)))
-    flags = {name: args[name] for name in shaping_flags(TrainOptions) if name in args}
+    config = config_from_raw(path, sections(_field(trained, "config", dict, path)))
+    flags = {**FLAG_DEFAULTS, **{name: args[name] for name in shaping_flags(TrainOptions) if name in args}}
     if training_file is None:
         training_file = str(Path(args.get("data_file") or config.resolve_path(config.data.train_file)).resolve())
     if template is None and args.get("prompt_style") == "detailed":
@@ -143,9 +153,20 @@ def _from_finished(folder: Path, training_file, template) -> RunSpec:
     return RunSpec(flags, config, training_file, template)
 
 
+def checked_template(path=None) -> str:
+    """A detailed template file's text, parsed under its own name (a malformed file is named, not
+    the record that would carry it)."""
+    source = path or DEFAULT_TEMPLATE
+    text = read_template(source)
+    parse_template(text, source)
+    return text
+
+
 def read_json(path: Path) -> dict:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror})") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(value, dict):
@@ -166,7 +187,8 @@ def _template(head: dict, path: Path):
     return template
 
 
-def _sections(resolved: dict) -> dict:
+def sections(resolved: dict) -> dict:
+    """A resolved config's sections: a valid config file (its overrides already applied)."""
     return {k: v for k, v in resolved.items() if k != "overrides"}
 
 

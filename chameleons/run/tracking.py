@@ -58,6 +58,7 @@ def run_config(opts, spec) -> dict:
     and every flag under `args` (`TrainOptions`)."""
     return {
         **spec.flags,
+        "ablation": spec.flags["ablation_config"],  # the column's name before the run spec: saved filters use it
         "max_samples_per_user": spec.flags["max_samples_per_user"] or "all",
         "val_seed": spec.split_settings().validation_seed,
         "wandb_group": wandb_group(opts),

@@ -108,15 +108,16 @@ class Throughput:
         return out
 
 
-def process_age() -> float:
-    """Seconds since this process started (the entry script imports `launch` first thing)."""
+def process_start() -> float:
+    """When this process started (the entry script imports `launch` first thing)."""
     from ..core.launch import STARTED
 
-    return time.time() - STARTED
+    return STARTED
 
 
 class DetailedLogCallback(TrainerCallback):
-    def __init__(self, runlog: RunLog, throughput: Throughput, early_stopping=None):
+    def __init__(self, runlog: RunLog, throughput: Throughput, early_stopping=None, since: float | None = None):
+        self.since = process_start() if since is None else since  # start-up counts from here
         self.log = runlog
         self.throughput = throughput
         self.early_stopping = early_stopping
@@ -131,8 +132,9 @@ class DetailedLogCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.startup_s is None:
-            self.startup_s = round(process_age(), 1)
-            self.log.line(f"start-up: {self.startup_s} s from launch to the end of the first optimizer step")
+            self.startup_s = round(time.time() - self.since, 1)
+            self.log.line(f"start-up: {self.startup_s} s from launch (in a sweep: from the previous run's end) to "
+                          f"the end of the first optimizer step")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         """The step line and metrics.jsonl, from the figures `Throughput.figures` added to the logs."""

@@ -5,6 +5,7 @@ the model is created, so `from_pretrained` builds it already partitioned.
 """
 
 import contextlib
+import gc
 import json
 import os
 import shlex
@@ -29,7 +30,7 @@ from ..run.run_spec import RunSpec
 from ..predict import final_fidelity
 from .model_setup import DevicePolicy, apply_lora, build_model, describe_model, device_policy
 from .run_files import peak_memory, versions, write_manifest, write_trace
-from .runlog import PLOT_NAME, DetailedLogCallback, RunLog, Throughput, decode_with_span, plot_losses
+from .runlog import PLOT_NAME, DetailedLogCallback, RunLog, Throughput, decode_with_span, plot_losses, process_start
 from .stopping import StopCallback, StopRequest
 from .trainer import ChameleonsTrainer, EpochCallback, EpochRows, TrainerSetup, timed, with_row_meta
 
@@ -156,6 +157,8 @@ class TrainingRun:
     tokenizes and plans (all a dry run does), `run` then sets up (opens the run folder and its
     log, builds the model and the Trainer), trains, and either stops cleanly or evaluates and saves."""
 
+    last_end = process_start()  # a run's start-up is counted from here: launch, or a sweep's previous run
+
     def __init__(self, opts, spec: RunSpec, checks: RunChecks, data: RunData):
         self.opts, self.spec, self.config, self.checks, self.data = opts, spec, spec.config, checks, data
         self.targs = self.stop = self.encoded = self.plan = self.runlog = None
@@ -201,10 +204,28 @@ class TrainingRun:
         return 0
 
     def run(self) -> int:
-        """Set up, train, then stop or save (after `prepare`). Returns the exit code."""
+        """Set up, train, then stop or save (after `prepare`), then let go of the model and the
+        engine so that a sweep's next run starts clean. Returns the exit code."""
         self.setup()
         self.train()
-        return self.save()
+        code = self.save()
+        self.release()
+        return code
+
+    def release(self):
+        """Frees the engine, the model and accelerate's state: a second Accelerator with a DeepSpeed
+        plugin in one process needs AcceleratorState cleared (accelerate has no public reset; the
+        process group, PartialState, is kept for the next run)."""
+        from accelerate.state import AcceleratorState, GradientState
+
+        self.trainer.accelerator.free_memory()
+        self.trainer = self.tally = self.detailed = None
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        TrainingRun.last_end = time.time()
 
     def setup(self):
         """Everything before the first step. The folder is first written once the plan exists."""
@@ -278,7 +299,7 @@ class TrainingRun:
         peak, peak_note = flops.peak_flops(self.targs.device, config.training.peak_tflops)
         runlog.line(f"MFU: model FLOPs of active parameters only (chameleons/train/flops.py) against {peak_note}")
         throughput = Throughput(self.targs.world_size, peak)
-        self.detailed = DetailedLogCallback(runlog, throughput, early)
+        self.detailed = DetailedLogCallback(runlog, throughput, early, since=TrainingRun.last_end)
         callbacks = [EpochCallback(train_rows, runlog), self.tally] + ([early] if early else []) + [self.detailed]
         setup = TrainerSetup(batching=config.training.batching, router_aux_loss_coef=config.model.router_aux_loss_coef,
                              max_tokens_per_micro_batch=self.plan["micro_batches"]["budget"], collate=collate,
@@ -307,7 +328,6 @@ class TrainingRun:
         with diskspace.full_disk_is_one_line(self.opts.output_dir, DISK_FULL_THEN):
             code = self.report_stop() if self.stop.exit_code else self.save_result()
         tracking.finish_wandb(code)
-        finish_distributed()
         return code
 
     def report_stop(self) -> int:
