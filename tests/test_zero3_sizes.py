@@ -88,3 +88,15 @@ def test_ddp_timeout_setting(tmp_path):
     opts = parse_train_args(["--config", str(path), "--output_dir", str(tmp_path / "out"), "--max_epochs", "1"])
     targs = training_arguments(opts, config, DevicePolicy(on_gpu=False, bf16=False, attn_implementation="sdpa"), [])
     assert targs.ddp_timeout == 7200
+
+
+def test_the_plan_states_the_start_up_it_expects():
+    from chameleons.train.planning import _startup_line, startup_estimate
+
+    n = 30_532_122_624
+    loaded = startup_estimate(n, random_init=False)
+    assert loaded["model_read_bytes"] == 2 * n and loaded["expected_s"] == round(2 * n / 2e9 + 15)
+    assert "reads the 56.9 GiB model at an assumed 2 GB/s" in _startup_line(loaded)[0]
+    drawn = startup_estimate(n, random_init=True)
+    assert drawn["expected_s"] == 15 and "drawn at random" in _startup_line(drawn)[0]
+    assert _startup_line(None) == []

@@ -83,6 +83,19 @@ class ModelCosts:
 
     checkpoints: dict | None = None
     memory_setup: memory.MemorySetup | None = None
+    startup: dict | None = None  # what the run is expected to pay before its first step
+
+
+READ_BYTES_PER_S = 2e9  # assumed read speed of the model's files (a local NVMe or a good network disk)
+SET_UP_S = 15  # imports, process group, tokenizer, DeepSpeed and AutoEP set-up: measured on CPU here
+
+
+def startup_estimate(n_params: int, random_init: bool) -> dict:
+    """Launch to the first step, expected: rank 0 reads the bf16 model whole (transformers under
+    ZeRO-3 loads on rank 0 and partitions from there) at READ_BYTES_PER_S, plus the set-up."""
+    read = 0 if random_init else 2 * n_params
+    return {"model_read_bytes": read, "assumed_read_bytes_per_s": READ_BYTES_PER_S, "set_up_s": SET_UP_S,
+            "expected_s": round(read / READ_BYTES_PER_S + SET_UP_S)}
 
 
 def make_plan(corpus, split, encoded, training, schedule: Schedule, costs: ModelCosts | None = None) -> dict:
@@ -141,6 +154,7 @@ def make_plan(corpus, split, encoded, training, schedule: Schedule, costs: Model
                                           training.batching == "packed", budget, training.seed),
         "memory": figures,
         "checkpoints": costs.checkpoints,
+        "startup": costs.startup,
         "guide_table": table,
     }
 
@@ -159,7 +173,8 @@ def model_costs(config, zero_stage, world_size: int, ranks_per_node: int, ep_siz
     n = None if config.lora else n_params
     cost = zero3.checkpoint_cost(n, zero_stage, config.training.save_total_limit, world_size,
                                  min(world_size, ranks_per_node), config.training.full_checkpoint_minutes > 0)
-    return ModelCosts(checkpoints=cost, memory_setup=setup)
+    return ModelCosts(checkpoints=cost, memory_setup=setup,
+                      startup=startup_estimate(n_params, bool(config.model.random_init)))
 
 
 def supervised_share_p95(encoded) -> float:
@@ -187,6 +202,16 @@ def token_budget(training, figures):
     if figures is None:
         return None
     return figures["budget"] or training.max_length
+
+
+def _startup_line(startup) -> list:
+    if startup is None:
+        return []
+    read = startup["model_read_bytes"]
+    what = (f"rank 0 reads the {read / 2**30:,.1f} GiB model at an assumed "
+            f"{startup['assumed_read_bytes_per_s'] / 1e9:g} GB/s, " if read else "the model is drawn at random, ")
+    return [f"start-up   about {startup['expected_s']:,} s expected from launch to the first step: {what}plus about "
+            f"{startup['set_up_s']} s of imports and DeepSpeed set-up; the log's start-up line says what it took"]
 
 
 def _checkpoint_line(ck) -> str:
@@ -275,6 +300,7 @@ def format_plan(plan: dict) -> str:
         *_device_line(plan.get("device")),
         _memory_line(plan),
         _checkpoint_line(plan.get("checkpoints")),
+        *_startup_line(plan.get("startup")),
         "",
         f"{'N':>5} {'samples':>9} {'by record':>10} {'validation':>11} {'share':>7} {'train':>9} {'lost':>7} "
         f"{'steps/epoch':>12} "
