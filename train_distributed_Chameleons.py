@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     from chameleons.train import training  # torch, transformers: the checks that need them, then the runs
 
     load_tokenizer = functools.lru_cache(encoding.load_tokenizer)
-    recipes = [recipe(training, run, load_tokenizer) for run in runs]
+    recipes = [recipe(training, run, load_tokenizer, sweep=len(runs) > 1) for run in runs]
     code = 0
     for run in recipes:
         run.prepare()  # tokenize and plan
@@ -84,7 +84,7 @@ def check_and_split(point, load_corpus) -> Checked | None:
     return Checked(opts, spec, inputs, corpus, split, builder)
 
 
-def recipe(training, run: Checked, load_tokenizer):
+def recipe(training, run: Checked, load_tokenizer, sweep: bool):
     """The checks that need torch, then the run's TrainingRun (not yet tokenized)."""
     checks = training.check_run(run.opts, run.spec.config, run.inputs)
     tokenizer = load_tokenizer(run.spec.config.model.tokenizer)
@@ -92,7 +92,8 @@ def recipe(training, run: Checked, load_tokenizer):
         launch.adopt_single_process()
     cache_dir = run.spec.config.resolve_path(run.spec.config.data.cache_dir)
     return training.TrainingRun(run.opts, run.spec, checks,
-                                training.RunData(run.corpus, run.split, run.builder, tokenizer, cache_dir))
+                                training.RunData(run.corpus, run.split, run.builder, tokenizer, cache_dir),
+                                keep_initial=sweep)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,16 @@ COMMON = ["--max_samples_per_user", "1", "--max_epochs", "2", "--resample_each_e
 
 
 def tiny_config(tmp: Path) -> Path:
+    """config_tiny_cpu.json's model saved as a pretrained folder (read with from_pretrained under
+    ZeRO-3, as a real model is), the sample data, every step logged."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     config = json.loads((ROOT / "config_tiny_cpu.json").read_text())
+    spec = dict(config["model"].pop("random_init"))
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(spec.pop("model_type"), **spec)).save_pretrained(tmp / "model")
+    config["model"]["name_or_path"] = str(tmp / "model")
     config["data"] = {"train_file": str(ROOT / "data" / "sample_chameleons.json"), "cache_dir": str(tmp / "cache")}
     config["training"]["logging_steps"] = 1  # the resume test compares losses step by step
     config["training"]["batch_size"] = PER_RANK // config["training"]["gradient_accumulation_steps"]
@@ -285,6 +294,8 @@ def test_a_sweeps_run_is_its_separate_twin_and_a_resumed_sweep_skips_it(run_a, r
     differ = {k for k in records[0]["args"] if records[0]["args"][k] != records[1]["args"][k]}
     assert differ == {"config", "output_dir"} and records[0]["config"] == records[1]["config"]
     AutoModelForCausalLM.from_pretrained(twin)
+    second = (run_b[0] / "training_logs" / "detailed_training_log.txt").read_text()
+    assert "model: initial weights from host memory" in second  # not read again: the twin's, kept (then resumed)
     assert f"already finished: {twin}" in resumed_stdout
     assert (twin / "training_config.json").stat().st_mtime_ns == stop["twin_finished_at"]
 

@@ -84,7 +84,9 @@ def flash_attn_2_available() -> bool:
     return is_flash_attn_2_available()
 
 
-def build_model(config, device: DevicePolicy, deepspeed_zero3: bool):
+def build_model(config, device: DevicePolicy, deepspeed_zero3: bool, read_weights: bool = True):
+    """The model, partitioned at construction under ZeRO-3; without `read_weights` a pretrained
+    model is built from its config only (its weights are copied in afterwards: initial_weights)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     m = config.model
@@ -110,9 +112,14 @@ def build_model(config, device: DevicePolicy, deepspeed_zero3: bool):
             raise UserError(f"model {m.name_or_path!r} could not be loaded: {str(exc).splitlines()[0]}") from None
         _router_settings(model_config, m.router_aux_loss_coef)
         with remote_code_errors(m):
-            model = AutoModelForCausalLM.from_pretrained(m.name_or_path, config=model_config, dtype=dtype,
-                                                         attn_implementation=device.attn_implementation,
-                                                         trust_remote_code=m.trust_remote_code, **extra)
+            if read_weights:
+                model = AutoModelForCausalLM.from_pretrained(m.name_or_path, config=model_config, dtype=dtype,
+                                                             attn_implementation=device.attn_implementation,
+                                                             trust_remote_code=m.trust_remote_code, **extra)
+            else:
+                model = AutoModelForCausalLM.from_config(model_config, dtype=dtype,
+                                                         trust_remote_code=m.trust_remote_code,
+                                                         attn_implementation=device.attn_implementation, **extra)
     if deepspeed_zero3:
         register_moe_leaves(model)
     model.config.use_cache = False

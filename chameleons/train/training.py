@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import diskspace, expert_parallel, flops, model_spec, planning, saves, zero3
+from . import diskspace, expert_parallel, flops, initial_weights, model_spec, planning, saves, zero3
 from ..core import launch, outputs
 from ..core.errors import UserError
 from ..corpus.data import Corpus
@@ -158,9 +158,12 @@ class TrainingRun:
     log, builds the model and the Trainer), trains, and either stops cleanly or evaluates and saves."""
 
     last_end = process_start()  # a run's start-up is counted from here: launch, or a sweep's previous run
+    initial = None  # initial_weights.InitialWeights of the sweep's latest model
 
-    def __init__(self, opts, spec: RunSpec, checks: RunChecks, data: RunData):
+    def __init__(self, opts, spec: RunSpec, checks: RunChecks, data: RunData, keep_initial: bool = False):
+        """`keep_initial`: a sweep's run, which keeps its model's initial weights for the next."""
         self.opts, self.spec, self.config, self.checks, self.data = opts, spec, spec.config, checks, data
+        self.keep_initial = keep_initial
         self.targs = self.stop = self.encoded = self.plan = self.runlog = None
         self.trainer = self.tally = self.trace = self.started = None
 
@@ -269,8 +272,20 @@ class TrainingRun:
         return runlog
 
     def build_model(self):
-        """The model (LoRA-wrapped when configured), and the DeepSpeed settings that depend on it."""
-        model = build_model(self.config, self.checks.device, deepspeed_zero3=self.checks.zero_stage == 3)
+        """The model (LoRA-wrapped when configured), and the DeepSpeed settings that depend on it.
+        In a sweep under ZeRO-3 a run whose model an earlier run built starts from that run's
+        initial weights in host memory instead of reading the model again (initial_weights)."""
+        zero3_on, key = self.checks.zero_stage == 3, None
+        if zero3_on and self.keep_initial:
+            key = initial_weights.key_of(self.config, self.checks.device.dtype, self.targs.world_size)
+        kept = TrainingRun.initial if key is not None and TrainingRun.initial and TrainingRun.initial.key == key \
+            else None
+        model = build_model(self.config, self.checks.device, deepspeed_zero3=zero3_on, read_weights=kept is None)
+        if kept is not None:
+            initial_weights.restore(model, kept)
+            self.runlog.line("model: initial weights from host memory (an earlier run of this sweep built them)")
+        elif key is not None:
+            TrainingRun.initial = initial_weights.capture(model, key)
         if self.config.lora:
             model = apply_lora(model, self.config.lora)
         self.runlog.line(describe_model(model))
