@@ -80,3 +80,23 @@ def test_total_flos_and_throughput_count_model_flops_of_real_tokens(tmp_path):
     expected = sum(train_flops(model.config, [r["length"]], [r["length"] - r["prompt_len"]]) for r in trained)
     assert trainer.state.total_flos == pytest.approx(expected)
     assert expected < 6 * model.num_parameters(exclude_embeddings=True) * sum(r["length"] for r in trained)
+
+
+def test_a_signal_between_a_sweeps_runs_stops_before_the_next_one_starts(monkeypatch, capsys):
+    """The previous run's handler caught it: the next run reports and returns its exit code
+    without setting anything up (no folder, no model)."""
+    from types import SimpleNamespace
+
+    from chameleons.train.training import TrainingRun
+
+    previous = StopRequest()
+    run = SimpleNamespace(targs=SimpleNamespace(device="cpu", process_index=0), main=True,
+                          opts=SimpleNamespace(output_dir="grid/sample_seed-43"))
+    monkeypatch.setattr(TrainingRun, "last_stop", previous)
+    assert TrainingRun.stopped_between_runs(run) == 0  # no signal: the run goes ahead
+    previous._handle(signal.SIGTERM, None)
+    assert TrainingRun.stopped_between_runs(run) == 143
+    err = capsys.readouterr().err
+    assert "stopped before grid/sample_seed-43 started" in err and "--resume_from_checkpoint auto" in err
+    monkeypatch.setattr(TrainingRun, "last_stop", None)
+    assert TrainingRun.stopped_between_runs(run) == 0  # the first run of a launch

@@ -3,6 +3,7 @@ per GPU) they come from the SLURM variables."""
 
 import logging
 import os
+import shlex
 import sys
 import time
 
@@ -100,3 +101,22 @@ def exit_worker(code: int):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def resume_command() -> str:
+    """The command to continue this run: exact for one machine, the launcher left to the user
+    across nodes or under SLURM."""
+    argv, skip = [], False
+    for a in sys.argv:
+        if skip:
+            skip = False
+        elif a == "--resume_from_checkpoint":
+            skip = True
+        elif not a.startswith("--resume_from_checkpoint="):
+            argv.append(a)
+    world, local = world_size(), local_world_size()
+    if world == 1:
+        return shlex.join(["python", *argv])
+    if world == local and "SLURM_PROCID" not in os.environ:
+        return shlex.join(["torchrun", f"--nproc_per_node={world}", *argv])
+    return "the same launcher (torchrun/srun) with " + shlex.join(argv)

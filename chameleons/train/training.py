@@ -159,6 +159,7 @@ class TrainingRun:
 
     last_end = process_start()  # a run's start-up is counted from here: launch, or a sweep's previous run
     initial = None  # initial_weights.InitialWeights of the sweep's latest model
+    last_stop = None  # the previous run's StopRequest: its handler catches a signal between runs
 
     def __init__(self, opts, spec: RunSpec, checks: RunChecks, data: RunData, keep_initial: bool = False):
         """`keep_initial`: a sweep's run, which keeps its model's initial weights for the next."""
@@ -209,11 +210,28 @@ class TrainingRun:
     def run(self) -> int:
         """Set up, train, then stop or save (after `prepare`), then let go of the model and the
         engine so that a sweep's next run starts clean. Returns the exit code."""
+        code = self.stopped_between_runs()
+        if code:
+            return code
         self.setup()
         self.train()
         code = self.save()
         self.release()
         return code
+
+    def stopped_between_runs(self) -> int:
+        """A signal that came after a sweep's previous run ended (its handler is still installed)
+        stops the sweep before this run starts; every rank agrees, as at a step's end."""
+        previous = TrainingRun.last_stop
+        if previous is None:
+            return 0
+        previous.agree(self.targs.device)
+        if previous.signal is None:
+            return 0
+        if self.main:
+            print(f"stopped before {self.opts.output_dir} started; resume the sweep with: {launch.resume_command()} "
+                  f"--resume_from_checkpoint auto", file=sys.stderr, flush=True)
+        return previous.exit_code
 
     def release(self):
         """Frees the engine, the model and accelerate's state: a second Accelerator with a DeepSpeed
@@ -229,6 +247,7 @@ class TrainingRun:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         TrainingRun.last_end = time.time()
+        TrainingRun.last_stop = self.stop
 
     def setup(self):
         """Everything before the first step. The folder is first written once the plan exists."""
@@ -353,7 +372,7 @@ class TrainingRun:
                        f"and is not resumable; lower the learning rate, or resume from the last complete checkpoint "
                        f"(--resume_from_checkpoint auto picks it)")
         else:
-            message = f"stopped at step {step}, resume with: {resume_command()} --resume_from_checkpoint auto"
+            message = f"stopped at step {step}, resume with: {launch.resume_command()} --resume_from_checkpoint auto"
         self.runlog.line(message)
         self.runlog.metrics("stopped", step=step, exit_code=stop.exit_code)
         if self.main:
@@ -400,25 +419,6 @@ class TrainingRun:
             "summary": summary,
         })
         return 0
-
-
-def resume_command() -> str:
-    """The command to continue this run: exact for one machine, the launcher left to the user
-    across nodes or under SLURM."""
-    argv, skip = [], False
-    for a in sys.argv:
-        if skip:
-            skip = False
-        elif a == "--resume_from_checkpoint":
-            skip = True
-        elif not a.startswith("--resume_from_checkpoint="):
-            argv.append(a)
-    world, local = launch.world_size(), launch.local_world_size()
-    if world == 1:
-        return shlex.join(["python", *argv])
-    if world == local and "SLURM_PROCID" not in os.environ:
-        return shlex.join(["torchrun", f"--nproc_per_node={world}", *argv])
-    return "the same launcher (torchrun/srun) with " + shlex.join(argv)
 
 
 def finish_distributed():
