@@ -41,9 +41,10 @@ def main(argv=None) -> int:
 
     load_tokenizer = functools.lru_cache(encoding.load_tokenizer)
     recipes = [recipe(training, run, load_tokenizer, sweep=len(runs) > 1) for run in runs]
+    for run in recipes:
+        run.prepare()  # tokenize and plan: a run that cannot train is found before any run trains
     code = 0
     for run in recipes:
-        run.prepare()  # tokenize and plan
         if run.opts.dry_run:
             run.write_dry_run()
             continue

@@ -419,8 +419,9 @@ def test_malformed_wandb_key_falls_back_to_offline_with_one_notice(tmp_path, mon
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_DIR", raising=False)
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
-    report_to, notice = wandb_settings("chameleons_ci", None, tmp_path / "out")
-    assert report_to == ["wandb"] and os.environ["WANDB_MODE"] == "offline"
+    report_to, notice, env = wandb_settings("chameleons_ci", None, tmp_path / "out")
+    assert report_to == ["wandb"] and env["WANDB_MODE"] == "offline" and env["WANDB_DIR"] == str(tmp_path / "out")
+    assert "WANDB_MODE" not in os.environ  # set when the run starts, not by the checks
     assert "malformed" in notice and "offline" in notice and "\n" not in notice
 
 

@@ -69,3 +69,10 @@ def test_each_run_reports_to_its_own_wandb_group_and_tags():
     groups = [(tracking.wandb_group(o), tracking.wandb_tags(o)) for _, o in sweep.points(parse_train_args(argv), argv)]
     assert groups == [("context_only_N2", ["context_only", "N2", "seed7"]), ("context_only_N2", ["context_only", "N2", "seed8"]),
                       ("profile_only_N2", ["profile_only", "N2", "seed7"]), ("profile_only_N2", ["profile_only", "N2", "seed8"])]
+
+
+@pytest.mark.parametrize("values", ["sample_seed=1,1", "config=a/b.json,a_b.json"])
+def test_two_runs_sharing_a_folder_is_an_error(values):
+    argv = [*BASE, "--sweep", values]
+    with pytest.raises(UserError, match="two runs would share the folder"):
+        sweep.points(parse_train_args(argv), argv)

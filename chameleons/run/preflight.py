@@ -24,6 +24,7 @@ class Inputs:
     report_to: list
     notices: list = field(default_factory=list)
     printed: list = field(default_factory=list)  # notices already on the console (the log still gets them)
+    wandb_env: dict = field(default_factory=dict)  # set when the run starts (tracking.apply_wandb_env)
 
 
 def check_inputs(opts, config) -> Inputs:
@@ -47,12 +48,13 @@ def check_inputs(opts, config) -> Inputs:
         printed.append(notices[-1])
         if maybe_rank_zero():
             print(notices[-1], file=sys.stderr, flush=True)
-    report_to, wandb_notice = tracking.wandb_settings(opts.wandb_project, opts.wandb_run_name, opts.output_dir)
+    report_to, wandb_notice, wandb_env = tracking.wandb_settings(opts.wandb_project, opts.wandb_run_name,
+                                                                 opts.output_dir)
     if opts.tensorboard:
         tracking.require_tensorboard()
         report_to = report_to + ["tensorboard"]
     return Inputs(resume=resume, zero_stage=zero_stage, report_to=report_to,
-                  notices=notices + ([wandb_notice] if wandb_notice else []), printed=printed)
+                  notices=notices + ([wandb_notice] if wandb_notice else []), printed=printed, wandb_env=wandb_env)
 
 
 def deepspeed_stage(path):

@@ -57,6 +57,9 @@ def points(opts: TrainOptions, argv: list) -> list:
         name = run_name(point)
         extra = [a for key, value in point
                  for a in (("--set", f"{key}={value}") if "." in key else (f"--{key}", value))]
+        if any(name == seen for seen, _ in out):
+            raise UserError(f"--sweep: two runs would share the folder {Path(opts.output_dir, name)} (a value given "
+                            f"twice, or values that differ only in characters a folder name replaces)")
         out.append((name, parse_train_args([*base, *extra, "--output_dir", str(Path(opts.output_dir, name))])))
     return out
 

@@ -11,23 +11,32 @@ import sys
 from ..core.errors import UserError
 
 
-def wandb_settings(project: str, run_name, output_dir):
-    """Rank 0 logs to wandb; with no key or no network it goes offline, saying so once."""
+def wandb_settings(project: str, run_name, output_dir) -> tuple:
+    """(report_to, notice, environment): rank 0 logs to wandb; with no key or no network it goes
+    offline, saying so once. The environment the run sets when it starts (`apply_wandb_env`):
+    worked out at the checks, from the environment as the user left it, so the runs of a sweep
+    each log into their own folder."""
     if not project or project.lower() == "none":
-        return [], None
-    os.environ["WANDB_PROJECT"] = project
+        return [], None, {}
+    env = {"WANDB_PROJECT": project, "WANDB_DIR": os.environ.get("WANDB_DIR") or str(output_dir)}
     if run_name:
-        os.environ["WANDB_NAME"] = run_name
-    os.environ.setdefault("WANDB_DIR", str(output_dir))
+        env["WANDB_NAME"] = run_name
     notice = None
     key = os.environ.get("WANDB_API_KEY", "")
     has_key = bool(key) or os.path.exists(os.path.expanduser("~/.netrc"))
     if os.environ.get("WANDB_MODE") not in ("offline", "disabled"):
-        if not has_key:
-            notice = _go_offline("no API key found")
-        elif key and len(key) < MIN_KEY_LENGTH:
-            notice = _go_offline(f"WANDB_API_KEY is malformed ({len(key)} characters, wandb keys have {MIN_KEY_LENGTH}+)")
-    return ["wandb"], notice
+        reason = "no API key found" if not has_key else \
+            f"WANDB_API_KEY is malformed ({len(key)} characters, wandb keys have {MIN_KEY_LENGTH}+)" \
+            if key and len(key) < MIN_KEY_LENGTH else None
+        if reason:
+            env["WANDB_MODE"] = "offline"
+            notice = f"wandb: {reason}, logging offline to {env['WANDB_DIR']}/wandb (sync later with `wandb sync`)"
+    return ["wandb"], notice, env
+
+
+def apply_wandb_env(env: dict):
+    """Every rank, when its run starts (the Trainer's wandb callback reads these too)."""
+    os.environ.update(env)
 
 
 MIN_KEY_LENGTH = 40
@@ -71,13 +80,16 @@ def run_config(opts, spec) -> dict:
 
 def start_wandb(opts, spec, report_to, **extra):
     """Start the wandb run on rank 0 (call it there only), before the Trainer exists; project,
-    run name, folder and mode come from the environment `wandb_settings` set; `extra`: facts decided
-    at start that the config does not show (expert parallelism's size)."""
+    run name, folder and mode come from the environment `apply_wandb_env` set, passed explicitly
+    (wandb keeps the first run's settings of a process otherwise: a sweep's runs would share one
+    folder); `extra`: facts decided at start that the config does not show (expert parallelism's size)."""
     if "wandb" not in report_to:
         return None
     import wandb
 
-    settings = dict(group=wandb_group(opts), tags=wandb_tags(opts), config={**run_config(opts, spec), **extra})
+    settings = dict(group=wandb_group(opts), tags=wandb_tags(opts), config={**run_config(opts, spec), **extra},
+                    project=os.environ.get("WANDB_PROJECT"), name=os.environ.get("WANDB_NAME"),
+                    dir=os.environ.get("WANDB_DIR"))
     try:
         return wandb.init(**settings)
     except wandb.errors.CommError as exc:  # a rejected key or no network: the run goes on, logged offline

@@ -101,6 +101,7 @@ class RunChecks:
     notices: list
     expert_parallel: dict
     printed: tuple = ()  # notices the console already showed
+    wandb_env: dict | None = None  # tracking.apply_wandb_env, when the run starts
     costs: planning.ModelCosts | None = None  # the plan's checkpoint and memory figures
 
 
@@ -122,7 +123,7 @@ def check_run(opts, config, inputs) -> RunChecks:
     unread = zero3.unread_config_notice(config.model) if costs.memory_setup is None else None
     return RunChecks(resume=inputs.resume, device=device, zero_stage=inputs.zero_stage, report_to=inputs.report_to,
                      notices=inputs.notices + list(device.notices) + [n for n in (disk_notice, unread) if n],
-                     expert_parallel=ep_plan, costs=costs, printed=tuple(inputs.printed))
+                     expert_parallel=ep_plan, costs=costs, printed=tuple(inputs.printed), wandb_env=inputs.wandb_env)
 
 
 def start_run_folder(output_dir, overwrite: bool, resume, main: bool):
@@ -253,6 +254,9 @@ class TrainingRun:
         """Everything before the first step. The folder is first written once the plan exists."""
         from transformers import set_seed
 
+        tracking.apply_wandb_env(self.checks.wandb_env or {})
+        # made again for this run: the DeepSpeed config HF's model loading reads is the newest one made
+        self.targs = training_arguments(self.opts, self.config, self.checks.device, self.checks.report_to)
         self.stop = StopRequest()
         self.stop.install()
         self.targs.eval_steps = self.targs.save_steps = eval_interval(self.plan["schedule"]["steps_per_epoch"],
@@ -299,7 +303,11 @@ class TrainingRun:
             key = initial_weights.key_of(self.config, self.checks.device.dtype, self.targs.world_size)
         kept = TrainingRun.initial if key is not None and TrainingRun.initial and TrainingRun.initial.key == key \
             else None
-        model = build_model(self.config, self.checks.device, deepspeed_zero3=zero3_on, read_weights=kept is None)
+        # from_pretrained draws no random number, from_config does: the run after it (LoRA's init) must not see that
+        keep_rng = kept is not None and not self.config.model.random_init
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else [],
+                                   enabled=keep_rng):
+            model = build_model(self.config, self.checks.device, deepspeed_zero3=zero3_on, read_weights=kept is None)
         if kept is not None:
             initial_weights.restore(model, kept)
             self.runlog.line("model: initial weights from host memory (an earlier run of this sweep built them)")
