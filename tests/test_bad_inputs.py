@@ -498,6 +498,19 @@ def test_bad_prediction_input_is_one_line_and_writes_nothing(tmp_path, model_dir
     assert (_tree(tmp_path), _tree(model_dir)) == before
 
 
+def test_a_sweep_run_too_short_to_train_stops_the_sweep_before_any_run_trains(tmp_path, run_in_process):
+    """Found once tokenized: every run of a sweep is tokenized and planned before the first trains."""
+    args, _ = _prepare(tmp_path, _args("--sweep", "training.max_length=512,16"))
+    args.remove("--dry_run")
+    before = _tree(tmp_path)
+    proc = run_in_process(args, cwd=tmp_path)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith("error:") and "not enough samples to train" in last
+    outside_cache = lambda tree: {k: v for k, v in tree.items() if not k.startswith("cache/")}  # noqa: E731
+    assert "Traceback" not in proc.stderr  # the tokenized rows' cache is written, as a single run's is
+    assert outside_cache(_tree(tmp_path)) == outside_cache(before)
+
+
 def test_finished_run_resubmitted_is_left_alone_even_when_its_template_is_gone(tmp_path, run_in_process):
     """A requeued `auto` job on a finished run exits 0 whatever of its inputs has moved since."""
     args, _ = _prepare(tmp_path, _args())
