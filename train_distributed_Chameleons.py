@@ -4,8 +4,8 @@
 The recipe, top to bottom: parse flags, read the config, load the dialogue file, sample per
 character, split off validation, build prompts and tokenize, then (unless --dry_run) build the
 model, train with HF Trainer (DeepSpeed when asked) and save the best model. With --sweep, every
-run is checked and split first, then each is tokenized, trained and saved in turn, in this one
-process (chameleons/run/sweep.py).
+run is checked, split, tokenized and planned first, then each is trained and saved in turn, in
+this one process (chameleons/run/sweep.py).
 
     torchrun --nproc_per_node=8 train_distributed_Chameleons.py --config config_Chameleons_30B.json \
         --deepspeed ds_config_zero3_optimized.json --ablation_config context_only \
