@@ -103,17 +103,23 @@ def exit_worker(code: int):
     os._exit(code)
 
 
+def without_flag(argv: list, flag: str) -> list:
+    """`argv` without every `--flag VALUE` and `--flag=VALUE`."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
+
+
 def resume_command() -> str:
     """The command to continue this run: exact for one machine, the launcher left to the user
     across nodes or under SLURM."""
-    argv, skip = [], False
-    for a in sys.argv:
-        if skip:
-            skip = False
-        elif a == "--resume_from_checkpoint":
-            skip = True
-        elif not a.startswith("--resume_from_checkpoint="):
-            argv.append(a)
+    argv = without_flag(sys.argv, "--resume_from_checkpoint")
     world, local = world_size(), local_world_size()
     if world == 1:
         return shlex.join(["python", *argv])

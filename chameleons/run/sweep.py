@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from ..core.errors import UserError
+from ..core.launch import without_flag
 from .cli import TrainOptions, parse_train_args, shaping_flags
 
 NOT_SWEPT = ("output_dir", "resume_from_checkpoint", "overwrite_output_dir", "dry_run", "sweep", "overrides")
@@ -50,7 +51,7 @@ def points(opts: TrainOptions, argv: list) -> list:
     if not opts.sweep:
         return [(None, opts)]
     swept = parse(opts.sweep)
-    base = _without_sweep(argv)
+    base = without_flag(argv, "--sweep")
     out = []
     for values in itertools.product(*(v for _, v in swept)):
         point = list(zip((k for k, _ in swept), values))
@@ -61,16 +62,4 @@ def points(opts: TrainOptions, argv: list) -> list:
             raise UserError(f"--sweep: two runs would share the folder {Path(opts.output_dir, name)} (a value given "
                             f"twice, or values that differ only in characters a folder name replaces)")
         out.append((name, parse_train_args([*base, *extra, "--output_dir", str(Path(opts.output_dir, name))])))
-    return out
-
-
-def _without_sweep(argv: list) -> list:
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--sweep":
-            skip = True
-        elif not a.startswith("--sweep="):
-            out.append(a)
     return out
