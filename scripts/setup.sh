@@ -14,7 +14,7 @@ for file in requirements.txt "$@"; do
     if [ "$file" = requirements.txt ]; then
       .venv/bin/python -m pip install --quiet --upgrade pip
     fi
-    .venv/bin/python -m pip install --quiet --no-compile -r "$file"  # bytecode is compiled on first import, for what is imported
+    .venv/bin/python -m pip install --quiet -r "$file"
     echo "$want" > "$stamp"
   fi
 done
