@@ -76,3 +76,15 @@ def test_two_runs_sharing_a_folder_is_an_error(values):
     argv = [*BASE, "--sweep", values]
     with pytest.raises(UserError, match="two runs would share the folder"):
         sweep.points(parse_train_args(argv), argv)
+
+
+def test_a_switch_is_swept_as_true_and_false():
+    argv = [*BASE, "--sweep", "resample_each_epoch=true,false"]
+    points = sweep.points(parse_train_args(argv), argv)
+    assert [(name, o.resample_each_epoch) for name, o in points] == [("resample_each_epoch-true", True),
+                                                                     ("resample_each_epoch-false", False)]
+    argv = [*BASE, "--resample_each_epoch", "--sweep", "resample_each_epoch=false"]  # the sweep decides
+    assert sweep.points(parse_train_args(argv), argv)[0][1].resample_each_epoch is False
+    argv = [*BASE, "--sweep", "resample_each_epoch=yes"]
+    with pytest.raises(UserError, match="is a switch; sweep it as resample_each_epoch=true,false"):
+        sweep.points(parse_train_args(argv), argv)

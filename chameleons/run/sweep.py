@@ -1,6 +1,7 @@
 """A sweep in one launch: `--sweep FLAG=V1,V2` (repeatable; a dotted key such as
-`training.learning_rate=1e-4,2e-4` is a config key, set as `--set` would) trains every
-combination, one after another, each in its own folder under `--output_dir`.
+`training.learning_rate=1e-4,2e-4` is a config key, set as `--set` would; a switch such as
+`resample_each_epoch=true,false` is given or left out) trains every combination, one after
+another, each in its own folder under `--output_dir`.
 
 Each run's options are the command's own argv with the swept values appended and its folder as
 `--output_dir`, parsed again by the same parser: a swept value gets the flag's own type check and
@@ -41,6 +42,21 @@ def parse(texts: list) -> list:
     return swept
 
 
+SWITCHES = {f.name for f in dataclasses.fields(TrainOptions) if f.metadata.get("action") == "store_true"}
+
+
+def _as_flags(key: str, value: str) -> tuple:
+    """The command-line words of one swept value: a config key as --set, a switch (a flag without
+    a value, e.g. resample_each_epoch) given for true and left out for false."""
+    if "." in key:
+        return "--set", f"{key}={value}"
+    if key in SWITCHES:
+        if value.lower() not in ("true", "false"):
+            raise UserError(f"--sweep {key}={value}: {key} is a switch; sweep it as {key}=true,false")
+        return (f"--{key}",) if value.lower() == "true" else ()
+    return f"--{key}", value
+
+
 def run_name(point: list) -> str:
     """The folder name of one combination [(key, value)]."""
     return "_".join(re.sub(r"[^A-Za-z0-9.+-]", "_", f"{key}-{value}") for key, value in point)
@@ -51,13 +67,13 @@ def points(opts: TrainOptions, argv: list) -> list:
     if not opts.sweep:
         return [(None, opts)]
     swept = parse(opts.sweep)
-    base = without_flag(argv, "--sweep")
+    switches = {f"--{key}" for key, _ in swept if key in SWITCHES}  # a swept switch is given by the sweep alone
+    base = [a for a in without_flag(argv, "--sweep") if a not in switches]
     out = []
     for values in itertools.product(*(v for _, v in swept)):
         point = list(zip((k for k, _ in swept), values))
         name = run_name(point)
-        extra = [a for key, value in point
-                 for a in (("--set", f"{key}={value}") if "." in key else (f"--{key}", value))]
+        extra = [a for key, value in point for a in _as_flags(key, value)]
         if any(name == seen for seen, _ in out):
             raise UserError(f"--sweep: two runs would share the folder {Path(opts.output_dir, name)} (a value given "
                             f"twice, or values that differ only in characters a folder name replaces)")
