@@ -104,10 +104,8 @@ def _agree(model_dirs, members):
         for diff in _prompt_differences(members[0], member):
             shown = "differ" if diff.setting in ("history pool", "prompt template") else \
                 f"{diff.old!r} vs {diff.new!r}"
-            settle = "--data_file and the data flags" if diff.setting in ("history pool", "training file") \
-                or diff.setting[2:] in SPLIT_FLAGS else diff.settle
             raise UserError(f"--model {model_dirs[0]} and --model {d} were trained with different {diff.setting} "
-                            f"({shown}); pass {settle} to predict with one")
+                            f"({shown}); pass {diff.settle} to predict with one")
 
 
 def _notices(opts, pairs: list, members) -> list:

@@ -21,7 +21,6 @@ FORMAT = 2  # format 1 (before the spec) kept the flags and config in training_c
 IGNORED_KEYS = {"overrides", "data.cache_dir", "data.train_file", "training.logging_steps", "training.save_total_limit",
                 "training.dataloader_num_workers", "training.ddp_timeout", "training.peak_tflops",
                 "training.full_checkpoint_minutes"}
-SCOPES = ("run", "prompts")
 FLAG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.metadata.get("shapes")}
 
 
@@ -202,7 +201,9 @@ def _flatten(value, prefix="") -> dict:
 
 
 def _settle(setting: str) -> str:
+    """The flag that decides `setting` (the file and the split flags together decide the history pool)."""
+    if setting == "training file" or setting[2:] in shaping_flags(DataOptions, "split"):
+        return "--data_file and the data flags"
     if setting.startswith("--"):
         return setting
-    return {"training file": "--data_file", "prompt template": "--template_filename"}.get(
-        setting, f"--set {setting}=..." if "." in setting else setting)
+    return "--template_filename" if setting == "prompt template" else f"--set {setting}=..."
