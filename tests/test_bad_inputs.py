@@ -194,6 +194,9 @@ CASES = [
     ("flag-zero-epochs", _args("--max_epochs", "0"), ["--max_epochs"]),
     ("flag-zero-max-steps", _args("--max_steps", "0"), ["--max_steps", "or -1 for no limit"]),
     ("flag-unknown", _args("--learning_rate", "1e-5"), ["--learning_rate"]),
+    ("flag-partition-cache-is-a-file", lambda tmp, cfg: ((tmp / "cache_file").write_text("x") and
+                                                          ["--partition_cache", tmp / "cache_file"], {}, None),
+     ["--partition_cache", "cache_file", "not a folder"]),
     ("flag-unknown-ablation", _args("--ablation_config", "profile_only_please"), ["profile_only_please"]),
     ("sweep-later-run-unknown-ablation", _args("--sweep", "ablation_config=context_only,profile_only_please"),
      ["profile_only_please"]),  # found before the first run of the sweep starts

@@ -111,7 +111,7 @@ def run_a(workdir):
     """The uninterrupted 2-process ZeRO-3 run."""
     tmp, config = workdir
     out = tmp / "run_a"
-    proc = run(torchrun_cmd(config, out))
+    proc = run(torchrun_cmd(config, out, "--partition_cache", str(tmp / "partitions")))
     (tmp / "run_a.console").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
@@ -238,7 +238,8 @@ def run_b(run_a, workdir):
     interruption change nothing. Returns (the second run's folder, the step it stopped at, the
     first run's folder, the resuming command's output)."""
     tmp, config = workdir
-    sweep_cmd = torchrun_cmd(config.name, tmp / "sweep", "--sweep", f"config={config.name},{config_b(workdir)}")
+    sweep_cmd = torchrun_cmd(config.name, tmp / "sweep", "--sweep", f"config={config.name},{config_b(workdir)}",
+                             "--partition_cache", str(tmp / "partitions"))
     twin, out = tmp / "sweep" / "config-config.json", tmp / "sweep" / "config-config_b.json"
     console = open(tmp / "run_b.console", "w")  # a file, not a pipe: a full pipe would block the ranks
     proc = subprocess.Popen(sweep_cmd, cwd=tmp, stdout=console, stderr=subprocess.STDOUT)
@@ -296,6 +297,11 @@ def test_a_sweeps_run_is_its_separate_twin_and_a_resumed_sweep_skips_it(run_a, r
     AutoModelForCausalLM.from_pretrained(twin)
     second = (run_b[0] / "training_logs" / "detailed_training_log.txt").read_text()
     assert "model: initial weights from host memory" in second  # not read again: the twin's, kept (then resumed)
+    # run_a read the model and wrote each rank's partition to --partition_cache; the twin, a new
+    # launch, read those instead, and trained exactly as run_a (above)
+    first = (twin / "training_logs" / "detailed_training_log.txt").read_text()
+    assert "; partition cache written" in (run_a / "training_logs" / "detailed_training_log.txt").read_text()
+    assert "model: initial weights from the partition cache" in first
     assert f"already finished: {twin}" in resumed_stdout
     assert (twin / "training_config.json").stat().st_mtime_ns == stop["twin_finished_at"]
 

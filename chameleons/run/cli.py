@@ -195,6 +195,10 @@ class TrainOptions(DataOptions):
     nproc_per_node: int | None = flag(None, "world size for the dry run's step counts (default: WORLD_SIZE or 1)",
                                       type=positive_int)
     seed: int | None = flag(None, "training seed (default: the config's training.seed)", type=int)
+    partition_cache: str | None = flag(None, "folder where a pretrained model's ZeRO-3 partitions are kept, each rank "
+                                             "its own file, so that the next launch with the same model reads them "
+                                             "in parallel instead of the whole model (chameleons/train/"
+                                             "initial_weights.py)")
     final_fidelity_items: int = flag(0, "after saving the best model, generate for the first N items of the run's fixed "
                                         "validation subset and score character fidelity into final_fidelity.json "
                                         "(chameleons/predict/final_fidelity.py); 0 = off", type=non_negative_int,

@@ -6,6 +6,7 @@ uses the standard library only; `training.check_run` adds the checks that need t
 import json
 import os
 import sys
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from . import checkpoints, ds_checkpoint, tracking
@@ -48,6 +49,8 @@ def check_inputs(opts, config) -> Inputs:
         printed.append(notices[-1])
         if maybe_rank_zero():
             print(notices[-1], file=sys.stderr, flush=True)
+    if opts.partition_cache:
+        notices += partition_cache_notices(opts.partition_cache, zero_stage, m)
     report_to, wandb_notice, wandb_env = tracking.wandb_settings(opts.wandb_project, opts.wandb_run_name,
                                                                  opts.output_dir)
     if opts.tensorboard:
@@ -55,6 +58,24 @@ def check_inputs(opts, config) -> Inputs:
         report_to = report_to + ["tensorboard"]
     return Inputs(resume=resume, zero_stage=zero_stage, report_to=report_to,
                   notices=notices + ([wandb_notice] if wandb_notice else []), printed=printed, wandb_env=wandb_env)
+
+
+def partition_cache_notices(folder, zero_stage, model) -> list:
+    """--partition_cache must be a folder this user can write (checked before anything is
+    written); it is used only for a pretrained model in a local folder under ZeRO-3 (a notice
+    says why otherwise)."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--partition_cache {folder}: exists and is not a folder")
+    probe = path.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"--partition_cache {folder}: {probe} is not writable by this user")
+    why = ("it needs DeepSpeed ZeRO-3" if zero_stage != 3 else "the model is drawn at random (nothing is read)"
+           if model.random_init else None if os.path.isdir(model.name_or_path) else
+           f"model.name_or_path {model.name_or_path} is not a local folder")
+    return [f"--partition_cache is not used: {why}"] if why else []
 
 
 def deepspeed_stage(path):

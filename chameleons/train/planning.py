@@ -90,12 +90,13 @@ READ_BYTES_PER_S = 2e9  # assumed read speed of the model's files (a local NVMe 
 SET_UP_S = 15  # imports, process group, tokenizer, DeepSpeed and AutoEP set-up: measured on CPU here
 
 
-def startup_estimate(n_params: int, random_init: bool) -> dict:
+def startup_estimate(n_params: int, random_init: bool, world_size: int = 1, cached: bool = False) -> dict:
     """Launch to the first step, expected: rank 0 reads the bf16 model whole (transformers under
-    ZeRO-3 loads on rank 0 and partitions from there) at READ_BYTES_PER_S, plus the set-up."""
-    read = 0 if random_init else 2 * n_params
+    ZeRO-3 loads on rank 0 and partitions from there) at READ_BYTES_PER_S, or, from a partition
+    cache (`initial_weights`), every rank its 1/world share at once; plus the set-up."""
+    read = 0 if random_init else 2 * n_params // (world_size if cached else 1)
     return {"model_read_bytes": read, "assumed_read_bytes_per_s": READ_BYTES_PER_S, "set_up_s": SET_UP_S,
-            "expected_s": round(read / READ_BYTES_PER_S + SET_UP_S)}
+            "expected_s": round(read / READ_BYTES_PER_S + SET_UP_S), "partition_cache": cached}
 
 
 def make_plan(corpus, split, encoded, training, schedule: Schedule, costs: ModelCosts | None = None) -> dict:
@@ -159,7 +160,8 @@ def make_plan(corpus, split, encoded, training, schedule: Schedule, costs: Model
     }
 
 
-def model_costs(config, zero_stage, world_size: int, ranks_per_node: int, ep_size: int = 1) -> ModelCosts:
+def model_costs(config, zero_stage, world_size: int, ranks_per_node: int, ep_size: int = 1,
+                cached: bool = False) -> ModelCosts:
     """The checkpoint cost and memory setup of the configured model, from its shape (built once,
     on the meta device); both None when its config is not on this machine."""
     facts = zero3.model_facts(config.model)
@@ -174,7 +176,7 @@ def model_costs(config, zero_stage, world_size: int, ranks_per_node: int, ep_siz
     cost = zero3.checkpoint_cost(n, zero_stage, config.training.save_total_limit, world_size,
                                  min(world_size, ranks_per_node), config.training.full_checkpoint_minutes > 0)
     return ModelCosts(checkpoints=cost, memory_setup=setup,
-                      startup=startup_estimate(n_params, bool(config.model.random_init)))
+                      startup=startup_estimate(n_params, bool(config.model.random_init), world_size, cached))
 
 
 def supervised_share_p95(encoded) -> float:
@@ -208,8 +210,10 @@ def _startup_line(startup) -> list:
     if startup is None:
         return []
     read = startup["model_read_bytes"]
-    what = (f"rank 0 reads the {read / 2**30:,.1f} GiB model at an assumed "
-            f"{startup['assumed_read_bytes_per_s'] / 1e9:g} GB/s, " if read else "the model is drawn at random, ")
+    who = ("every rank reads its own partition from the partition cache" if startup.get("partition_cache")
+           else "rank 0 reads the model")
+    what = (f"{who} ({read / 2**30:,.1f} GiB) at an assumed {startup['assumed_read_bytes_per_s'] / 1e9:g} GB/s, "
+            if read else "the model is drawn at random, ")
     return [f"start-up   about {startup['expected_s']:,} s expected from launch to the first step: {what}plus about "
             f"{startup['set_up_s']} s of imports and DeepSpeed set-up; the log's start-up line says what it took"]
 

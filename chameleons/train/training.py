@@ -103,6 +103,7 @@ class RunChecks:
     printed: tuple = ()  # notices the console already showed
     wandb_env: dict | None = None  # tracking.apply_wandb_env, when the run starts
     costs: planning.ModelCosts | None = None  # the plan's checkpoint and memory figures
+    partition_cache: Path | None = None  # the model's entry in --partition_cache (initial_weights.cache_folder)
 
 
 def check_run(opts, config, inputs) -> RunChecks:
@@ -118,12 +119,18 @@ def check_run(opts, config, inputs) -> RunChecks:
     expert_parallel.check_resume(inputs.resume, ep_plan)
     world, per_node = ((opts.nproc_per_node, opts.nproc_per_node) if opts.dry_run
                        else (launch.world_size(), launch.local_world_size()))
-    costs = planning.model_costs(config, inputs.zero_stage, world, per_node, ep_plan["size"])
+    entry = None
+    if opts.partition_cache and inputs.zero_stage == 3 and not config.model.random_init:
+        entry = initial_weights.cache_folder(opts.partition_cache, initial_weights.key_of(config, device.dtype, world),
+                                             config.model.name_or_path)
+    costs = planning.model_costs(config, inputs.zero_stage, world, per_node, ep_plan["size"],
+                                 cached=initial_weights.cached(entry))
     disk_notice = diskspace.check_run_space(opts.output_dir, costs.checkpoints)
     unread = zero3.unread_config_notice(config.model) if costs.memory_setup is None else None
     return RunChecks(resume=inputs.resume, device=device, zero_stage=inputs.zero_stage, report_to=inputs.report_to,
                      notices=inputs.notices + list(device.notices) + [n for n in (disk_notice, unread) if n],
-                     expert_parallel=ep_plan, costs=costs, printed=tuple(inputs.printed), wandb_env=inputs.wandb_env)
+                     expert_parallel=ep_plan, costs=costs, printed=tuple(inputs.printed), wandb_env=inputs.wandb_env,
+                     partition_cache=entry)
 
 
 def start_run_folder(output_dir, overwrite: bool, resume, main: bool):
@@ -296,23 +303,30 @@ class TrainingRun:
 
     def build_model(self):
         """The model (LoRA-wrapped when configured), and the DeepSpeed settings that depend on it.
-        In a sweep under ZeRO-3 a run whose model an earlier run built starts from that run's
-        initial weights in host memory instead of reading the model again (initial_weights)."""
-        zero3_on, key = self.checks.zero_stage == 3, None
-        if zero3_on and self.keep_initial:
-            key = initial_weights.key_of(self.config, self.checks.device.dtype, self.targs.world_size)
-        kept = TrainingRun.initial if key is not None and TrainingRun.initial and TrainingRun.initial.key == key \
-            else None
+        Under ZeRO-3 a run whose model was built before starts from those initial weights instead
+        of reading the model's files: a sweep's earlier run keeps them in host memory, and
+        `--partition_cache` keeps a pretrained model's on disk for the next launch (initial_weights)."""
+        zero3_on, entry, key = self.checks.zero_stage == 3, self.checks.partition_cache, None
+        rank, world, device = self.targs.process_index, self.targs.world_size, self.targs.device
+        if zero3_on and (self.keep_initial or entry is not None):
+            key = initial_weights.key_of(self.config, self.checks.device.dtype, world)
+        started = time.time()
+        kept, source = initial_weights.find(TrainingRun.initial, key, entry, rank, world, device)
         # from_pretrained draws no random number, from_config does: the run after it (LoRA's init) must not see that
         keep_rng = kept is not None and not self.config.model.random_init
         with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else [],
                                    enabled=keep_rng):
             model = build_model(self.config, self.checks.device, deepspeed_zero3=zero3_on, read_weights=kept is None)
+        source = source or ("drawn at random" if self.config.model.random_init else "read from its files")
         if kept is not None:
             initial_weights.restore(model, kept)
-            self.runlog.line("model: initial weights from host memory (an earlier run of this sweep built them)")
         elif key is not None:
-            TrainingRun.initial = initial_weights.capture(model, key)
+            kept = initial_weights.capture(model, key)
+            if entry is not None:
+                source += "; " + initial_weights.write(entry, kept, rank, world, device)
+        if self.keep_initial and kept is not None:
+            TrainingRun.initial = kept
+        self.runlog.line(f"model: {source}, {time.time() - started:.1f} s")
         if self.config.lora:
             model = apply_lora(model, self.config.lora)
         self.runlog.line(describe_model(model))
