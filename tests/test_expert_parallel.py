@@ -121,7 +121,7 @@ def test_autoep_names_map_back_to_a_model_transformers_loads_strictly(tiny_moe, 
         state[prefix + ".experts.w2"] = state.pop(prefix + ".experts.down_proj")
         state[prefix + ".router.gate.weight"] = state.pop(prefix + ".gate.weight")
         state[prefix + ".gate.gate.weight"] = state[prefix + ".router.gate.weight"]
-    mapped = ep._to_hf_names(state, layers)
+    mapped = ep.to_hf_names(state, layers)
     with torch.device("meta"):
         fresh = type(tiny_moe)(tiny_moe.config)
     fresh.load_state_dict(mapped, strict=True, assign=True)

@@ -78,6 +78,18 @@ def metrics(output_dir):
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def saved_weights(folder) -> dict:
+    """Every tensor of a saved model, from the shards its index names (each rank writes one)."""
+    from safetensors.torch import load_file
+
+    index = json.loads(Path(folder, "model.safetensors.index.json").read_text())
+    out = {}
+    for name in sorted(set(index["weight_map"].values())):
+        out.update(load_file(str(Path(folder, name))))
+    assert sorted(out) == sorted(index["weight_map"])
+    return out
+
+
 def train_losses(output_dir):
     return {m["step"]: m["loss"] for m in metrics(output_dir) if m["event"] == "train"}
 
@@ -280,7 +292,6 @@ def test_a_sweeps_run_is_its_separate_twin_and_a_resumed_sweep_skips_it(run_a, r
     """The sweep's first run trained in the same process as the second, after nothing but the
     checks: its losses, data order, saved weights and records equal run_a's (trained alone), its
     model loads with from_pretrained; the resuming command left it as it was."""
-    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     _, stop, twin, resumed_stdout = run_b
@@ -288,7 +299,7 @@ def test_a_sweeps_run_is_its_separate_twin_and_a_resumed_sweep_skips_it(run_a, r
         assert [(m["step"], m[key]) for m in metrics(twin) if m["event"] == event] == \
             [(m["step"], m[key]) for m in metrics(run_a) if m["event"] == event]
     assert data_order(twin) == data_order(run_a)
-    mine, theirs = load_file(str(twin / "model.safetensors")), load_file(str(run_a / "model.safetensors"))
+    mine, theirs = saved_weights(twin), saved_weights(run_a)
     assert sorted(mine) == sorted(theirs) and all(mine[k].equal(theirs[k]) for k in mine)
     assert sorted(p.name for p in twin.iterdir()) == sorted(p.name for p in run_a.iterdir())
     records = [json.loads((d / "training_config.json").read_text()) for d in (twin, run_a)]
@@ -345,7 +356,11 @@ def test_expert_parallelism_is_on_by_default_and_saves_transformers_layout(run_a
     assert "expert parallelism: off (training.expert_parallel_size is 1)" in log_off
     assert json.loads((run_a / "training_config.json").read_text())["plan"]["expert_parallel"]["size"] == 2
     assert json.loads((off / "training_config.json").read_text())["plan"]["expert_parallel"]["enabled"] is False
-    on_w, off_w = load_file(str(run_a / "model.safetensors")), load_file(str(off / "model.safetensors"))
+    on_w, off_w = saved_weights(run_a), saved_weights(off)
+    # each rank wrote its own shard (layer 0: rank 0; layer 1, embeddings and norm: rank 1), none the whole model
+    assert sorted(p.name for p in run_a.glob("model*.safetensors")) == \
+        ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    assert all(".layers.0." in k for k in load_file(str(run_a / "model-00001-of-00002.safetensors")))
     assert sorted(on_w) == sorted(off_w)
     assert sum(".experts." in k for k in on_w) == 2 * 8 * 3  # config_tiny_cpu.json: 2 layers x 8 experts
     assert all(on_w[k].shape == off_w[k].shape for k in on_w)

@@ -50,10 +50,12 @@ def test_checkpoint_cost_and_plan_line():
     assert ck["evaluation_checkpoint_bytes"] == 2 * n and ck["checkpoint_bytes"] == 14 * n
     assert ck["disk_bytes"] == 14 * n + 2 * 2 * n + 2 * n  # newest resumable + 2 weight saves + final model
     assert ck["host_ram_bytes_resume_node"] == 14 * n // 8 and ck["host_ram_bytes_best_restore_node"] == 2 * n
-    assert ck["host_ram_bytes_rank0"] == 2 * n
+    assert ck["host_ram_bytes_export_node"] == 2 * n  # one node: every rank's share of the final model
     line = _checkpoint_line(ck)
     assert "56.9 GiB per evaluation-time checkpoint" in line and "398.1 GiB per resumable one" in line
-    assert "ZeRO-3" in line and "written once, at the end" in line
+    assert "ZeRO-3" in line and "written at the end, every rank its share (56.9 GiB of host RAM per node)" in line
+    two_nodes = zero3.checkpoint_cost(n, 3, 3, world_size=16, ranks_per_node=8)
+    assert two_nodes["host_ram_bytes_export_node"] == n  # half the shares on each node
     every = zero3.checkpoint_cost(n, 3, 3, world_size=8, weights_only=False)  # full_checkpoint_minutes 0
     assert every["evaluation_checkpoint_bytes"] == 14 * n and every["disk_bytes"] == 3 * 14 * n + 2 * n
     assert zero3.checkpoint_cost(n, 2, 2)["evaluation_checkpoint_bytes"] == 14 * n  # ZeRO-2: every save resumable

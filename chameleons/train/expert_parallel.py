@@ -19,7 +19,7 @@ from ..core.errors import UserError
 from .zero3 import model_config
 
 SECTION = "expert_parallel"
-# DeepSpeed AutoEP presets whose replaced layers `hf_state_dict` maps back to transformers' names
+# DeepSpeed AutoEP presets whose replaced layers `export.own_state` maps back to transformers' names
 SAVABLE = {"qwen3_moe": "qwen3_moe", "qwen2_moe": "qwen3_moe"}
 SIZE_KEY = "training.expert_parallel_size"
 
@@ -218,43 +218,7 @@ def autoep_layers(model) -> dict:
     return {name: m for name, m in model.named_modules() if isinstance(m, AutoEPMoELayer)}
 
 
-def save_hf_model(model, output_dir, main: bool):
-    """Writes the model as transformers saves it (per-expert keys, every expert) with no DeepSpeed
-    needed to load it; DeepSpeed's consolidated ZeRO-3 save raises NotImplementedError for AutoEP
-    layers. Collective: every rank calls it; rank 0 holds the whole model in host RAM, as the
-    plain ZeRO-3 save does."""
-    import torch
-
-    state = hf_state_dict(model, main)
-    if not main:
-        return
-    with torch.device("meta"):
-        fresh = type(model)(model.config)  # the class itself: `from_config` would partition it under ZeRO-3
-    fresh.load_state_dict(state, strict=True, assign=True)
-    fresh.save_pretrained(output_dir)
-
-
-def hf_state_dict(model, main: bool):
-    """Every parameter whole, under transformers' in-memory names (experts fused, all of them):
-    a ZeRO-3 gather per parameter, then an all-gather of the expert shards across the expert-parallel
-    group. Collective; the dict on the main rank, None elsewhere."""
-    import deepspeed
-
-    layers = autoep_layers(model)
-    by_id = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        by_id.setdefault(id(p), (p, []))[1].append(name)
-    state = {}
-    for p, names in by_id.values():
-        with deepspeed.zero.GatheredParameters([p]):
-            whole = _all_experts(layers, names[0], p.data)
-            if main:
-                whole = whole.detach().cpu().clone()
-                state.update({n: whole for n in names})
-    return _to_hf_names(state, layers) if main else None
-
-
-def _all_experts(layers: dict, name: str, local):
+def all_experts(layers: dict, name: str, local):
     """The full [num_experts, ...] tensor of an expert weight from each rank's local experts (the
     placement DeepSpeed recorded on the layer); any other tensor as it is."""
     import torch
@@ -271,7 +235,7 @@ def _all_experts(layers: dict, name: str, local):
     return whole
 
 
-def _to_hf_names(state: dict, layers: dict) -> dict:
+def to_hf_names(state: dict, layers: dict) -> dict:
     """AutoEP's names back to transformers' Qwen-MoE ones: router.gate -> gate, experts w1/w3
     (gate, up) -> gate_up_proj, w2 -> down_proj, shared_experts -> shared_expert; the router's
     alias under the block's `gate` name is dropped."""

@@ -223,7 +223,7 @@ def _checkpoint_line(ck) -> str:
         return "checkpoint cost not estimated (model config not on this machine, or LoRA)"
     gib = lambda b: f"{b / 2**30:,.1f} GiB"  # noqa: E731
     stage = {3: "ZeRO-3", 2: "ZeRO-2", 1: "ZeRO-1"}.get(ck["zero_stage"], "no DeepSpeed")
-    final = ("the gathered bf16 model is written once, at the end" if ck["zero_stage"] == 3 else
+    final = ("the final bf16 model is written at the end, every rank its share" if ck["zero_stage"] == 3 else
              "the bf16 model is in every checkpoint")
     return (f"checkpoint {ck['parameters'] / 1e9:,.2f} B parameters, {stage}: {gib(ck['evaluation_checkpoint_bytes'])} "
             f"per evaluation-time checkpoint (weights), {gib(ck['checkpoint_bytes'])} per resumable one (every "
@@ -231,7 +231,7 @@ def _checkpoint_line(ck) -> str:
             f"the newest) + final model {gib(ck['final_model_bytes'])} = {gib(ck['disk_bytes'])} of disk; host RAM per node "
             f"at most {gib(ck['host_ram_bytes_save_node'])} at a resumable save, {gib(ck['host_ram_bytes_resume_node'])} "
             f"at a resume, {gib(ck['host_ram_bytes_best_restore_node'])} at the best-model restore; {final} "
-            f"({gib(ck['host_ram_bytes_rank0'])} of host RAM on rank 0)")
+            f"({gib(ck['host_ram_bytes_export_node'])} of host RAM per node)")
 
 
 def _memory_line(plan: dict) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from transformers import Trainer, TrainerCallback
 
-from . import expert_parallel, flops, saves
+from . import expert_parallel, export, flops, saves
 from ..text.batching import BatchMeta, EpochSampler, split_to_budget
 from ..text.loss import causal_lm_loss, causal_lm_of
 from ..run import checkpoints
@@ -294,16 +294,16 @@ class ChameleonsTrainer(Trainer):
         """Under ZeRO-3 a checkpoint keeps every rank's own weight partition (the best-model
         restore reads those) and, when resumable, DeepSpeed's partitioned states (written by HF's
         optimizer save); DeepSpeed's zero_to_fp32.py rebuilds weights from the latter. The
-        gathered bf16 model (57 GiB for Qwen3-30B-A3B, assembled in rank 0's host RAM while the
-        other ranks wait) is written once, by the final save of the best model."""
+        final model is written once, by the final save of the best model, as Hugging Face shards
+        every rank writes its own of (`export`: not gathered in rank 0's host RAM)."""
         if _internal_call and self._zero3_weights():
             if self.args.should_save:  # the folder must exist now: HF records the best checkpoint only if it does
                 self.model.config.save_pretrained(output_dir)
             saves.save_partitions(self.model, output_dir, self.args.process_index, self.args.world_size)
             return
-        if not _internal_call and self.is_deepspeed_enabled and expert_parallel.autoep_layers(self.model):
-            expert_parallel.save_hf_model(self.model, output_dir or self.args.output_dir, self.args.should_save)
-            torch.distributed.barrier()
+        if not _internal_call and self._zero3_weights():
+            export.save_sharded(self.model, output_dir or self.args.output_dir, self.args.process_index,
+                                self.args.world_size)
             return
         super().save_model(output_dir, _internal_call)
 

@@ -157,8 +157,8 @@ def checkpoint_cost(n_params, zero_stage, save_total_limit: int, world_size: int
     parameter in all); a resumable one adds the fp32 master weights and AdamW's two moments (12).
     ZeRO-1/2 (every save resumable): the same states plus the bf16 model. No DeepSpeed: the bf16
     model, plus AdamW's bf16 moments when resumable. Kept at most: the newest resumable one, the
-    best and the newest others up to `save_total_limit`, and the final bf16 model (gathered in
-    rank 0's host RAM at the end). Host RAM per node: a ZeRO-3 save copies at most each rank's
+    best and the newest others up to `save_total_limit`, and the final bf16 model (under ZeRO-3
+    every rank holds and writes its share: `export`; otherwise rank 0 the whole). Host RAM per node: a ZeRO-3 save copies at most each rank's
     share (torch.save moves one storage at a time to the host, so usually far less); a
     resume loads one rank's states at a time (DeepSpeed's pipelined loading, one node) and the
     best-model restore each rank's weight partition."""
@@ -177,4 +177,4 @@ def checkpoint_cost(n_params, zero_stage, save_total_limit: int, world_size: int
             "host_ram_bytes_save_node": int(full * node_share),
             "host_ram_bytes_resume_node": int(full / world_size) if zero3 else full,
             "host_ram_bytes_best_restore_node": int(light * node_share),
-            "host_ram_bytes_rank0": 2 * n_params}
+            "host_ram_bytes_export_node": int(2 * n_params * node_share)}
