@@ -402,10 +402,14 @@ def test_scene_candidates_and_same_scene_baselines(attributor):
              Item("2", "u2", "robot", ["arr hoist the rum"], ["beep unit"], "affirmative unit processing beep",
                   sources=("PIRATE",))]
     fidelity.pick_baselines(items, films, scenes, attributor.classes)
-    assert (items[0].baseline, items[0].baseline_from) == ("o quiet moonlight leaves", "scene:poet")
-    assert items[1].baseline == "arr hoist the rum"
+    assert (items[0].baseline, items[0].baseline_from) == ("o quiet moonlight leaves", "scene:poet,robot")
+    assert items[0].baselines == ("o quiet moonlight leaves", "processing beep beep unit")  # every other speaker's
+    assert items[1].baseline == "arr hoist the rum" and items[1].baselines == ("arr hoist the rum",)
     rows, _ = fidelity.score_items(attributor, films, items, scenes)
     assert all(r["reference"]["n_scene"] == 3 and r["reference"]["rank_scene"] == 1 for r in rows)
+    # the item's baseline figures are the mean over its lines: pirate ranks last (3) for both lines
+    assert rows[0]["baseline"]["lines"] == 2 and rows[0]["baseline"]["rank_scene"] == 3
+    assert rows[0]["baseline"]["top1_scene"] == 0.0
     summary = fidelity_summary.aggregate(rows, items, attributor.describe())
     assert summary["reference"]["scene"]["items"] == 2 and summary["reference"]["scene"]["chance"]["top1"] == pytest.approx(1 / 3)
     assert summary["margin_scene"]["reference_minus_baseline"]["score"]["mean"] > 0

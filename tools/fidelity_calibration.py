@@ -80,12 +80,13 @@ def main(argv=None) -> int:
                   f"{ref['score']['mean']:.3f} top-1 {ref['top1']['mean']:.3f}; same-scene baseline score "
                   f"{base['score']['mean']:.3f} top-1 {base['top1']['mean']:.3f}; margin {m['mean']:.3f} "
                   f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]")
-        acc = summary["classifier_accuracy"]
+        acc = {k: "n/a" if v is None else round(v, 3) if isinstance(v, float) else v
+               for k, v in summary["classifier_accuracy"].items()}  # no scene candidates: no scene figures
         if acc["references"]:
-            print(f"  classifier on {acc['references']} held-out references: top-1 in the scene {acc['top1_scene']:.3f} "
-                  f"(chance {acc['top1_scene_chance']:.3f}), among all {acc['top1_all']:.3f} (chance {1 / n_all:.3f}); "
-                  f"macro-F1 {acc['macro_f1']:.3f} over {acc['macro_f1_characters']} characters; detectable "
-                  f"difference at {acc['detectable_at']['items']} items: {acc['detectable_difference']:.3f}")
+            print(f"  classifier on {acc['references']} held-out references: top-1 in the scene {acc['top1_scene']} "
+                  f"(chance {acc['top1_scene_chance']}), among all {acc['top1_all']} (chance {1 / n_all:.3f}); "
+                  f"macro-F1 {acc['macro_f1']} over {acc['macro_f1_characters']} characters; detectable "
+                  f"difference at {acc['detectable_at']['items']} items: {acc['detectable_difference']}")
     for scope, label in (("all", "among all characters"), ("scene", "in its scene (the headline)")):
         m = pooled_margin(all_rows, n_all, scope)
         s = m["score"]

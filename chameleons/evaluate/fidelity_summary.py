@@ -44,13 +44,13 @@ def summarize_kind(rows, kind: str, n_all: int) -> dict:
     out = {"items": len(pairs)}
     for scope, n_of in (("all", lambda r, f: n_all), ("film", lambda r, f: r["film_characters"]),
                         ("scene", lambda r, f: f.get("n_scene"))):
-        got = [(f[f"p_{scope}"], f[f"rank_{scope}"], n_of(r, f)) for r, f in pairs if f.get(f"rank_{scope}") is not None]
-        out[scope] = {
+        got = [(f, f[f"rank_{scope}"], n_of(r, f)) for r, f in pairs if f.get(f"rank_{scope}") is not None]
+        out[scope] = {  # a baseline of several lines carries its top-1 / top-3 shares (fidelity.averaged)
             "items": len(got),
-            "p": mean_ci([p for p, _, _ in got]),
+            "p": mean_ci([f[f"p_{scope}"] for f, _, _ in got]),
             "rank": mean_ci([k for _, k, _ in got]),
-            "top1": mean_ci([k == 1 for _, k, _ in got]),
-            "top3": mean_ci([k <= 3 for _, k, _ in got]),
+            "top1": mean_ci([f.get(f"top1_{scope}", k == 1) for f, k, _ in got]),
+            "top3": mean_ci([f.get(f"top3_{scope}", k <= 3) for f, k, _ in got]),
             "score": mean_ci([rank_score(k, n) for _, k, n in got]),
             "chance": {"p": _mean([1 / n for _, _, n in got]), "rank": _mean([(n + 1) / 2 for _, _, n in got]),
                        "top1": _mean([1 / n for _, _, n in got]), "top3": _mean([min(3, n) / n for _, _, n in got]),
