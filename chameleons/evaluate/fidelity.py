@@ -1,7 +1,7 @@
 """Does a generated line sound like its character? Speaker attribution and style statistics.
 
 BLEU and ROUGE-L compare a line with one possible answer; two models that differ in how much
-they sound like the character can score the same. Here a speaker classifier (character 2-4-gram
+they sound like the character can score the same. Here a speaker classifier (character 1-6-gram
 TF-IDF, a linear model trained by SGD on log-loss: scikit-learn) learns from the run's training
 lines which character says a line, and every generated line gets the probability and the rank
 of its intended character among the characters of its film and among all characters the
@@ -70,7 +70,7 @@ def line_and_context_ngrams(text: str) -> list:
 
 @functools.lru_cache(maxsize=1)
 def _char_ngrams():
-    """scikit-learn's own char_wb analyzer with the classifier's n-gram range."""
+    """scikit-learn's own character analyzer (SETTINGS) with the classifier's n-gram range."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     return TfidfVectorizer(analyzer=SETTINGS["analyzer"], ngram_range=tuple(SETTINGS["ngram_range"])).build_analyzer()
