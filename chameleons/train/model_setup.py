@@ -1,6 +1,7 @@
 """The model a run trains, and what decides how it runs: the device, dtype and attention
 policy, the model built or loaded (already partitioned under ZeRO-3), MoE leaves, LoRA."""
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -117,13 +118,33 @@ def build_model(config, device: DevicePolicy, deepspeed_zero3: bool, read_weight
                                                              attn_implementation=device.attn_implementation,
                                                              trust_remote_code=m.trust_remote_code, **extra)
             else:
-                model = AutoModelForCausalLM.from_config(model_config, dtype=dtype,
-                                                         trust_remote_code=m.trust_remote_code,
-                                                         attn_implementation=device.attn_implementation, **extra)
+                with _weights_left_empty(deepspeed_zero3):
+                    model = AutoModelForCausalLM.from_config(model_config, dtype=dtype,
+                                                             trust_remote_code=m.trust_remote_code,
+                                                             attn_implementation=device.attn_implementation, **extra)
     if deepspeed_zero3:
         register_moe_leaves(model)
     model.config.use_cache = False
     return model
+
+
+@contextmanager
+def _weights_left_empty(zero3: bool):
+    """transformers' from_config under ZeRO-3 gathers every module on every rank to draw weights
+    (`initialize_weights_zero3`: 17 s for a 0.5 B model on 2 CPU processes); a model whose every
+    partition is copied in next needs none of them. Only for a pretrained model: a random-init
+    one still draws them, so the random state after it is a separate run's."""
+    if not zero3:
+        yield
+        return
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    drawn = hf_deepspeed.initialize_weights_zero3
+    hf_deepspeed.initialize_weights_zero3 = lambda model: None
+    try:
+        yield
+    finally:
+        hf_deepspeed.initialize_weights_zero3 = drawn
 
 
 def _router_settings(model_config, coef):
