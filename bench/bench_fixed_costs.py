@@ -66,9 +66,9 @@ def launch(tree: Path, config: Path, out: Path, *extra) -> dict:
         sys.exit(f"launch failed ({proc.returncode}) in {tree}:\n{proc.stderr[-3000:]}")
     summary = json.loads((out / "training_config.json").read_text())["summary"]
     seconds = summary["seconds"]
-    model_line = next((line.split("model: ", 1)[1] for line in
+    model_line = next((line.split("initial weights: ", 1)[1] for line in
                        (out / "training_logs" / "detailed_training_log.txt").read_text().splitlines()
-                       if "model: " in line and ("read from" in line or "initial weights" in line)), "")
+                       if "initial weights: " in line), "")
     return {"wall": wall, "startup": seconds["startup_to_first_step"], "end": seconds["last_step_to_summary"],
             "export": seconds.get("export"), "model": model_line}
 
@@ -97,7 +97,7 @@ def main() -> int:
               f"wall {r['wall'] / first['wall']:.2f}, start-up {r['startup'] / first['startup']:.2f}, "
               f"end {r['end'] / first['end']:.2f}")
         for line in sorted({x["model"] for x in rs if x["model"]}):
-            print(f"{'':<34} model: {line}")
+            print(f"{'':<34} initial weights: {line}")
     return 0
 
 

@@ -441,6 +441,11 @@ def test_the_summary_says_what_the_classifier_can_see():
            [{"attributed": True, "character": "b", "reference": ref(2, "a"), "baseline": ref(2, "a")}] * 5
     acc = fidelity_summary.classifier_accuracy(rows)
     assert acc["references"] == 10 and acc["top1_scene"] == 0.5 and acc["top1_scene_chance"] == 0.25
+    # a baseline averaged over several scene lines is narrower than one line: the spread of a
+    # comparison of single lines comes from the first line's rank
+    averaged = [{**r, "baseline": {**r["baseline"], "rank_scene": 2.5, "rank_scene_first": r["baseline"]["rank_scene"]}}
+                for r in rows]
+    assert fidelity_summary.classifier_accuracy(averaged)["detectable_difference"] == acc["detectable_difference"]
     assert acc["macro_f1"] == pytest.approx((2 * 5 / (5 + 10) + 0.0) / 2, abs=1e-6) and acc["macro_f1_characters"] == 2
     spread = statistics.stdev([2 / 3] * 5 + [0.0] * 5)
     assert acc["detectable_difference"] == pytest.approx(2.8 * spread / math.sqrt(200), abs=1e-4)

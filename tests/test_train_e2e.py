@@ -307,12 +307,12 @@ def test_a_sweeps_run_is_its_separate_twin_and_a_resumed_sweep_skips_it(run_a, r
     assert differ == {"config", "output_dir"} and records[0]["config"] == records[1]["config"]
     AutoModelForCausalLM.from_pretrained(twin)
     second = (run_b[0] / "training_logs" / "detailed_training_log.txt").read_text()
-    assert "model: initial weights from host memory" in second  # not read again: the twin's, kept (then resumed)
+    assert "initial weights: from host memory" in second  # not read again: the twin's, kept (then resumed)
     # run_a read the model and wrote each rank's partition to --partition_cache; the twin, a new
     # launch, read those instead, and trained exactly as run_a (above)
     first = (twin / "training_logs" / "detailed_training_log.txt").read_text()
     assert "; partition cache written" in (run_a / "training_logs" / "detailed_training_log.txt").read_text()
-    assert "model: initial weights from the partition cache" in first
+    assert "initial weights: from the partition cache" in first
     assert f"already finished: {twin}" in resumed_stdout
     assert (twin / "training_config.json").stat().st_mtime_ns == stop["twin_finished_at"]
 

@@ -99,9 +99,11 @@ def test_the_plan_states_the_start_up_it_expects():
     loaded = startup_estimate(n, random_init=False)
     assert loaded["model_read_bytes"] == 2 * n and loaded["expected_s"] == round(2 * n / 2e9 + 15)
     assert "rank 0 reads the model (56.9 GiB) at an assumed 2 GB/s" in _startup_line(loaded)[0]
-    cached = startup_estimate(n, random_init=False, world_size=8, cached=True)  # every rank its 1/8, at once
-    assert cached["model_read_bytes"] == 2 * n // 8 and cached["expected_s"] == round(2 * n / 8 / 2e9 + 15)
-    assert "every rank reads its own partition from the partition cache (7.1 GiB)" in _startup_line(cached)[0]
+    # 2 nodes of 8: each node's disk gives its 8 ranks' halves at once
+    cached = startup_estimate(n, random_init=False, world_size=16, cached=True, ranks_per_node=8)
+    assert cached["model_read_bytes"] == n and cached["expected_s"] == round(n / 2e9 + 15)
+    assert "every node reads its ranks' partitions from the partition cache (28.4 GiB)" in _startup_line(cached)[0]
+    assert startup_estimate(n, False, 8, cached=True, ranks_per_node=8)["model_read_bytes"] == 2 * n  # one node
     drawn = startup_estimate(n, random_init=True)
     assert drawn["expected_s"] == 15 and "drawn at random" in _startup_line(drawn)[0]
     assert _startup_line(None) == []

@@ -254,8 +254,9 @@ def score_items(attributor: Attributor, films: dict, items, scenes=None) -> tupl
 def averaged(figures: list) -> dict:
     """One baseline row from the figures of an item's baseline lines: the first line's, with each
     scope's probability and rank the mean over the lines and top-1 / top-3 their shares (the rank
-    score is linear in the rank, so the mean rank gives the mean score)."""
-    out = {**figures[0], "lines": len(figures)}
+    score is linear in the rank, so the mean rank gives the mean score); `rank_scene_first` keeps
+    the first line's, for the spread of a comparison of single lines (`classifier_accuracy`)."""
+    out = {**figures[0], "lines": len(figures), "rank_scene_first": figures[0]["rank_scene"]}
     for scope in ("all", "film", "scene"):
         ranks = [f[f"rank_{scope}"] for f in figures]
         if None in ranks:

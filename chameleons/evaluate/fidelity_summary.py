@@ -135,7 +135,8 @@ def classifier_accuracy(rows) -> dict:
     the characters with MIN_F1_ITEMS or more references (predicted = the top class); and the
     smallest difference in scene rank score a comparison of DESIGN items x seeds detects (two-sided
     5%, power 80%: 2.8 x the per-item standard deviation of a paired difference / sqrt(items),
-    that deviation taken from reference - same-scene baseline, the seeds' own noise averaged out)."""
+    that deviation taken from reference - the first same-scene baseline line: one line against one,
+    as two settings' generated lines are, not against an average; the seeds' own noise averaged out)."""
     import statistics
 
     refs = [(r["character"], r["reference"]) for r in rows if r["attributed"] and r.get("reference")]
@@ -146,7 +147,8 @@ def classifier_accuracy(rows) -> dict:
         tp = sum(1 for who, f in refs if who == c and f.get("top_all") == c)
         predicted = sum(1 for _, f in refs if f.get("top_all") == c)
         f1.append(2 * tp / (counts[c] + predicted) if counts[c] + predicted else 0.0)
-    diffs = [rank_score(a["rank_scene"], a["n_scene"]) - rank_score(b["rank_scene"], b["n_scene"])
+    diffs = [rank_score(a["rank_scene"], a["n_scene"]) - rank_score(b.get("rank_scene_first", b["rank_scene"]),
+                                                                     b["n_scene"])
              for r in rows if r["attributed"] and (a := r.get("reference")) and (b := r.get("baseline"))
              and a.get("rank_scene") is not None and b.get("rank_scene") is not None]
     sd = statistics.stdev(diffs) if len(diffs) > 1 else None

@@ -78,8 +78,8 @@ def partition_cache_notices(folder, zero_stage, model) -> list:
     return [f"--partition_cache is not used: {why}"] if why else []
 
 
-def deepspeed_stage(path):
-    """The ZeRO stage of a --deepspeed config (None without DeepSpeed)."""
+def zero_section(path) -> dict | None:
+    """The zero_optimization section of a --deepspeed config as written (None without DeepSpeed)."""
     if not path:
         return None
     try:
@@ -89,7 +89,14 @@ def deepspeed_stage(path):
         raise UserError(f"--deepspeed {path}: {exc}") from None
     if not isinstance(ds, dict):
         raise UserError(f"--deepspeed {path}: must be a JSON object")
-    stage = (ds.get("zero_optimization") or {}).get("stage")
+    return ds.get("zero_optimization") or {}
+
+
+def deepspeed_stage(path):
+    """The ZeRO stage of a --deepspeed config (None without DeepSpeed)."""
+    if not path:
+        return None
+    stage = zero_section(path).get("stage")
     if stage not in (None, 0, 1, 2, 3):
         raise UserError(f"--deepspeed {path}: zero_optimization.stage must be 0, 1, 2 or 3, found {stage!r}")
     return stage

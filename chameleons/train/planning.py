@@ -90,11 +90,14 @@ READ_BYTES_PER_S = 2e9  # assumed read speed of the model's files (a local NVMe 
 SET_UP_S = 15  # imports, process group, tokenizer, DeepSpeed and AutoEP set-up: measured on CPU here
 
 
-def startup_estimate(n_params: int, random_init: bool, world_size: int = 1, cached: bool = False) -> dict:
+def startup_estimate(n_params: int, random_init: bool, world_size: int = 1, cached: bool = False,
+                     ranks_per_node: int | None = None) -> dict:
     """Launch to the first step, expected: rank 0 reads the bf16 model whole (transformers under
     ZeRO-3 loads on rank 0 and partitions from there) at READ_BYTES_PER_S, or, from a partition
-    cache (`initial_weights`), every rank its 1/world share at once; plus the set-up."""
-    read = 0 if random_init else 2 * n_params // (world_size if cached else 1)
+    cache (`initial_weights`), every node its ranks' shares at once (they share its disk); plus
+    the set-up."""
+    share = min(ranks_per_node or world_size, world_size) / world_size if cached else 1
+    read = 0 if random_init else int(2 * n_params * share)
     return {"model_read_bytes": read, "assumed_read_bytes_per_s": READ_BYTES_PER_S, "set_up_s": SET_UP_S,
             "expected_s": round(read / READ_BYTES_PER_S + SET_UP_S), "partition_cache": cached}
 
@@ -176,7 +179,8 @@ def model_costs(config, zero_stage, world_size: int, ranks_per_node: int, ep_siz
     cost = zero3.checkpoint_cost(n, zero_stage, config.training.save_total_limit, world_size,
                                  min(world_size, ranks_per_node), config.training.full_checkpoint_minutes > 0)
     return ModelCosts(checkpoints=cost, memory_setup=setup,
-                      startup=startup_estimate(n_params, bool(config.model.random_init), world_size, cached))
+                      startup=startup_estimate(n_params, bool(config.model.random_init), world_size, cached,
+                                               ranks_per_node))
 
 
 def supervised_share_p95(encoded) -> float:
@@ -210,7 +214,7 @@ def _startup_line(startup) -> list:
     if startup is None:
         return []
     read = startup["model_read_bytes"]
-    who = ("every rank reads its own partition from the partition cache" if startup.get("partition_cache")
+    who = ("every node reads its ranks' partitions from the partition cache" if startup.get("partition_cache")
            else "rank 0 reads the model")
     what = (f"{who} ({read / 2**30:,.1f} GiB) at an assumed {startup['assumed_read_bytes_per_s'] / 1e9:g} GB/s, "
             if read else "the model is drawn at random, ")

@@ -104,6 +104,7 @@ class RunChecks:
     wandb_env: dict | None = None  # tracking.apply_wandb_env, when the run starts
     costs: planning.ModelCosts | None = None  # the plan's checkpoint and memory figures
     partition_cache: Path | None = None  # the model's entry in --partition_cache (initial_weights.cache_folder)
+    zero_config: dict | None = None  # the DeepSpeed config's zero_optimization section, as written
 
 
 def check_run(opts, config, inputs) -> RunChecks:
@@ -119,10 +120,8 @@ def check_run(opts, config, inputs) -> RunChecks:
     expert_parallel.check_resume(inputs.resume, ep_plan)
     world, per_node = ((opts.nproc_per_node, opts.nproc_per_node) if opts.dry_run
                        else (launch.world_size(), launch.local_world_size()))
-    entry = None
-    if opts.partition_cache and inputs.zero_stage == 3 and not config.model.random_init:
-        entry = initial_weights.cache_folder(opts.partition_cache, initial_weights.key_of(config, device.dtype, world),
-                                             config.model.name_or_path)
+    zero = preflight.zero_section(opts.deepspeed)
+    entry = initial_weights.cache_entry(opts.partition_cache, config, device.dtype, world, zero)
     costs = planning.model_costs(config, inputs.zero_stage, world, per_node, ep_plan["size"],
                                  cached=initial_weights.cached(entry))
     disk_notice = diskspace.check_run_space(opts.output_dir, costs.checkpoints)
@@ -130,7 +129,7 @@ def check_run(opts, config, inputs) -> RunChecks:
     return RunChecks(resume=inputs.resume, device=device, zero_stage=inputs.zero_stage, report_to=inputs.report_to,
                      notices=inputs.notices + list(device.notices) + [n for n in (disk_notice, unread) if n],
                      expert_parallel=ep_plan, costs=costs, printed=tuple(inputs.printed), wandb_env=inputs.wandb_env,
-                     partition_cache=entry)
+                     partition_cache=entry, zero_config=zero)
 
 
 def start_run_folder(output_dir, overwrite: bool, resume, main: bool):
@@ -306,10 +305,11 @@ class TrainingRun:
         Under ZeRO-3 a run whose model was built before starts from those initial weights instead
         of reading the model's files: a sweep's earlier run keeps them in host memory, and
         `--partition_cache` keeps a pretrained model's on disk for the next launch (initial_weights)."""
-        zero3_on, entry, key = self.checks.zero_stage == 3, self.checks.partition_cache, None
+        zero3_on, key = self.checks.zero_stage == 3, None
         rank, world, device = self.targs.process_index, self.targs.world_size, self.targs.device
+        entry = initial_weights.agreed_entry(self.checks.partition_cache) if zero3_on else None
         if zero3_on and (self.keep_initial or entry is not None):
-            key = initial_weights.key_of(self.config, self.checks.device.dtype, world)
+            key = initial_weights.key_of(self.config, self.checks.device.dtype, world, self.checks.zero_config)
         started = time.time()
         kept, source = initial_weights.find(TrainingRun.initial, key, entry, rank, world, device)
         # from_pretrained draws no random number, from_config does: the run after it (LoRA's init) must not see that
@@ -317,7 +317,7 @@ class TrainingRun:
         with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else [],
                                    enabled=keep_rng):
             model = build_model(self.config, self.checks.device, deepspeed_zero3=zero3_on, read_weights=kept is None)
-        source = source or ("drawn at random" if self.config.model.random_init else "read from its files")
+        source = source or ("drawn at random" if self.config.model.random_init else "read from the model's files")
         if kept is not None:
             initial_weights.restore(model, kept)
         elif key is not None:
@@ -326,7 +326,7 @@ class TrainingRun:
                 source += "; " + initial_weights.write(entry, kept, rank, world, device)
         if self.keep_initial and kept is not None:
             TrainingRun.initial = kept
-        self.runlog.line(f"model: {source}, {time.time() - started:.1f} s")
+        self.runlog.line(f"initial weights: {source}, {time.time() - started:.1f} s")
         if self.config.lora:
             model = apply_lora(model, self.config.lora)
         self.runlog.line(describe_model(model))
