@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import expert_parallel
+from . import expert_parallel, initial_weights
 
 INDEX = "model.safetensors.index.json"
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
@@ -50,11 +50,9 @@ def own_state(model, rank: int, world: int) -> dict:
             if owner(names[0], world) == rank:
                 whole = whole.detach().to("cpu", copy=True)
                 state.update({n: whole for n in names})
-    for module_name, module in model.named_modules():  # persistent buffers are not partitioned
-        for name, buffer in module.named_buffers(recurse=False):
-            full = f"{module_name}.{name}" if module_name else name
-            if buffer is not None and name not in module._non_persistent_buffers_set and owner(full, world) == rank:
-                state[full] = buffer.detach().to("cpu", copy=True)
+    for name, buffer in initial_weights.persistent_buffers(model).items():
+        if owner(name, world) == rank:
+            state[name] = buffer.detach().to("cpu", copy=True)
     state = expert_parallel.to_hf_names(state, {k: v for k, v in layers.items() if owner(k + ".", world) == rank})
     return hf_layout(model, state)
 

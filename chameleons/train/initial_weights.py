@@ -35,7 +35,8 @@ def key_of(config, dtype, world_size: int, zero_config=None) -> str:
                        zero_config], sort_keys=True, default=str)
 
 
-def _persistent_buffers(model) -> dict:
+def persistent_buffers(model) -> dict:
+    """Buffers a checkpoint holds (by their full names): ZeRO-3 does not partition them."""
     out = {}
     for module_name, module in model.named_modules():
         for name, buffer in module.named_buffers(recurse=False):
@@ -48,11 +49,11 @@ def capture(model, key: str) -> InitialWeights:
     """Each rank's partitions and the persistent buffers (e.g. an MoE router's score correction
     bias, which a model built from its config would have at its constructor's value)."""
     return InitialWeights(key, {name: p.ds_tensor.detach().to("cpu", copy=True) for name, p in model.named_parameters()},
-                          {name: b.detach().to("cpu", copy=True) for name, b in _persistent_buffers(model).items()})
+                          {name: b.detach().to("cpu", copy=True) for name, b in persistent_buffers(model).items()})
 
 
 def restore(model, kept: InitialWeights) -> None:
-    params, buffers = dict(model.named_parameters()), _persistent_buffers(model)
+    params, buffers = dict(model.named_parameters()), persistent_buffers(model)
     if set(params) != set(kept.state) or set(buffers) != set(kept.buffers):
         raise RuntimeError(f"initial weights: parameters differ from the model's "
                            f"({sorted((set(params) ^ set(kept.state)) | (set(buffers) ^ set(kept.buffers)))[:3]})")
