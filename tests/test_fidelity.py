@@ -460,3 +460,40 @@ def test_context_speakers_matching_no_character_are_reported():
     _, summary = fidelity.evaluate_items(fid, items)
     (notice,) = [n for n in summary["notices"] if "match no character" in n]
     assert "1 context speaker names" in notice and "NOBODY (1)" in notice
+
+
+def test_scene_ranks_divide_out_the_prior_only_for_posteriors():
+    """SGD's probabilities are posteriors: the scene rank divides out each character's share of
+    the training lines. The centroids' are a softmax of similarities with no prior in them: the
+    same division would rank a series' main cast last (a corpus shipped twice, which crosses into
+    centroids, fell from 0.105 to 0.017), so their ranks use the similarities as they are."""
+    from types import SimpleNamespace
+
+    from chameleons.evaluate.fidelity_scene import Scenes
+
+    class Fixed:  # the line sounds most like "lead", who also says most lines
+        def predict_proba(self, lines):
+            return __import__("numpy").array([[0.5, 0.3, 0.2]] * len(lines))
+
+    samples = [_sample(f"{c}{k}", c, "line") for c in ("lead", "mate", "extra") for k in range(2)]
+    films = {c: frozenset({"lead", "mate", "extra"}) for c in ("lead", "mate", "extra")}
+    scenes = Scenes(samples, films, {"lead": 900, "mate": 90, "extra": 10})
+    item = Item("1", "u1", "lead", ["hi"], ["a line"], "")
+    ranks = {}
+    for kind in ("sgd", "centroid"):
+        att = fidelity.Attributor(key="k", classes=["lead", "mate", "extra"], pipeline=Fixed(),
+                                  mean_words={"lead": 2.0}, kind=kind)
+        rows, _ = fidelity.score_items(att, films, [item], scenes)
+        ranks[kind] = rows[0]["generated"][0]["rank_scene"]
+    assert ranks == {"sgd": 3, "centroid": 1}  # 0.5/0.9 < 0.3/0.09 < 0.2/0.01; as they are, lead first
+
+
+def test_calibration_of_a_one_character_corpus_is_a_notice_not_a_crash(tmp_path, capsys):
+    """One character: no classifier can be fitted; the tool says so per split and exits 0 (it
+    raised an AttributeError)."""
+    from conftest import simple_corpus
+
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(simple_corpus({"solo": 30})))
+    assert _calibration_tool().main([str(path), "--val_seeds", "0"]) == 0
+    assert "a speaker classifier needs two: no fidelity figures" in capsys.readouterr().out

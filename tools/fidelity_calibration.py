@@ -37,8 +37,9 @@ def calibrate(samples, val_seed: int, val_ratio: float = 0.1, context: bool = Fa
     items = [fidelity.Item(s.sample_id, s.uid, s.user_hash, [c for _, c in s.context], [], s.target, sources=s.sources)
              for s in val]
     fid = fidelity.setup(fidelity.TrainingPool(samples, split.pool_samples(), conversations),
-                         [it.reference for it in items] + [c for it in items for c in it.context], context=context)
-    return fidelity.evaluate_items(fid, items)
+                         [it.reference for it in items] + [c for it in items for c in it.context],
+                         warn=lambda line: print(f"val_seed {val_seed}: {line}"), context=context)
+    return fidelity.evaluate_items(fid, items) if fid is not None else ([], None)
 
 
 def pooled_margin(all_rows, n_all: int, scope: str = "all") -> dict:
@@ -66,6 +67,8 @@ def main(argv=None) -> int:
     all_rows, n_all = [], None
     for seed in args.val_seeds:
         rows, summary = calibrate(samples, seed, args.val_ratio, args.context, args.items)
+        if summary is None:  # no classifier (the notice above says why)
+            continue
         n_all = summary["classifier"]["characters"]
         all_rows += rows
         ref, base = summary["reference"]["all"], summary["baseline"]["all"]

@@ -235,10 +235,15 @@ def score_items(attributor: Attributor, films: dict, items, scenes=None) -> tupl
                                 for t in it.generated]
     cands = {k: scenes.candidates(it.character, it.sources, known) for k, it in enumerate(items)} if scenes else {}
     baselines = {}
+    # SGD's probabilities are posteriors, so the scene ranks divide out each character's prior; the
+    # centroids' are a softmax of similarities that never saw a prior (dividing would rank the
+    # series' main cast last: a corpus shipped twice, which crosses MAX_FIT_SIZE, scored 0.017)
+    in_scene = (lambda p: likelihoods(p, attributor.classes, scenes.line_counts)) if attributor.kind == "sgd" \
+        else (lambda p: p)
     for (k, kind, j), p, text in zip(where, probs, lines):
         it = items[k]
         film = films.get(it.character, {it.character}) & known
-        scene = (cands[k], likelihoods(p, attributor.classes, scenes.line_counts)) if cands.get(k) else None
+        scene = (cands[k], in_scene(p)) if cands.get(k) else None
         figures = _figures(p, attributor, it, film if len(film) > 1 else None, text, scene)
         if kind == "generated":
             rows[k]["generated"][j] = figures

@@ -26,11 +26,13 @@ class Inputs:
     notices: list = field(default_factory=list)
     printed: list = field(default_factory=list)  # notices already on the console (the log still gets them)
     wandb_env: dict = field(default_factory=dict)  # set when the run starts (tracking.apply_wandb_env)
+    zero_config: dict | None = None  # the --deepspeed config's zero_optimization section, as written
 
 
 def check_inputs(opts, config) -> Inputs:
     """Every input of a run that can be checked without torch, in the order a user would fix them."""
-    zero_stage = deepspeed_stage(opts.deepspeed)
+    zero_config = zero_section(opts.deepspeed)
+    zero_stage = deepspeed_stage(opts.deepspeed, zero_config)
     resume = checkpoints.resolve_resume(opts.resume_from_checkpoint, opts.output_dir)
     if resume is not None:
         ds_checkpoint.check_resume(resume, opts.deepspeed, zero_stage, opts.nproc_per_node)
@@ -57,7 +59,8 @@ def check_inputs(opts, config) -> Inputs:
         tracking.require_tensorboard()
         report_to = report_to + ["tensorboard"]
     return Inputs(resume=resume, zero_stage=zero_stage, report_to=report_to,
-                  notices=notices + ([wandb_notice] if wandb_notice else []), printed=printed, wandb_env=wandb_env)
+                  notices=notices + ([wandb_notice] if wandb_notice else []), printed=printed, wandb_env=wandb_env,
+                  zero_config=zero_config)
 
 
 def partition_cache_notices(folder, zero_stage, model) -> list:
@@ -92,11 +95,12 @@ def zero_section(path) -> dict | None:
     return ds.get("zero_optimization") or {}
 
 
-def deepspeed_stage(path):
-    """The ZeRO stage of a --deepspeed config (None without DeepSpeed)."""
+def deepspeed_stage(path, zero_config=None):
+    """The ZeRO stage of a --deepspeed config (None without DeepSpeed); `zero_config`: its
+    zero_optimization section when already read (`zero_section`)."""
     if not path:
         return None
-    stage = zero_section(path).get("stage")
+    stage = (zero_section(path) if zero_config is None else zero_config).get("stage")
     if stage not in (None, 0, 1, 2, 3):
         raise UserError(f"--deepspeed {path}: zero_optimization.stage must be 0, 1, 2 or 3, found {stage!r}")
     return stage

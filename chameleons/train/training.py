@@ -120,7 +120,7 @@ def check_run(opts, config, inputs) -> RunChecks:
     expert_parallel.check_resume(inputs.resume, ep_plan)
     world, per_node = ((opts.nproc_per_node, opts.nproc_per_node) if opts.dry_run
                        else (launch.world_size(), launch.local_world_size()))
-    zero = preflight.zero_section(opts.deepspeed)
+    zero = inputs.zero_config
     entry = initial_weights.cache_entry(opts.partition_cache, config, device.dtype, world, zero)
     costs = planning.model_costs(config, inputs.zero_stage, world, per_node, ep_plan["size"],
                                  cached=initial_weights.cached(entry))
