@@ -6,6 +6,7 @@ separately launched twin's.
 
     python bench/bench_sweep.py                       # 2 sample seeds x 2 ablations, demo flags
     python bench/bench_sweep.py --seeds 42 --ablations context_only --max_epochs 1
+    python bench/bench_sweep.py --baseline /tmp/before  # also the loop on an earlier checkout's code
 """
 
 import argparse
@@ -23,10 +24,10 @@ DEMO = ["--config", "config_tiny_cpu.json", "--deepspeed", "ds_config_zero3_opti
         "--early_stopping_threshold", "0.001"]
 
 
-def launch(args: list, port: int) -> float:
+def launch(args: list, port: int, root: Path = ROOT) -> float:
     started = time.perf_counter()
     proc = subprocess.run([str(TORCHRUN), "--nproc_per_node=2", f"--master_port={port}",
-                           "train_distributed_Chameleons.py", *DEMO, *args], cwd=ROOT, capture_output=True, text=True)
+                           "train_distributed_Chameleons.py", *DEMO, *args], cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"launch failed ({proc.returncode}): {' '.join(args)}\n{proc.stderr[-2000:]}")
     return time.perf_counter() - started
@@ -43,26 +44,32 @@ def main() -> int:
     p.add_argument("--seeds", default="42,43")
     p.add_argument("--ablations", default="context_only,profile_only")
     p.add_argument("--max_epochs", default="2")
+    p.add_argument("--baseline", type=Path, help="a checkout of earlier code: its shell loop is timed too")
     args = p.parse_args()
     seeds, ablations = args.seeds.split(","), args.ablations.split(",")
+    grid = {f"sample_seed-{seed}_ablation_config-{ablation}": (seed, ablation) for seed in seeds for ablation in ablations}
+    names = list(grid)
+    common = ["--max_epochs", args.max_epochs]
+
+    def loop(out: Path, root: Path) -> float:
+        return sum(launch([*common, "--sample_seed", seed, "--ablation_config", ablation, "--output_dir", str(out / name)],
+                          29731, root) for name, (seed, ablation) in grid.items())
+
     with tempfile.TemporaryDirectory(prefix="bench_sweep.") as tmp:
         out = Path(tmp)
-        common = ["--max_epochs", args.max_epochs]
-        loop = 0.0
-        for seed in seeds:
-            for ablation in ablations:
-                name = f"sample_seed-{seed}_ablation_config-{ablation}"
-                loop += launch([*common, "--sample_seed", seed, "--ablation_config", ablation,
-                                "--output_dir", str(out / "loop" / name)], 29731)
+        looped = loop(out / "loop", ROOT)
         sweep = launch([*common, "--sweep", f"sample_seed={args.seeds}", "--sweep", f"ablation_config={args.ablations}",
                         "--output_dir", str(out / "sweep")], 29732)
-        names = sorted(p.name for p in (out / "loop").iterdir())
+        baseline = loop(out / "baseline", args.baseline) if args.baseline else None
         equal = all(losses(out / "loop" / n) == losses(out / "sweep" / n) for n in names)
     runs = len(names)
     print(f"runs {runs} (sample seeds {args.seeds} x ablations {args.ablations}, --max_epochs {args.max_epochs})")
-    print(f"one launch per run (shell loop): {loop:.1f} s ({loop / runs:.1f} s a run)")
+    print(f"one launch per run (shell loop): {looped:.1f} s ({looped / runs:.1f} s a run)")
     print(f"one --sweep launch:              {sweep:.1f} s ({sweep / runs:.1f} s a run)")
-    print(f"sweep / loop: {sweep / loop:.2f}; every run's losses equal its separately launched twin's: {equal}")
+    if baseline:
+        print(f"shell loop on {args.baseline}: {baseline:.1f} s ({baseline / runs:.1f} s a run); "
+              f"sweep / that loop: {sweep / baseline:.2f}")
+    print(f"sweep / loop: {sweep / looped:.2f}; every run's losses equal its separately launched twin's: {equal}")
     return 0 if equal else 1
 
 

@@ -58,3 +58,22 @@ def test_resume_load_brings_back_every_weight(tmp_path):
     trainer._load_from_checkpoint(str(checkpoint))
     for key, value in model.state_dict().items():
         assert torch.equal(value, saved[key]), key
+
+
+def test_the_last_steps_weights_stay_when_they_are_the_best_and_an_earlier_best_is_read_back(tmp_path):
+    """HF evaluates the last step of every finished run: when that evaluation is the best, the
+    weights in memory are the best model and nothing is read back; an earlier best is."""
+    model, checkpoint, saved = _perturbed_after_save(tmp_path)
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = _trainer(ChameleonsTrainer, model, tmp_path)
+    trainer.state.best_model_checkpoint = str(checkpoint)
+    trainer.state.global_step = trainer.state.best_global_step = 4
+    trainer._load_best_model()
+    assert trainer.best_in_memory
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, trained[key]), key
+    trainer.state.global_step = 6
+    trainer._load_best_model()
+    assert not trainer.best_in_memory
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved[key]), key

@@ -189,7 +189,7 @@ def test_zero3_run_trains_logs_and_saves(run_a, workdir):
     for needle in ("command: ", "versions: ", "world size 2", "== plan", "supervised span between <<< and >>>",
                    "<<<[ANSWER]", "[/ANSWER]<|im_end|>>>>", "step 1/12 | epoch", "tokens/s", "eta ",
                    "eval step 3 | epoch", "patience left", "checkpoint saved: checkpoint-3",
-                   "epoch 1: ", "not seen in earlier epochs", "best model restored", "== summary",
+                   "epoch 1: ", "not seen in earlier epochs", best_model_line(run_a), "== summary",
                    "model: Qwen3MoeForCausalLM", "attention sdpa_varlen", "experts grouped_mm", "padding 0.0%"):
         assert needle in log, needle
     assert (run_a / "training_logs" / "loss_curve.png").stat().st_size > 1000
@@ -210,6 +210,16 @@ def test_zero3_run_trains_logs_and_saves(run_a, workdir):
     fresh = validation_loss_in_fresh_process(run_a, config, run_a)
     assert fresh["samples"] == len(val)
     assert fresh["loss"] == pytest.approx(summary["summary"]["final_eval_loss"], abs=2e-4)
+
+
+def best_model_line(run_dir) -> str:
+    """The log's best-model line a finished run must have: a best checkpoint before the last step
+    is read back (and evaluated again), the last step's is the weights training ended with."""
+    summary = json.loads((run_dir / "training_config.json").read_text())["summary"]
+    best = summary["best_model_checkpoint"]
+    if best.endswith(f"checkpoint-{summary['global_step']}"):
+        return f"kept as they are, not read back from {best}"
+    return f"best model restored from {best}:"
 
 
 def _worker_pids(output_dir):
@@ -383,9 +393,8 @@ def test_checkpoints_hold_weight_partitions_and_states_only_when_resumable(run_a
                                                                             for r in (0, 1)]
             assert bool(list(folder.glob("global_step*"))) == resumable == is_complete(folder), folder
             assert (folder / WEIGHTS_MARKER).is_file() != resumable and not list(folder.glob("*.safetensors"))
-        best = json.loads((run_dir / "training_config.json").read_text())["summary"]["best_model_checkpoint"]
         log = (run_dir / "training_logs" / "detailed_training_log.txt").read_text()
-        assert f"best model restored from {best}:" in log
+        assert best_model_line(run_dir) in log
 
 
 def test_single_process_early_stops_when_it_should(early_stopped_run):
@@ -403,7 +412,9 @@ def test_single_process_early_stops_when_it_should(early_stopped_run):
     assert plan["config"]["training"]["batching"] == "length_grouped"
     steps_per_epoch = plan["plan"]["schedule"]["steps_per_epoch"]
     assert plan["summary"]["global_step"] == 4 * (steps_per_epoch // SINGLE_RUN_EVALS_PER_EPOCH) < 4 * steps_per_epoch
-    assert "early stopping: no improvement" in (out / "training_logs" / "detailed_training_log.txt").read_text()
+    log = (out / "training_logs" / "detailed_training_log.txt").read_text()
+    assert "early stopping: no improvement" in log
+    assert f"best model restored from {plan['summary']['best_model_checkpoint']}:" in log  # read back, evaluated again
     best = min(e["eval_loss"] for e in evals)
     assert plan["summary"]["final_eval_loss"] == pytest.approx(best, abs=1e-4)
     fresh = validation_loss_in_fresh_process(out, config, out)

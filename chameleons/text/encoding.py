@@ -10,6 +10,7 @@ real tokenizer on the final text.
 import hashlib
 import importlib.util
 import json
+import weakref
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -138,11 +139,21 @@ def _longest_fit(n: int, render, budget: int):
     return best_k, best_ids
 
 
+_FINGERPRINTS = weakref.WeakKeyDictionary()  # tokenizer -> ((its size, its chat template), its fingerprint)
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
+    """Once per tokenizer object while its size and chat template hold: hashing Qwen3's 151,643-entry
+    vocabulary takes about a second, and a sweep's runs share one tokenizer."""
+    state = (len(tokenizer), str(tokenizer.chat_template))
+    known = _FINGERPRINTS.get(tokenizer)
+    if known is not None and known[0] == state:
+        return known[1]
     h = hashlib.sha256()
     h.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
-    h.update(str(tokenizer.chat_template).encode())
-    return h.hexdigest()[:16]
+    h.update(state[1].encode())
+    _FINGERPRINTS[tokenizer] = (state, h.hexdigest()[:16])
+    return _FINGERPRINTS[tokenizer][1]
 
 
 @dataclass(frozen=True)

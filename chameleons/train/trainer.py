@@ -124,6 +124,7 @@ class ChameleonsTrainer(Trainer):
         self.trace = setup.trace
         self.unseen_rows = setup.unseen_rows
         self.seconds = Counter()  # wall-clock of the saves and the best-model restore (the run's summary)
+        self.best_in_memory = False  # the best evaluation was of the weights training ended with
 
     def log(self, logs: dict, start_time=None):
         """Adds the run's own figures (tokens/s, padding, MFU, perplexity) to HF's logs before any
@@ -234,6 +235,10 @@ class ChameleonsTrainer(Trainer):
         transformers#48805): reload strictly. A stopped run exits as it is: its checkpoint is
         saved, the best model is not needed."""
         if self.stop is not None and (self.stop.signal or self.stop.nonfinite):
+            return
+        self.best_in_memory = self.state.best_global_step == self.state.global_step
+        if self.best_in_memory:  # the last evaluation's weights are the best: nothing to read back
+            self.seconds["best_model_restore"] += 0
             return
         with timed(self.seconds, "best_model_restore"):
             self._restore_best()
