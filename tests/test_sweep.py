@@ -95,7 +95,7 @@ def test_settle_heap_takes_what_lives_now_out_of_the_collectors_walk():
     the tokenized rows and every import again (0.3 s apiece on the demo): a run freezes them first."""
     import gc
 
-    from chameleons.train.training import settle_heap
+    from chameleons.train.model_setup import settle_heap
 
     before = gc.get_freeze_count()
     alive = [[n] for n in range(1000)]

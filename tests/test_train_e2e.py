@@ -414,7 +414,7 @@ def test_single_process_early_stops_when_it_should(early_stopped_run):
     assert plan["summary"]["global_step"] == 4 * (steps_per_epoch // SINGLE_RUN_EVALS_PER_EPOCH) < 4 * steps_per_epoch
     log = (out / "training_logs" / "detailed_training_log.txt").read_text()
     assert "early stopping: no improvement" in log
-    assert f"best model restored from {plan['summary']['best_model_checkpoint']}:" in log  # read back, evaluated again
+    assert best_model_line(out) in log
     best = min(e["eval_loss"] for e in evals)
     assert plan["summary"]["final_eval_loss"] == pytest.approx(best, abs=1e-4)
     fresh = validation_loss_in_fresh_process(out, config, out)

@@ -243,6 +243,16 @@ class ChameleonsTrainer(Trainer):
         with timed(self.seconds, "best_model_restore"):
             self._restore_best()
 
+    def final_evaluation(self) -> tuple:
+        """(the best model's eval loss, the log's line about it): a restored model is evaluated again,
+        the check that the restore worked; the last step's weights, when best, as evaluated there."""
+        best, checkpoint = self.state.best_metric, self.state.best_model_checkpoint
+        if self.best_in_memory:
+            return best, (f"best model: the weights of the last step, evaluated there (eval_loss {best:.4f}); "
+                          f"kept as they are, not read back from {checkpoint}")
+        final = self.evaluate(metric_key_prefix="final")["final_loss"]
+        return final, f"best model restored from {checkpoint}: final eval_loss {final:.4f} (best recorded {best:.4f})"
+
     def _restore_best(self):
         best = self.state.best_model_checkpoint
         if self._zero3_weights() and saves.partition_file(best, self.args.process_index, self.args.world_size).is_file():

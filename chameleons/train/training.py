@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import diskspace, expert_parallel, flops, initial_weights, model_spec, planning, saves, zero3
+from . import diskspace, expert_parallel, flops, initial_weights, model_setup, model_spec, planning, saves, zero3
 from ..core import launch, outputs
 from ..core.errors import UserError
 from ..corpus.data import Corpus
@@ -159,15 +159,6 @@ def eval_interval(steps_per_epoch: int, evals_per_epoch: int) -> int:
     return max(1, steps_per_epoch // evals_per_epoch)
 
 
-def settle_heap():
-    """Moves every object alive now (imports, the corpus, tokenized rows: they live as long as the
-    process) out of the garbage collector's sight: DeepSpeed runs a full collection several times
-    per engine (AutoEP's expert partitioning, ZeRO-3's defragmenting, accelerate's release), and
-    each one walked all of them (0.3 s apiece with the demo's data on a CPU)."""
-    gc.collect()
-    gc.freeze()
-
-
 class TrainingRun:
     """One training run with its state on the object, as a torchtune recipe owns one: `prepare`
     tokenizes and plans (all a dry run does), `run` then sets up (opens the run folder and its
@@ -269,7 +260,7 @@ class TrainingRun:
         """Everything before the first step. The folder is first written once the plan exists."""
         from transformers import set_seed
 
-        settle_heap()
+        model_setup.settle_heap()
 
         tracking.apply_wandb_env(self.checks.wandb_env or {})
         # made again for this run: the DeepSpeed config HF's model loading reads is the newest one made
@@ -413,20 +404,11 @@ class TrainingRun:
         return stop.exit_code
 
     def save_result(self) -> int:
-        """Final evaluation of the restored best model (the check that the restore worked; a best
-        model that is the weights training ended with was evaluated as they are), the model and
-        tokenizer, the summary, the loss plot, and training_config.json last: its presence marks
-        the run finished."""
+        """The best model's final eval loss, the model and tokenizer, the summary, the loss plot,
+        and training_config.json last: its presence marks the run finished."""
         trainer, runlog, output_dir = self.trainer, self.runlog, self.opts.output_dir
-        best = trainer.state.best_metric
-        if trainer.best_in_memory:
-            final = {"final_loss": best}
-            runlog.line(f"best model: the weights of the last step, evaluated there (eval_loss {best:.4f}); "
-                        f"kept as they are, not read back from {trainer.state.best_model_checkpoint}")
-        else:
-            final = trainer.evaluate(metric_key_prefix="final")
-            runlog.line(f"best model restored from {trainer.state.best_model_checkpoint}: final eval_loss "
-                        f"{final['final_loss']:.4f} (best recorded {best:.4f})")
+        final_loss, line = trainer.final_evaluation()
+        runlog.line(line)
         with timed(trainer.seconds, "export"):
             trainer.save_model(output_dir)
         final_fidelity.final_fidelity(self.opts, trainer, self.encoded, self.data, self.config.training.max_length,
@@ -440,8 +422,8 @@ class TrainingRun:
             "train_runtime_s": round(time.time() - self.started, 1),
             "train_loss": self.tally.mean_loss,
             "train_tokens": int(self.tally.tokens),
-            "best_eval_loss": best,
-            "final_eval_loss": final["final_loss"],
+            "best_eval_loss": trainer.state.best_metric,
+            "final_eval_loss": final_loss,
             "best_model_checkpoint": trainer.state.best_model_checkpoint,
             "seconds": {**{k: round(v, 2) for k, v in sorted(trainer.seconds.items())},
                         "startup_to_first_step": self.detailed.startup_s,
