@@ -152,8 +152,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
     h.update(state[1].encode())
-    _FINGERPRINTS[tokenizer] = (state, h.hexdigest()[:16])
-    return _FINGERPRINTS[tokenizer][1]
+    fingerprint = h.hexdigest()[:16]
+    _FINGERPRINTS[tokenizer] = (state, fingerprint)
+    return fingerprint
 
 
 @dataclass(frozen=True)
