@@ -32,6 +32,7 @@ from chameleons.train import diskspace
 
 def main(argv=None) -> int:
     started = time.time()
+    launch.use_huge_pages()
     opts = prediction.parse_predict_args(argv)
     dist = ranks.Distributed.from_env()
     paths = shards.output_paths(opts.output_file)

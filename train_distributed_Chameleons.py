@@ -28,6 +28,7 @@ from chameleons.run.run_spec import RunSpec
 
 def main(argv=None) -> int:
     launch.adopt_slurm_ranks()
+    launch.use_huge_pages()
     quiet.quiet_console()
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     opts = cli.parse_train_args(argv)

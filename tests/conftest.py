@@ -29,6 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from chameleons.core import launch  # noqa: E402  (no torch behind it)
+
+launch.use_huge_pages()  # as the entry scripts do: large tensors on huge pages, set before torch is imported
+
 from run_without_torch import hiding  # noqa: E402 (tests/ is on the path: pytest puts conftest's folder there)
 
 def load_tool(name: str):

@@ -9,6 +9,7 @@ import json
 import math
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -317,8 +318,11 @@ def test_dry_run_plan_matches_independent_counts(tmp_path, run_trainer, run_in_p
     assert 0 < t["supervised_share"] < 1
 
     # --- device: the kernel the run would use, named as training logs it
-    assert plan["device"] == {"on_gpu": False, "bf16": False, "attn_implementation": "sdpa_varlen"}
-    assert "device     CPU, fp32, attention sdpa_varlen" in proc.stdout
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    huge = thp.exists() and "[never]" not in thp.read_text()  # the entry script switches torch's THP on
+    assert plan["device"] == {"on_gpu": False, "bf16": False, "attn_implementation": "sdpa_varlen", "huge_pages": huge}
+    assert (f"device     CPU, fp32, attention sdpa_varlen, large host tensors on "
+            f"{'huge pages' if huge else '4 KiB pages'}") in proc.stdout
 
     # --- schedule
     sc = plan["schedule"]

@@ -6,7 +6,7 @@ import pytest
 from conftest import free_port
 
 from chameleons.core.errors import UserError, user_errors_exit
-from chameleons.core.launch import maybe_rank_zero, slurm_to_torch_env
+from chameleons.core.launch import maybe_rank_zero, slurm_to_torch_env, use_huge_pages
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,3 +54,38 @@ def test_two_process_torchrun_prints_one_error_line(tmp_path):
     assert len(errors) == 1 and "--max_samples_per_user" in errors[0], out.stderr[-2000:]
     assert out.returncode != 0 and "exitcode  : 2" in out.stderr.replace("exitcode: ", "exitcode  : ")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_users_huge_pages_switch_is_kept():
+    env = {}
+    use_huge_pages(env)
+    assert env == {"THP_MEM_ALLOC_ENABLE": "1"}
+    env = {"THP_MEM_ALLOC_ENABLE": "0"}
+    use_huge_pages(env)
+    assert env == {"THP_MEM_ALLOC_ENABLE": "0"}
+
+
+KERNEL_THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+@pytest.mark.skipif(not KERNEL_THP.exists() or "[never]" in KERNEL_THP.read_text(),
+                    reason="the kernel has no transparent huge pages")
+@pytest.mark.parametrize("switch, expected", [(None, True), ("0", False)])
+def test_torch_puts_large_tensors_on_huge_pages_when_switched_before_import(switch, expected):
+    """The probe the plan's device line reports, in a fresh process: the switch set before torch
+    is imported is what torch's allocator honours (and a user's 0 turns it off)."""
+    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); os.environ.pop('THP_MEM_ALLOC_ENABLE', None)\n"
+            + (f"os.environ['THP_MEM_ALLOC_ENABLE'] = {switch!r}\n" if switch else "")
+            + "from chameleons.core import launch; launch.use_huge_pages()\n"
+              "from chameleons.train.model_setup import huge_pages_in_use; print(huge_pages_in_use())")
+    out = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(expected)
+
+
+def test_huge_pages_are_not_claimed_where_the_kernel_has_none(tmp_path):
+    from chameleons.train.model_setup import huge_pages_in_use
+
+    mode = tmp_path / "enabled"
+    mode.write_text("always madvise [never]\n")
+    assert huge_pages_in_use(mode) is False
+    assert huge_pages_in_use(tmp_path / "missing") is False

@@ -4,6 +4,7 @@ policy, the model built or loaded (already partitioned under ZeRO-3), MoE leaves
 import gc
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -22,6 +23,7 @@ class DevicePolicy:
     bf16: bool
     attn_implementation: str
     notices: tuple = ()
+    huge_pages: bool = False
 
     @property
     def dtype(self):
@@ -29,7 +31,8 @@ class DevicePolicy:
 
     def record(self) -> dict:
         """As training_config.json records it."""
-        return {"on_gpu": self.on_gpu, "bf16": self.bf16, "attn_implementation": self.attn_implementation}
+        return {"on_gpu": self.on_gpu, "bf16": self.bf16, "attn_implementation": self.attn_implementation,
+                "huge_pages": self.huge_pages}
 
 
 def device_policy(disable_flash_attn: bool, attn_config: str, batching: str = "padded") -> DevicePolicy:
@@ -46,7 +49,20 @@ def device_policy(disable_flash_attn: bool, attn_config: str, batching: str = "p
                                      batching)
     if attn == attention.NAME:
         attention.register()
-    return DevicePolicy(on_gpu=on_gpu, bf16=bf16, attn_implementation=attn, notices=tuple(notices))
+    return DevicePolicy(on_gpu=on_gpu, bf16=bf16, attn_implementation=attn, notices=tuple(notices),
+                        huge_pages=huge_pages_in_use())
+
+
+def huge_pages_in_use(thp_mode: Path = Path("/sys/kernel/mm/transparent_hugepage/enabled")) -> bool:
+    """Whether large CPU tensors are on transparent huge pages (`launch.use_huge_pages`): the
+    kernel's THP mode is not `never`, and torch read the switch. A tensor torch advises onto huge
+    pages starts on a page boundary, any other on a 64-byte one; 64 MiB is past glibc's largest
+    heap threshold, so the probe is always freshly mapped (and, untouched, costs no memory)."""
+    try:
+        kernel_allows = "[never]" not in thp_mode.read_text()
+    except OSError:
+        return False
+    return kernel_allows and torch.empty(64 << 20, dtype=torch.uint8).data_ptr() % 4096 == 0
 
 
 def choose_attention(requested: str, on_gpu: bool, flash2: bool, disable_flash_attn: bool, batching: str) -> tuple:

@@ -280,7 +280,8 @@ def _device_line(device) -> list:
     if not device:
         return []
     return [f"device     {'GPU' if device['on_gpu'] else 'CPU'}, {'bf16' if device['bf16'] else 'fp32'}, "
-            f"attention {device['attn_implementation']}"]
+            f"attention {device['attn_implementation']}, large host tensors on "
+            f"{'huge pages' if device.get('huge_pages') else '4 KiB pages'}"]
 
 
 def format_plan(plan: dict) -> str:
