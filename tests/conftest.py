@@ -35,6 +35,14 @@ launch.use_huge_pages()  # as the entry scripts do: large tensors on huge pages,
 
 from run_without_torch import hiding  # noqa: E402 (tests/ is on the path: pytest puts conftest's folder there)
 
+def huge_pages_expected() -> bool:
+    """Whether a run here gets huge pages, from the kernel's THP mode and the switch the entry
+    scripts set unless the environment says otherwise (launch.use_huge_pages)."""
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    text = mode.read_text() if mode.exists() else "[never]"
+    return "[always]" in text or ("[madvise]" in text and os.environ.get(launch.HUGE_PAGES, "1") != "0")
+
+
 def load_tool(name: str):
     """A script of tools/ as a module (tools/ is not a package: its scripts run by path)."""
     spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")

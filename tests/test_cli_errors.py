@@ -9,11 +9,10 @@ import json
 import math
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from conftest import item, record, simple_corpus, tiny_config, write_data, write_input
+from conftest import huge_pages_expected, item, record, simple_corpus, tiny_config, write_data, write_input
 
 IM_END = "<|im_end|>"
 
@@ -318,8 +317,7 @@ def test_dry_run_plan_matches_independent_counts(tmp_path, run_trainer, run_in_p
     assert 0 < t["supervised_share"] < 1
 
     # --- device: the kernel the run would use, named as training logs it
-    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    huge = thp.exists() and "[never]" not in thp.read_text()  # the entry script switches torch's THP on
+    huge = huge_pages_expected()  # the entry script switches torch's THP on
     assert plan["device"] == {"on_gpu": False, "bf16": False, "attn_implementation": "sdpa_varlen", "huge_pages": huge}
     assert (f"device     CPU, fp32, attention sdpa_varlen, large host tensors on "
             f"{'huge pages' if huge else '4 KiB pages'}") in proc.stdout

@@ -6,7 +6,7 @@ import pytest
 from conftest import free_port
 
 from chameleons.core.errors import UserError, user_errors_exit
-from chameleons.core.launch import maybe_rank_zero, slurm_to_torch_env, use_huge_pages
+from chameleons.core.launch import HUGE_PAGES, maybe_rank_zero, slurm_to_torch_env, use_huge_pages
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,27 +65,27 @@ def test_a_users_huge_pages_switch_is_kept():
     assert env == {"THP_MEM_ALLOC_ENABLE": "0"}
 
 
-KERNEL_THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-
-
-@pytest.mark.skipif(not KERNEL_THP.exists() or "[never]" in KERNEL_THP.read_text(),
-                    reason="the kernel has no transparent huge pages")
+@pytest.mark.skipif(not Path("/sys/kernel/mm/transparent_hugepage/enabled").exists()
+                    or "[madvise]" not in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text(),
+                    reason="huge pages follow torch's switch only in the kernel's THP mode madvise")
 @pytest.mark.parametrize("switch, expected", [(None, True), ("0", False)])
 def test_torch_puts_large_tensors_on_huge_pages_when_switched_before_import(switch, expected):
     """The probe the plan's device line reports, in a fresh process: the switch set before torch
     is imported is what torch's allocator honours (and a user's 0 turns it off)."""
-    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); os.environ.pop('THP_MEM_ALLOC_ENABLE', None)\n"
-            + (f"os.environ['THP_MEM_ALLOC_ENABLE'] = {switch!r}\n" if switch else "")
+    code = (f"import os, sys; sys.path.insert(0, sys.argv[1]); os.environ.pop({HUGE_PAGES!r}, None)\n"
+            + (f"os.environ[{HUGE_PAGES!r}] = {switch!r}\n" if switch else "")
             + "from chameleons.core import launch; launch.use_huge_pages()\n"
               "from chameleons.train.model_setup import huge_pages_in_use; print(huge_pages_in_use())")
     out = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(expected)
 
 
-def test_huge_pages_are_not_claimed_where_the_kernel_has_none(tmp_path):
+@pytest.mark.parametrize("eligible", [0, 1])
+def test_huge_pages_are_the_kernels_verdict_on_the_probes_mapping(tmp_path, eligible):
     from chameleons.train.model_setup import huge_pages_in_use
 
-    mode = tmp_path / "enabled"
-    mode.write_text("always madvise [never]\n")
-    assert huge_pages_in_use(mode) is False
+    smaps = tmp_path / "smaps"
+    smaps.write_text("0-7fffffffffff rw-p 00000000 00:00 0\nSize: 65540 kB\n"
+                     f"THPeligible:    {eligible}\nVmFlags: rd wr mr mw me ac\n")
+    assert huge_pages_in_use(smaps) is bool(eligible)
     assert huge_pages_in_use(tmp_path / "missing") is False

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from chameleons.text.batching import make_collator
 from chameleons.run.checkpoints import is_complete, resolve_resume
 from chameleons.train.runlog import Throughput
 from chameleons.train.stopping import StopCallback, StopRequest
-from chameleons.train.trainer import ChameleonsTrainer, TrainerSetup
+from chameleons.train.trainer import ChameleonsTrainer, TrainerSetup, with_row_meta
 from conftest import REPO, SINGLE_RUN_ARGS, train_single
 
 
@@ -146,3 +147,50 @@ def test_nonfinite_stop_keeps_the_last_good_checkpoint(tmp_path):
     assert stop.nonfinite and trainer.state.global_step == 3
     assert is_complete(tmp_path / "checkpoint-2") and not is_complete(tmp_path / "checkpoint-3")
     assert resolve_resume("auto", tmp_path) == str(tmp_path / "checkpoint-2")
+
+
+class _Logged(TrainerCallback):
+    """Every training log's step, loss and token count; and a SIGTERM as if received during `stop_at`."""
+
+    def __init__(self, request=None, stop_at=None):
+        self.request, self.stop_at, self.logs = request, stop_at, {}
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.request is not None and state.global_step + 1 == self.stop_at:
+            self.request.signal = signal.SIGTERM
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if "loss" in logs:
+            self.logs[state.global_step] = (logs["loss"], logs["tokens"])
+
+
+def _logging_trainer(out, stop_at=None):
+    torch.manual_seed(0)
+    model = Qwen3MoeForCausalLM(Qwen3MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                               moe_intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                               num_key_value_heads=1, head_dim=16, num_experts=4, num_experts_per_tok=2))
+    rows = [{"input_ids": [3 + i % 7, 4, 5, 8, 9 + i % 5, 10][: 4 + i % 3], "prompt_len": 2, "length": 4 + i % 3,
+             "row": i} for i in range(16)]
+    stop = StopRequest()
+    logged = _Logged(stop, stop_at)
+    args = TrainingArguments(output_dir=str(out), use_cpu=True, report_to=[], max_steps=9, logging_steps=3,
+                             per_device_train_batch_size=2, save_strategy="no", remove_unused_columns=False,
+                             restore_callback_states_from_checkpoint=True)  # as training.py sets it
+    trainer = ChameleonsTrainer(model=model, args=args, train_dataset=rows,
+                                data_collator=with_row_meta(make_collator("padded", 0)),
+                                callbacks=[StopCallback(stop), logged], setup=TrainerSetup(stop=stop, throughput=Throughput()))
+    return trainer, logged
+
+
+def test_a_run_stopped_between_two_logs_logs_what_its_twin_logs(tmp_path):
+    """Logs at steps 3, 6 and 9; stopped at step 4 and resumed, the run logs at 6 the loss and the
+    tokens of steps 4-6, as the uninterrupted run does (HF alone would log steps 5-6 only)."""
+    twin, twin_logs = _logging_trainer(tmp_path / "twin")
+    twin.train()
+    first, _ = _logging_trainer(tmp_path / "run", stop_at=4)
+    first.train()
+    assert first.state.global_step == 4 and is_complete(tmp_path / "run" / "checkpoint-4")
+    resumed, resumed_logs = _logging_trainer(tmp_path / "run")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-4"))
+    assert sorted(twin_logs.logs) == [3, 6, 9] and sorted(resumed_logs.logs) == [6, 9]
+    assert resumed_logs.logs == {step: twin_logs.logs[step] for step in (6, 9)}

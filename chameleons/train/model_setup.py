@@ -53,16 +53,26 @@ def device_policy(disable_flash_attn: bool, attn_config: str, batching: str = "p
                         huge_pages=huge_pages_in_use())
 
 
-def huge_pages_in_use(thp_mode: Path = Path("/sys/kernel/mm/transparent_hugepage/enabled")) -> bool:
+def huge_pages_in_use(smaps: Path = Path("/proc/self/smaps")) -> bool:
     """Whether large CPU tensors are on transparent huge pages (`launch.use_huge_pages`): the
-    kernel's THP mode is not `never`, and torch read the switch. A tensor torch advises onto huge
-    pages starts on a page boundary, any other on a 64-byte one; 64 MiB is past glibc's largest
-    heap threshold, so the probe is always freshly mapped (and, untouched, costs no memory)."""
+    kernel's own verdict (`THPeligible`) on the mapping of a 64 MiB probe tensor, which takes in
+    torch's switch, the kernel's THP mode and a container's ban on THP alike. Untouched, the
+    probe costs no memory."""
+    probe = torch.empty(64 << 20, dtype=torch.uint8)  # held: freed, its mapping would be gone
+    address = probe.data_ptr()
     try:
-        kernel_allows = "[never]" not in thp_mode.read_text()
+        lines = smaps.read_text().splitlines()
     except OSError:
         return False
-    return kernel_allows and torch.empty(64 << 20, dtype=torch.uint8).data_ptr() % 4096 == 0
+    inside = False
+    for line in lines:
+        first = line.split(maxsplit=1)[0] if line.strip() else ""
+        if "-" in first and not first.endswith(":"):  # a mapping's header: start-end perms ...
+            start, end = (int(x, 16) for x in first.split("-"))
+            inside = start <= address < end
+        elif inside and first == "THPeligible:":
+            return line.split()[1] == "1"
+    return False
 
 
 def choose_attention(requested: str, on_gpu: bool, flash2: bool, disable_flash_attn: bool, batching: str) -> tuple:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 
 LOG_DIR = "training_logs"
@@ -106,6 +107,46 @@ class Throughput:
         if "eval_loss" in logs:
             out["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50))
         return out
+
+
+class LogWindow(TrainerCallback, ExportableState):
+    """What the next training log adds up since the last one, kept in every checkpoint: a run
+    stopped between two logs and resumed would otherwise log, at the next one, only the steps
+    since the resume (HF starts its running loss from zero), not what its uninterrupted twin
+    logs. Per rank: HF's running loss (`_tr_loss`) and the `Throughput` counts; and the step last
+    logged. `capture` runs on every rank before a checkpoint's trainer_state.json is written."""
+
+    def __init__(self, trainer, throughput=None):
+        self.trainer = trainer
+        self.throughput = throughput
+        self.last_logged = None  # None: nothing to restore (a fresh run, or a checkpoint without it)
+        self.by_rank = []  # [running loss, real tokens, token slots, FLOPs] of each rank
+
+    def capture(self):
+        t, tp = self.trainer, self.throughput
+        counts = [tp.real, tp.slots, tp.flops] if tp is not None else [0, 0, 0.0]
+        mine = torch.tensor([t._tr_loss.item(), *counts], dtype=torch.float64, device=t.args.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            every = [torch.empty_like(mine) for _ in range(torch.distributed.get_world_size())]
+            torch.distributed.all_gather(every, mine)
+        else:
+            every = [mine]
+        self.by_rank = [v.tolist() for v in every]
+        self.last_logged = t._globalstep_last_logged
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        """After HF zeroed its running loss; restores the window of the checkpoint resumed from."""
+        if self.last_logged is None or len(self.by_rank) != args.world_size:
+            return
+        loss, real, slots, flops = self.by_rank[args.process_index]
+        self.trainer._tr_loss.fill_(loss)
+        self.trainer._globalstep_last_logged = self.last_logged
+        if self.throughput is not None:
+            self.throughput.real, self.throughput.slots, self.throughput.flops = int(real), int(slots), flops
+        self.last_logged = None
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"last_logged": self.last_logged, "by_rank": self.by_rank}}
 
 
 def process_start() -> float:

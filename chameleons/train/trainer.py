@@ -12,6 +12,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from . import expert_parallel, export, flops, saves
+from .runlog import LogWindow
 from ..text.batching import BatchMeta, EpochSampler, split_to_budget
 from ..text.loss import causal_lm_loss, causal_lm_of
 from ..run import checkpoints
@@ -125,6 +126,8 @@ class ChameleonsTrainer(Trainer):
         self.unseen_rows = setup.unseen_rows
         self.seconds = Counter()  # wall-clock of the saves and the best-model restore (the run's summary)
         self.best_in_memory = False  # the best evaluation was of the weights training ended with
+        self.log_window = LogWindow(self, self.throughput)
+        self.add_callback(self.log_window)
 
     def log(self, logs: dict, start_time=None):
         """Adds the run's own figures (tokens/s, padding, MFU, perplexity) to HF's logs before any
@@ -329,6 +332,7 @@ class ChameleonsTrainer(Trainer):
         the newest resumable checkpoint survives. A non-finite checkpoint is kept for
         inspection only: it is not marked and rotates nothing away."""
         weights_only = self._weights_only_save()
+        self.log_window.capture()
         limit, only_model = self.args.save_total_limit, self.args.save_only_model
         self.args.save_total_limit, self.args.save_only_model = None, weights_only or only_model
         try:
