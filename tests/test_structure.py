@@ -72,3 +72,19 @@ def test_the_architecture_doc_names_every_module():
     modules = [f"{p.parent.name}/{p.name}" for p in sorted(PACKAGE.glob("*/*.py")) if p.stem != "__init__"]
     assert len(modules) > 50
     assert [m for m in modules if f"`{m}`" not in doc] == []
+
+
+def test_every_test_the_docs_name_exists():
+    """A promise in README.md or docs/ names the test that keeps it: a renamed or removed test
+    must not leave the promise pointing at nothing."""
+    import re
+
+    root = PACKAGE.parent
+    tests = {p.stem for p in (root / "tests").glob("test_*.py")}
+    for p in (root / "tests").glob("test_*.py"):
+        tests |= {n.name for n in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+                  if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")}
+    named = {m for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+             for m in re.findall(r"`(?:tests/)?(test_\w+)(?:\.py)?(?:::\w+)?`", doc.read_text(encoding="utf-8"))}
+    assert len(named) > 20
+    assert sorted(named - tests) == []
