@@ -43,6 +43,18 @@ def huge_pages_expected() -> bool:
     return "[always]" in text or ("[madvise]" in text and os.environ.get(launch.HUGE_PAGES, "1") != "0")
 
 
+def tiny_moe_for_trainer():
+    """A one-layer Qwen3-MoE of 64 tokens, the same weights every call: the in-process Trainer
+    tests' model (stops, saves, resumes)."""
+    import torch
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    torch.manual_seed(0)
+    return Qwen3MoeForCausalLM(Qwen3MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                               moe_intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                               num_key_value_heads=1, head_dim=16, num_experts=4, num_experts_per_tok=2))
+
+
 def load_tool(name: str):
     """A script of tools/ as a module (tools/ is not a package: its scripts run by path)."""
     spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 import torch
-from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM, TrainerCallback, TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
 from chameleons.core.errors import UserError
 from chameleons.text.batching import make_collator
@@ -17,6 +17,7 @@ from chameleons.train import saves
 from chameleons.train.runlog import Throughput
 from chameleons.train.stopping import StopCallback, StopRequest
 from chameleons.train.trainer import ChameleonsTrainer, TrainerSetup
+from conftest import tiny_moe_for_trainer
 
 INTERVAL_S, SECONDS_PER_STEP = 10, 4  # a resumable save is due at steps 3 and 6
 
@@ -47,10 +48,7 @@ class Script(TrainerCallback):
 
 
 def trainer_for(out, signal_at=None, steps=6):
-    torch.manual_seed(0)
-    model = Qwen3MoeForCausalLM(Qwen3MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                               moe_intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                               num_key_value_heads=1, head_dim=16, num_experts=4, num_experts_per_tok=2))
+    model = tiny_moe_for_trainer()
     rows = [{"input_ids": [3 + i % 5, 4, 5 + i % 7, 8, 9, 10 + i % 3], "prompt_len": 2, "length": 6} for i in range(24)]
     clock, stop = Clock(), StopRequest()
     policy = saves.FullSavePolicy(INTERVAL_S, clock=clock)

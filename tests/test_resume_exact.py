@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM, TrainerCallback, TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
 from chameleons.text.batching import make_collator
 from chameleons.run.checkpoints import is_complete, resolve_resume
 from chameleons.train.runlog import Throughput
 from chameleons.train.stopping import StopCallback, StopRequest
 from chameleons.train.trainer import ChameleonsTrainer, TrainerSetup, with_row_meta
-from conftest import REPO, SINGLE_RUN_ARGS, train_single
+from conftest import REPO, SINGLE_RUN_ARGS, tiny_moe_for_trainer, train_single
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +131,7 @@ class _BestAtOneThenPoison(TrainerCallback):
 
 
 def test_nonfinite_stop_keeps_the_last_good_checkpoint(tmp_path):
-    torch.manual_seed(0)
-    model = Qwen3MoeForCausalLM(Qwen3MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                               moe_intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                               num_key_value_heads=1, head_dim=16, num_experts=4, num_experts_per_tok=2))
+    model = tiny_moe_for_trainer()
     rows = [{"input_ids": [3, 4, 5, 8, 9, 10], "prompt_len": 2, "length": 6} for _ in range(12)]
     stop = StopRequest()
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], max_steps=6,
@@ -165,10 +162,7 @@ class _Logged(TrainerCallback):
 
 
 def _logging_trainer(out, stop_at=None):
-    torch.manual_seed(0)
-    model = Qwen3MoeForCausalLM(Qwen3MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                               moe_intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                               num_key_value_heads=1, head_dim=16, num_experts=4, num_experts_per_tok=2))
+    model = tiny_moe_for_trainer()
     rows = [{"input_ids": [3 + i % 7, 4, 5, 8, 9 + i % 5, 10][: 4 + i % 3], "prompt_len": 2, "length": 4 + i % 3,
              "row": i} for i in range(16)]
     stop = StopRequest()

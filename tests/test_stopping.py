@@ -5,13 +5,14 @@ import signal
 
 import pytest
 import torch
-from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM, TrainingArguments
+from transformers import TrainingArguments
 
 from chameleons.text.batching import make_collator
 from chameleons.run.checkpoints import is_complete, newest_complete, resolve_resume
 from chameleons.train.runlog import Throughput
 from chameleons.train.stopping import EXIT_NONFINITE, StopCallback, StopRequest
 from chameleons.train.trainer import ChameleonsTrainer, TrainerSetup
+from conftest import tiny_moe_for_trainer
 
 
 def test_signal_exit_codes_and_repeats_within_the_window():
@@ -26,10 +27,7 @@ def test_signal_exit_codes_and_repeats_within_the_window():
 
 
 def test_nonfinite_loss_stops_after_the_step_with_a_complete_checkpoint(tmp_path):
-    torch.manual_seed(0)
-    model = Qwen3MoeForCausalLM(Qwen3MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                               moe_intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                               num_key_value_heads=1, head_dim=16, num_experts=4, num_experts_per_tok=2))
+    model = tiny_moe_for_trainer()
     with torch.no_grad():
         model.model.embed_tokens.weight[7] = float("nan")
     rows = [{"input_ids": [3, 4, 7, 8, 9, 10], "prompt_len": 2, "length": 6} for _ in range(8)]
@@ -62,10 +60,7 @@ def test_total_flos_and_throughput_count_model_flops_of_real_tokens(tmp_path):
     from chameleons.train.flops import train_flops
     from chameleons.train.trainer import with_row_meta
 
-    torch.manual_seed(0)
-    model = Qwen3MoeForCausalLM(Qwen3MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                               moe_intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                               num_key_value_heads=1, head_dim=16, num_experts=4, num_experts_per_tok=2))
+    model = tiny_moe_for_trainer()
     rows = [{"input_ids": list(range(3, 3 + n)), "prompt_len": 2, "length": n, "row": i}
             for i, n in enumerate([6, 9, 7, 12, 5, 8])]
     stop, throughput, trace = StopRequest(), Throughput(), []
